@@ -1,0 +1,103 @@
+package kvstore
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// Config says how to reach etcd. The zero value is valid: it starts an
+// embedded etcd in DefaultStateDir.
+type Config struct {
+	// Endpoints are the client URLs of an external etcd cluster
+	// (https://10.0.0.1:2379, http://127.0.0.1:2379, unix:///run/etcd.sock).
+	// Empty means: start an embedded etcd with its data in StateDir.
+	Endpoints []string
+
+	// CAFile, CertFile and KeyFile configure TLS to an external etcd: the CA
+	// bundle that signed the server certificate, and the client certificate
+	// and key. CertFile and KeyFile go together. Empty means no TLS unless an
+	// endpoint is https://, in which case the system roots are used.
+	CAFile, CertFile, KeyFile string
+
+	// Username and Password authenticate to etcd's RBAC. Empty means no auth.
+	Username, Password string
+
+	// DialTimeout bounds connecting to etcd and the first request that
+	// proves it answers. Zero means DefaultDialTimeout.
+	DialTimeout time.Duration
+
+	// RequestTimeout bounds one request made by New itself. Zero means
+	// DefaultRequestTimeout.
+	RequestTimeout time.Duration
+
+	// StateDir holds the embedded etcd's data (StateDir/etcd). Used only
+	// when Endpoints is empty. Empty means DefaultStateDir.
+	StateDir string
+}
+
+const (
+	// DefaultDialTimeout is used when Config.DialTimeout is zero.
+	DefaultDialTimeout = 5 * time.Second
+	// DefaultRequestTimeout is used when Config.RequestTimeout is zero.
+	DefaultRequestTimeout = 10 * time.Second
+	// DefaultStateDir is used when Config.StateDir is zero.
+	DefaultStateDir = "/var/lib/meshplane"
+)
+
+// ErrConfig is wrapped by every configuration error.
+var ErrConfig = errors.New("invalid etcd configuration")
+
+// Embedded reports whether the config asks for an embedded etcd.
+func (c Config) Embedded() bool { return len(c.Endpoints) == 0 }
+
+// Validate checks the config without touching the network or files.
+func (c Config) Validate() error {
+	for _, ep := range c.Endpoints {
+		u, err := url.Parse(ep)
+		if err != nil || u.Host == "" && u.Path == "" {
+			return fmt.Errorf("%w: endpoint %q is not a URL: write it as http(s)://host:port or unix:///path", ErrConfig, ep)
+		}
+		switch u.Scheme {
+		case "http", "https", "unix", "unixs":
+		default:
+			return fmt.Errorf("%w: endpoint %q: scheme %q is not one of http, https, unix, unixs", ErrConfig, ep, u.Scheme)
+		}
+	}
+	if (c.CertFile == "") != (c.KeyFile == "") {
+		return fmt.Errorf("%w: a client certificate needs both --etcd-cert and --etcd-key", ErrConfig)
+	}
+	if c.Password != "" && c.Username == "" {
+		return fmt.Errorf("%w: a password was given without a user name (--etcd-user)", ErrConfig)
+	}
+	if c.DialTimeout < 0 || c.RequestTimeout < 0 {
+		return fmt.Errorf("%w: timeouts must not be negative", ErrConfig)
+	}
+	if c.Embedded() && (c.CAFile != "" || c.CertFile != "" || c.Username != "") {
+		return fmt.Errorf("%w: TLS files or credentials were given but no --etcd-endpoints; name the external etcd or drop them", ErrConfig)
+	}
+	return nil
+}
+
+func (c Config) withDefaults() Config {
+	if c.DialTimeout == 0 {
+		c.DialTimeout = DefaultDialTimeout
+	}
+	if c.RequestTimeout == 0 {
+		c.RequestTimeout = DefaultRequestTimeout
+	}
+	if c.StateDir == "" {
+		c.StateDir = DefaultStateDir
+	}
+	return c
+}
+
+// String describes where the config points, for messages.
+func (c Config) String() string {
+	if c.Embedded() {
+		return "embedded etcd in " + c.withDefaults().StateDir
+	}
+	return "etcd at " + strings.Join(c.Endpoints, ",")
+}

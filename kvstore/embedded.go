@@ -1,0 +1,126 @@
+package kvstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+)
+
+// EmbeddedServer is an etcd server running inside this process on loopback.
+// It is what a Client with no endpoints starts; etcdtest starts it directly.
+type EmbeddedServer struct {
+	etcd      *embed.Etcd
+	clientURL string
+	ports     [2]int
+}
+
+// StartEmbedded starts an etcd server with its data in dir/etcd. With ports
+// zero, loopback ports are chosen; otherwise ports holds the client and peer
+// ports to listen on (to restart a server where its clients expect it).
+func StartEmbedded(ctx context.Context, dir string, ports [2]int) (*EmbeddedServer, error) {
+	dataDir := filepath.Join(dir, "etcd")
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("%w: state directory: %v", ErrConfig, err)
+	}
+	if ports != [2]int{} {
+		return startEmbeddedOnce(ctx, dataDir, ports)
+	}
+	var lastErr error
+	// The ports are picked by binding and releasing them, so another process
+	// can take one in between: try again with fresh ports.
+	for range 5 {
+		p, err := freePorts(2)
+		if err != nil {
+			return nil, fmt.Errorf("embedded etcd: pick ports: %w", err)
+		}
+		srv, err := startEmbeddedOnce(ctx, dataDir, [2]int{p[0], p[1]})
+		if err == nil {
+			return srv, nil
+		}
+		lastErr = err
+		if !strings.Contains(err.Error(), "address already in use") {
+			break
+		}
+	}
+	return nil, lastErr
+}
+
+func startEmbeddedOnce(ctx context.Context, dataDir string, ports [2]int) (*EmbeddedServer, error) {
+	cu := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports[0])}
+	pu := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports[1])}
+	cfg := embed.NewConfig()
+	cfg.Name = "meshplane"
+	cfg.Dir = dataDir
+	cfg.ListenClientUrls = []url.URL{cu}
+	cfg.AdvertiseClientUrls = []url.URL{cu}
+	cfg.ListenPeerUrls = []url.URL{pu}
+	cfg.AdvertisePeerUrls = []url.URL{pu}
+	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	// A restart on the same data dir keeps the member but not the ports:
+	// let the stored member's peer URL differ from this run's.
+	cfg.StrictReconfigCheck = false
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	cfg.AutoCompactionMode = embed.CompactorModeRevision
+	cfg.AutoCompactionRetention = "100000"
+	cfg.QuotaBackendBytes = 8 << 30
+	cfg.MaxTxnOps = 1024
+	cfg.MaxRequestBytes = 8 << 20
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		if errors.Is(err, os.ErrExist) || strings.Contains(err.Error(), "resource temporarily unavailable") {
+			return nil, fmt.Errorf("embedded etcd in %s: the data directory is in use by another process; stop it or pass --etcd-endpoints: %w", dataDir, err)
+		}
+		return nil, fmt.Errorf("embedded etcd in %s: %w", dataDir, err)
+	}
+	select {
+	case <-e.Server.ReadyNotify():
+	case err := <-e.Err():
+		e.Close()
+		return nil, fmt.Errorf("embedded etcd in %s: %w", dataDir, err)
+	case <-time.After(60 * time.Second):
+		e.Close()
+		return nil, fmt.Errorf("embedded etcd in %s: not ready after 60s", dataDir)
+	case <-ctx.Done():
+		e.Close()
+		return nil, fmt.Errorf("embedded etcd in %s: %w", dataDir, ctx.Err())
+	}
+	return &EmbeddedServer{etcd: e, clientURL: cu.String(), ports: ports}, nil
+}
+
+// ClientURL returns the URL clients connect to.
+func (s *EmbeddedServer) ClientURL() string { return s.clientURL }
+
+// Ports returns the client and peer ports, for a restart in the same place.
+func (s *EmbeddedServer) Ports() [2]int { return s.ports }
+
+// Close stops the server. Data stays in its directory.
+func (s *EmbeddedServer) Close() { s.etcd.Close() }
+
+// freePorts returns n distinct loopback TCP ports that were free a moment ago.
+func freePorts(n int) ([]int, error) {
+	ports := make([]int, 0, n)
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			_ = l.Close()
+		}
+	}()
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}

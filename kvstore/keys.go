@@ -1,0 +1,71 @@
+package kvstore
+
+import (
+	"fmt"
+	"regexp"
+)
+
+// Root is the prefix of every key meshplane writes. The version segment lets
+// a future layout live beside this one during an upgrade.
+const Root = "/meshplane/v1/"
+
+// Keys is the etcd key layout of one cluster. Every key meshplane writes is
+// built here, so the layout is in one place (docs/kvstore.md mirrors it):
+//
+//	<root><cluster>/identities/id/<id>              canonical label set      no lease; deleted only by identity GC
+//	<root><cluster>/identities/labels/<hash>        id (decimal)             no lease; created with the id key
+//	<root><cluster>/identities/refs/<hash>/<node>   id (decimal)             the node's session lease
+//
+// <hash> is labels.Set.Hash() of the canonical label set. References are
+// keyed by the label hash, not the ID, so that an agent that loses the race
+// for a new label set still writes its reference in the same transaction
+// (it does not know the winner's ID until the transaction answers).
+type Keys struct {
+	cluster string
+	base    string
+}
+
+var clusterNameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$`)
+
+// ValidateClusterName checks a cluster name: a DNS label of at most 32 characters.
+func ValidateClusterName(name string) error {
+	if !clusterNameRE.MatchString(name) {
+		return fmt.Errorf("%w: cluster name %q: use 1-32 lowercase letters, digits and '-', starting and ending with a letter or digit", ErrConfig, name)
+	}
+	return nil
+}
+
+// NewKeys returns the key layout of a cluster.
+func NewKeys(cluster string) (Keys, error) {
+	if err := ValidateClusterName(cluster); err != nil {
+		return Keys{}, err
+	}
+	return Keys{cluster: cluster, base: Root + cluster + "/"}, nil
+}
+
+// Cluster returns the cluster name.
+func (k Keys) Cluster() string { return k.cluster }
+
+// Prefix returns the prefix of all of the cluster's keys.
+func (k Keys) Prefix() string { return k.base }
+
+// IdentityIDPrefix is the prefix of the ID → labels keys.
+func (k Keys) IdentityIDPrefix() string { return k.base + "identities/id/" }
+
+// IdentityID is the key holding the labels of an ID.
+func (k Keys) IdentityID(id string) string { return k.IdentityIDPrefix() + id }
+
+// IdentityLabelsPrefix is the prefix of the label hash → ID index.
+func (k Keys) IdentityLabelsPrefix() string { return k.base + "identities/labels/" }
+
+// IdentityLabels is the index key of a label set's hash.
+func (k Keys) IdentityLabels(hash string) string { return k.IdentityLabelsPrefix() + hash }
+
+// IdentityRefsPrefix is the prefix of all nodes' references.
+func (k Keys) IdentityRefsPrefix() string { return k.base + "identities/refs/" }
+
+// IdentityRefs is the prefix of the references to one label set.
+func (k Keys) IdentityRefs(hash string) string { return k.IdentityRefsPrefix() + hash + "/" }
+
+// IdentityRef is the reference a node holds on a label set.
+func (k Keys) IdentityRef(hash, node string) string { return k.IdentityRefs(hash) + node }

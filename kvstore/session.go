@@ -1,0 +1,389 @@
+package kvstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// LeaseID is an etcd lease.
+type LeaseID int64
+
+// SessionConfig configures a Session.
+type SessionConfig struct {
+	// TTL is the lease TTL. Keys on the lease outlive a dead agent by up to
+	// TTL. etcd is not the failure detector (gossip is), so it can be long.
+	// Zero means DefaultSessionTTL.
+	TTL time.Duration
+
+	// RetryInterval is the first pause after a failed grant or re-assert;
+	// it doubles up to 10s. Zero means 200ms.
+	RetryInterval time.Duration
+
+	// OnState, if set, is called (from the session's goroutine, so it must
+	// not block) whenever the session gains or loses its lease.
+	OnState func(SessionState)
+}
+
+// DefaultSessionTTL is the lease TTL when SessionConfig.TTL is zero.
+const DefaultSessionTTL = 60 * time.Second
+
+// SessionState says whether the session holds a live lease.
+type SessionState struct {
+	Lease LeaseID // 0 while there is none
+	// Generation counts leases granted so far; it grows each time the
+	// session is re-created after a loss.
+	Generation int
+	// Err is the last error while Lease is 0.
+	Err error
+}
+
+// ErrSessionClosed is returned by a closed session.
+var ErrSessionClosed = errors.New("kvstore: session closed")
+
+// Session is an agent's lease with keepalive, and the set of keys the agent
+// owns on it. When the lease is lost (etcd restarted with a wiped lease, a
+// network cut longer than the TTL, an operator revoking it), the session
+// grants a new lease and writes every owned key again on it, without the
+// caller noticing, beyond the short window in which the keys are missing.
+//
+// One goroutine, started by NewSession and stopped by Close, owns the
+// lease: it grants, keeps alive and re-asserts. mu guards the rest.
+type Session struct {
+	client *Client
+	cfg    SessionConfig
+
+	mu      sync.Mutex
+	state   SessionState
+	ready   chan struct{} // closed while state.Lease != 0; replaced on loss
+	owned   map[string]string
+	pending map[string]struct{} // owned keys written on an older lease
+	kick    chan struct{}
+
+	cancel    context.CancelFunc
+	done      chan struct{}
+	closeOnce sync.Once
+}
+
+// NewSession starts a session and waits for its first lease, up to the
+// client's dial timeout; after that the lease is kept in the background.
+func NewSession(ctx context.Context, c *Client, cfg SessionConfig) (*Session, error) {
+	if cfg.TTL == 0 {
+		cfg.TTL = DefaultSessionTTL
+	}
+	if cfg.TTL < 2*time.Second {
+		return nil, fmt.Errorf("%w: session TTL %s is under the 2s etcd accepts reliably", ErrConfig, cfg.TTL)
+	}
+	if cfg.RetryInterval == 0 {
+		cfg.RetryInterval = 200 * time.Millisecond
+	}
+	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s := &Session{
+		client:  c,
+		cfg:     cfg,
+		ready:   make(chan struct{}),
+		owned:   make(map[string]string),
+		pending: make(map[string]struct{}),
+		kick:    make(chan struct{}, 1),
+		cancel:  cancel,
+		done:    make(chan struct{}),
+	}
+	go s.run(rctx)
+	wctx, wcancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
+	defer wcancel()
+	if _, err := s.Lease(wctx); err != nil {
+		_ = s.Close()
+		s.mu.Lock()
+		last := s.state.Err
+		s.mu.Unlock()
+		if last != nil {
+			return nil, fmt.Errorf("session: %w", last)
+		}
+		return nil, fmt.Errorf("session: %w", err)
+	}
+	return s, nil
+}
+
+// Lease returns the current lease, waiting until there is one.
+func (s *Session) Lease(ctx context.Context) (LeaseID, error) {
+	for {
+		s.mu.Lock()
+		id, ready := s.state.Lease, s.ready
+		s.mu.Unlock()
+		if id != 0 {
+			return id, nil
+		}
+		select {
+		case <-ready:
+		case <-s.done:
+			return 0, ErrSessionClosed
+		case <-ctx.Done():
+			return 0, fmt.Errorf("wait for etcd lease: %w", ctx.Err())
+		}
+	}
+}
+
+// State returns the session's state.
+func (s *Session) State() SessionState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.state
+}
+
+// Own records that key, with value, is owned by this session and was
+// written on lease. If lease is no longer current (it was lost between the
+// write and this call), the key is written again on the current lease.
+func (s *Session) Own(key, value string, lease LeaseID) {
+	s.mu.Lock()
+	s.owned[key] = value
+	stale := lease != s.state.Lease
+	if stale {
+		s.pending[key] = struct{}{}
+	}
+	s.mu.Unlock()
+	if stale {
+		s.poke()
+	}
+}
+
+// Disown forgets key: it is no longer written again after a lease loss.
+// The caller deletes it.
+func (s *Session) Disown(key string) {
+	s.mu.Lock()
+	delete(s.owned, key)
+	delete(s.pending, key)
+	s.mu.Unlock()
+}
+
+// Put writes an owned key on the session's lease.
+func (s *Session) Put(ctx context.Context, key, value string) error {
+	for {
+		lease, err := s.Lease(ctx)
+		if err != nil {
+			return err
+		}
+		err = s.client.Put(ctx, key, []byte(value), WithLease(lease))
+		if isLeaseNotFound(err) {
+			s.lost(lease, err)
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		s.Own(key, value, lease)
+		return nil
+	}
+}
+
+// Delete disowns and deletes an owned key.
+func (s *Session) Delete(ctx context.Context, key string) error {
+	s.Disown(key)
+	return s.client.Delete(ctx, key)
+}
+
+// LeaseLost tells the session that a write on lease failed because the
+// lease is gone, so it need not wait for the keepalive to notice.
+func (s *Session) LeaseLost(lease LeaseID, err error) { s.lost(lease, err) }
+
+// Owned returns how many keys the session owns.
+func (s *Session) Owned() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.owned)
+}
+
+// Close revokes the lease, which deletes every owned key, and stops the
+// session. It is idempotent.
+func (s *Session) Close() error {
+	var err error
+	s.closeOnce.Do(func() {
+		s.cancel()
+		<-s.done
+		s.mu.Lock()
+		lease := s.state.Lease
+		s.state.Lease = 0
+		s.mu.Unlock()
+		if lease != 0 {
+			ctx, cancel := context.WithTimeout(context.Background(), s.client.cfg.RequestTimeout)
+			defer cancel()
+			if _, rerr := s.client.etcd.Revoke(ctx, clientv3.LeaseID(lease)); rerr != nil && !isLeaseNotFound(rerr) {
+				err = fmt.Errorf("revoke lease %x: %w", lease, wrapErr(rerr))
+			}
+		}
+	})
+	return err
+}
+
+func (s *Session) poke() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// lost marks lease as gone, if it is still the current one.
+func (s *Session) lost(lease LeaseID, err error) {
+	s.mu.Lock()
+	if s.state.Lease == lease && lease != 0 {
+		s.state.Lease = 0
+		s.state.Err = err
+		s.ready = make(chan struct{})
+		s.mu.Unlock()
+		s.notify()
+		s.poke()
+		return
+	}
+	s.mu.Unlock()
+}
+
+func (s *Session) notify() {
+	if s.cfg.OnState != nil {
+		s.cfg.OnState(s.State())
+	}
+}
+
+// run owns the lease: grant, re-assert the owned keys, keep alive, repeat.
+func (s *Session) run(ctx context.Context) {
+	defer close(s.done)
+	backoff := s.cfg.RetryInterval
+	pause := func() bool {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 10*time.Second)
+		return true
+	}
+	for ctx.Err() == nil {
+		lease, ka, err := s.grant(ctx)
+		if err != nil {
+			s.setErr(err)
+			if !pause() {
+				return
+			}
+			continue
+		}
+		// Publish the lease first, then snapshot the owned keys: a key owned
+		// after the snapshot was written on this lease or is marked pending.
+		s.mu.Lock()
+		s.state.Lease = lease
+		s.state.Generation++
+		s.state.Err = nil
+		close(s.ready)
+		keys := make(map[string]string, len(s.owned))
+		for k, v := range s.owned {
+			keys[k] = v
+		}
+		clear(s.pending)
+		s.mu.Unlock()
+		s.notify()
+
+		if err := s.reassert(ctx, lease, keys); err != nil {
+			s.lost(lease, err)
+			if !pause() {
+				return
+			}
+			continue
+		}
+		backoff = s.cfg.RetryInterval
+		s.keepAlive(ctx, lease, ka)
+	}
+}
+
+func (s *Session) grant(ctx context.Context) (LeaseID, <-chan *clientv3.LeaseKeepAliveResponse, error) {
+	gctx, cancel := context.WithTimeout(ctx, s.client.cfg.RequestTimeout)
+	defer cancel()
+	resp, err := s.client.etcd.Grant(gctx, int64(s.cfg.TTL/time.Second))
+	if err != nil {
+		return 0, nil, fmt.Errorf("grant lease: %w", wrapErr(err))
+	}
+	lease := LeaseID(resp.ID)
+	ka, err := s.client.etcd.KeepAlive(ctx, resp.ID)
+	if err != nil {
+		return 0, nil, fmt.Errorf("keep lease %x alive: %w", resp.ID, wrapErr(err))
+	}
+	return lease, ka, nil
+}
+
+// keepAlive drains keepalive answers until the lease is lost, re-writing
+// keys that were owned on an older lease when poked.
+func (s *Session) keepAlive(ctx context.Context, lease LeaseID, ka <-chan *clientv3.LeaseKeepAliveResponse) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case _, ok := <-ka:
+			if !ok {
+				s.lost(lease, fmt.Errorf("lease %x expired or was revoked", int64(lease)))
+				return
+			}
+		case <-s.kick:
+			s.mu.Lock()
+			if s.state.Lease != lease {
+				s.mu.Unlock()
+				return
+			}
+			keys := make(map[string]string, len(s.pending))
+			for k := range s.pending {
+				keys[k] = s.owned[k]
+			}
+			clear(s.pending)
+			s.mu.Unlock()
+			if err := s.reassert(ctx, lease, keys); err != nil {
+				s.lost(lease, err)
+				return
+			}
+		}
+	}
+}
+
+// reassertBatch is how many puts go into one transaction.
+const reassertBatch = 128
+
+// reassert writes keys on lease, in transactions of reassertBatch puts.
+func (s *Session) reassert(ctx context.Context, lease LeaseID, keys map[string]string) error {
+	ops := make([]clientv3.Op, 0, min(len(keys), reassertBatch))
+	flush := func() error {
+		if len(ops) == 0 {
+			return nil
+		}
+		rctx, cancel := context.WithTimeout(ctx, s.client.cfg.RequestTimeout)
+		defer cancel()
+		_, err := s.client.etcd.Txn(rctx).Then(ops...).Commit()
+		ops = ops[:0]
+		if err != nil {
+			return fmt.Errorf("re-assert owned keys: %w", wrapErr(err))
+		}
+		return nil
+	}
+	for k, v := range keys {
+		ops = append(ops, clientv3.OpPut(k, v, clientv3.WithLease(clientv3.LeaseID(lease))))
+		if len(ops) == reassertBatch {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	return flush()
+}
+
+func (s *Session) setErr(err error) {
+	s.mu.Lock()
+	s.state.Err = err
+	s.mu.Unlock()
+	s.notify()
+}
+
+func isLeaseNotFound(err error) bool {
+	return err != nil && (errors.Is(err, rpctypes.ErrLeaseNotFound) || errors.Is(err, rpctypes.ErrGRPCLeaseNotFound) ||
+		errors.Is(rpctypes.Error(err), rpctypes.ErrLeaseNotFound))
+}
+
+// IsLeaseNotFound reports whether err says a write named a lease that is gone.
+func IsLeaseNotFound(err error) bool { return isLeaseNotFound(err) }

@@ -1,0 +1,210 @@
+package labels
+
+import (
+	"cmp"
+	"crypto/sha256"
+	"encoding/hex"
+	"slices"
+	"strings"
+	"sync"
+)
+
+// Set is an immutable, canonical set of labels: sorted by (Source, Key) in
+// byte order, with at most one label per (Source, Key). The zero Set is the
+// empty set.
+//
+// A Set is a single pointer to shared, never-modified data, so it is cheap
+// to copy and safe for concurrent use. It is not comparable with ==
+// (compare with Equal or by String).
+type Set struct{ d *setData }
+
+type setData struct {
+	labels []Label // sorted, validated, unique (Source, Key)
+	str    string  // canonical form, computed at construction
+
+	hashOnce sync.Once
+	hash     string // guarded by hashOnce
+}
+
+func compareLabels(a, b Label) int {
+	return cmp.Or(strings.Compare(a.Source, b.Source), strings.Compare(a.Key, b.Key))
+}
+
+// NewSet validates ls and returns them as a canonical Set. Labels repeated
+// with the same value are collapsed; two labels with the same source and key
+// but different values are an error. NewSet() returns the empty Set.
+func NewSet(ls ...Label) (Set, error) {
+	for _, l := range ls {
+		if err := l.Validate(); err != nil {
+			return Set{}, err
+		}
+	}
+	return canonical(slices.Clone(ls))
+}
+
+// canonical sorts and deduplicates valid labels in place and wraps them.
+func canonical(ls []Label) (Set, error) {
+	slices.SortStableFunc(ls, compareLabels)
+	out := ls[:0]
+	for _, l := range ls {
+		if n := len(out); n > 0 && compareLabels(out[n-1], l) == 0 {
+			if out[n-1].Value != l.Value {
+				return Set{}, invalidf("labels %q and %q have the same source and key but different values; keep only one", out[n-1], l)
+			}
+			continue
+		}
+		out = append(out, l)
+	}
+	return newSorted(out), nil
+}
+
+// newSorted wraps labels that are already valid, sorted and unique.
+func newSorted(ls []Label) Set {
+	if len(ls) == 0 {
+		return Set{}
+	}
+	n := len(ls) - 1
+	for _, l := range ls {
+		n += len(l.Source) + len(l.Key) + len(l.Value) + 2
+	}
+	var b strings.Builder
+	b.Grow(n)
+	for i, l := range ls {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(l.Source)
+		b.WriteByte(':')
+		b.WriteString(l.Key)
+		if l.Value != "" {
+			b.WriteByte('=')
+			b.WriteString(l.Value)
+		}
+	}
+	return Set{d: &setData{labels: ls, str: b.String()}}
+}
+
+// MustNewSet is NewSet for tests and constants; it panics on invalid input.
+func MustNewSet(ls ...Label) Set {
+	s, err := NewSet(ls...)
+	if err != nil {
+		panic(err)
+	}
+	return s
+}
+
+// ParseSet parses a comma-separated list of labels such as
+// "k8s:app=web,k8s:tier=front". Space around items is trimmed; items may be
+// in any order. An empty string or an empty item is an error: a workload
+// needs at least one label.
+func ParseSet(s string) (Set, error) {
+	if strings.TrimSpace(s) == "" {
+		return Set{}, invalidf("label set %q is empty; a workload needs at least one label, e.g. k8s:app=web", s)
+	}
+	ls := make([]Label, 0, strings.Count(s, ",")+1)
+	i := 0
+	for item := range strings.SplitSeq(s, ",") {
+		i++
+		item = strings.TrimSpace(item)
+		if item == "" {
+			return Set{}, invalidf("label set %q: item %d is empty; remove the extra ','", s, i)
+		}
+		l, err := Parse(item)
+		if err != nil {
+			return Set{}, err
+		}
+		ls = append(ls, l)
+	}
+	return canonical(ls)
+}
+
+// FromMap builds a Set from keys and values that all come from one source,
+// such as a Kubernetes pod's labels with source "k8s". An empty map gives
+// the empty Set.
+func FromMap(source string, m map[string]string) (Set, error) {
+	ls := make([]Label, 0, len(m))
+	for k, v := range m {
+		ls = append(ls, Label{Source: source, Key: k, Value: v})
+	}
+	return NewSet(ls...)
+}
+
+// String returns the canonical form: the labels' String forms in order,
+// joined by ','. The empty Set gives "". ParseSet(s.String()) equals s for
+// every non-empty s.
+func (s Set) String() string {
+	if s.d == nil {
+		return ""
+	}
+	return s.d.str
+}
+
+func (s Set) labels() []Label {
+	if s.d == nil {
+		return nil
+	}
+	return s.d.labels
+}
+
+// Labels returns a copy of the labels in canonical order.
+func (s Set) Labels() []Label { return slices.Clone(s.labels()) }
+
+// Len returns the number of labels.
+func (s Set) Len() int { return len(s.labels()) }
+
+// IsEmpty reports whether s has no labels.
+func (s Set) IsEmpty() bool { return s.Len() == 0 }
+
+// Equal reports whether s and o hold the same labels.
+func (s Set) Equal(o Set) bool { return s.String() == o.String() }
+
+// Get returns the value of the label with the given source and key.
+func (s Set) Get(source, key string) (value string, ok bool) {
+	ls := s.labels()
+	i, ok := slices.BinarySearchFunc(ls, Label{Source: source, Key: key}, compareLabels)
+	if !ok {
+		return "", false
+	}
+	return ls[i].Value, true
+}
+
+// Has reports whether s contains l, value included.
+func (s Set) Has(l Label) bool {
+	v, ok := s.Get(l.Source, l.Key)
+	return ok && v == l.Value
+}
+
+// Hash returns a stable identifier of the canonical form that is safe to
+// use in keys: the lowercase hex of the first 16 bytes of the SHA-256 of
+// String(). It is computed once per Set.
+func (s Set) Hash() string {
+	if s.d == nil {
+		return hashString("")
+	}
+	s.d.hashOnce.Do(func() { s.d.hash = hashString(s.d.str) })
+	return s.d.hash
+}
+
+func hashString(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:16])
+}
+
+// MarshalText returns the canonical form.
+func (s Set) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// UnmarshalText parses the canonical form (or anything ParseSet accepts).
+// Unlike ParseSet it accepts empty text as the empty Set, so that every
+// Set, the empty one included, survives a round trip through JSON.
+func (s *Set) UnmarshalText(text []byte) error {
+	if len(text) == 0 {
+		*s = Set{}
+		return nil
+	}
+	p, err := ParseSet(string(text))
+	if err != nil {
+		return err
+	}
+	*s = p
+	return nil
+}
