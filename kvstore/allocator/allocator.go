@@ -214,6 +214,7 @@ func (r restorer) Delete(key string) {
 	a := r.a
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	delete(a.taken, id)
 	for _, e := range a.byHash {
 		if e.id == id && e.st == held {
 			e.st, e.want, e.done = pending, id, make(chan struct{})
@@ -414,6 +415,11 @@ func (a *Allocator) Stats() Stats {
 func reservedID(set labels.Set) (identity.ID, bool, error) {
 	if set.IsEmpty() {
 		return 0, false, fmt.Errorf("allocate identity: %w: the label set is empty (after filtering)", labels.ErrInvalid)
+	}
+	// Sources precede ':' and keys and values never hold one, so a set
+	// without this substring has no reserved label: the common, fast path.
+	if !strings.Contains(set.String(), "reserved:") {
+		return 0, false, nil
 	}
 	ls := set.Labels()
 	for _, l := range ls {

@@ -13,7 +13,7 @@ type mainTB struct {
 	dirs     []string
 }
 
-func (m *mainTB) Helper() {}
+func (m *mainTB) Helper()          {}
 func (m *mainTB) Cleanup(f func()) { m.cleanups = append(m.cleanups, f) }
 func (m *mainTB) TempDir() string {
 	d, err := os.MkdirTemp("", "allocator-test-")
