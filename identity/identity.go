@@ -22,13 +22,15 @@ const (
 	Unknown ID = 0
 	// MaxReserved is the highest reserved ID.
 	MaxReserved ID = 255
-	// MinLocal and MaxLocal bound the local part of an allocated ID.
+	// MinLocal is the lowest local part of an allocated ID.
 	MinLocal = 256
+	// MaxLocal is the highest local part of an allocated ID.
 	MaxLocal = 65535
 	// LocalCount is how many identities one cluster can allocate.
 	LocalCount = MaxLocal - MinLocal + 1
-	// MinClusterID and MaxClusterID bound a cluster ID.
+	// MinClusterID is the lowest cluster ID.
 	MinClusterID = 1
+	// MaxClusterID is the highest cluster ID.
 	MaxClusterID = 255
 	// Max is the highest valid ID.
 	Max ID = 1<<24 - 1

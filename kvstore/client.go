@@ -105,14 +105,14 @@ func classify(cfg Config, op string, err error) error {
 	case errors.Is(err, rpctypes.ErrAuthFailed), errors.Is(err, rpctypes.ErrGRPCAuthFailed),
 		errors.Is(err, rpctypes.ErrPermissionDenied), errors.Is(err, rpctypes.ErrGRPCPermissionDenied),
 		errors.Is(err, rpctypes.ErrInvalidAuthToken), errors.Is(err, rpctypes.ErrGRPCInvalidAuthToken):
-		return fmt.Errorf("%s %s: %w: check --etcd-user and --etcd-password: %v", op, cfg, ErrAuth, err)
+		return fmt.Errorf("%s %s: %w: check --etcd-user and --etcd-password: %w", op, cfg, ErrAuth, err)
 	case strings.Contains(err.Error(), "certificate") || strings.Contains(err.Error(), "tls:"):
-		return fmt.Errorf("%s %s: %w: TLS handshake failed; check --etcd-ca, --etcd-cert and --etcd-key: %v", op, cfg, ErrAuth, err)
+		return fmt.Errorf("%s %s: %w: TLS handshake failed; check --etcd-ca, --etcd-cert and --etcd-key: %w", op, cfg, ErrAuth, err)
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
-		return fmt.Errorf("%s %s: %w: no answer within %s; check that etcd runs and the endpoints are right: %v",
+		return fmt.Errorf("%s %s: %w: no answer within %s; check that etcd runs and the endpoints are right: %w",
 			op, cfg, ErrUnavailable, cfg.DialTimeout, err)
 	}
-	return fmt.Errorf("%s %s: %w: %v", op, cfg, ErrUnavailable, err)
+	return fmt.Errorf("%s %s: %w: %w", op, cfg, ErrUnavailable, err)
 }
 
 func loadTLS(cfg Config) (*tls.Config, error) {

@@ -177,7 +177,7 @@ func wrapErr(err error) error {
 		return err
 	}
 	if isUnavailable(err) {
-		return fmt.Errorf("%w: %v", ErrUnavailable, err)
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	return err
 }

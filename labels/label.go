@@ -147,7 +147,7 @@ func isDNSSubdomain(s string) bool {
 			return false
 		}
 		for i := 0; i < len(part); i++ {
-			if c := part[i]; !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			if c := part[i]; (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '-' {
 				return false
 			}
 		}

@@ -431,7 +431,7 @@ func reservedID(set labels.Set) (identity.ID, bool, error) {
 				return id, true, nil
 			}
 		}
-		return 0, false, fmt.Errorf("allocate identity for %s: %w: reserved labels name fixed identities; use exactly one of reserved:host, reserved:world, ...", set, labels.ErrInvalid)
+		return 0, false, fmt.Errorf("allocate identity for %s: %w: reserved labels name fixed identities; use exactly one of reserved:host, reserved:world and the like", set, labels.ErrInvalid)
 	}
 	return 0, false, nil
 }

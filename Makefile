@@ -1,0 +1,48 @@
+# meshplane: thin targets; the README names them.
+GO            ?= go
+BIN           := bin
+GOLANGCI_LINT_VERSION := v2.15.0
+# Fuzz time per target in `make fuzz`.
+FUZZTIME      ?= 20s
+
+.PHONY: all build demo test bench lint fuzz generate clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+## demo: build the binaries and run the identity demo on an embedded etcd.
+demo: build
+	$(BIN)/meshctl demo
+
+## test: formatting, vet, the race-enabled test suite (real etcd), and every
+## benchmark once so they keep compiling.
+test:
+	@bad=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	  if [ -n "$$bad" ]; then echo "not gofmt-ed:"; echo "$$bad"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout 20m ./...
+	$(GO) test -run '^$$' -bench . -benchtime=1x -timeout 10m ./...
+
+## bench: the benchmarks recorded in docs/benchmarks.md.
+bench: build
+	$(GO) test -run '^$$' -bench . -benchmem ./kvstore/allocator/ ./labels/
+	$(BIN)/meshctl bench identity --agents 32 --labelsets 200 --state-dir $$(mktemp -d)
+	$(BIN)/meshctl bench identity --agents 32 --labelsets 200 --shared --state-dir $$(mktemp -d)
+
+lint:
+	@command -v golangci-lint >/dev/null || $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
+	PATH="$$PATH:$$($(GO) env GOPATH)/bin" golangci-lint run ./...
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzParseSet -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./labels/
+	$(GO) test -run '^$$' -fuzz FuzzParse$$ -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./labels/
+	$(GO) test -run '^$$' -fuzz FuzzDecodeIdentity -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./kvstore/allocator/
+
+## generate: nothing is generated yet (protobuf and bpf2go arrive with the agent).
+generate:
+	$(GO) generate ./...
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,41 @@
+package meshplane_test
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// TestImportBoundaries holds the lines STYLE.md draws in the import graph:
+// one importer per heavy dependency, and pure packages that stay pure.
+func TestImportBoundaries(t *testing.T) {
+	out, err := exec.Command("go", "list", "-f", `{{.ImportPath}} {{join .Imports " "}}`, "./...").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	const mod = "github.com/meshplane/meshplane/"
+	rules := []struct {
+		dep     string // import path prefix
+		allowed func(pkg string) bool
+		why     string
+	}{
+		{"go.etcd.io/etcd", func(p string) bool { return strings.HasPrefix(p, mod+"kvstore") },
+			"only kvstore/ imports etcd"},
+		{mod + "kvstore", func(p string) bool {
+			return !strings.HasPrefix(p, mod+"labels") && !strings.HasPrefix(p, mod+"identity")
+		}, "labels and identity are pure"},
+		{"log", func(p string) bool { return strings.HasPrefix(p, mod+"cmd/") }, "library packages never log"},
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		fields := strings.Fields(line)
+		pkg, imports := fields[0], fields[1:]
+		for _, imp := range imports {
+			for _, r := range rules {
+				match := imp == r.dep || strings.HasPrefix(imp, r.dep+"/")
+				if match && !r.allowed(pkg) {
+					t.Errorf("%s imports %s: %s", pkg, imp, r.why)
+				}
+			}
+		}
+	}
+}

@@ -1,0 +1,39 @@
+// Package kvstore is meshplane's etcd layer: the only package (with its
+// subpackages) that imports the etcd client.
+//
+// It provides:
+//
+//   - Client: a connection to an external etcd (endpoints, TLS, user and
+//     password, dial timeout) or, with no endpoints, to an etcd embedded in
+//     this process with its data in a state directory (the one-machine
+//     default). New proves that etcd answers within the dial timeout and
+//     turns failures into errors that wrap ErrUnavailable, ErrAuth or
+//     ErrConfig and say what to check.
+//   - Session: one lease per agent with keepalive. Keys the agent owns ride
+//     on it; when the lease is lost, a new one is granted and every owned
+//     key is written again, in transactions of up to 128 puts.
+//   - Cache: a typed mirror of a prefix: list, then watch from the list's
+//     revision; after a compaction, list again and hand handlers only the
+//     difference. Handlers run on their own goroutines behind coalescing
+//     queues, so they never block the watch.
+//   - Create, Swap, DeleteIf: compare-and-create and compare-and-swap
+//     transactions; a lost race is ErrConflict with the stored value.
+//   - Keys: the etcd key layout, in one place.
+//
+// # Keys
+//
+// Everything of a cluster lives under /meshplane/v1/<cluster>/:
+//
+//	identities/id/<id>              canonical label set   written by the allocating agent; no lease; deleted only by identity GC
+//	identities/labels/<hash>        <id>                  written with the id key in the same transaction; no lease
+//	identities/refs/<hash>/<node>   "" (empty)            written by each node that uses the label set; on that node's session lease
+//
+// docs/kvstore.md is the operator's copy of this table.
+//
+// # Goroutines
+//
+// A Session owns one goroutine (grant, re-assert, keepalive), stopped by
+// Close. A Cache's Run owns its watch goroutine and one delivery goroutine
+// per handler, and returns after all of them exit. The package never logs:
+// state comes back through return values, Stats and callbacks.
+package kvstore
