@@ -127,7 +127,7 @@ func loadTLS(cfg Config) (*tls.Config, error) {
 	if cfg.CAFile != "" {
 		pem, err := os.ReadFile(cfg.CAFile)
 		if err != nil {
-			return nil, fmt.Errorf("%w: read etcd CA file: %v", ErrConfig, err)
+			return nil, fmt.Errorf("%w: read etcd CA file: %w", ErrConfig, err)
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
@@ -138,7 +138,7 @@ func loadTLS(cfg Config) (*tls.Config, error) {
 	if cfg.CertFile != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.CertFile, cfg.KeyFile)
 		if err != nil {
-			return nil, fmt.Errorf("%w: load etcd client certificate %s and key %s: %v", ErrConfig, cfg.CertFile, cfg.KeyFile, err)
+			return nil, fmt.Errorf("%w: load etcd client certificate %s and key %s: %w", ErrConfig, cfg.CertFile, cfg.KeyFile, err)
 		}
 		tc.Certificates = []tls.Certificate{cert}
 	}

@@ -2,9 +2,10 @@ package allocator
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -42,6 +43,11 @@ type Config struct {
 	// RetryFor is how long a batch is retried while etcd is unreachable
 	// before its callers get the error. Zero means 30s.
 	RetryFor time.Duration
+	// Linger is the longest the batcher waits for a growing queue to stop
+	// growing before it commits, so that requests arriving together (pods
+	// that start at once) share one transaction. It waits only while new
+	// requests keep arriving. Zero means 1ms; negative disables it.
+	Linger time.Duration
 }
 
 func (c *Config) validate() error {
@@ -68,6 +74,9 @@ func (c *Config) validate() error {
 	}
 	if c.RetryFor == 0 {
 		c.RetryFor = 30 * time.Second
+	}
+	if c.Linger == 0 {
+		c.Linger = time.Millisecond
 	}
 	return nil
 }
@@ -135,6 +144,7 @@ type Allocator struct {
 	byHash   map[string]*entry
 	queue    []*entry
 	taken    map[identity.ID]struct{} // candidate IDs in flight or learned taken
+	next     int                      // offset of the next candidate in the local range
 	closed   bool
 	wake     chan struct{}
 	stopped  chan struct{}
@@ -189,6 +199,7 @@ func New(cfg Config, client *kvstore.Client, session *kvstore.Session) (*Allocat
 	}
 	a := &Allocator{
 		cfg: cfg, client: client, session: session, keys: keys, ids: ids,
+		next:    nodeOffset(cfg.Node, cfg.MaxIdentities),
 		byHash:  make(map[string]*entry),
 		taken:   make(map[identity.ID]struct{}),
 		wake:    make(chan struct{}, 1),
@@ -468,6 +479,7 @@ func (a *Allocator) batcher(ctx context.Context) {
 				continue
 			}
 		}
+		a.linger()
 		if err := a.commitBatch(ctx); err != nil {
 			if ctx.Err() != nil {
 				return
@@ -481,6 +493,29 @@ func (a *Allocator) batcher(ctx context.Context) {
 			continue
 		}
 		backoff = 50 * time.Millisecond
+	}
+}
+
+// linger lets a queue that is still growing grow a little longer, in steps
+// of a tenth of Linger, until it stops growing, fills a batch, or Linger is
+// over.
+func (a *Allocator) linger() {
+	if a.cfg.Linger <= 0 {
+		return
+	}
+	deadline := time.Now().Add(a.cfg.Linger)
+	a.mu.Lock()
+	n := len(a.queue)
+	a.mu.Unlock()
+	for n < a.cfg.MaxBatch && time.Now().Before(deadline) {
+		time.Sleep(a.cfg.Linger / 10)
+		a.mu.Lock()
+		m := len(a.queue)
+		a.mu.Unlock()
+		if m == n {
+			return
+		}
+		n = m
 	}
 }
 
@@ -663,7 +698,9 @@ func (a *Allocator) requeue(allocs []allocOp, releases []*entry, cause error) {
 }
 
 // candidateLocked picks a local ID that is neither in the cache nor in
-// flight, starting at a random place so racing nodes rarely pick the same.
+// flight. Each node walks the range from its own starting point (a hash of
+// its name), so racing nodes rarely pick the same candidate; collisions are
+// still safe, only slower.
 func (a *Allocator) candidateLocked(e *entry) (identity.ID, error) {
 	if want := e.want; want != 0 {
 		e.want = 0
@@ -674,9 +711,9 @@ func (a *Allocator) candidateLocked(e *entry) (identity.ID, error) {
 		}
 	}
 	n := a.cfg.MaxIdentities
-	start := rand.IntN(n)
 	for i := range n {
-		local := identity.MinLocal + (start+i)%n
+		off := (a.next + i) % n
+		local := identity.MinLocal + off
 		id, _ := identity.New(a.cfg.ClusterID, local)
 		_, busy := a.taken[id]
 		if _, used := a.ids.Get(id.String()); used {
@@ -688,8 +725,15 @@ func (a *Allocator) candidateLocked(e *entry) (identity.ID, error) {
 		if busy {
 			continue
 		}
+		a.next = off + 1
 		return id, nil
 	}
 	return 0, fmt.Errorf("allocate identity: %w: all %d local IDs of cluster %s (ID %d) are in use; release workloads or run `meshctl identity gc`",
 		ErrExhausted, n, a.cfg.Cluster, a.cfg.ClusterID)
+}
+
+// nodeOffset spreads nodes' starting points over the local range.
+func nodeOffset(node string, n int) int {
+	sum := sha256.Sum256([]byte(node))
+	return int(binary.BigEndian.Uint64(sum[:8]) % uint64(n))
 }
