@@ -113,11 +113,11 @@ func (id ID) String() string { return strconv.FormatUint(uint64(id), 10) }
 
 // Parse parses a decimal ID, or the name of a reserved identity, and validates it.
 func Parse(s string) (ID, error) {
-	if id, ok := ReservedByName(s); ok {
-		return id, nil
-	}
 	n, err := strconv.ParseUint(s, 10, 32)
 	if err != nil {
+		if id, ok := ReservedByName(s); ok {
+			return id, nil
+		}
 		return Unknown, fmt.Errorf("%w: %q is not a number or a reserved identity name", ErrInvalid, s)
 	}
 	id := ID(n)

@@ -115,7 +115,32 @@ func ParseSet(s string) (Set, error) {
 		}
 		ls = append(ls, l)
 	}
+	// Fast path for text that is already canonical (what meshplane itself
+	// writes to etcd, read back by every agent): sorted, unique and without
+	// spaces or "=" before an empty value, so it is its own canonical form.
+	if isCanonical(s, ls) {
+		return Set{d: &setData{labels: ls, str: s}}, nil
+	}
 	return canonical(ls)
+}
+
+// isCanonical reports whether s, which parsed into ls, is exactly the
+// canonical form of ls.
+func isCanonical(s string, ls []Label) bool {
+	n := len(ls) - 1
+	for i, l := range ls {
+		if i > 0 && compareLabels(ls[i-1], l) >= 0 {
+			return false
+		}
+		n += len(l.Source) + len(l.Key) + 1
+		if l.Value != "" {
+			n += len(l.Value) + 1
+		}
+	}
+	// Same labels, same total length: no space was trimmed and no "key="
+	// was written for an empty value, so the text is byte-for-byte the
+	// canonical join.
+	return n == len(s)
 }
 
 // FromMap builds a Set from keys and values that all come from one source,

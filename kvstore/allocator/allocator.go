@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -601,6 +602,9 @@ func (a *Allocator) commitBatch(ctx context.Context) error {
 			a.settleLocked(op.e, 0, err)
 		case id == 0: // candidate taken: try another next round
 			a.taken[op.cand] = struct{}{}
+			// Another node is filling this part of the range: move away
+			// rather than walk into its next IDs too.
+			a.next = rand.IntN(a.cfg.MaxIdentities)
 			a.queue = append(a.queue, op.e)
 		default:
 			a.session.Own(a.keys.IdentityRef(op.e.hash, a.cfg.Node), "", lease)
