@@ -1,7 +1,6 @@
 package kvstore_test
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -264,11 +263,17 @@ func TestEmbeddedDataDirInUse(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	short, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	c2, err := kvstore.New(short, kvstore.Config{StateDir: dir})
+	// etcd itself would block on its database's file lock forever.
+	c2, err := kvstore.New(ctx, kvstore.Config{StateDir: dir})
 	if err == nil {
 		_ = c2.Close()
 		t.Fatal("a second embedded etcd on the same state dir started")
+	}
+	if !errors.Is(err, kvstore.ErrConfig) {
+		t.Fatalf("New() on a state dir in use = %v, want an error wrapping ErrConfig", err)
+	}
+	// The first server still answers.
+	if err := c.Put(ctx, "/meshplane/v1/inuse", []byte("v")); err != nil {
+		t.Fatalf("Put() on the first server: %v", err)
 	}
 }

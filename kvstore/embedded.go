@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/fileutil"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 )
@@ -19,6 +20,7 @@ import (
 // It is what a Client with no endpoints starts; etcdtest starts it directly.
 type EmbeddedServer struct {
 	etcd      *embed.Etcd
+	lock      *fileutil.LockedFile // held while the server runs
 	clientURL string
 	ports     [2]int
 }
@@ -29,7 +31,7 @@ type EmbeddedServer struct {
 func StartEmbedded(ctx context.Context, dir string, ports [2]int) (*EmbeddedServer, error) {
 	dataDir := filepath.Join(dir, "etcd")
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("%w: state directory: %v", ErrConfig, err)
+		return nil, fmt.Errorf("%w: state directory (--state-dir) %s: %w; pick a writable directory", ErrConfig, dir, err)
 	}
 	if ports != [2]int{} {
 		return startEmbeddedOnce(ctx, dataDir, ports)
@@ -103,7 +105,12 @@ func (s *EmbeddedServer) ClientURL() string { return s.clientURL }
 func (s *EmbeddedServer) Ports() [2]int { return s.ports }
 
 // Close stops the server. Data stays in its directory.
-func (s *EmbeddedServer) Close() { s.etcd.Close() }
+func (s *EmbeddedServer) Close() {
+	s.etcd.Close()
+	if s.lock != nil {
+		_ = s.lock.Close()
+	}
+}
 
 // freePorts returns n distinct loopback TCP ports that were free a moment ago.
 func freePorts(n int) ([]int, error) {

@@ -100,7 +100,9 @@ func TestCorruptKeysSkipped(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st := ag.alloc.Stats(); st.InvalidCached != 3 || st.CacheEntries < 1 {
+	// The watch delivers the new identity asynchronously.
+	waitFor(t, "cache holds the new identity", func() bool { return ag.alloc.Stats().CacheEntries == 1 })
+	if st := ag.alloc.Stats(); st.InvalidCached != 3 {
 		t.Fatalf("stats %+v, want 3 invalid", st)
 	}
 	if id == 7<<16|256 {
