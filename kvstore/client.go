@@ -6,9 +6,12 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
+	"net/url"
 	"os"
 	"strings"
 	"sync"
+	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -28,6 +31,7 @@ type Client struct {
 	cfg      Config
 	etcd     *clientv3.Client
 	embedded *EmbeddedServer
+	tls      *tls.Config
 
 	closeOnce sync.Once
 	closeErr  error
@@ -75,6 +79,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		return nil, classify(cfg, "connect", err)
 	}
 	c.etcd = cli
+	c.tls = tlsCfg
 	if err := c.probe(ctx); err != nil {
 		_ = c.Close()
 		return nil, err
@@ -94,7 +99,54 @@ func (c *Client) probe(ctx context.Context) error {
 		}
 		last = err
 	}
+	// gRPC hides a failed TLS handshake behind retries until the deadline:
+	// shake hands once ourselves so the error can say what was wrong.
+	if c.tls != nil {
+		for _, ep := range c.cfg.Endpoints {
+			if herr := handshake(ep, c.tls, c.cfg.DialTimeout); herr != nil {
+				return fmt.Errorf("probe %s: %w: TLS handshake with %s failed; check --etcd-ca, --etcd-cert and --etcd-key: %w",
+					c.cfg, ErrAuth, ep, herr)
+			}
+		}
+	}
 	return classify(c.cfg, "probe", last)
+}
+
+// handshake dials a TLS endpoint and reports a handshake failure, including
+// one the server reports only after the client's side is done (TLS 1.3
+// rejects client certificates that way). Other failures return nil.
+func handshake(endpoint string, base *tls.Config, timeout time.Duration) error {
+	u, err := url.Parse(endpoint)
+	if err != nil || u.Scheme != "https" {
+		return nil
+	}
+	cfg := base.Clone()
+	if cfg.ServerName == "" {
+		cfg.ServerName = u.Hostname()
+	}
+	cfg.NextProtos = []string{"h2"}
+	d := &net.Dialer{Timeout: timeout}
+	conn, err := tls.DialWithDialer(d, "tcp", u.Host, cfg)
+	if err != nil {
+		var opErr *net.OpError
+		if errors.As(err, &opErr) && opErr.Op == "dial" {
+			return nil // not a TLS problem
+		}
+		return err
+	}
+	defer func() { _ = conn.Close() }()
+	_ = conn.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	var b [1]byte
+	if _, err := conn.Read(b[:]); err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return nil
+		}
+		if strings.Contains(err.Error(), "tls:") {
+			return err
+		}
+	}
+	return nil
 }
 
 // classify turns an etcd client error into one that says what to check.

@@ -49,6 +49,10 @@ type Config struct {
 	// that start at once) share one transaction. It waits only while new
 	// requests keep arriving. Zero means 1ms; negative disables it.
 	Linger time.Duration
+	// MaxInFlight is how many transactions the allocator keeps in flight at
+	// once, so that etcd can write one to its log while it applies the
+	// previous. Zero means 2.
+	MaxInFlight int
 }
 
 func (c *Config) validate() error {
@@ -75,6 +79,9 @@ func (c *Config) validate() error {
 	}
 	if c.RetryFor == 0 {
 		c.RetryFor = 30 * time.Second
+	}
+	if c.MaxInFlight <= 0 {
+		c.MaxInFlight = 2
 	}
 	if c.Linger == 0 {
 		c.Linger = time.Millisecond
@@ -146,6 +153,7 @@ type Allocator struct {
 	queue    []*entry
 	taken    map[identity.ID]struct{} // candidate IDs in flight or learned taken
 	next     int                      // offset of the next candidate in the local range
+	backoff  time.Duration            // pause after a failed transaction
 	closed   bool
 	wake     chan struct{}
 	stopped  chan struct{}
@@ -464,10 +472,13 @@ func (a *Allocator) settleLocked(e *entry, id identity.ID, err error) {
 	}
 }
 
-// batcher is the goroutine that commits queued work, one transaction at a
-// time, taking everything queued meanwhile (up to MaxBatch) into the next.
+// batcher is the goroutine that commits queued work, up to MaxInFlight
+// transactions at a time, each taking everything queued (up to MaxBatch)
+// when it starts. It returns after its transactions finish.
 func (a *Allocator) batcher(ctx context.Context) {
-	backoff := 50 * time.Millisecond
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	slots := make(chan struct{}, a.cfg.MaxInFlight)
 	for {
 		a.mu.Lock()
 		empty := len(a.queue) == 0
@@ -480,20 +491,35 @@ func (a *Allocator) batcher(ctx context.Context) {
 				continue
 			}
 		}
-		a.linger()
-		if err := a.commitBatch(ctx); err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(backoff):
-			}
-			backoff = min(2*backoff, 2*time.Second)
-			continue
+		select {
+		case <-ctx.Done():
+			return
+		case slots <- struct{}{}:
 		}
-		backoff = 50 * time.Millisecond
+		a.linger()
+		wg.Go(func() {
+			defer func() { <-slots }()
+			if err := a.commitBatch(ctx); err != nil {
+				a.pause(ctx)
+				return
+			}
+			a.mu.Lock()
+			a.backoff = 0
+			a.mu.Unlock()
+		})
+	}
+}
+
+// pause waits after a failed transaction, 50ms doubling up to 2s; the
+// caller holds its in-flight slot meanwhile, which throttles retries.
+func (a *Allocator) pause(ctx context.Context) {
+	a.mu.Lock()
+	a.backoff = min(max(2*a.backoff, 50*time.Millisecond), 2*time.Second)
+	d := a.backoff
+	a.mu.Unlock()
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
 	}
 }
 

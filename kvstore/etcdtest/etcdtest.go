@@ -31,6 +31,7 @@ type Server struct {
 	ports    [2]int
 	url      string
 	external bool
+	tls      *TLSFiles
 }
 
 // Start starts an embedded etcd that is stopped when the test ends.
@@ -63,16 +64,37 @@ const ExternalBinary = "/usr/bin/etcd"
 // is set (CI sets it), in which case it fails.
 func StartExternal(tb testing.TB) *Server {
 	tb.Helper()
+	requireExternal(tb)
+	s := &Server{tb: tb, dir: tb.TempDir(), external: true}
+	s.startExternal([2]int{})
+	tb.Cleanup(s.Stop)
+	return s
+}
+
+// StartExternalTLS is StartExternal with TLS on the client port and client
+// certificates required: Config carries the CA and a client certificate.
+func StartExternalTLS(tb testing.TB) *Server {
+	tb.Helper()
+	requireExternal(tb)
+	s := &Server{tb: tb, dir: tb.TempDir(), external: true}
+	files := NewTLSFiles(tb, s.dir)
+	s.tls = &files
+	s.startExternal([2]int{})
+	tb.Cleanup(s.Stop)
+	return s
+}
+
+// TLS returns the server's TLS files, or nil.
+func (s *Server) TLS() *TLSFiles { return s.tls }
+
+func requireExternal(tb testing.TB) {
+	tb.Helper()
 	if _, err := os.Stat(ExternalBinary); err != nil {
 		if os.Getenv("MESHPLANE_REQUIRE_EXTERNAL_ETCD") != "" {
 			tb.Fatalf("external etcd required but %s is missing: apt-get install etcd-server", ExternalBinary)
 		}
 		tb.Skipf("no %s (apt-get install etcd-server)", ExternalBinary)
 	}
-	s := &Server{tb: tb, dir: tb.TempDir(), external: true}
-	s.startExternal([2]int{})
-	tb.Cleanup(s.Stop)
-	return s
 }
 
 func (s *Server) startExternal(ports [2]int) {
@@ -80,14 +102,24 @@ func (s *Server) startExternal(ports [2]int) {
 	if ports == [2]int{} {
 		ports = freePorts(s.tb)
 	}
-	cu := fmt.Sprintf("http://127.0.0.1:%d", ports[0])
+	scheme := "http"
+	if s.tls != nil {
+		scheme = "https"
+	}
+	cu := fmt.Sprintf("%s://127.0.0.1:%d", scheme, ports[0])
 	pu := fmt.Sprintf("http://127.0.0.1:%d", ports[1])
-	cmd := exec.Command(ExternalBinary,
-		"--name", "etcdtest", "--data-dir", s.dir+"/etcd",
+	args := []string{
+		"--name", "etcdtest", "--data-dir", s.dir + "/etcd",
 		"--listen-client-urls", cu, "--advertise-client-urls", cu,
 		"--listen-peer-urls", pu, "--initial-advertise-peer-urls", pu,
-		"--initial-cluster", "etcdtest="+pu, "--log-level", "error",
-		"--logger", "zap", "--max-txn-ops", "1024")
+		"--initial-cluster", "etcdtest=" + pu, "--log-level", "error",
+		"--logger", "zap", "--max-txn-ops", "1024",
+	}
+	if s.tls != nil {
+		args = append(args, "--cert-file", s.tls.ServerCert, "--key-file", s.tls.ServerKey,
+			"--trusted-ca-file", s.tls.CA, "--client-cert-auth")
+	}
+	cmd := exec.Command(ExternalBinary, args...)
 	cmd.Env = append(os.Environ(), "ETCD_UNSUPPORTED_ARCH=")
 	var out strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &out
@@ -121,7 +153,11 @@ func (s *Server) Endpoint() string {
 
 // Config returns a kvstore config that connects to the server.
 func (s *Server) Config() kvstore.Config {
-	return kvstore.Config{Endpoints: []string{s.Endpoint()}, DialTimeout: 5 * time.Second}
+	cfg := kvstore.Config{Endpoints: []string{s.Endpoint()}, DialTimeout: 5 * time.Second}
+	if s.tls != nil {
+		cfg.CAFile, cfg.CertFile, cfg.KeyFile = s.tls.CA, s.tls.ClientCert, s.tls.ClientKey
+	}
+	return cfg
 }
 
 // Client returns a new client, closed when the test ends.
