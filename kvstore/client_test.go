@@ -153,6 +153,7 @@ func TestNewConnects(t *testing.T) {
 }
 
 func TestNewCredentials(t *testing.T) {
+	t.Parallel()
 	srv := etcdtest.Start(t)
 	admin := srv.Client(t)
 	ctx := testContext(t)
@@ -224,6 +225,7 @@ func TestNewCredentials(t *testing.T) {
 }
 
 func TestEmbeddedRestart(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	ctx := testContext(t)
 	const key = "/meshplane/v1/embedded/k"
@@ -256,6 +258,7 @@ func TestEmbeddedRestart(t *testing.T) {
 }
 
 func TestEmbeddedDataDirInUse(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	ctx := testContext(t)
 	c, err := kvstore.New(ctx, kvstore.Config{StateDir: dir})

@@ -28,11 +28,34 @@ type EmbeddedServer struct {
 // StartEmbedded starts an etcd server with its data in dir/etcd. With ports
 // zero, loopback ports are chosen; otherwise ports holds the client and peer
 // ports to listen on (to restart a server where its clients expect it).
+//
+// The server holds a lock on dir/etcd.lock while it runs, so a second server
+// on the same dir fails at once with an error wrapping ErrConfig.
 func StartEmbedded(ctx context.Context, dir string, ports [2]int) (*EmbeddedServer, error) {
 	dataDir := filepath.Join(dir, "etcd")
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("%w: state directory (--state-dir) %s: %w; pick a writable directory", ErrConfig, dir, err)
 	}
+	// etcd opens its bbolt database with a blocking file lock and no
+	// timeout: a second server on the same data dir would hang in
+	// embed.StartEtcd forever, ignoring ctx. Take our own lock first.
+	lock, err := fileutil.TryLockFile(filepath.Join(dir, "etcd.lock"), os.O_WRONLY|os.O_CREATE, 0o600)
+	if errors.Is(err, fileutil.ErrLocked) {
+		return nil, fmt.Errorf("%w: embedded etcd in %s: the data directory is in use by another process; stop it or pass --etcd-endpoints", ErrConfig, dataDir)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: lock state directory (--state-dir) %s: %w", ErrConfig, dir, err)
+	}
+	srv, err := startEmbeddedPorts(ctx, dataDir, ports)
+	if err != nil {
+		_ = lock.Close()
+		return nil, err
+	}
+	srv.lock = lock
+	return srv, nil
+}
+
+func startEmbeddedPorts(ctx context.Context, dataDir string, ports [2]int) (*EmbeddedServer, error) {
 	if ports != [2]int{} {
 		return startEmbeddedOnce(ctx, dataDir, ports)
 	}

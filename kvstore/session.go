@@ -261,7 +261,7 @@ func (s *Session) run(ctx context.Context) {
 		return true
 	}
 	for ctx.Err() == nil {
-		lease, ka, err := s.grant(ctx)
+		lease, ka, stopKeepAlive, err := s.grant(ctx)
 		if err != nil {
 			s.setErr(err)
 			if !pause() {
@@ -285,6 +285,7 @@ func (s *Session) run(ctx context.Context) {
 		s.notify()
 
 		if err := s.reassert(ctx, lease, keys); err != nil {
+			stopKeepAlive()
 			s.lost(lease, err)
 			if !pause() {
 				return
@@ -293,22 +294,29 @@ func (s *Session) run(ctx context.Context) {
 		}
 		backoff = s.cfg.RetryInterval
 		s.keepAlive(ctx, lease, ka)
+		// The lease is given up: stop renewing it, or a lease reported lost
+		// that etcd still has (LeaseLost, a failed re-assert) would be kept
+		// alive by this client for as long as the session lives.
+		stopKeepAlive()
 	}
 }
 
-func (s *Session) grant(ctx context.Context) (LeaseID, <-chan *clientv3.LeaseKeepAliveResponse, error) {
+// grant grants a lease and starts keeping it alive until stop is called.
+func (s *Session) grant(ctx context.Context) (_ LeaseID, _ <-chan *clientv3.LeaseKeepAliveResponse, stop func(), _ error) {
 	gctx, cancel := context.WithTimeout(ctx, s.client.cfg.RequestTimeout)
 	defer cancel()
 	resp, err := s.client.etcd.Grant(gctx, int64(s.cfg.TTL/time.Second))
 	if err != nil {
-		return 0, nil, fmt.Errorf("grant lease: %w", wrapErr(err))
+		return 0, nil, nil, fmt.Errorf("grant lease: %w", wrapErr(err))
 	}
 	lease := LeaseID(resp.ID)
-	ka, err := s.client.etcd.KeepAlive(ctx, resp.ID)
+	kctx, stop := context.WithCancel(ctx)
+	ka, err := s.client.etcd.KeepAlive(kctx, resp.ID)
 	if err != nil {
-		return 0, nil, fmt.Errorf("keep lease %x alive: %w", resp.ID, wrapErr(err))
+		stop()
+		return 0, nil, nil, fmt.Errorf("keep lease %x alive: %w", resp.ID, wrapErr(err))
 	}
-	return lease, ka, nil
+	return lease, ka, stop, nil
 }
 
 // keepAlive drains keepalive answers until the lease is lost, re-writing

@@ -144,7 +144,13 @@ func (c *Cache[T]) Stats() CacheStats {
 	}
 }
 
-// Run mirrors the prefix until ctx ends. It returns ctx's error.
+// Run mirrors the prefix until ctx ends. It returns ctx's error, or an
+// error wrapping the client's context error if the client is closed first.
+//
+// Run may be called again after it returned, but not concurrently: the new
+// Run watches on from the revision the cache reached, so handlers see the
+// changes made in between; if etcd compacted that revision away, it lists
+// the prefix again and handlers see only the difference.
 func (c *Cache[T]) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	for _, d := range c.handlers {
@@ -160,8 +166,16 @@ func (c *Cache[T]) Run(ctx context.Context) error {
 
 func (c *Cache[T]) loop(ctx context.Context) error {
 	backoff := c.cfg.RetryInterval
-	needList := true
+	c.mu.RLock()
+	needList := c.rev == 0 // never listed: no revision to watch from
+	c.mu.RUnlock()
 	for {
+		// A closed client answers every watch with a closed channel and
+		// every list with an error: without this check the loop would spin
+		// until ctx ends.
+		if err := c.client.etcd.Ctx().Err(); err != nil {
+			return fmt.Errorf("watch %s: etcd client closed: %w", c.cfg.Prefix, err)
+		}
 		if needList {
 			if err := c.relist(ctx); err != nil {
 				select {
@@ -240,6 +254,13 @@ func (c *Cache[T]) watch(ctx context.Context) bool {
 			return false
 		}
 		c.apply(resp.Events, resp.Header.Revision)
+	}
+	// The channel closes when ctx ends or the client is closed; pause in
+	// case it closed for another reason, so the loop does not spin.
+	select {
+	case <-ctx.Done():
+	case <-c.client.etcd.Ctx().Done():
+	case <-time.After(c.cfg.RetryInterval):
 	}
 	return false
 }

@@ -43,7 +43,7 @@ real cluster's identities.`,
 				if err != nil {
 					return fmt.Errorf("demo: temporary state directory: %w", err)
 				}
-				defer os.RemoveAll(tmp)
+				defer func() { _ = os.RemoveAll(tmp) }()
 				dir = tmp
 			}
 			return o.demo(cmd.Context(), dir)
