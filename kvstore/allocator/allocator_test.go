@@ -4,34 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"sync"
 	"testing"
 	"time"
-
-	"go.uber.org/goleak"
 
 	"github.com/meshplane/meshplane/identity"
 	"github.com/meshplane/meshplane/kvstore"
 	"github.com/meshplane/meshplane/kvstore/etcdtest"
 	"github.com/meshplane/meshplane/labels"
 )
-
-var srv *etcdtest.Server
-
-func TestMain(m *testing.M) {
-	tb := &mainTB{}
-	srv = etcdtest.Start(tb)
-	code := m.Run()
-	tb.cleanup()
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
 
 // agent is one simulated node: its own client, session and allocator.
 type agent struct {
