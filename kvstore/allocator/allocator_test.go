@@ -25,8 +25,15 @@ type agent struct {
 
 func startAgent(t testing.TB, cluster, node string, mod func(*Config)) *agent {
 	t.Helper()
+	return startAgentOn(t, srv, cluster, node, mod)
+}
+
+// startAgentOn starts an agent against server, with cluster ID 7 unless mod
+// says otherwise; it stops when the test ends.
+func startAgentOn(t testing.TB, server *etcdtest.Server, cluster, node string, mod func(*Config)) *agent {
+	t.Helper()
 	ctx := context.Background()
-	c := srv.Client(t)
+	c := server.Client(t)
 	s, err := kvstore.NewSession(ctx, c, kvstore.SessionConfig{TTL: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)

@@ -1,7 +1,6 @@
 package allocator
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"sync"
@@ -11,7 +10,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/meshplane/meshplane/identity"
-	"github.com/meshplane/meshplane/kvstore"
 	"github.com/meshplane/meshplane/kvstore/etcdtest"
 	"github.com/meshplane/meshplane/labels"
 )
@@ -117,20 +115,9 @@ func TestEtcdRestartMidRun(t *testing.T) {
 	cluster := etcdtest.Cluster(t)
 	var ags []*agent
 	for i := range 4 {
-		c := own.Client(t)
-		s, err := kvstore.NewSession(context.Background(), c, kvstore.SessionConfig{TTL: 10 * time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
-		a, err := New(Config{Cluster: cluster, ClusterID: 9, Node: fmt.Sprintf("n%d", i), RetryFor: time.Minute}, c, s)
-		if err != nil {
-			t.Fatal(err)
-		}
-		rctx, cancel := context.WithCancel(context.Background())
-		ag := &agent{client: c, session: s, alloc: a, cancel: cancel, done: make(chan error, 1)}
-		go func() { ag.done <- a.Run(rctx) }()
-		t.Cleanup(ag.stop)
-		ags = append(ags, ag)
+		ags = append(ags, startAgentOn(t, own, cluster, fmt.Sprintf("n%d", i), func(c *Config) {
+			c.ClusterID, c.RetryFor = 9, time.Minute
+		}))
 	}
 	ctx := ctxT(t)
 	var (
