@@ -156,7 +156,6 @@ type Allocator struct {
 	backoff  time.Duration            // pause after a failed transaction
 	closed   bool
 	wake     chan struct{}
-	stopped  chan struct{}
 	txns     atomic.Int64
 	created  atomic.Int64
 	joined   atomic.Int64
@@ -208,11 +207,10 @@ func New(cfg Config, client *kvstore.Client, session *kvstore.Session) (*Allocat
 	}
 	a := &Allocator{
 		cfg: cfg, client: client, session: session, keys: keys, ids: ids,
-		next:    nodeOffset(cfg.Node, cfg.MaxIdentities),
-		byHash:  make(map[string]*entry),
-		taken:   make(map[identity.ID]struct{}),
-		wake:    make(chan struct{}, 1),
-		stopped: make(chan struct{}),
+		next:   nodeOffset(cfg.Node, cfg.MaxIdentities),
+		byHash: make(map[string]*entry),
+		taken:  make(map[identity.ID]struct{}),
+		wake:   make(chan struct{}, 1),
 	}
 	ids.Subscribe(restorer{a})
 	return a, nil
@@ -269,13 +267,15 @@ func (a *Allocator) Run(ctx context.Context) error {
 		a.mu.Lock()
 		a.closed = true
 		for _, e := range a.queue {
-			if e.st == pending {
+			switch e.st {
+			case pending:
 				a.settleLocked(e, 0, ErrClosed)
+			case deleting: // wake Allocate calls waiting for the delete
+				close(e.done)
 			}
 		}
 		a.queue = nil
 		a.mu.Unlock()
-		close(a.stopped)
 	}()
 	cacheDone := make(chan error, 1)
 	go func() { cacheDone <- a.ids.Run(ctx) }()
@@ -563,8 +563,16 @@ func (a *Allocator) commitBatch(ctx context.Context) error {
 		releases []*entry
 		rest     []*entry
 	)
+	// An entry can be queued twice (released, re-allocated and released
+	// again before the batcher ran); it must appear once in a transaction,
+	// which etcd refuses when it names a key twice.
+	seen := make(map[*entry]struct{}, len(a.queue))
 	a.mu.Lock()
 	for _, e := range a.queue {
+		if _, dup := seen[e]; dup {
+			continue
+		}
+		seen[e] = struct{}{}
 		if len(allocs)+len(releases) >= a.cfg.MaxBatch {
 			rest = append(rest, e)
 			continue

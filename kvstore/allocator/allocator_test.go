@@ -210,3 +210,60 @@ func Test64Agents(t *testing.T) {
 	}
 	t.Logf("%d transactions for %d identities and %d references", txns, created, agents*(shared+own))
 }
+
+// TestAllocateReleaseChurn: the same label set allocated and released over
+// and over from many goroutines (pods of one deployment restarting) ends
+// with the reference present exactly while the node holds the set.
+func TestAllocateReleaseChurn(t *testing.T) {
+	t.Parallel()
+	cluster := etcdtest.Cluster(t)
+	ag := startAgent(t, cluster, "churn", nil)
+	ctx := ctxT(t)
+	s := set(t, "k8s:app=churn")
+	want, err := ag.alloc.Allocate(ctx, s) // held throughout by this caller
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := set(t, "k8s:app=churn-other")
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Go(func() {
+			for range 50 {
+				id, err := ag.alloc.Allocate(ctx, s)
+				if err != nil || id != want {
+					t.Errorf("allocate = %d, %v; want %d", id, err, want)
+					return
+				}
+				if _, err := ag.alloc.Allocate(ctx, other); err != nil {
+					t.Error(err)
+					return
+				}
+				if err := ag.alloc.Release(s); err != nil {
+					t.Error(err)
+					return
+				}
+				if err := ag.alloc.Release(other); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	keys := mustKeys(t, cluster)
+	if _, ok, _ := ag.client.Get(ctx, keys.IdentityRef(s.Hash(), "churn")); !ok {
+		t.Fatal("reference of a held label set is missing")
+	}
+	waitFor(t, "reference of the released set deleted", func() bool {
+		_, ok, _ := ag.client.Get(ctx, keys.IdentityRef(other.Hash(), "churn"))
+		return !ok
+	})
+	// And the allocator still works.
+	if _, err := ag.alloc.Allocate(ctx, other); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "reference re-created", func() bool {
+		_, ok, _ := ag.client.Get(ctx, keys.IdentityRef(other.Hash(), "churn"))
+		return ok
+	})
+}
