@@ -566,8 +566,8 @@ func (a *Allocator) commitBatch(ctx context.Context) error {
 	// An entry can be queued twice (released, re-allocated and released
 	// again before the batcher ran); it must appear once in a transaction,
 	// which etcd refuses when it names a key twice.
-	seen := make(map[*entry]struct{}, len(a.queue))
 	a.mu.Lock()
+	seen := make(map[*entry]struct{}, len(a.queue))
 	for _, e := range a.queue {
 		if _, dup := seen[e]; dup {
 			continue
