@@ -3,6 +3,7 @@ package kvstore
 import (
 	"fmt"
 	"regexp"
+	"strings"
 )
 
 // Root is the prefix of every key meshplane writes. The version segment lets
@@ -14,7 +15,14 @@ const Root = "/meshplane/v1/"
 //
 //	<root><cluster>/identities/id/<id>              canonical label set      no lease; deleted only by identity GC
 //	<root><cluster>/identities/labels/<hash>        id (decimal)             no lease; created with the id key
-//	<root><cluster>/identities/refs/<hash>/<node>   id (decimal)             the node's session lease
+//	<root><cluster>/identities/refs/<hash>/<node>   "" (empty)               the node's session lease
+//	<root><cluster>/ipam/pools/<name>               pool (JSON)              no lease; written by meshctl ipam pool
+//	<root><cluster>/ipam/pools-version              "" (bumped)              no lease; changes with every pool write
+//	<root><cluster>/ipam/cidrs/<cidr>               claim (JSON: node, pool) no lease; deleted by IPAM GC
+//	<root><cluster>/ipam/nodes/<node>               the node's CIDRs (JSON)  no lease; same transaction as the claims
+//	<root><cluster>/nodes/<node>                    node record (JSON)       the node's session lease
+//
+// <cidr> is the CIDR with '/' written as '_' (10.192.3.0_24).
 //
 // <hash> is labels.Set.Hash() of the canonical label set. References are
 // keyed by the label hash, not the ID, so that an agent that loses the race
@@ -69,3 +77,33 @@ func (k Keys) IdentityRefs(hash string) string { return k.IdentityRefsPrefix() +
 
 // IdentityRef is the reference a node holds on a label set.
 func (k Keys) IdentityRef(hash, node string) string { return k.IdentityRefs(hash) + node }
+
+// IPAMPoolsPrefix is the prefix of the cluster's IPAM pools.
+func (k Keys) IPAMPoolsPrefix() string { return k.base + "ipam/pools/" }
+
+// IPAMPool is the key of one pool.
+func (k Keys) IPAMPool(name string) string { return k.IPAMPoolsPrefix() + name }
+
+// IPAMPoolsVersion is a key every pool change rewrites, so that a
+// transaction can compare "no pool changed since I read them" in one compare.
+func (k Keys) IPAMPoolsVersion() string { return k.base + "ipam/pools-version" }
+
+// IPAMCIDRsPrefix is the prefix of node CIDR claims.
+func (k Keys) IPAMCIDRsPrefix() string { return k.base + "ipam/cidrs/" }
+
+// IPAMCIDR is the claim key of a node CIDR.
+func (k Keys) IPAMCIDR(cidr string) string {
+	return k.IPAMCIDRsPrefix() + strings.ReplaceAll(cidr, "/", "_")
+}
+
+// IPAMNodesPrefix is the prefix of the per-node CIDR index.
+func (k Keys) IPAMNodesPrefix() string { return k.base + "ipam/nodes/" }
+
+// IPAMNode is the key listing a node's CIDRs.
+func (k Keys) IPAMNode(node string) string { return k.IPAMNodesPrefix() + node }
+
+// NodesPrefix is the prefix of node records.
+func (k Keys) NodesPrefix() string { return k.base + "nodes/" }
+
+// Node is the key of a node's record, on the node's session lease.
+func (k Keys) Node(name string) string { return k.NodesPrefix() + name }
