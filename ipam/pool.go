@@ -236,3 +236,6 @@ func ParseCIDRs(s string) ([]netip.Prefix, error) {
 	}
 	return out, nil
 }
+
+// MarshalText writes "IPv4" or "IPv6".
+func (f Family) MarshalText() ([]byte, error) { return []byte(f.String()), nil }

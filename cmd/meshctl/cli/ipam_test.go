@@ -1,0 +1,76 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meshplane/meshplane/ipam"
+	"github.com/meshplane/meshplane/kvstore"
+	"github.com/meshplane/meshplane/kvstore/nodecidr"
+)
+
+func TestIPAMPoolsAndNodes(t *testing.T) {
+	t.Parallel()
+	g := inCluster(t)
+	cluster := g[3]
+	mustRun(t, append(g, "ipam", "pool", "add", "default", "--default", "--dual-stack")...)
+	// Refused: overlap, host bits, bad mask; nothing written.
+	for _, bad := range [][]string{
+		{"ipam", "pool", "add", "b", "--ipv4", "10.192.5.0/24", "--ipv4-mask-size", "26"},
+		{"ipam", "pool", "add", "c", "--ipv4", "10.1.2.3/16"},
+		{"ipam", "pool", "add", "d", "--ipv4", "10.1.0.0/16", "--ipv4-mask-size", "12"},
+	} {
+		_, _, err := meshctl(t, append(g, bad...)...)
+		if !errors.Is(err, ipam.ErrInvalidPool) {
+			t.Errorf("%v: err = %v, want ErrInvalidPool", bad, err)
+		}
+	}
+	var pools []struct {
+		Name  string `json:"name"`
+		Usage []struct {
+			Claimed int `json:"claimed"`
+		} `json:"usage"`
+	}
+	if err := json.Unmarshal([]byte(mustRun(t, append(g, "ipam", "pool", "list", "-o", "json")...)), &pools); err != nil || len(pools) != 1 {
+		t.Fatalf("pool list: %v %v", pools, err)
+	}
+
+	// A node claims; nodes and show see it; removing the pool is refused.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c := srv.Client(t)
+	s, err := kvstore.NewSession(ctx, c, kvstore.SessionConfig{TTL: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = s.Close() }()
+	cl, err := nodecidr.NewClaimer(c, s, nodecidr.Config{Cluster: cluster, Node: "worker-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cidrs, err := cl.Ensure(ctx, ipam.IPv4, ipam.IPv6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var nodes []nodecidr.NodeStatus
+	if err := json.Unmarshal([]byte(mustRun(t, append(g, "ipam", "nodes", "-o", "json")...)), &nodes); err != nil {
+		t.Fatal(err)
+	}
+	if len(nodes) != 1 || nodes[0].Node != "worker-1" || !nodes[0].Alive || len(nodes[0].CIDRs) != 2 {
+		t.Fatalf("nodes = %+v", nodes)
+	}
+	show := mustRun(t, append(g, "ipam", "show", "worker-1")...)
+	if !strings.Contains(show, cidrs[0].String()) || !strings.Contains(show, "default") {
+		t.Fatalf("show:\n%s", show)
+	}
+	if _, _, err := meshctl(t, append(g, "ipam", "show", "nobody")...); err == nil {
+		t.Fatal("show of an unknown node succeeded")
+	}
+	if _, _, err := meshctl(t, append(g, "ipam", "pool", "remove", "default")...); !errors.Is(err, nodecidr.ErrPoolInUse) {
+		t.Fatalf("remove of a used pool: %v", err)
+	}
+}
