@@ -27,9 +27,10 @@ test:
 
 ## bench: the benchmarks recorded in docs/benchmarks.md.
 bench: build
-	$(GO) test -run '^$$' -bench . -benchmem ./kvstore/allocator/ ./labels/
+	$(GO) test -run '^$$' -bench . -benchmem ./kvstore/allocator/ ./labels/ ./ipam/podip/
 	$(BIN)/meshctl bench identity --agents 32 --labelsets 200 --state-dir $$(mktemp -d)
 	$(BIN)/meshctl bench identity --agents 32 --labelsets 200 --shared --state-dir $$(mktemp -d)
+	$(BIN)/meshctl bench ipam --nodes 5000 --pods 100 --state-dir $$(mktemp -d)
 
 lint:
 	@command -v golangci-lint >/dev/null || $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
@@ -39,6 +40,9 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParseSet -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./labels/
 	$(GO) test -run '^$$' -fuzz FuzzParse$$ -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./labels/
 	$(GO) test -run '^$$' -fuzz FuzzDecodeIdentity -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./kvstore/allocator/
+	$(GO) test -run '^$$' -fuzz FuzzPool -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./ipam/
+	$(GO) test -run '^$$' -fuzz FuzzDecodeClaim -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./kvstore/nodecidr/
+	$(GO) test -run '^$$' -fuzz FuzzJournalLoad -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./ipam/podip/
 
 ## generate: nothing is generated yet (protobuf and bpf2go arrive with the agent).
 generate:

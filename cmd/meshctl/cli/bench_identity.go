@@ -26,7 +26,7 @@ func newBenchCmd(o *options) *cobra.Command {
 		Use:   "bench",
 		Short: "Measure meshplane against a real etcd",
 	}
-	cmd.AddCommand(newBenchIdentityCmd(o))
+	cmd.AddCommand(newBenchIdentityCmd(o), newBenchIPAMCmd(o))
 	return cmd
 }
 
@@ -187,7 +187,11 @@ func (o *options) benchIdentity(ctx context.Context, cfg benchConfig) (rep bench
 	for i := range sets {
 		sets[i] = cfg.sets(i)
 	}
-	before, err := benchCeiling(ctx, agents, keys.Prefix()+"bench-ceiling/before/", cfg.labelsets)
+	clients := make([]*kvstore.Client, len(agents))
+	for i, ag := range agents {
+		clients[i] = ag.client
+	}
+	before, err := benchCeiling(ctx, clients, keys.Prefix()+"bench-ceiling/before/", cfg.labelsets)
 	if err != nil {
 		return rep, err
 	}
@@ -211,7 +215,7 @@ func (o *options) benchIdentity(ctx context.Context, cfg benchConfig) (rep bench
 	if err != nil {
 		return rep, err
 	}
-	after, err := benchCeiling(ctx, agents, keys.Prefix()+"bench-ceiling/after/", cfg.labelsets)
+	after, err := benchCeiling(ctx, clients, keys.Prefix()+"bench-ceiling/after/", cfg.labelsets)
 	if err != nil {
 		return rep, err
 	}
@@ -373,18 +377,18 @@ func knownLookup(ctx context.Context, ag *agent, set labels.Set) (time.Duration,
 	return time.Since(start) / calls, nil
 }
 
-// benchCeiling has every agent's client create perAgent fresh keys under
-// prefix, one create-if-absent transaction at a time, all agents at once,
-// and returns the transactions per second.
-func benchCeiling(ctx context.Context, agents []*agent, prefix string, perAgent int) (float64, error) {
-	errs := make([]error, len(agents))
+// benchCeiling has every client create perClient fresh keys under prefix,
+// one create-if-absent transaction at a time, all clients at once, and
+// returns the transactions per second.
+func benchCeiling(ctx context.Context, clients []*kvstore.Client, prefix string, perClient int) (float64, error) {
+	errs := make([]error, len(clients))
 	var wg sync.WaitGroup
 	start := time.Now()
-	for i, ag := range agents {
+	for i, c := range clients {
 		wg.Go(func() {
-			for j := range perAgent {
+			for j := range perClient {
 				key := prefix + strconv.Itoa(i) + "/" + strconv.Itoa(j)
-				if _, err := ag.client.Create(ctx, key, []byte("x")); err != nil {
+				if _, err := c.Create(ctx, key, []byte("x")); err != nil {
 					errs[i] = fmt.Errorf("bench ceiling: %w", err)
 					return
 				}
@@ -396,7 +400,7 @@ func benchCeiling(ctx context.Context, agents []*agent, prefix string, perAgent 
 	if err := errors.Join(errs...); err != nil {
 		return 0, err
 	}
-	return float64(len(agents)*perAgent) / wall.Seconds(), nil
+	return float64(len(clients)*perClient) / wall.Seconds(), nil
 }
 
 func (r benchReport) writeTable(o *options) error {

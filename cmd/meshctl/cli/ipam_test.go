@@ -74,3 +74,20 @@ func TestIPAMPoolsAndNodes(t *testing.T) {
 		t.Fatalf("remove of a used pool: %v", err)
 	}
 }
+
+func TestBenchIPAM(t *testing.T) {
+	t.Parallel()
+	out := mustRun(t, "--etcd-endpoints", srv.Endpoint(), "bench", "ipam", "--nodes", "40", "--pods", "10", "--clients", "4", "--dual-stack", "-o", "json")
+	var rep map[string]any
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("bench ipam printed %q: %v", out, err)
+	}
+	for _, f := range []string{"node_claims_per_s", "pod_ips_per_s", "pod_ip_p50_ms", "pod_ip_p99_ms", "ceiling_ops_per_s", "claim_p99_ms"} {
+		if _, ok := rep[f]; !ok {
+			t.Errorf("field %s missing from %v", f, rep)
+		}
+	}
+	if rep["node_cidrs"] != float64(80) || rep["pod_ips"] != float64(800) {
+		t.Fatalf("report %v: want 80 node CIDRs and 800 pod IPs", rep)
+	}
+}

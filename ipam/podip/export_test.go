@@ -1,0 +1,4 @@
+package podip
+
+// CompactMinRecords is exported for the compaction test.
+const CompactMinRecords = compactMinRecords
