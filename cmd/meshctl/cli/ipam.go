@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -22,7 +23,7 @@ func newIPAMCmd(o *options) *cobra.Command {
 		Short: "Manage the cluster's IPAM pools",
 	}
 	pool.AddCommand(newPoolWriteCmd(o, "add"), newPoolWriteCmd(o, "update"), newPoolRemoveCmd(o), newPoolListCmd(o))
-	cmd.AddCommand(pool, newIPAMNodesCmd(o), newIPAMShowCmd(o))
+	cmd.AddCommand(pool, newIPAMNodesCmd(o), newIPAMShowCmd(o), newIPAMGCCmd(o))
 	return cmd
 }
 
@@ -290,4 +291,68 @@ func joinPrefixes(ps []netip.Prefix) string {
 		s[i] = p.String()
 	}
 	return strings.Join(s, ",")
+}
+
+func newIPAMGCCmd(o *options) *cobra.Command {
+	var (
+		format string
+		grace  time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "gc",
+		Short: "Reclaim the CIDRs of nodes that are gone",
+		Long: `gc reclaims node CIDRs once, as the control plane does periodically. A first
+pass marks nodes that hold CIDRs but have no node record (their lease is gone);
+if there are any, gc waits --grace and a second pass frees the CIDRs of those
+still gone. A node that comes back in between keeps its CIDRs: the reclaim is
+a transaction that fails if the node record exists again.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) (err error) {
+			if err := checkFormat(format); err != nil {
+				return err
+			}
+			if grace < 0 {
+				return fmt.Errorf("--grace %s: use 0 or a positive duration", grace)
+			}
+			ctx := cmd.Context()
+			client, err := o.connect(ctx)
+			if err != nil {
+				return err
+			}
+			defer closeClient(client, &err)
+			g, err := nodecidr.NewGC(client, nodecidr.GCConfig{Cluster: o.clusterName, GracePeriod: grace})
+			if err != nil {
+				return err
+			}
+			res, err := g.Pass(ctx)
+			if err != nil {
+				return err
+			}
+			if res.Gone > 0 {
+				fmt.Fprintf(o.stderr, "%d nodes gone, waiting %s\n", res.Gone, grace)
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-time.After(grace):
+				}
+				if res, err = g.Pass(ctx); err != nil {
+					return err
+				}
+			}
+			if format == formatJSON {
+				return writeJSON(o.stdout, res)
+			}
+			t := newTable(o.stdout)
+			for _, r := range [][2]string{
+				{"nodes", fmt.Sprint(res.Nodes)}, {"alive", fmt.Sprint(res.Alive)}, {"gone", fmt.Sprint(res.Gone)},
+				{"reclaimed CIDRs", fmt.Sprint(res.Reclaimed)}, {"conflicts", fmt.Sprint(res.Conflicts)}, {"invalid", fmt.Sprint(res.Invalid)},
+			} {
+				t.row(r[0], r[1])
+			}
+			return t.flush()
+		},
+	}
+	cmd.Flags().DurationVar(&grace, "grace", 30*time.Second, "how long a node must be gone before its CIDRs are reclaimed")
+	addOutputFlag(cmd, &format)
+	return cmd
 }

@@ -73,6 +73,20 @@ func TestIPAMPoolsAndNodes(t *testing.T) {
 	if _, _, err := meshctl(t, append(g, "ipam", "pool", "remove", "default")...); !errors.Is(err, nodecidr.ErrPoolInUse) {
 		t.Fatalf("remove of a used pool: %v", err)
 	}
+	// The node goes (its lease with it): gc reclaims its CIDRs, and the pool
+	// can then be removed.
+	if res := mustRun(t, append(g, "ipam", "gc", "--grace", "0", "-o", "json")...); !strings.Contains(res, `"alive": 1`) {
+		t.Fatalf("gc of a live node: %s", res)
+	}
+	_ = s.Close()
+	var res nodecidr.GCResult
+	if err := json.Unmarshal([]byte(mustRun(t, append(g, "ipam", "gc", "--grace", "0", "-o", "json")...)), &res); err != nil {
+		t.Fatal(err)
+	}
+	if res.Reclaimed != 2 {
+		t.Fatalf("gc after the node left: %+v", res)
+	}
+	mustRun(t, append(g, "ipam", "pool", "remove", "default")...)
 }
 
 func TestBenchIPAM(t *testing.T) {
