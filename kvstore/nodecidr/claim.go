@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -35,6 +36,15 @@ type NodeCIDRs struct {
 type NodeRecord struct {
 	Name     string         `json:"name"`
 	PodCIDRs []netip.Prefix `json:"podCIDRs"`
+	// Usage is the pod IP usage per CIDR, as the node last published it.
+	Usage []CIDRUsage `json:"usage,omitempty"`
+}
+
+// CIDRUsage is how many pod IPs of a node CIDR are in use.
+type CIDRUsage struct {
+	CIDR netip.Prefix `json:"cidr"`
+	Used int          `json:"used"`
+	Free int          `json:"free"`
 }
 
 // ErrPoolExhausted is returned when no pool has a free node CIDR.
@@ -105,6 +115,9 @@ type Claimer struct {
 	keys    kvstore.Keys
 	cfg     Config
 	pools   *Pools
+
+	mu    sync.Mutex  // mu guards usage
+	usage []CIDRUsage // last published, kept in every record written
 }
 
 // NewClaimer returns a claimer for cfg.Node; session holds the node's lease.
@@ -176,11 +189,28 @@ func (c *Claimer) ClaimMore(ctx context.Context, f ipam.Family) (netip.Prefix, e
 	return c.claim(ctx, f)
 }
 
-func (c *Claimer) register(ctx context.Context, cidrs []netip.Prefix) error {
-	b, err := json.Marshal(NodeRecord{Name: c.cfg.Node, PodCIDRs: cidrs})
+// Publish records the node's pod IP usage in its node record, for
+// `meshctl ipam nodes` and pool exhaustion warnings.
+func (c *Claimer) Publish(ctx context.Context, usage []CIDRUsage) error {
+	idx, _, err := c.index(ctx)
 	if err != nil {
 		return err
 	}
+	c.mu.Lock()
+	c.usage = slices.Clone(usage)
+	c.mu.Unlock()
+	return c.register(ctx, idx.CIDRs)
+}
+
+func (c *Claimer) record(cidrs []netip.Prefix) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	b, _ := json.Marshal(NodeRecord{Name: c.cfg.Node, PodCIDRs: cidrs, Usage: c.usage})
+	return string(b)
+}
+
+func (c *Claimer) register(ctx context.Context, cidrs []netip.Prefix) error {
+	b := c.record(cidrs)
 	if err := c.session.Put(ctx, c.keys.Node(c.cfg.Node), string(b)); err != nil {
 		return fmt.Errorf("register node %s: %w", c.cfg.Node, err)
 	}
@@ -237,8 +267,7 @@ func (c *Claimer) claim(ctx context.Context, f ipam.Family) (netip.Prefix, error
 			return netip.Prefix{}, fmt.Errorf("claim %s for node %s: %w", cand, c.cfg.Node, err)
 		}
 		if resp.Succeeded {
-			b, _ := json.Marshal(NodeRecord{Name: c.cfg.Node, PodCIDRs: append(idx.CIDRs, cand)})
-			c.session.Own(c.keys.Node(c.cfg.Node), string(b), lease)
+			c.session.Own(c.keys.Node(c.cfg.Node), c.record(append(idx.CIDRs, cand)), lease)
 			return cand, nil
 		}
 		// Which compare failed? The pools changed: read them again. The
@@ -272,7 +301,7 @@ func (c *Claimer) claimTxn(ctx context.Context, pool string, cand netip.Prefix, 
 	claim, _ := json.Marshal(Claim{Node: c.cfg.Node, Pool: pool})
 	next := NodeCIDRs{CIDRs: append(slices.Clone(idx.CIDRs), cand)}
 	index, _ := json.Marshal(next)
-	record, _ := json.Marshal(NodeRecord{Name: c.cfg.Node, PodCIDRs: next.CIDRs})
+	record := c.record(next.CIDRs)
 	ck, ik, vk := c.keys.IPAMCIDR(cand.String()), c.keys.IPAMNode(c.cfg.Node), c.keys.IPAMPoolsVersion()
 	return c.client.Etcd().Txn(ctx).If(
 		clientv3.Compare(clientv3.CreateRevision(ck), "=", 0),
@@ -281,7 +310,7 @@ func (c *Claimer) claimTxn(ctx context.Context, pool string, cand netip.Prefix, 
 	).Then(
 		clientv3.OpPut(ck, string(claim)),
 		clientv3.OpPut(ik, string(index)),
-		clientv3.OpPut(c.keys.Node(c.cfg.Node), string(record), clientv3.WithLease(clientv3.LeaseID(lease))),
+		clientv3.OpPut(c.keys.Node(c.cfg.Node), record, clientv3.WithLease(clientv3.LeaseID(lease))),
 	).Else(
 		clientv3.OpGet(ck), clientv3.OpGet(ik), clientv3.OpGet(vk),
 	).Commit()

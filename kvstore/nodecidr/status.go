@@ -19,6 +19,8 @@ type NodeStatus struct {
 	CIDRs []netip.Prefix `json:"cidrs"`
 	// Alive is whether the node record (on the node's lease) exists.
 	Alive bool `json:"alive"`
+	// Usage is the pod IP usage the node last published, if any.
+	Usage []CIDRUsage `json:"usage,omitempty"`
 }
 
 // PoolUsage is how much of a pool's family is claimed.
@@ -59,9 +61,13 @@ func Status(ctx context.Context, client *kvstore.Client, cluster string) (pools 
 	if err != nil {
 		return nil, nil, nil, nil, fmt.Errorf("read node records: %w", err)
 	}
-	alive := make(map[string]bool, len(records))
+	alive := make(map[string]*NodeRecord, len(records))
 	for _, kv := range records {
-		alive[strings.TrimPrefix(kv.Key, p.keys.NodesPrefix())] = true
+		var r NodeRecord
+		if err := json.Unmarshal(kv.Value, &r); err != nil {
+			bad = append(bad, fmt.Errorf("node record %s: %w", kv.Key, err))
+		}
+		alive[strings.TrimPrefix(kv.Key, p.keys.NodesPrefix())] = &r
 	}
 	for _, kv := range index {
 		node := strings.TrimPrefix(kv.Key, p.keys.IPAMNodesPrefix())
@@ -70,7 +76,11 @@ func Status(ctx context.Context, client *kvstore.Client, cluster string) (pools 
 			bad = append(bad, fmt.Errorf("node CIDR index %s: %w", kv.Key, err))
 			continue
 		}
-		nodes = append(nodes, NodeStatus{Node: node, CIDRs: idx.CIDRs, Alive: alive[node]})
+		st := NodeStatus{Node: node, CIDRs: idx.CIDRs}
+		if r := alive[node]; r != nil {
+			st.Alive, st.Usage = true, r.Usage
+		}
+		nodes = append(nodes, st)
 	}
 	slices.SortFunc(nodes, func(a, b NodeStatus) int { return strings.Compare(a.Node, b.Node) })
 	return snap.pools, usage, nodes, bad, nil

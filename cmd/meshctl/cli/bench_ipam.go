@@ -178,6 +178,7 @@ func (o *options) benchIPAM(ctx context.Context, cfg benchIPAMConfig) (rep bench
 
 	// Phase 1: every node claims at once.
 	cidrs := make([][]netip.Prefix, cfg.nodes)
+	claimers := make([]*nodecidr.Claimer, cfg.nodes)
 	lat := make([]time.Duration, cfg.nodes)
 	errs := make([]error, cfg.nodes)
 	var wg sync.WaitGroup
@@ -189,6 +190,7 @@ func (o *options) benchIPAM(ctx context.Context, cfg benchIPAMConfig) (rep bench
 			if err == nil {
 				cidrs[i], err = cl.Ensure(ctx, fams...)
 			}
+			claimers[i] = cl
 			lat[i], errs[i] = time.Since(t0), err
 		})
 	}
@@ -204,8 +206,13 @@ func (o *options) benchIPAM(ctx context.Context, cfg benchIPAMConfig) (rep bench
 
 	// Phase 2: pod IPs, a few nodes at a time (each node's allocator is
 	// local: in a real cluster they run in parallel on separate machines).
-	podLat, podWall, err := allocatePodIPs(dir, cidrs, cfg.pods, fams)
+	podLat, podWall, usage, err := allocatePodIPs(dir, cidrs, cfg.pods, fams)
 	if err != nil {
+		return rep, err
+	}
+	// Not timed: the nodes publish their usage, as agents do, for
+	// `meshctl ipam nodes`.
+	if err := publishUsage(ctx, claimers, usage); err != nil {
 		return rep, err
 	}
 
@@ -267,13 +274,14 @@ func verifyClaims(ctx context.Context, c *kvstore.Client, cluster string, cidrs 
 // allocatePodIPs has every node allocate pods IPs (per family) from its
 // CIDRs with its own journal, GOMAXPROCS nodes at a time, and checks that
 // no node hands out an address twice or outside its CIDRs.
-func allocatePodIPs(dir string, cidrs [][]netip.Prefix, pods int, fams []ipam.Family) ([]time.Duration, time.Duration, error) {
+func allocatePodIPs(dir string, cidrs [][]netip.Prefix, pods int, fams []ipam.Family) ([]time.Duration, time.Duration, [][]nodecidr.CIDRUsage, error) {
 	var (
-		mu   sync.Mutex
-		lat  = make([]time.Duration, 0, len(cidrs)*pods*len(fams))
-		errs = make([]error, len(cidrs))
-		next = make(chan int)
-		wg   sync.WaitGroup
+		mu    sync.Mutex
+		lat   = make([]time.Duration, 0, len(cidrs)*pods*len(fams))
+		errs  = make([]error, len(cidrs))
+		usage = make([][]nodecidr.CIDRUsage, len(cidrs))
+		next  = make(chan int)
+		wg    sync.WaitGroup
 	)
 	start := time.Now()
 	for range runtime.GOMAXPROCS(0) {
@@ -281,7 +289,7 @@ func allocatePodIPs(dir string, cidrs [][]netip.Prefix, pods int, fams []ipam.Fa
 			mine := make([]time.Duration, 0, pods*len(fams))
 			for i := range next {
 				mine = mine[:0]
-				errs[i] = allocateOnNode(filepath.Join(dir, benchNode(i)), cidrs[i], pods, fams, &mine)
+				usage[i], errs[i] = allocateOnNode(filepath.Join(dir, benchNode(i)), cidrs[i], pods, fams, &mine)
 				mu.Lock()
 				lat = append(lat, mine...)
 				mu.Unlock()
@@ -293,15 +301,36 @@ func allocatePodIPs(dir string, cidrs [][]netip.Prefix, pods int, fams []ipam.Fa
 	}
 	close(next)
 	wg.Wait()
-	return lat, time.Since(start), errors.Join(errs...)
+	return lat, time.Since(start), usage, errors.Join(errs...)
 }
 
-func allocateOnNode(dir string, cidrs []netip.Prefix, pods int, fams []ipam.Family, lat *[]time.Duration) (err error) {
+// publishUsage writes every node's usage into its node record, 32 at a time.
+func publishUsage(ctx context.Context, claimers []*nodecidr.Claimer, usage [][]nodecidr.CIDRUsage) error {
+	errs := make([]error, len(claimers))
+	sem := make(chan struct{}, 32)
+	var wg sync.WaitGroup
+	for i, cl := range claimers {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			errs[i] = cl.Publish(ctx, usage[i])
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+func allocateOnNode(dir string, cidrs []netip.Prefix, pods int, fams []ipam.Family, lat *[]time.Duration) (usage []nodecidr.CIDRUsage, err error) {
 	a, err := podip.Open(podip.Config{Dir: dir}, cidrs)
 	if err != nil {
-		return fmt.Errorf("bench ipam: %w", err)
+		return nil, fmt.Errorf("bench ipam: %w", err)
 	}
-	defer func() { err = errors.Join(err, a.Close()) }()
+	defer func() {
+		for _, c := range a.Stats().CIDRs {
+			usage = append(usage, nodecidr.CIDRUsage{CIDR: c.CIDR, Used: c.Used, Free: c.Free})
+		}
+		err = errors.Join(err, a.Close())
+	}()
 	seen := make(map[netip.Addr]bool, pods*len(fams))
 	for j := range pods {
 		owner := "bench/pod-" + strconv.Itoa(j) + "/c0"
@@ -310,13 +339,13 @@ func allocateOnNode(dir string, cidrs []netip.Prefix, pods int, fams []ipam.Fami
 			ip, err := a.Allocate(owner, f)
 			*lat = append(*lat, time.Since(t0))
 			if err != nil {
-				return fmt.Errorf("bench ipam: %s: %w", dir, err)
+				return nil, fmt.Errorf("bench ipam: %s: %w", dir, err)
 			}
 			if seen[ip] || !slices.ContainsFunc(cidrs, func(p netip.Prefix) bool { return p.Contains(ip) }) {
-				return fmt.Errorf("bench ipam: %s handed out %s twice or outside %v", dir, ip, cidrs)
+				return nil, fmt.Errorf("bench ipam: %s handed out %s twice or outside %v", dir, ip, cidrs)
 			}
 			seen[ip] = true
 		}
 	}
-	return nil
+	return nil, nil
 }

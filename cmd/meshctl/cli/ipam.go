@@ -216,8 +216,8 @@ func newIPAMNodesCmd(o *options) *cobra.Command {
 		Use:   "nodes",
 		Short: "List nodes with their CIDRs",
 		Long: `nodes lists every node that holds CIDRs, and whether it is alive (its node
-record, on its lease, exists). Pod IP usage per CIDR is kept on the node
-(meshctl status on the node shows it, with the agent).`,
+record, on its lease, exists), with the pod IPs used and free as the node
+last published them ("-" if it has not).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := checkFormat(format); err != nil {
@@ -230,9 +230,17 @@ record, on its lease, exists). Pod IP usage per CIDR is kept on the node
 			if format == formatJSON {
 				return writeJSON(o.stdout, st.Nodes)
 			}
-			t := newTable(o.stdout, "NODE", "CIDRS", "ALIVE")
+			t := newTable(o.stdout, "NODE", "CIDRS", "ALIVE", "USED", "FREE")
 			for _, n := range st.Nodes {
-				t.row(n.Node, joinPrefixes(n.CIDRs), fmt.Sprint(n.Alive))
+				used, free := "-", "-"
+				if len(n.Usage) > 0 {
+					u, f := 0, 0
+					for _, x := range n.Usage {
+						u, f = u+x.Used, f+x.Free
+					}
+					used, free = fmt.Sprint(u), fmt.Sprint(f)
+				}
+				t.row(n.Node, joinPrefixes(n.CIDRs), fmt.Sprint(n.Alive), used, free)
 			}
 			return t.flush()
 		},
@@ -262,7 +270,7 @@ func newIPAMShowCmd(o *options) *cobra.Command {
 				if format == formatJSON {
 					return writeJSON(o.stdout, n)
 				}
-				t := newTable(o.stdout, "CIDR", "FAMILY", "POOL")
+				t := newTable(o.stdout, "CIDR", "FAMILY", "POOL", "USED", "FREE")
 				for _, c := range n.CIDRs {
 					pool := "?"
 					for _, p := range st.Pools {
@@ -270,7 +278,13 @@ func newIPAMShowCmd(o *options) *cobra.Command {
 							pool = p.Name
 						}
 					}
-					t.row(c.String(), ipam.Of(c).String(), pool)
+					used, free := "-", "-"
+					for _, u := range n.Usage {
+						if u.CIDR == c {
+							used, free = fmt.Sprint(u.Used), fmt.Sprint(u.Free)
+						}
+					}
+					t.row(c.String(), ipam.Of(c).String(), pool, used, free)
 				}
 				if err := t.flush(); err != nil {
 					return err

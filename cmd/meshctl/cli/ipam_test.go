@@ -56,11 +56,15 @@ func TestIPAMPoolsAndNodes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := cl.Publish(ctx, []nodecidr.CIDRUsage{{CIDR: cidrs[0], Used: 3, Free: 250}}); err != nil {
+		t.Fatal(err)
+	}
 	var nodes []nodecidr.NodeStatus
 	if err := json.Unmarshal([]byte(mustRun(t, append(g, "ipam", "nodes", "-o", "json")...)), &nodes); err != nil {
 		t.Fatal(err)
 	}
-	if len(nodes) != 1 || nodes[0].Node != "worker-1" || !nodes[0].Alive || len(nodes[0].CIDRs) != 2 {
+	if len(nodes) != 1 || nodes[0].Node != "worker-1" || !nodes[0].Alive || len(nodes[0].CIDRs) != 2 ||
+		len(nodes[0].Usage) != 1 || nodes[0].Usage[0].Used != 3 {
 		t.Fatalf("nodes = %+v", nodes)
 	}
 	show := mustRun(t, append(g, "ipam", "show", "worker-1")...)
