@@ -180,15 +180,8 @@ func newPoolListCmd(o *options) *cobra.Command {
 		Use:   "list",
 		Short: "List pools with how many node CIDRs are claimed",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := checkFormat(format); err != nil {
-				return err
-			}
-			st, err := o.ipamStatus(cmd.Context())
-			if err != nil {
-				return err
-			}
-			if format == formatJSON {
+		RunE: o.ipamStatusRunE(&format, func(st ipamStatus, _ []string, asJSON bool) error {
+			if asJSON {
 				return writeJSON(o.stdout, st.Pools)
 			}
 			t := newTable(o.stdout, "POOL", "FAMILY", "CIDRS", "NODE MASK", "CLAIMED", "NODE CIDRS", "STATE")
@@ -204,7 +197,7 @@ func newPoolListCmd(o *options) *cobra.Command {
 				}
 			}
 			return t.flush()
-		},
+		}),
 	}
 	addOutputFlag(cmd, &format)
 	return cmd
@@ -219,15 +212,8 @@ func newIPAMNodesCmd(o *options) *cobra.Command {
 record, on its lease, exists), with the pod IPs used and free as the node
 last published them ("-" if it has not).`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := checkFormat(format); err != nil {
-				return err
-			}
-			st, err := o.ipamStatus(cmd.Context())
-			if err != nil {
-				return err
-			}
-			if format == formatJSON {
+		RunE: o.ipamStatusRunE(&format, func(st ipamStatus, _ []string, asJSON bool) error {
+			if asJSON {
 				return writeJSON(o.stdout, st.Nodes)
 			}
 			t := newTable(o.stdout, "NODE", "CIDRS", "ALIVE", "USED", "FREE")
@@ -243,7 +229,7 @@ last published them ("-" if it has not).`,
 				t.row(n.Node, joinPrefixes(n.CIDRs), fmt.Sprint(n.Alive), used, free)
 			}
 			return t.flush()
-		},
+		}),
 	}
 	addOutputFlag(cmd, &format)
 	return cmd
@@ -255,19 +241,12 @@ func newIPAMShowCmd(o *options) *cobra.Command {
 		Use:   "show NODE",
 		Short: "Show one node's CIDRs",
 		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := checkFormat(format); err != nil {
-				return err
-			}
-			st, err := o.ipamStatus(cmd.Context())
-			if err != nil {
-				return err
-			}
+		RunE: o.ipamStatusRunE(&format, func(st ipamStatus, args []string, asJSON bool) error {
 			for _, n := range st.Nodes {
 				if n.Node != args[0] {
 					continue
 				}
-				if format == formatJSON {
+				if asJSON {
 					return writeJSON(o.stdout, n)
 				}
 				t := newTable(o.stdout, "CIDR", "FAMILY", "POOL", "USED", "FREE")
@@ -293,10 +272,25 @@ func newIPAMShowCmd(o *options) *cobra.Command {
 				return nil
 			}
 			return fmt.Errorf("node %s holds no CIDRs in cluster %s", args[0], o.clusterName)
-		},
+		}),
 	}
 	addOutputFlag(cmd, &format)
 	return cmd
+}
+
+// ipamStatusRunE is the body the ipam read commands share: read the status,
+// then print it, as JSON or a table.
+func (o *options) ipamStatusRunE(format *string, print func(st ipamStatus, args []string, asJSON bool) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		if err := checkFormat(*format); err != nil {
+			return err
+		}
+		st, err := o.ipamStatus(cmd.Context())
+		if err != nil {
+			return err
+		}
+		return print(st, args, *format == formatJSON)
+	}
 }
 
 func joinPrefixes(ps []netip.Prefix) string {
