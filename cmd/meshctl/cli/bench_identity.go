@@ -97,7 +97,7 @@ Every key of the bench cluster is deleted at the end. Without
 			if format == formatJSON {
 				return writeJSON(o.stdout, rep)
 			}
-			return rep.writeTable(o)
+			return writeMetrics(o.stdout, rep)
 		},
 	}
 	cmd.Flags().IntVar(&cfg.agents, "agents", 8, "simulated agents (nodes), each with its own etcd client")
@@ -401,29 +401,6 @@ func benchCeiling(ctx context.Context, clients []*kvstore.Client, prefix string,
 		return 0, err
 	}
 	return float64(len(clients)*perClient) / wall.Seconds(), nil
-}
-
-func (r benchReport) writeTable(o *options) error {
-	t := newTable(o.stdout, "METRIC", "VALUE")
-	f := func(v float64) string { return strconv.FormatFloat(v, 'f', -1, 64) }
-	for _, row := range [][2]string{
-		{"agents", strconv.Itoa(r.Agents)},
-		{"labelsets", strconv.Itoa(r.Labelsets)},
-		{"shared", strconv.FormatBool(r.Shared)},
-		{"identities", strconv.Itoa(r.Identities)},
-		{"allocations", strconv.Itoa(r.Allocations)},
-		{"allocs_per_s", f(r.AllocsPerS)},
-		{"p50_ms", f(r.P50MS)},
-		{"p99_ms", f(r.P99MS)},
-		{"txns", strconv.FormatInt(r.Txns, 10)},
-		{"txns_per_identity", f(r.TxnsPerIdentity)},
-		{"ceiling_ops_per_s", f(r.CeilingOpsPerS)},
-		{"ratio", f(r.Ratio)},
-		{"known_lookup_ns", f(r.KnownLookupNS)},
-	} {
-		t.row(row[0], row[1])
-	}
-	return t.flush()
 }
 
 // percentile returns the nearest-rank p-th percentile of sorted d.

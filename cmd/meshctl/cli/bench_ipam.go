@@ -82,20 +82,7 @@ the end.`,
 			if format == formatJSON {
 				return writeJSON(o.stdout, rep)
 			}
-			t := newTable(o.stdout, "METRIC", "VALUE")
-			f := func(v float64) string { return strconv.FormatFloat(v, 'f', -1, 64) }
-			for _, r := range [][2]string{
-				{"nodes", strconv.Itoa(rep.Nodes)}, {"pods", strconv.Itoa(rep.Pods)},
-				{"dual_stack", strconv.FormatBool(rep.DualStack)}, {"node_cidrs", strconv.Itoa(rep.NodeCIDRs)},
-				{"claims_s", f(rep.ClaimsS)}, {"node_claims_per_s", f(rep.NodeClaimsPerS)},
-				{"claim_p50_ms", f(rep.ClaimP50MS)}, {"claim_p99_ms", f(rep.ClaimP99MS)},
-				{"pod_ips", strconv.Itoa(rep.PodIPs)}, {"pod_ips_per_s", f(rep.PodIPsPerS)},
-				{"pod_ip_p50_ms", f(rep.PodIPP50MS)}, {"pod_ip_p99_ms", f(rep.PodIPP99MS)},
-				{"ceiling_ops_per_s", f(rep.CeilingOpsPerS)},
-			} {
-				t.row(r[0], r[1])
-			}
-			return t.flush()
+			return writeMetrics(o.stdout, rep)
 		},
 	}
 	fs := cmd.Flags()

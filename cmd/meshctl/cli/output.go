@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -50,3 +51,31 @@ func newTable(w io.Writer, header ...string) *table {
 func (t *table) row(cells ...string) { fmt.Fprintln(t.tw, strings.Join(cells, "\t")) }
 
 func (t *table) flush() error { return t.tw.Flush() }
+
+// writeMetrics prints a flat report struct as a METRIC/VALUE table, one row
+// per JSON field in declaration order, so the table always names what -o
+// json names.
+func writeMetrics(w io.Writer, report any) error {
+	b, err := json.Marshal(report)
+	if err != nil {
+		return err
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	if _, err := dec.Token(); err != nil { // {
+		return err
+	}
+	t := newTable(w, "METRIC", "VALUE")
+	for dec.More() {
+		k, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		v, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		t.row(fmt.Sprint(k), fmt.Sprint(v))
+	}
+	return t.flush()
+}
