@@ -193,6 +193,14 @@ func (s Set) Get(source, key string) (value string, ok bool) {
 	return ls[i].Value, true
 }
 
+// HasSource reports whether any label of s comes from source. Labels are
+// sorted by source first, so this is a binary search, with no allocation.
+func (s Set) HasSource(source string) bool {
+	ls := s.labels()
+	i, _ := slices.BinarySearchFunc(ls, source, func(l Label, src string) int { return strings.Compare(l.Source, src) })
+	return i < len(ls) && ls[i].Source == source
+}
+
 // Has reports whether s contains l, value included.
 func (s Set) Has(l Label) bool {
 	v, ok := s.Get(l.Source, l.Key)

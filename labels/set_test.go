@@ -357,3 +357,15 @@ func BenchmarkSetHash(b *testing.B) {
 		_ = newSorted(ls).Hash()
 	}
 }
+
+func TestHasSource(t *testing.T) {
+	s := MustNewSet(Label{Source: "k8s", Key: "app", Value: "web"}, Label{Source: "reserved", Key: "host"})
+	for src, want := range map[string]bool{"k8s": true, "reserved": true, "container": false, "": false, "zzz": false} {
+		if got := s.HasSource(src); got != want {
+			t.Errorf("HasSource(%q) = %v, want %v", src, got, want)
+		}
+	}
+	if (Set{}).HasSource("k8s") {
+		t.Error("empty set has a source")
+	}
+}

@@ -436,9 +436,7 @@ func reservedID(set labels.Set) (identity.ID, bool, error) {
 	if set.IsEmpty() {
 		return 0, false, fmt.Errorf("allocate identity: %w: the label set is empty (after filtering)", labels.ErrInvalid)
 	}
-	// Sources precede ':' and keys and values never hold one, so a set
-	// without this substring has no reserved label: the common, fast path.
-	if !strings.Contains(set.String(), "reserved:") {
+	if !set.HasSource("reserved") {
 		return 0, false, nil
 	}
 	ls := set.Labels()
