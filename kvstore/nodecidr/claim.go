@@ -161,26 +161,29 @@ func (c *Claimer) index(ctx context.Context) (NodeCIDRs, int64, error) {
 // that it does not hold yet, and (re-)registers the node record on the
 // session's lease. A restarted node gets its own CIDRs back.
 func (c *Claimer) Ensure(ctx context.Context, fams ...ipam.Family) ([]netip.Prefix, error) {
-	for _, f := range fams {
-		idx, _, err := c.index(ctx)
-		if err != nil {
-			return nil, err
-		}
-		if slices.ContainsFunc(idx.CIDRs, func(p netip.Prefix) bool { return ipam.Of(p) == f }) {
-			continue
-		}
-		if _, err := c.claim(ctx, f); err != nil {
-			return nil, err
-		}
-	}
 	idx, _, err := c.index(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if err := c.register(ctx, idx.CIDRs); err != nil {
-		return nil, err
+	cidrs, claimed := idx.CIDRs, false
+	for _, f := range fams {
+		if slices.ContainsFunc(cidrs, func(p netip.Prefix) bool { return ipam.Of(p) == f }) {
+			continue
+		}
+		p, err := c.claim(ctx, f)
+		if err != nil {
+			return nil, err
+		}
+		cidrs, claimed = append(cidrs, p), true
 	}
-	return idx.CIDRs, nil
+	// A claim writes the node record in its own transaction; only a node
+	// that claimed nothing (a restart) must write it here.
+	if !claimed {
+		if err := c.register(ctx, cidrs); err != nil {
+			return nil, err
+		}
+	}
+	return cidrs, nil
 }
 
 // ClaimMore claims one more CIDR of family f, for a node that filled the
