@@ -24,6 +24,10 @@ func TestImportBoundaries(t *testing.T) {
 		{mod + "kvstore", func(p string) bool {
 			return !strings.HasPrefix(p, mod+"labels") && !strings.HasPrefix(p, mod+"identity")
 		}, "labels and identity are pure"},
+		{"github.com/cilium/ebpf", func(p string) bool { return strings.HasPrefix(p, mod+"bpf") },
+			"only bpf/ imports cilium/ebpf"},
+		{"github.com/hashicorp/memberlist", func(p string) bool { return strings.HasPrefix(p, mod+"health") },
+			"only health/ imports memberlist"},
 		{"log", func(p string) bool { return strings.HasPrefix(p, mod+"cmd/") }, "library packages never log"},
 	}
 	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
