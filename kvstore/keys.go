@@ -21,6 +21,8 @@ const Root = "/meshplane/v1/"
 //	<root><cluster>/ipam/cidrs/<cidr>               claim (JSON: node, pool) no lease; deleted by IPAM GC
 //	<root><cluster>/ipam/nodes/<node>               the node's CIDRs (JSON)  no lease; same transaction as the claims
 //	<root><cluster>/nodes/<node>                    node record (JSON)       the node's session lease
+//	<root><cluster>/endpoints/<ip>                  ipcache entry (JSON)     the hosting node's session lease
+//	<root><cluster>/services/<namespace>/<name>     service (JSON)           no lease; written by the control plane
 //
 // <cidr> is the CIDR with '/' written as '_' (10.192.3.0_24).
 //
@@ -107,3 +109,17 @@ func (k Keys) NodesPrefix() string { return k.base + "nodes/" }
 
 // Node is the key of a node's record, on the node's session lease.
 func (k Keys) Node(name string) string { return k.NodesPrefix() + name }
+
+// EndpointsPrefix is the prefix of the ipcache keys: IP → identity, node.
+func (k Keys) EndpointsPrefix() string { return k.base + "endpoints/" }
+
+// Endpoint is the ipcache key of one IP (its text form).
+func (k Keys) Endpoint(ip string) string { return k.EndpointsPrefix() + ip }
+
+// ServicesPrefix is the prefix of the service keys.
+func (k Keys) ServicesPrefix() string { return k.base + "services/" }
+
+// Service is the key of one service.
+func (k Keys) Service(namespace, name string) string {
+	return k.ServicesPrefix() + namespace + "/" + name
+}

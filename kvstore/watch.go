@@ -68,6 +68,10 @@ type Cache[T any] struct {
 
 	synced     chan struct{}
 	syncedOnce sync.Once
+	// delivered is closed once every handler has been given every entry
+	// of the first list; undelivered counts the handlers still behind.
+	delivered   chan struct{}
+	undelivered atomic.Int64
 	invalid    atomic.Int64
 	relists    atomic.Int64
 	events     atomic.Int64
@@ -86,16 +90,32 @@ func NewCache[T any](c *Client, cfg CacheConfig[T]) (*Cache[T], error) {
 	if cfg.RetryInterval == 0 {
 		cfg.RetryInterval = 100 * time.Millisecond
 	}
-	return &Cache[T]{client: c, cfg: cfg, entries: make(map[string]entry[T]), synced: make(chan struct{})}, nil
+	return &Cache[T]{
+		client: c, cfg: cfg, entries: make(map[string]entry[T]),
+		synced: make(chan struct{}), delivered: make(chan struct{}),
+	}, nil
 }
 
 // Subscribe adds a handler. It must be called before Run.
 func (c *Cache[T]) Subscribe(h Handler[T]) {
-	c.handlers = append(c.handlers, newDelivery(h, c.Get))
+	c.undelivered.Add(1)
+	c.handlers = append(c.handlers, newDelivery(h, c.Get, c.synced, c.handlerDelivered))
 }
 
-// Synced is closed once the first list has been applied.
+// Synced is closed once the first list has been applied to the cache.
+// Handlers may not have seen all of it yet: see Delivered.
 func (c *Cache[T]) Synced() <-chan struct{} { return c.synced }
+
+// Delivered is closed once every handler has been called for every entry
+// of the first list. A consumer that builds state from its handler (and,
+// say, prunes what the state does not hold) waits for this, not Synced.
+func (c *Cache[T]) Delivered() <-chan struct{} { return c.delivered }
+
+func (c *Cache[T]) handlerDelivered() {
+	if c.undelivered.Add(-1) == 0 {
+		close(c.delivered)
+	}
+}
 
 // WaitSynced waits for Synced or ctx.
 func (c *Cache[T]) WaitSynced(ctx context.Context) error {
@@ -227,7 +247,16 @@ func (c *Cache[T]) relist(ctx context.Context) error {
 			c.notify(k)
 		}
 	}
-	c.syncedOnce.Do(func() { close(c.synced) })
+	c.syncedOnce.Do(func() {
+		close(c.synced)
+		if len(c.handlers) == 0 {
+			close(c.delivered)
+		}
+		// A handler with nothing to deliver must still notice the sync.
+		for _, d := range c.handlers {
+			d.poke()
+		}
+	})
 	return nil
 }
 
@@ -322,10 +351,26 @@ type delivery[T any] struct {
 	pending map[string]struct{}
 	order   []string
 	wake    chan struct{}
+
+	// synced is the cache's; caughtUp is called once, after the first
+	// drain that began after synced was closed.
+	synced    <-chan struct{}
+	caughtUp  func()
+	delivered bool // owned by run
 }
 
-func newDelivery[T any](h Handler[T], get func(string) (T, bool)) *delivery[T] {
-	return &delivery[T]{h: h, get: get, pending: make(map[string]struct{}), wake: make(chan struct{}, 1)}
+func newDelivery[T any](h Handler[T], get func(string) (T, bool), synced <-chan struct{}, caughtUp func()) *delivery[T] {
+	return &delivery[T]{
+		h: h, get: get, pending: make(map[string]struct{}), wake: make(chan struct{}, 1),
+		synced: synced, caughtUp: caughtUp,
+	}
+}
+
+func (d *delivery[T]) poke() {
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
 }
 
 func (d *delivery[T]) enqueue(key string) {
@@ -349,6 +394,17 @@ func (d *delivery[T]) run(ctx context.Context) {
 			return
 		case <-d.wake:
 		}
+		// Every key of the first list was queued before synced was
+		// closed; so if synced is closed now, the drain below delivers
+		// all of them.
+		synced := false
+		if !d.delivered {
+			select {
+			case <-d.synced:
+				synced = true
+			default:
+			}
+		}
 		for {
 			d.mu.Lock()
 			batch := d.order
@@ -361,6 +417,10 @@ func (d *delivery[T]) run(ctx context.Context) {
 			for _, k := range batch {
 				d.deliver(k)
 			}
+		}
+		if synced {
+			d.delivered = true
+			d.caughtUp()
 		}
 	}
 }

@@ -437,3 +437,40 @@ func TestCacheClientClosed(t *testing.T) {
 		t.Fatal("Run() did not return after the client closed")
 	}
 }
+
+// TestCacheDelivered checks that Delivered closes only after every handler
+// has seen every entry of the first list, also for an empty prefix.
+func TestCacheDelivered(t *testing.T) {
+	t.Parallel()
+	c := newClient(t)
+	ctx := testContext(t)
+	for _, n := range []int{0, 2000} {
+		t.Run(strconv.Itoa(n), func(t *testing.T) {
+			prefix := testPrefix(t)
+			want := make(map[string]string, n)
+			for i := range n {
+				want[fmt.Sprintf("k%04d", i)] = strconv.Itoa(i)
+			}
+			putAll(t, c, prefix, want)
+			cache, err := kvstore.NewCache(c, kvstore.CacheConfig[int]{Prefix: prefix, Decode: decodeInt})
+			if err != nil {
+				t.Fatal(err)
+			}
+			recs := []*recorder{newRecorder(), newRecorder()}
+			for _, r := range recs {
+				cache.Subscribe(r)
+			}
+			runCache(t, cache)
+			select {
+			case <-cache.Delivered():
+			case <-ctx.Done():
+				t.Fatal("Delivered never closed")
+			}
+			for i, r := range recs {
+				if err := r.has(want); err != nil {
+					t.Errorf("handler %d when Delivered closed: %v", i, err)
+				}
+			}
+		})
+	}
+}

@@ -30,14 +30,54 @@ type NodeCIDRs struct {
 	CIDRs []netip.Prefix `json:"cidrs"`
 }
 
-// NodeRecord is the value of nodes/<node>, on the node's lease: the sign
-// that the node is alive. The agent adds its own fields (a later issue);
-// IPAM needs only the name and the CIDRs.
+// NodeRecord is the value of nodes/<node>, on the node's lease: the
+// durable registry of nodes and the sign, for IPAM's GC, that a node still
+// exists. It is not the failure detector: the lease is long, and gossip
+// tells a dead node within seconds.
+//
+// IPAM writes it with every claim (Name, PodCIDRs, Usage); the agent adds
+// the rest with SetNodeInfo, and every write carries all fields.
 type NodeRecord struct {
 	Name     string         `json:"name"`
 	PodCIDRs []netip.Prefix `json:"podCIDRs"`
 	// Usage is the pod IP usage per CIDR, as the node last published it.
 	Usage []CIDRUsage `json:"usage,omitempty"`
+
+	// IPs are the node's own addresses (the targets of routes to its pod
+	// CIDRs).
+	IPs []netip.Addr `json:"ips,omitempty"`
+	// GossipAddr is the host:port of the node's gossip (memberlist)
+	// endpoint; other agents join gossip through it.
+	GossipAddr string `json:"gossipAddr,omitempty"`
+	// Labels are the node's labels.
+	Labels map[string]string `json:"labels,omitempty"`
+	// Version is the agent's version.
+	Version string `json:"version,omitempty"`
+	// ClusterID is the cluster's numeric ID (1-255).
+	ClusterID int `json:"clusterID,omitempty"`
+}
+
+// DecodeNodeRecord parses the value of nodes/<node>; name is the key's
+// last segment, which the record must match.
+func DecodeNodeRecord(name string, value []byte) (NodeRecord, error) {
+	var r NodeRecord
+	if err := json.Unmarshal(value, &r); err != nil {
+		return r, fmt.Errorf("node record %s: %w", name, err)
+	}
+	if r.Name != name {
+		return r, fmt.Errorf("node record %s: names node %q", name, r.Name)
+	}
+	for _, p := range r.PodCIDRs {
+		if !p.IsValid() || p.Masked() != p {
+			return r, fmt.Errorf("node record %s: pod CIDR %s is not a masked CIDR", name, p)
+		}
+	}
+	for _, a := range r.IPs {
+		if !a.IsValid() {
+			return r, fmt.Errorf("node record %s: invalid node IP", name)
+		}
+	}
+	return r, nil
 }
 
 // CIDRUsage is how many pod IPs of a node CIDR are in use.
@@ -116,8 +156,9 @@ type Claimer struct {
 	cfg     Config
 	pools   *Pools
 
-	mu    sync.Mutex  // mu guards usage
+	mu    sync.Mutex  // mu guards usage and info
 	usage []CIDRUsage // last published, kept in every record written
+	info  NodeRecord  // the agent's fields, kept in every record written
 }
 
 // NewClaimer returns a claimer for cfg.Node; session holds the node's lease.
@@ -205,10 +246,32 @@ func (c *Claimer) Publish(ctx context.Context, usage []CIDRUsage) error {
 	return c.register(ctx, idx.CIDRs)
 }
 
+// SetNodeInfo sets the agent's fields of the node record (IPs, gossip
+// address, labels, version, cluster ID) for every record written from now
+// on; Name, PodCIDRs and Usage in r are ignored. Call Register to write
+// them at once.
+func (c *Claimer) SetNodeInfo(r NodeRecord) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.info = r
+}
+
+// Register writes the node record with the CIDRs the node holds, on the
+// session's lease.
+func (c *Claimer) Register(ctx context.Context) error {
+	idx, _, err := c.index(ctx)
+	if err != nil {
+		return err
+	}
+	return c.register(ctx, idx.CIDRs)
+}
+
 func (c *Claimer) record(cidrs []netip.Prefix) string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	b, _ := json.Marshal(NodeRecord{Name: c.cfg.Node, PodCIDRs: cidrs, Usage: c.usage})
+	r := c.info
+	r.Name, r.PodCIDRs, r.Usage = c.cfg.Node, cidrs, c.usage
+	b, _ := json.Marshal(r)
 	return string(b)
 }
 

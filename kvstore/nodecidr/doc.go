@@ -7,7 +7,7 @@
 //	ipam/pools-version     ""                     every pool change; no lease
 //	ipam/cidrs/<cidr>      claim {node, pool}     the claiming node; no lease; deleted by GC
 //	ipam/nodes/<node>      {cidrs}                the claiming node; no lease; deleted by GC
-//	nodes/<node>           {name, podCIDRs}       the node; on its session lease
+//	nodes/<node>           node record (JSON)     the node; on its session lease
 //
 // # Invariants
 //
