@@ -72,9 +72,9 @@ type Cache[T any] struct {
 	// of the first list; undelivered counts the handlers still behind.
 	delivered   chan struct{}
 	undelivered atomic.Int64
-	invalid    atomic.Int64
-	relists    atomic.Int64
-	events     atomic.Int64
+	invalid     atomic.Int64
+	relists     atomic.Int64
+	events      atomic.Int64
 }
 
 type entry[T any] struct {
