@@ -28,6 +28,12 @@ type SessionConfig struct {
 	// OnState, if set, is called (from the session's goroutine, so it must
 	// not block) whenever the session gains or loses its lease.
 	OnState func(SessionState)
+
+	// Resume, if set, is a lease an earlier run of the same agent held
+	// (and left with Detach). If etcd still has it, the session adopts it
+	// instead of granting a new one, so the keys on it never go away
+	// across an agent restart. If it is gone, a new lease is granted.
+	Resume LeaseID
 }
 
 // DefaultSessionTTL is the lease TTL when SessionConfig.TTL is zero.
@@ -199,7 +205,23 @@ func (s *Session) Owned() int {
 
 // Close revokes the lease, which deletes every owned key, and stops the
 // session. It is idempotent.
-func (s *Session) Close() error {
+func (s *Session) Close() error { return s.close(true) }
+
+// Detach stops the session without revoking its lease: the keys on it
+// stay until the lease's TTL runs out, or until a new session that
+// resumes the lease (SessionConfig.Resume) keeps them. An agent restart
+// uses it so that its node record and endpoints never vanish from etcd.
+// It returns the lease (0 if there was none). Close after Detach does
+// nothing.
+func (s *Session) Detach() LeaseID {
+	s.mu.Lock()
+	lease := s.state.Lease
+	s.mu.Unlock()
+	_ = s.close(false)
+	return lease
+}
+
+func (s *Session) close(revoke bool) error {
 	var err error
 	s.closeOnce.Do(func() {
 		s.cancel()
@@ -208,7 +230,7 @@ func (s *Session) Close() error {
 		lease := s.state.Lease
 		s.state.Lease = 0
 		s.mu.Unlock()
-		if lease != 0 {
+		if lease != 0 && revoke {
 			ctx, cancel := context.WithTimeout(context.Background(), s.client.cfg.RequestTimeout)
 			defer cancel()
 			if _, rerr := s.client.etcd.Revoke(ctx, clientv3.LeaseID(lease)); rerr != nil && !isLeaseNotFound(rerr) {
@@ -260,8 +282,10 @@ func (s *Session) run(ctx context.Context) {
 		backoff = min(2*backoff, 10*time.Second)
 		return true
 	}
+	resume := s.cfg.Resume
 	for ctx.Err() == nil {
-		lease, ka, stopKeepAlive, err := s.grant(ctx)
+		lease, ka, stopKeepAlive, err := s.grant(ctx, resume)
+		resume = 0
 		if err != nil {
 			s.setErr(err)
 			if !pause() {
@@ -301,22 +325,35 @@ func (s *Session) run(ctx context.Context) {
 	}
 }
 
-// grant grants a lease and starts keeping it alive until stop is called.
-func (s *Session) grant(ctx context.Context) (_ LeaseID, _ <-chan *clientv3.LeaseKeepAliveResponse, stop func(), _ error) {
+// grant grants a lease (or adopts resume, if etcd still has it) and starts
+// keeping it alive until stop is called.
+func (s *Session) grant(ctx context.Context, resume LeaseID) (_ LeaseID, _ <-chan *clientv3.LeaseKeepAliveResponse, stop func(), _ error) {
 	gctx, cancel := context.WithTimeout(ctx, s.client.cfg.RequestTimeout)
 	defer cancel()
-	resp, err := s.client.etcd.Grant(gctx, int64(s.cfg.TTL/time.Second))
-	if err != nil {
-		return 0, nil, nil, fmt.Errorf("grant lease: %w", wrapErr(err))
+	id := clientv3.LeaseID(resume)
+	if resume != 0 {
+		ttl, err := s.client.etcd.TimeToLive(gctx, id)
+		if err != nil && !isLeaseNotFound(err) {
+			return 0, nil, nil, fmt.Errorf("look up lease %x: %w", resume, wrapErr(err))
+		}
+		if err != nil || ttl.TTL <= 0 {
+			id = 0
+		}
 	}
-	lease := LeaseID(resp.ID)
+	if id == 0 {
+		resp, err := s.client.etcd.Grant(gctx, int64(s.cfg.TTL/time.Second))
+		if err != nil {
+			return 0, nil, nil, fmt.Errorf("grant lease: %w", wrapErr(err))
+		}
+		id = resp.ID
+	}
 	kctx, stop := context.WithCancel(ctx)
-	ka, err := s.client.etcd.KeepAlive(kctx, resp.ID)
+	ka, err := s.client.etcd.KeepAlive(kctx, id)
 	if err != nil {
 		stop()
-		return 0, nil, nil, fmt.Errorf("keep lease %x alive: %w", resp.ID, wrapErr(err))
+		return 0, nil, nil, fmt.Errorf("keep lease %x alive: %w", id, wrapErr(err))
 	}
-	return lease, ka, stop, nil
+	return LeaseID(id), ka, stop, nil
 }
 
 // keepAlive drains keepalive answers until the lease is lost, re-writing

@@ -356,3 +356,51 @@ func ctxTimeout(t *testing.T, ctx context.Context, d time.Duration) context.Cont
 	t.Cleanup(cancel)
 	return ctx
 }
+
+// TestSessionDetachResume checks an agent restart: Detach keeps the lease
+// and its keys, a new session that resumes the lease adopts it (the keys
+// never disappear), and resuming a lease etcd forgot grants a new one.
+func TestSessionDetachResume(t *testing.T) {
+	t.Parallel()
+	c := newClient(t)
+	ctx := testContext(t)
+	prefix := testPrefix(t)
+	s1, err := kvstore.NewSession(ctx, c, kvstore.SessionConfig{TTL: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	putOwned(t, ctx, s1, prefix, 3)
+	lease := s1.Detach()
+	if lease == 0 {
+		t.Fatal("Detach() returned no lease")
+	}
+	if err := s1.Close(); err != nil {
+		t.Fatalf("Close after Detach: %v", err)
+	}
+	if err := ownedOnLease(ctx, c, prefix, 3, lease); err != nil {
+		t.Fatalf("after Detach: %v", err)
+	}
+	s2, err := kvstore.NewSession(ctx, c, kvstore.SessionConfig{TTL: 10 * time.Second, Resume: lease})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	if got := s2.State().Lease; got != lease {
+		t.Fatalf("resumed session holds lease %x, want %x", int64(got), int64(lease))
+	}
+	putOwned(t, ctx, s2, prefix, 3)
+	if err := ownedOnLease(ctx, c, prefix, 3, lease); err != nil {
+		t.Fatalf("after resume: %v", err)
+	}
+	if _, err := c.Etcd().Revoke(ctx, clientv3.LeaseID(lease)); err != nil {
+		t.Fatal(err)
+	}
+	s3, err := kvstore.NewSession(ctx, c, kvstore.SessionConfig{TTL: 10 * time.Second, Resume: lease})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s3.Close()
+	if got := s3.State().Lease; got == lease || got == 0 {
+		t.Fatalf("session resuming a revoked lease holds %x, want a new lease", int64(got))
+	}
+}
