@@ -31,6 +31,10 @@ bench: build
 	$(BIN)/meshctl bench identity --agents 32 --labelsets 200 --state-dir $$(mktemp -d)
 	$(BIN)/meshctl bench identity --agents 32 --labelsets 200 --shared --state-dir $$(mktemp -d)
 	$(BIN)/meshctl bench ipam --nodes 5000 --pods 100 --state-dir $$(mktemp -d)
+	$(GO) test -run '^$$' -bench . -benchmem ./bpf/ ./nodeagent/reconciler/
+	$(BIN)/meshctl bench propagation --agents 50 --entries 1000 --state-dir $$(mktemp -d)
+	$(BIN)/meshctl bench propagation --agents 1 --entries 100000 --state-dir $$(mktemp -d)
+	$(BIN)/meshctl bench gossip --members 50
 
 lint:
 	@command -v golangci-lint >/dev/null || $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
@@ -43,6 +47,12 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzPool -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./ipam/
 	$(GO) test -run '^$$' -fuzz FuzzDecodeClaim -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./kvstore/nodecidr/
 	$(GO) test -run '^$$' -fuzz FuzzJournalLoad -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./ipam/podip/
+	$(GO) test -run '^$$' -fuzz FuzzDecodeNodeRecord -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./kvstore/nodecidr/
+	$(GO) test -run '^$$' -fuzz FuzzDecode$$ -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./service/
+	$(GO) test -run '^$$' -fuzz FuzzDecode$$ -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./ipcache/
+	$(GO) test -run '^$$' -fuzz FuzzPortRange -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./bpf/
+	$(GO) test -run '^$$' -fuzz FuzzIPCacheKey -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./bpf/
+	$(GO) test -run '^$$' -fuzz FuzzDecodeMeta -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./health/
 
 ## generate: the gRPC code in api/ (protoc from Debian's protobuf-compiler
 ## 3.21.12; the plugins are pinned in go.mod's tool block). CI fails on a diff.

@@ -61,6 +61,9 @@ func requireSupport(t testing.TB) {
 		if !errors.Is(err, ErrNotSupported) {
 			t.Fatalf("CheckSupport: %v does not wrap ErrNotSupported", err)
 		}
+		if os.Getenv("MESHPLANE_REQUIRE_BPF") != "" {
+			t.Fatalf("MESHPLANE_REQUIRE_BPF is set, but eBPF maps are not usable: %v", err)
+		}
 		t.Skipf("needs eBPF maps pinned under %s (root or CAP_BPF, bpffs mounted): %v", DefaultDir, err)
 	}
 }

@@ -41,7 +41,7 @@ func Decode(key string, value []byte) (Entry, error) {
 		return e, fmt.Errorf("%w: key %q is not an IP address", ErrInvalid, key)
 	}
 	if err := json.Unmarshal(value, &e); err != nil {
-		return e, fmt.Errorf("%w: %s: %v", ErrInvalid, key, err)
+		return e, fmt.Errorf("%w: %s: %w", ErrInvalid, key, err)
 	}
 	if e.IP != ip {
 		return e, fmt.Errorf("%w: key %s holds IP %s", ErrInvalid, key, e.IP)

@@ -186,3 +186,23 @@ func isUnavailable(err error) bool {
 	s, ok := status.FromError(err)
 	return ok && (s.Code() == codes.Unavailable || s.Code() == codes.DeadlineExceeded)
 }
+
+// maxTxnOps is etcd's default limit of operations in one transaction.
+const maxTxnOps = 128
+
+// PutMany writes kvs unconditionally, maxTxnOps keys per transaction (so
+// not atomically as a whole). It is for bulk loads: benchmarks and tests.
+func (c *Client) PutMany(ctx context.Context, kvs []KeyValue) error {
+	for len(kvs) > 0 {
+		n := min(len(kvs), maxTxnOps)
+		ops := make([]clientv3.Op, n)
+		for i, kv := range kvs[:n] {
+			ops[i] = clientv3.OpPut(kv.Key, string(kv.Value))
+		}
+		if _, err := c.etcd.Txn(ctx).Then(ops...).Commit(); err != nil {
+			return fmt.Errorf("put %d keys from %s: %w", n, kvs[0].Key, wrapErr(err))
+		}
+		kvs = kvs[n:]
+	}
+	return nil
+}

@@ -111,7 +111,7 @@ func (s Service) Validate() error {
 func Decode(key string, value []byte) (Service, error) {
 	var s Service
 	if err := json.Unmarshal(value, &s); err != nil {
-		return s, fmt.Errorf("%w: service %s: %v", ErrInvalid, key, err)
+		return s, fmt.Errorf("%w: service %s: %w", ErrInvalid, key, err)
 	}
 	if key != s.Namespace+"/"+s.Name {
 		return s, fmt.Errorf("%w: service key %s holds %s/%s", ErrInvalid, key, s.Namespace, s.Name)

@@ -26,7 +26,8 @@ func newBenchCmd(o *options) *cobra.Command {
 		Use:   "bench",
 		Short: "Measure meshplane against a real etcd",
 	}
-	cmd.AddCommand(newBenchIdentityCmd(o), newBenchIPAMCmd(o))
+	cmd.AddCommand(newBenchIdentityCmd(o), newBenchIPAMCmd(o), newBenchGossipCmd(o))
+	cmd.AddCommand(newBenchPropagationCmd(o))
 	return cmd
 }
 

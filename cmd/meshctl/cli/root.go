@@ -62,7 +62,8 @@ Without --etcd-endpoints, meshctl starts an embedded etcd with its data in
 		return fmt.Errorf("%w; see '%s --help'", err, c.CommandPath())
 	})
 	o.addFlags(root.PersistentFlags())
-	root.AddCommand(newIdentityCmd(o), newIPAMCmd(o), newBenchCmd(o), newDemoCmd(o))
+	root.AddCommand(newIdentityCmd(o), newIPAMCmd(o), newBenchCmd(o), newDemoCmd(o),
+		newStatusCmd(o), newNodeCmd(o), newBPFCmd(o))
 	return root
 }
 

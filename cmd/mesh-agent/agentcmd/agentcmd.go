@@ -1,0 +1,279 @@
+// Package agentcmd reads mesh-agent's configuration from flags, the
+// environment and an optional config file, and runs the agent.
+//
+// Every flag has an environment variable (MESHPLANE_ and the flag's name
+// in capitals with '-' as '_': --node-name is MESHPLANE_NODE_NAME) and a
+// config file key (the flag's name: "node-name: n1"). A flag beats the
+// environment, which beats the file.
+package agentcmd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+	"sigs.k8s.io/yaml"
+
+	"github.com/meshplane/meshplane/ipam"
+	"github.com/meshplane/meshplane/kvstore"
+	"github.com/meshplane/meshplane/nodeagent"
+)
+
+// flags holds the raw flag values; config turns them into a Config.
+type flags struct {
+	configFile string
+
+	node, cluster             string
+	clusterID                 int
+	endpoints                 []string
+	caFile, certFile, keyFile string
+	user, password            string
+	dialTimeout, leaseTTL     time.Duration
+	stateDir, bpffs           string
+	ipcacheMax, endpointsMax  int
+	policyMax, servicesMax    int
+	backendsMax               int
+	nodeIPs                   []string
+	nodeLabels                []string
+	families                  []string
+	noDefaultPool             bool
+	gossipAddr                string
+	gossipPort                int
+	gossipKeyFile             string
+	gossipInsecure            bool
+	apiSocket                 string
+	apiSocketGroup            int
+	metricsAddr               string
+	pruneInterval             time.Duration
+	logLevel                  string
+}
+
+func newFlagSet(f *flags, stderr io.Writer) *pflag.FlagSet {
+	fs := pflag.NewFlagSet("mesh-agent", pflag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&f.configFile, "config", "", "YAML config file: flag names as keys (env MESHPLANE_CONFIG)")
+	fs.StringVar(&f.node, "node-name", hostname(), "this node's name, unique in the cluster")
+	fs.StringVar(&f.cluster, "cluster-name", "default", "the cluster's name: its key prefix in etcd")
+	fs.IntVar(&f.clusterID, "cluster-id", 1, "the cluster's ID in the mesh, 1-255")
+	fs.StringSliceVar(&f.endpoints, "etcd-endpoints", nil, "etcd client URLs; empty starts an embedded etcd in --state-dir (one-node clusters only)")
+	fs.StringVar(&f.caFile, "etcd-ca", "", "CA bundle that signed etcd's server certificate")
+	fs.StringVar(&f.certFile, "etcd-cert", "", "client certificate for etcd")
+	fs.StringVar(&f.keyFile, "etcd-key", "", "client key for etcd")
+	fs.StringVar(&f.user, "etcd-user", "", "etcd user name")
+	fs.StringVar(&f.password, "etcd-password", "", "etcd password; prefer MESHPLANE_ETCD_PASSWORD")
+	fs.DurationVar(&f.dialTimeout, "etcd-dial-timeout", kvstore.DefaultDialTimeout, "how long to wait for etcd to answer")
+	fs.DurationVar(&f.leaseTTL, "lease-ttl", nodeagent.DefaultLeaseTTL, "TTL of the node's etcd lease (gossip, not the lease, detects dead nodes)")
+	fs.StringVar(&f.stateDir, "state-dir", "", "the node's state: pod IPs, endpoints (default /var/lib/meshplane/<node>)")
+	fs.StringVar(&f.bpffs, "bpffs", nodeagent.DefaultBPFFS, "bpffs mount; maps are pinned under <bpffs>/meshplane/<node>/")
+	fs.IntVar(&f.ipcacheMax, "bpf-ipcache-max", 0, "ipcache map size (0: 524288)")
+	fs.IntVar(&f.endpointsMax, "bpf-endpoints-max", 0, "endpoints map size (0: 65536)")
+	fs.IntVar(&f.policyMax, "bpf-policy-max", 0, "policy map size (0: 262144)")
+	fs.IntVar(&f.servicesMax, "bpf-services-max", 0, "services map size (0: 65536)")
+	fs.IntVar(&f.backendsMax, "bpf-backends-max", 0, "backends map size (0: 65536)")
+	fs.StringSliceVar(&f.nodeIPs, "node-ip", nil, "the node's addresses (required)")
+	fs.StringSliceVar(&f.nodeLabels, "node-labels", nil, "node labels, key=value")
+	fs.StringSliceVar(&f.families, "pod-cidr-families", []string{"ipv4"}, "pod CIDR families to claim: ipv4, ipv6")
+	fs.BoolVar(&f.noDefaultPool, "no-default-pool", false, "do not create the default IPAM pool (10.192.0.0/12, /24 per node) when the cluster has none")
+	fs.StringVar(&f.gossipAddr, "gossip-address", "", "IP for gossip (default: the first --node-ip)")
+	fs.IntVar(&f.gossipPort, "gossip-port", nodeagent.DefaultGossipPort, "gossip TCP and UDP port")
+	fs.StringVar(&f.gossipKeyFile, "gossip-key-file", "", "the cluster's gossip keyring: base64 keys, one per line, first used to send")
+	fs.BoolVar(&f.gossipInsecure, "gossip-insecure", false, "gossip without a key (labs only: anyone who reaches the port can join)")
+	fs.StringVar(&f.apiSocket, "api-socket", nodeagent.DefaultAPISocket, "unix socket of the agent's gRPC API")
+	fs.IntVar(&f.apiSocketGroup, "api-socket-group", -1, "group ID allowed to use the API socket (mode 0660); -1: only the agent's user (0600)")
+	fs.StringVar(&f.metricsAddr, "metrics-address", "127.0.0.1:9962", "host:port of the Prometheus endpoint; empty disables it")
+	fs.DurationVar(&f.pruneInterval, "prune-interval", nodeagent.DefaultPruneInterval, "how often each map is compared in full with the desired state")
+	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	return fs
+}
+
+func hostname() string {
+	h, _ := os.Hostname()
+	return strings.ToLower(h)
+}
+
+// envName is the environment variable of a flag.
+func envName(flag string) string {
+	return "MESHPLANE_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
+}
+
+// Load parses args, then fills flags not given from the environment, then
+// from the config file, and returns the agent's Config.
+func Load(args []string, stderr io.Writer) (nodeagent.Config, slog.Level, error) {
+	var f flags
+	fs := newFlagSet(&f, stderr)
+	if err := fs.Parse(args); err != nil {
+		return nodeagent.Config{}, 0, err
+	}
+	if fs.NArg() > 0 {
+		return nodeagent.Config{}, 0, fmt.Errorf("unexpected argument %q: mesh-agent takes only flags", fs.Arg(0))
+	}
+	var errs []error
+	fs.VisitAll(func(fl *pflag.Flag) {
+		if fl.Changed {
+			return
+		}
+		if v, ok := os.LookupEnv(envName(fl.Name)); ok {
+			if err := fs.Set(fl.Name, v); err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q: %w", envName(fl.Name), v, err))
+			}
+		}
+	})
+	if err := errors.Join(errs...); err != nil {
+		return nodeagent.Config{}, 0, err
+	}
+	if f.configFile != "" {
+		if err := applyFile(fs, f.configFile); err != nil {
+			return nodeagent.Config{}, 0, err
+		}
+	}
+	return f.config()
+}
+
+// applyFile sets the flags the file names that neither the command line
+// nor the environment set.
+func applyFile(fs *pflag.FlagSet, path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config file: %w", err)
+	}
+	var m map[string]any
+	if err := yaml.Unmarshal(b, &m); err != nil {
+		return fmt.Errorf("config file %s: %w", path, err)
+	}
+	for k, v := range m {
+		fl := fs.Lookup(k)
+		if fl == nil || k == "config" {
+			return fmt.Errorf("config file %s: unknown key %q: keys are the flag names (see mesh-agent --help)", path, k)
+		}
+		if fl.Changed {
+			continue
+		}
+		if _, env := os.LookupEnv(envName(k)); env {
+			continue
+		}
+		var s string
+		switch v := v.(type) {
+		case []any:
+			parts := make([]string, len(v))
+			for i, p := range v {
+				parts[i] = fmt.Sprint(p)
+			}
+			s = strings.Join(parts, ",")
+		case map[string]any:
+			parts := make([]string, 0, len(v))
+			for mk, mv := range v {
+				parts = append(parts, fmt.Sprintf("%s=%v", mk, mv))
+			}
+			s = strings.Join(parts, ",")
+		case float64:
+			s = fmt.Sprint(int64(v))
+			if float64(int64(v)) != v {
+				s = fmt.Sprint(v)
+			}
+		default:
+			s = fmt.Sprint(v)
+		}
+		if err := fs.Set(k, s); err != nil {
+			return fmt.Errorf("config file %s: %s: %w", path, k, err)
+		}
+	}
+	return nil
+}
+
+func (f *flags) config() (nodeagent.Config, slog.Level, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
+		return nodeagent.Config{}, 0, fmt.Errorf("--log-level %q: use debug, info, warn or error", f.logLevel)
+	}
+	cfg := nodeagent.Config{
+		Node: f.node, Cluster: f.cluster, ClusterID: f.clusterID,
+		Etcd: kvstore.Config{
+			Endpoints: f.endpoints, CAFile: f.caFile, CertFile: f.certFile, KeyFile: f.keyFile,
+			Username: f.user, Password: f.password, DialTimeout: f.dialTimeout,
+		},
+		LeaseTTL: f.leaseTTL, StateDir: f.stateDir, BPFFS: f.bpffs,
+		IPCacheMax: f.ipcacheMax, EndpointsMax: f.endpointsMax, PolicyMax: f.policyMax,
+		ServicesMax: f.servicesMax, BackendsMax: f.backendsMax,
+		GossipPort: f.gossipPort, GossipInsecure: f.gossipInsecure, NoDefaultPool: f.noDefaultPool,
+		APISocket: f.apiSocket, APISocketGroup: f.apiSocketGroup, MetricsAddr: f.metricsAddr,
+		PruneInterval: f.pruneInterval,
+	}
+	for _, s := range f.nodeIPs {
+		ip, err := netip.ParseAddr(s)
+		if err != nil {
+			return cfg, 0, fmt.Errorf("--node-ip %q: not an IP address", s)
+		}
+		cfg.NodeIPs = append(cfg.NodeIPs, ip)
+	}
+	for _, kv := range f.nodeLabels {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return cfg, 0, fmt.Errorf("--node-labels %q: write key=value", kv)
+		}
+		if cfg.NodeLabels == nil {
+			cfg.NodeLabels = make(map[string]string)
+		}
+		cfg.NodeLabels[k] = v
+	}
+	for _, s := range f.families {
+		var fam ipam.Family
+		switch strings.ToLower(s) {
+		case "ipv4", "4":
+			fam = ipam.IPv4
+		case "ipv6", "6":
+			fam = ipam.IPv6
+		default:
+			return cfg, 0, fmt.Errorf("--pod-cidr-families %q: use ipv4 and/or ipv6", s)
+		}
+		cfg.Families = append(cfg.Families, fam)
+	}
+	if f.gossipAddr != "" {
+		ip, err := netip.ParseAddr(f.gossipAddr)
+		if err != nil {
+			return cfg, 0, fmt.Errorf("--gossip-address %q: not an IP address", f.gossipAddr)
+		}
+		cfg.GossipAddr = ip
+	}
+	if f.gossipKeyFile != "" {
+		keys, err := nodeagent.ReadKeyFile(f.gossipKeyFile)
+		if err != nil {
+			return cfg, 0, err
+		}
+		cfg.GossipKeys = keys
+	}
+	if err := cfg.Validate(); err != nil {
+		return cfg, 0, err
+	}
+	return cfg, level, nil
+}
+
+// Main runs mesh-agent with args until ctx ends, logging to stderr, and
+// returns the exit code.
+func Main(ctx context.Context, args []string, stderr io.Writer) int {
+	cfg, level, err := Load(args, stderr)
+	if errors.Is(err, pflag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "mesh-agent:", err)
+		return 2
+	}
+	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	a, err := nodeagent.New(cfg)
+	if err != nil {
+		fmt.Fprintln(stderr, "mesh-agent:", err)
+		return 2
+	}
+	if err := a.Run(ctx); err != nil {
+		fmt.Fprintln(stderr, "mesh-agent:", err)
+		return 1
+	}
+	return 0
+}

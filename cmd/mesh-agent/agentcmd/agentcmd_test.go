@@ -1,0 +1,92 @@
+package agentcmd
+
+import (
+	"encoding/base64"
+	"errors"
+	"io"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meshplane/meshplane/nodeagent"
+)
+
+func writeFile(t *testing.T, name, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestLoadPrecedence checks that a flag beats the environment, which beats
+// the config file, and that every source reaches the Config.
+func TestLoadPrecedence(t *testing.T) {
+	key := base64.StdEncoding.EncodeToString([]byte("0123456789abcdef0123456789abcdef"))
+	keyFile := writeFile(t, "keys", "# cluster key\n"+key+"\n")
+	file := writeFile(t, "agent.yaml", `
+node-name: from-file
+cluster-name: from-file
+cluster-id: 7
+node-ip: [10.0.0.1, "fd00::1"]
+node-labels: {zone: a}
+gossip-port: 8000
+lease-ttl: 1m
+gossip-key-file: `+keyFile+`
+`)
+	t.Setenv("MESHPLANE_CLUSTER_NAME", "from-env")
+	t.Setenv("MESHPLANE_GOSSIP_PORT", "9000")
+	cfg, _, err := Load([]string{"--config", file, "--gossip-port", "9100", "--state-dir", t.TempDir()}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Node != "from-file" || cfg.Cluster != "from-env" || cfg.GossipPort != 9100 || cfg.ClusterID != 7 {
+		t.Errorf("node %q cluster %q port %d id %d; want from-file, from-env, 9100, 7", cfg.Node, cfg.Cluster, cfg.GossipPort, cfg.ClusterID)
+	}
+	if len(cfg.NodeIPs) != 2 || cfg.NodeIPs[1] != netip.MustParseAddr("fd00::1") || cfg.NodeLabels["zone"] != "a" {
+		t.Errorf("node IPs %v labels %v", cfg.NodeIPs, cfg.NodeLabels)
+	}
+	if cfg.LeaseTTL != time.Minute || len(cfg.GossipKeys) != 1 || len(cfg.GossipKeys[0]) != 32 {
+		t.Errorf("lease TTL %s, %d gossip keys", cfg.LeaseTTL, len(cfg.GossipKeys))
+	}
+}
+
+// TestLoadErrors checks that bad input names what is wrong.
+func TestLoadErrors(t *testing.T) {
+	badKey := writeFile(t, "bad", base64.StdEncoding.EncodeToString([]byte("short"))+"\n")
+	tests := []struct {
+		name string
+		args []string
+		file string
+		want string
+	}{
+		{"no node IP", []string{"--node-name", "n1", "--gossip-insecure"}, "", "--node-ip"},
+		{"bad node IP", []string{"--node-ip", "10.0.0.300"}, "", `--node-ip "10.0.0.300"`},
+		{"no gossip key", []string{"--node-ip", "10.0.0.1", "--node-name", "n1"}, "", "--gossip-key-file"},
+		{"short gossip key", []string{"--node-ip", "10.0.0.1", "--node-name", "n1", "--gossip-key-file", badKey}, "", "5 bytes"},
+		{"bad cluster ID", []string{"--node-ip", "10.0.0.1", "--node-name", "n1", "--gossip-insecure", "--cluster-id", "300"}, "", "cluster ID"},
+		{"bad family", []string{"--node-ip", "10.0.0.1", "--pod-cidr-families", "ipv5"}, "", "ipv5"},
+		{"unknown file key", []string{"--node-ip", "10.0.0.1"}, "node-nmae: x\n", `unknown key "node-nmae"`},
+		{"bad log level", []string{"--node-ip", "10.0.0.1", "--log-level", "loud"}, "", "--log-level"},
+		{"stray argument", []string{"run"}, "", `unexpected argument "run"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			args := append([]string{"--state-dir", t.TempDir()}, tt.args...)
+			if tt.file != "" {
+				args = append(args, "--config", writeFile(t, "c.yaml", tt.file))
+			}
+			_, _, err := Load(args, io.Discard)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Load() = %v, want an error containing %q", err, tt.want)
+			}
+			if strings.Contains(tt.name, "gossip") && !errors.Is(err, nodeagent.ErrConfig) {
+				t.Errorf("Load() = %v, want it to wrap ErrConfig", err)
+			}
+		})
+	}
+}

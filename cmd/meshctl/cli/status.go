@@ -1,0 +1,357 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/meshplane/meshplane/api"
+	"github.com/meshplane/meshplane/nodeagent"
+)
+
+// agentFlags are the flags of the commands that ask the local agent.
+type agentFlags struct {
+	socket  string
+	timeout time.Duration
+	format  string
+}
+
+func addAgentFlags(cmd *cobra.Command, f *agentFlags) {
+	def := nodeagent.DefaultAPISocket
+	if v := os.Getenv("MESHPLANE_AGENT_SOCKET"); v != "" {
+		def = v
+	}
+	cmd.Flags().StringVar(&f.socket, "agent-socket", def, "the local agent's API socket (env MESHPLANE_AGENT_SOCKET)")
+	cmd.Flags().DurationVar(&f.timeout, "timeout", 10*time.Second, "how long to wait for the agent")
+	addOutputFlag(cmd, &f.format)
+}
+
+// dialAgent connects to the agent's unix socket and checks it answers, so
+// that a missing or dead agent is a clear error.
+func dialAgent(ctx context.Context, f agentFlags) (api.AgentClient, func(), error) {
+	if err := checkFormat(f.format); err != nil {
+		return nil, nil, err
+	}
+	if _, err := os.Stat(f.socket); err != nil {
+		return nil, nil, fmt.Errorf("no agent API at %s (%w): is mesh-agent running on this node? pass --agent-socket to point at its --api-socket", f.socket, errors.Unwrap(err))
+	}
+	conn, err := grpc.NewClient("unix://"+f.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, nil, fmt.Errorf("agent API %s: %w", f.socket, err)
+	}
+	return api.NewAgentClient(conn), func() { _ = conn.Close() }, nil
+}
+
+// agentErr makes a gRPC error readable.
+func agentErr(socket string, err error) error {
+	if errors.Is(err, context.DeadlineExceeded) || strings.Contains(err.Error(), "connection refused") || strings.Contains(err.Error(), "DeadlineExceeded") {
+		return fmt.Errorf("the agent at %s does not answer: is mesh-agent running? (%w)", socket, err)
+	}
+	return fmt.Errorf("agent %s: %w", socket, err)
+}
+
+var protoJSON = protojson.MarshalOptions{Multiline: true, Indent: "  ", EmitUnpopulated: true, UseProtoNames: true}
+
+func writeProto(w io.Writer, m proto.Message) error {
+	b, err := protoJSON.Marshal(m)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(w, string(b))
+	return err
+}
+
+func newStatusCmd(o *options) *cobra.Command {
+	var f agentFlags
+	var wait bool
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show the local agent's health: etcd, gossip, caches, maps",
+		Long: `status asks the agent on this node (over its API socket) how it is: its
+etcd session, gossip members, watch caches and eBPF maps. With --wait it
+waits, up to --timeout, until the agent is ok, and fails if it does not get
+there.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := context.WithTimeout(cmd.Context(), f.timeout)
+			defer cancel()
+			client, closeFn, err := dialAgent(ctx, f)
+			if err != nil {
+				return err
+			}
+			defer closeFn()
+			var st *api.StatusResponse
+			for {
+				st, err = client.Status(ctx, &api.StatusRequest{}, grpc.WaitForReady(wait))
+				if err == nil && (!wait || st.State == "ok") {
+					break
+				}
+				if ctx.Err() != nil {
+					if err != nil {
+						return agentErr(f.socket, err)
+					}
+					_ = printStatus(o.stdout, st, f.format)
+					return fmt.Errorf("agent is %s after %s: %s", st.State, f.timeout, strings.Join(st.Reasons, "; "))
+				}
+				if err != nil && !wait {
+					return agentErr(f.socket, err)
+				}
+				select {
+				case <-ctx.Done():
+				case <-time.After(200 * time.Millisecond):
+				}
+			}
+			return printStatus(o.stdout, st, f.format)
+		},
+	}
+	addAgentFlags(cmd, &f)
+	cmd.Flags().BoolVar(&wait, "wait", false, "wait until the agent is ok (up to --timeout)")
+	return cmd
+}
+
+func printStatus(w io.Writer, st *api.StatusResponse, format string) error {
+	if format == formatJSON {
+		return writeProto(w, st)
+	}
+	fmt.Fprintf(w, "Node:     %s (cluster %s, ID %d), agent %s, up %s\n", st.Node, st.Cluster, st.ClusterId, st.Version,
+		(time.Duration(st.UptimeSeconds * float64(time.Second))).Round(time.Second))
+	fmt.Fprintf(w, "State:    %s\n", strings.ToUpper(st.State))
+	for _, r := range st.Reasons {
+		fmt.Fprintf(w, "          - %s\n", r)
+	}
+	if e := st.Etcd; e != nil {
+		fmt.Fprintf(w, "etcd:     %s to %s, lease %x (generation %d), %d keys owned", e.State, strings.Join(e.Endpoints, ","), e.LeaseId, e.SessionGeneration, e.OwnedKeys)
+		if e.LastError != "" {
+			fmt.Fprintf(w, ", last error: %s", e.LastError)
+		}
+		fmt.Fprintln(w)
+	}
+	if g := st.Gossip; g != nil {
+		fmt.Fprintf(w, "Gossip:   %s: %d alive, %d suspect, %d dead, %d left\n", g.Address, g.Alive, g.Suspect, g.Dead, g.Left)
+	}
+	if ip := st.Ipam; ip != nil {
+		fmt.Fprintf(w, "IPAM:     %s: %d pod IPs used, %d free\n", orNone(ip.PodCidrs), ip.Used, ip.Free)
+	}
+	fmt.Fprintln(w)
+	t := newTable(w, "CACHE", "ENTRIES", "SYNCED", "REVISION", "RELISTS", "INVALID")
+	for _, c := range st.Caches {
+		t.row(c.Name, fmt.Sprint(c.Entries), fmt.Sprint(c.Synced), fmt.Sprint(c.Revision), fmt.Sprint(c.Relists), fmt.Sprint(c.Invalid))
+	}
+	if err := t.flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(w)
+	t = newTable(w, "MAP", "DESIRED", "INSTALLED", "MAX", "PENDING", "SYNCED", "ERRORS", "LAST ERROR")
+	for _, m := range st.Maps {
+		last := m.LastError
+		if last == "" {
+			last = "-"
+		}
+		t.row(m.Name, fmt.Sprint(m.Desired), fmt.Sprint(m.Installed), fmt.Sprint(m.MaxEntries), fmt.Sprint(m.Pending),
+			fmt.Sprint(m.Synced), fmt.Sprint(m.Errors), last)
+	}
+	return t.flush()
+}
+
+func newNodeCmd(o *options) *cobra.Command {
+	cmd := &cobra.Command{Use: "node", Short: "Inspect the cluster's nodes"}
+	var f agentFlags
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List nodes with their gossip health, as the local agent sees them",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := context.WithTimeout(cmd.Context(), f.timeout)
+			defer cancel()
+			client, closeFn, err := dialAgent(ctx, f)
+			if err != nil {
+				return err
+			}
+			defer closeFn()
+			r, err := client.ListNodes(ctx, &api.ListNodesRequest{})
+			if err != nil {
+				return agentErr(f.socket, err)
+			}
+			if f.format == formatJSON {
+				return writeProto(o.stdout, r)
+			}
+			t := newTable(o.stdout, "NAME", "HEALTH", "SINCE", "IPS", "POD CIDRS", "GOSSIP", "VERSION", "REGISTERED")
+			for _, n := range r.Nodes {
+				name := n.Name
+				if n.Local {
+					name += " (local)"
+				}
+				since := "-"
+				if n.HealthSinceUnixMs > 0 {
+					since = time.Since(time.UnixMilli(n.HealthSinceUnixMs)).Round(time.Second).String()
+				}
+				t.row(name, n.Health, since, orNone(n.Ips), orNone(n.PodCidrs), n.GossipAddress, n.Version, fmt.Sprint(n.Registered))
+			}
+			return t.flush()
+		},
+	}
+	addAgentFlags(list, &f)
+	cmd.AddCommand(list)
+	return cmd
+}
+
+func newBPFCmd(o *options) *cobra.Command {
+	cmd := &cobra.Command{Use: "bpf", Short: "Dump the local agent's eBPF maps as installed in the kernel"}
+	cmd.AddCommand(
+		bpfListCmd(o, "ipcache", "IP/prefix to identity and node address", func(ctx context.Context, c api.AgentClient, w io.Writer, format string) error {
+			s, err := c.DumpIPCache(ctx, &api.DumpRequest{})
+			if err != nil {
+				return err
+			}
+			all, err := drain(s, func(c *api.IPCacheChunk) []*api.IPCacheEntry { return c.Entries })
+			if err != nil {
+				return err
+			}
+			if format == formatJSON {
+				return writeProto(w, &api.IPCacheChunk{Entries: all})
+			}
+			t := newTable(w, "PREFIX", "IDENTITY", "NODE IP", "FLAGS")
+			for _, e := range all {
+				t.row(e.Prefix, fmt.Sprint(e.Identity), dash(e.NodeIp), dash(e.Flags))
+			}
+			return t.flush()
+		}),
+		bpfListCmd(o, "endpoints", "local pod IP to endpoint, interface and identity", func(ctx context.Context, c api.AgentClient, w io.Writer, format string) error {
+			s, err := c.DumpEndpoints(ctx, &api.DumpRequest{})
+			if err != nil {
+				return err
+			}
+			all, err := drain(s, func(c *api.EndpointChunk) []*api.EndpointEntry { return c.Entries })
+			if err != nil {
+				return err
+			}
+			if format == formatJSON {
+				return writeProto(w, &api.EndpointChunk{Entries: all})
+			}
+			t := newTable(w, "IP", "ENDPOINT", "IFINDEX", "IDENTITY", "MAC", "FLAGS")
+			for _, e := range all {
+				t.row(e.Ip, fmt.Sprint(e.EndpointId), fmt.Sprint(e.Ifindex), fmt.Sprint(e.Identity), dash(e.Mac), dash(e.Flags))
+			}
+			return t.flush()
+		}),
+		bpfListCmd(o, "policy", "per-endpoint verdicts by remote identity, direction, protocol and port", func(ctx context.Context, c api.AgentClient, w io.Writer, format string) error {
+			s, err := c.DumpPolicy(ctx, &api.DumpRequest{})
+			if err != nil {
+				return err
+			}
+			all, err := drain(s, func(c *api.PolicyChunk) []*api.PolicyEntry { return c.Entries })
+			if err != nil {
+				return err
+			}
+			if format == formatJSON {
+				return writeProto(w, &api.PolicyChunk{Entries: all})
+			}
+			t := newTable(w, "ENDPOINT", "DIRECTION", "IDENTITY", "PROTO", "PORTS", "VERDICT")
+			for _, e := range all {
+				ports := "any"
+				if e.Port != 0 {
+					ports = fmt.Sprint(e.Port)
+					if e.PortEnd > e.Port {
+						ports += "-" + fmt.Sprint(e.PortEnd)
+					}
+				}
+				id := fmt.Sprint(e.RemoteIdentity)
+				if e.RemoteIdentity == 0 {
+					id = "any"
+				}
+				t.row(fmt.Sprint(e.EndpointId), e.Direction, id, protoName(e.Protocol), ports, e.Verdict)
+			}
+			return t.flush()
+		}),
+		bpfListCmd(o, "services", "service frontends and their backends", func(ctx context.Context, c api.AgentClient, w io.Writer, format string) error {
+			s, err := c.DumpServices(ctx, &api.DumpRequest{})
+			if err != nil {
+				return err
+			}
+			all, err := drain(s, func(c *api.ServiceChunk) []*api.ServiceEntry { return c.Entries })
+			if err != nil {
+				return err
+			}
+			if format == formatJSON {
+				return writeProto(w, &api.ServiceChunk{Entries: all})
+			}
+			t := newTable(w, "FRONTEND", "PROTO", "SERVICE ID", "BACKENDS")
+			for _, e := range all {
+				t.row(e.Frontend, protoName(e.Protocol), fmt.Sprint(e.ServiceId), orNone(e.Backends))
+			}
+			return t.flush()
+		}),
+	)
+	return cmd
+}
+
+func bpfListCmd(o *options, name, what string, run func(context.Context, api.AgentClient, io.Writer, string) error) *cobra.Command {
+	cmd := &cobra.Command{Use: name, Short: "The " + name + " map: " + what}
+	var f agentFlags
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List the " + name + " map's entries",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := context.WithTimeout(cmd.Context(), f.timeout)
+			defer cancel()
+			client, closeFn, err := dialAgent(ctx, f)
+			if err != nil {
+				return err
+			}
+			defer closeFn()
+			if err := run(ctx, client, o.stdout, f.format); err != nil {
+				return agentErr(f.socket, err)
+			}
+			return nil
+		},
+	}
+	addAgentFlags(list, &f)
+	cmd.AddCommand(list)
+	return cmd
+}
+
+func drain[C any, E any](s grpc.ServerStreamingClient[C], entries func(*C) []E) ([]E, error) {
+	var all []E
+	for {
+		c, err := s.Recv()
+		if errors.Is(err, io.EOF) {
+			return all, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, entries(c)...)
+	}
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func protoName(p uint32) string {
+	switch p {
+	case 0:
+		return "any"
+	case 6:
+		return "TCP"
+	case 17:
+		return "UDP"
+	case 132:
+		return "SCTP"
+	}
+	return fmt.Sprint(p)
+}

@@ -1,0 +1,74 @@
+package health
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestConfigValidate(t *testing.T) {
+	t.Parallel()
+	key := make([]byte, 16)
+	ok := Config{Name: "node-1.example", BindAddr: "127.0.0.1", Keys: [][]byte{key}}
+	if err := ok.Validate(); err != nil {
+		t.Fatalf("valid config: %v", err)
+	}
+	for _, tt := range []struct {
+		name   string
+		change func(*Config)
+		want   string // in the error
+	}{
+		{"no name", func(c *Config) { c.Name = "" }, "name"},
+		{"upper case name", func(c *Config) { c.Name = "Node-1" }, "lowercase"},
+		{"name with a space", func(c *Config) { c.Name = "node 1" }, "lowercase"},
+		{"name ends in a dash", func(c *Config) { c.Name = "node-" }, "ending"},
+		{"long name", func(c *Config) { c.Name = strings.Repeat("a", 254) }, "1-253"},
+		{"no bind address", func(c *Config) { c.BindAddr = "" }, "bind address"},
+		{"bind host name", func(c *Config) { c.BindAddr = "localhost" }, "bind address"},
+		{"bind everything", func(c *Config) { c.BindAddr = "0.0.0.0" }, "every interface"},
+		{"bad advertise", func(c *Config) { c.AdvertiseAddr = "0.0.0.0" }, "advertise"},
+		{"bad port", func(c *Config) { c.BindPort = 70000 }, "ports"},
+		{"bad advertise port", func(c *Config) { c.AdvertisePort = -1 }, "ports"},
+		{"no keys", func(c *Config) { c.Keys = nil }, "no keys"},
+		{"keys and insecure", func(c *Config) { c.Insecure = true }, "both"},
+		{"short key", func(c *Config) { c.Keys = [][]byte{key, make([]byte, 10)} }, "key 1 is 10 bytes"},
+		{"bad meta", func(c *Config) { c.Meta.Version = "v1\n" }, "print"},
+		{"negative interval", func(c *Config) { c.ProbeInterval = -time.Second }, "negative"},
+		{"negative mult", func(c *Config) { c.SuspicionMult = -1 }, "negative"},
+		{"timeout above interval", func(c *Config) { c.ProbeTimeout = time.Second }, "not shorter"},
+		{"timeout equals interval", func(c *Config) { c.ProbeInterval, c.ProbeTimeout = time.Second, time.Second }, "not shorter"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := ok
+			c.Keys = [][]byte{key}
+			tt.change(&c)
+			err := c.Validate()
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Validate = %v, want an error about %q", err, tt.want)
+			}
+			if _, nerr := New(c); nerr == nil || nerr.Error() != err.Error() {
+				t.Fatalf("New = %v, want %v", nerr, err)
+			}
+		})
+	}
+	bad := ok
+	bad.Meta.Version = strings.Repeat("v", 200)
+	if err := bad.Validate(); !errors.Is(err, ErrMeta) {
+		t.Errorf("meta error %v does not wrap ErrMeta", err)
+	}
+	unspec := ok
+	unspec.BindAddr, unspec.AdvertiseAddr = "0.0.0.0", "10.0.0.1"
+	if err := unspec.Validate(); err != nil {
+		t.Errorf("unspecified bind with an advertise address: %v", err)
+	}
+}
+
+func TestStateString(t *testing.T) {
+	t.Parallel()
+	for s, want := range map[State]string{Alive: "alive", Suspect: "suspect", Dead: "dead", Left: "left", 0: "unknown(0)"} {
+		if s.String() != want {
+			t.Errorf("%d: %q, want %q", int(s), s, want)
+		}
+	}
+}

@@ -1,0 +1,145 @@
+// Package health is the nodes' failure detector: gossip among the agents of
+// a cluster with hashicorp/memberlist (SWIM with the Lifeguard extensions),
+// which tells every agent within seconds that a node died, so that its
+// routes and service backends leave the datapath, and that it is back.
+// etcd is not the failure detector: node records live on long leases and
+// stay the durable registry; gossip only says who is alive. This package
+// alone imports memberlist.
+//
+// # Use
+//
+// One Gossip per agent, built with New from a Config. The agent passes the
+// gossip addresses of the node records in etcd to Join (there is no static
+// peer list; Join tries a few at random), reacts to Notify (remove a dead
+// node's routes, restore them when it is alive again), calls Leave on a
+// graceful shutdown and Close at the end. Members and Stats serve status
+// commands and the gauge of members by state.
+//
+// # States
+//
+// A member is Alive, Suspect, Dead or Left as this member sees it. memberlist
+// reports less than that, so the states are put together here:
+//
+//   - Alive, Dead: memberlist's EventDelegate (NotifyJoin, NotifyUpdate,
+//     NotifyLeave). A member that comes back under the same name, with a new
+//     incarnation or on a new address, is Alive again (memberlist accepts a
+//     dead member's new address at once: DeadNodeReclaimTime).
+//   - Left: NotifyLeave does not say whether the member died or left, and
+//     memberlist never sets Node.State (hashicorp/memberlist#266), so Leave
+//     first broadcasts a meta with a leaving flag, then memberlist's leave.
+//     A member that hears of the death before the flag turns Dead into Left
+//     when the flag arrives (AliveDelegate); one that never gets it reports
+//     Dead.
+//   - Suspect: memberlist reports suspicion through no delegate, and its
+//     Members list shows suspects as alive (again #266). The one trace is
+//     the log line "Suspect <name> has failed, no acks received", which
+//     memberlist writes when this member's own probe failed, just before it
+//     marks the member suspect: the log adapter (log.go) catches it. So
+//     Suspect means "my probe failed and it has not refuted yet"; suspicions
+//     heard from other members are not shown. It ends on Dead, on an alive
+//     message from the member (the refutation; AliveDelegate), or, if that
+//     was missed, after the longest suspicion timeout. Act on Dead, not on
+//     Suspect. TestFailureDetection guards the log line: if a memberlist
+//     upgrade changes it, no member reports Suspect and the test fails.
+//
+// Members keeps dead and left members for Config.DeadRetention (10 minutes)
+// after their last change, longer than memberlist remembers them
+// (GossipToTheDeadTime, 30 s), so that status shows recent deaths; then it
+// forgets them without a Notify.
+//
+// # Goroutines
+//
+//   - run, one per Gossip: calls Notify and, every second, ends stale
+//     suspicions and forgets members past DeadRetention. memberlist's
+//     callbacks never call Notify: they update the member table under a
+//     mutex and queue the member's name once (a set in arrival order), so a
+//     slow Notify sees each member's latest state, never an unbounded
+//     backlog, and never two calls at once. Close stops run and waits.
+//   - Join's round goroutines, three at a time, each a memberlist push/pull
+//     with one seed; Close waits for them (memberlist's TCP timeout, 10 s,
+//     bounds them).
+//   - memberlist's own: UDP and TCP listeners, packet handler, probe, gossip
+//     and push/pull tickers, a goroutine per incoming stream. Close calls
+//     memberlist's Shutdown, which waits for the listeners; the others end
+//     shortly after (a probe under way finishes its interval) and memberlist
+//     offers no way to wait for them, so tests poll goleak.
+//
+// # Security
+//
+// Every packet and stream is encrypted and authenticated with the cluster
+// key (AES-GCM, memberlist's keyring, GossipVerifyIncoming and
+// GossipVerifyOutgoing on): a member without a key in common can neither
+// join nor inject a suspicion or a death. The first key encrypts; all are
+// tried on receipt, so keys rotate without downtime in three steps (SetKeys).
+// With Meta.Cluster set, packets also carry the label "meshplane/<cluster>"
+// (GCM additional data), so clusters that share a key do not merge.
+//
+// Meta (meta.go) travels in every alive message: a compact, versioned
+// binary encoding, at most memberlist's 512 bytes, validated when set. It
+// is outside input when received: decodeMeta rejects anything malformed
+// (FuzzDecodeMeta), and a member whose meta does not decode is tracked with
+// an empty Meta and counted in Stats.MetaErrors.
+//
+// # Tuning
+//
+// Target: in a cluster of 50, every member sees a crashed member as dead
+// within 5 s, and nobody is declared dead while the CPUs are busy. The
+// defaults, and what they give at 50 members (measured with `meshctl bench
+// gossip`, docs/benchmarks.md):
+//
+//	ProbeInterval   400 ms  (memberlist LAN default 1 s)
+//	ProbeTimeout    200 ms  (500 ms)
+//	GossipInterval  100 ms  (200 ms)
+//	SuspicionMult   3       (4)
+//	SuspicionMaxTimeoutMult 6, AwarenessMaxMultiplier 8, IndirectChecks 3,
+//	RetransmitMult  6       (4)
+//	PushPullInterval 15 s   (30 s)
+//
+// memberlist declares a suspect dead after its suspicion timeout:
+//
+//	min = SuspicionMult × max(1, log10(n)) × ProbeInterval
+//	    = 3 × 1.70 × 0.4 s = 2.04 s at n = 50
+//	max = SuspicionMaxTimeoutMult × min = 12.2 s
+//
+// The timer starts at max and falls towards min as SuspicionMult-2 = 1
+// other member confirms the suspicion (Lifeguard's dynamic suspicion). The
+// time until every member sees a crash is then
+//
+//	first probe of the dead member   ~0.4 s: the 49 others each probe one member
+//	                                 per interval, in shuffled order, so someone
+//	                                 probes it about once per interval; over 1.2 s
+//	                                 5% of the time, over 2 s 0.6%
+//	+ that probe failing             0.4 s: direct ping (200 ms), then indirect pings
+//	                                 through 3 members and a TCP ping until the end
+//	                                 of the interval
+//	+ suspicion timeout              2.04 s, once a second member's probe failed
+//	                                 too (about one interval later, well within it)
+//	+ the death gossiped to all      ~0.3 s: 3 members every 100 ms, each
+//	                                 retransmitting 12 times
+//	≈ 3.1 s, 4.9 s in the 0.6% tail
+//
+// False positives: to be declared dead, a live member must fail a whole
+// probe (no ack to the direct ping in 200 ms, to any of 3 indirect pings and
+// to a TCP ping within 400 ms) from two members, and then not refute within
+// 2.04 s; or fail one member's probe and not refute within 12.2 s. A busy CPU
+// delays a goroutine by milliseconds to tens of milliseconds (the scheduler's
+// time slices), not seconds. A member that is itself slow misses the nacks
+// its indirect helpers send, which raises its Lifeguard health score
+// (Stats.HealthScore) and stretches its probe interval and timeout (up to
+// 8×), so it accuses less.
+//
+// Why not other values: a longer interval or a larger SuspicionMult pushes
+// the average past 3.5 s and the tail past 5 s (ProbeInterval 500 ms: min
+// 2.55 s; SuspicionMult 4: min 2.72 s); a shorter interval leaves a suspect
+// less time to refute. RetransmitMult 6 instead of 4: with 4, a message
+// missed a member about once per 50-member cluster start (each member
+// retransmits 8 times at n = 50, so a given member misses one with
+// probability about e^-8), and that member then ignores the joiner until
+// a push/pull (60 s at n = 50) fixes it, or learns a death only from its
+// own probe; 6 makes that about e^-12. PushPullInterval 15 s halves that
+// healing time; memberlist scales it up with the cluster (×9 at 5,000).
+//
+// Larger clusters: min grows with log10(n): 2.7 s at 200 members, 3.2 s at
+// 500 and 4.4 s at 5,000 (detection about 4, 4.5 and 6 s). The probe rate
+// per member (2.5 per second) does not grow with n.
+package health

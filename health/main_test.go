@@ -1,0 +1,30 @@
+package health
+
+import (
+	"fmt"
+	"os"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+// TestMain fails the run if goroutines leak. memberlist's goroutines stop
+// shortly after Shutdown (a probe under way finishes its interval first)
+// and it offers no way to wait for them, so the check polls for a while.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if code == 0 {
+		var err error
+		for deadline := time.Now().Add(20 * time.Second); ; {
+			if err = goleak.Find(); err == nil || time.Now().After(deadline) {
+				break
+			}
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "goleak:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}

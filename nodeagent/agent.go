@@ -1,0 +1,661 @@
+package nodeagent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/meshplane/meshplane/bpf"
+	"github.com/meshplane/meshplane/health"
+	"github.com/meshplane/meshplane/identity"
+	"github.com/meshplane/meshplane/ipam"
+	"github.com/meshplane/meshplane/ipam/podip"
+	"github.com/meshplane/meshplane/ipcache"
+	"github.com/meshplane/meshplane/kvstore"
+	"github.com/meshplane/meshplane/kvstore/allocator"
+	"github.com/meshplane/meshplane/kvstore/nodecidr"
+	"github.com/meshplane/meshplane/labels"
+	"github.com/meshplane/meshplane/nodeagent/reconciler"
+	"github.com/meshplane/meshplane/service"
+)
+
+// Agent is the node agent. New builds it from a Config; Run does the work
+// until its context ends.
+type Agent struct {
+	cfg   Config
+	log   *slog.Logger
+	keys  kvstore.Keys
+	start time.Time
+
+	maps   *bpf.Maps
+	ipcT   *reconciler.Table[bpf.IPCacheKey, bpf.IPCacheValue]
+	epT    *reconciler.Table[bpf.EndpointKey, bpf.EndpointValue]
+	polT   *reconciler.Table[bpf.PolicyKey, bpf.PolicyValue]
+	svcT   *reconciler.Table[bpf.ServiceKey, bpf.ServiceValue]
+	beT    *reconciler.Table[bpf.BackendKey, bpf.BackendValue]
+	recs   []mapReconciler // set up by Run before it publishes started
+	mirror *mirror
+	eps    *endpoints
+	met    *metrics
+
+	// Set once, as Run gets that far; read by the API (nil before).
+	client  atomic.Pointer[kvstore.Client]
+	session atomic.Pointer[kvstore.Session]
+	claimer atomic.Pointer[nodecidr.Claimer]
+	ips     atomic.Pointer[podip.Allocator]
+	ids     atomic.Pointer[allocator.Allocator]
+	gossip  atomic.Pointer[health.Gossip]
+	nodesC  atomic.Pointer[kvstore.Cache[nodecidr.NodeRecord]]
+	epC     atomic.Pointer[kvstore.Cache[ipcache.Entry]]
+	svcC    atomic.Pointer[kvstore.Cache[service.Service]]
+	ready   atomic.Bool // caches delivered, tables marked ready
+	// started is set once Run has built the maps and reconcilers: Status
+	// reads them only after.
+	started atomic.Bool
+
+	mu      sync.Mutex // mu guards etcdErr and podCIDRs
+	etcdErr error      // the last failed etcd probe; nil while etcd answers
+	cidrs   []netip.Prefix
+}
+
+// mapReconciler is a reconciler with its map, for status and metrics.
+type mapReconciler struct {
+	name   string
+	path   string
+	max    int
+	status func() reconciler.Status
+	synced <-chan struct{}
+	run    func(context.Context) error
+}
+
+// New validates cfg and returns an agent; it touches nothing yet.
+func New(cfg Config) (*Agent, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	keys, err := kvstore.NewKeys(cfg.Cluster)
+	if err != nil {
+		return nil, err
+	}
+	return &Agent{cfg: cfg, log: cfg.Logger, keys: keys, start: time.Now()}, nil
+}
+
+// Run runs the agent until ctx ends. It returns nil after a clean
+// shutdown, and an error when it cannot start (bpffs missing, the maps
+// incompatible, the API socket in use) or fails for good.
+//
+// On the way out it keeps everything the datapath needs: the pinned maps
+// stay as they are, and the etcd lease is detached, not revoked, so the
+// node record and the node's ipcache entries stay while the agent
+// restarts.
+func (a *Agent) Run(ctx context.Context) (err error) {
+	if err := bpf.CheckSupport(a.cfg.BPFFS); err != nil {
+		return err
+	}
+	maps, err := bpf.OpenMaps(bpf.Config{
+		Dir: a.cfg.BPFFS, Node: a.cfg.Node,
+		IPCacheMax: a.cfg.IPCacheMax, EndpointsMax: a.cfg.EndpointsMax, PolicyMax: a.cfg.PolicyMax,
+		ServicesMax: a.cfg.ServicesMax, BackendsMax: a.cfg.BackendsMax,
+	})
+	if err != nil {
+		return err
+	}
+	a.maps = maps
+	defer func() { err = errors.Join(err, maps.Close()) }()
+	if err := os.MkdirAll(a.cfg.StateDir, 0o700); err != nil {
+		return fmt.Errorf("state dir: %w", err)
+	}
+	a.met = newMetrics(a)
+	if err := a.buildMirror(); err != nil {
+		return err
+	}
+	a.started.Store(true)
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	g, gctx := errgroup.WithContext(ctx)
+	for _, r := range a.recs {
+		g.Go(func() error { return r.run(gctx) })
+	}
+	fail := func(err error) error {
+		cancel()
+		return errors.Join(err, g.Wait(), a.shutdown())
+	}
+	srv, err := a.serveAPI(gctx, g)
+	if err != nil {
+		return fail(err)
+	}
+	defer srv.stop()
+	if a.cfg.MetricsAddr != "" {
+		if err := a.met.serve(gctx, g, a.cfg.MetricsAddr); err != nil {
+			return fail(err)
+		}
+	}
+	g.Go(func() error { return a.runControl(gctx, g) })
+	err = g.Wait()
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	return errors.Join(err, a.shutdown())
+}
+
+// buildMirror creates the desired-state tables and their reconcilers, and
+// seeds the mirror from what the pinned maps already hold.
+func (a *Agent) buildMirror() error {
+	a.ipcT = reconciler.NewTable[bpf.IPCacheKey, bpf.IPCacheValue]()
+	a.epT = reconciler.NewTable[bpf.EndpointKey, bpf.EndpointValue]()
+	a.polT = reconciler.NewTable[bpf.PolicyKey, bpf.PolicyValue]()
+	a.svcT = reconciler.NewTable[bpf.ServiceKey, bpf.ServiceValue]()
+	a.beT = reconciler.NewTable[bpf.BackendKey, bpf.BackendValue]()
+	if err := addReconciler(a, "ipcache", a.ipcT, a.maps.IPCache); err != nil {
+		return err
+	}
+	if err := addReconciler(a, "endpoints", a.epT, a.maps.Endpoints); err != nil {
+		return err
+	}
+	if err := addReconciler(a, "policy", a.polT, a.maps.Policy); err != nil {
+		return err
+	}
+	if err := addReconciler(a, "backends", a.beT, a.maps.Backends); err != nil {
+		return err
+	}
+	if err := addReconciler(a, "services", a.svcT, a.maps.Services); err != nil {
+		return err
+	}
+	a.mirror = newMirror(a.cfg.Node, a.ipcT, a.svcT, a.beT, uint32(a.maps.Backends.MaxEntries()), 65535)
+	a.mirror.nodeChanged = make(chan struct{}, 1)
+	svcs, err := readAll(a.maps.Services)
+	if err != nil {
+		return err
+	}
+	bes, err := readAll(a.maps.Backends)
+	if err != nil {
+		return err
+	}
+	a.mirror.seed(svcs, bes)
+	a.eps = newEndpoints(filepath.Join(a.cfg.StateDir, "endpoints"), a.epT)
+	if err := a.eps.load(); err != nil {
+		return err
+	}
+	// The endpoints map needs nothing from etcd: it is right as soon as
+	// the state files are read.
+	a.epT.MarkReady()
+	return nil
+}
+
+func addReconciler[K, V comparable](a *Agent, name string, t *reconciler.Table[K, V], m *bpf.Map[K, V]) error {
+	r, err := reconciler.New(t, m, reconciler.Config{
+		Name: name, PruneInterval: a.cfg.PruneInterval, Observer: a.met.observer(name),
+	})
+	if err != nil {
+		return err
+	}
+	a.recs = append(a.recs, mapReconciler{
+		name: name, path: m.Path(), max: m.MaxEntries(),
+		status: r.Status, synced: r.Synced(), run: r.Run,
+	})
+	return nil
+}
+
+func readAll[K, V comparable](m *bpf.Map[K, V]) (map[K]V, error) {
+	out := make(map[K]V)
+	err := m.Iterate(func(k K, v V) bool { out[k] = v; return true })
+	if err != nil {
+		return nil, fmt.Errorf("read pinned map %s: %w", m.Name(), err)
+	}
+	return out, nil
+}
+
+// runControl connects to etcd (retrying for as long as it takes), then
+// starts everything that needs it.
+func (a *Agent) runControl(ctx context.Context, g *errgroup.Group) error {
+	client, err := a.connect(ctx)
+	if err != nil {
+		return err
+	}
+	a.client.Store(client)
+	leaseFile := filepath.Join(a.cfg.StateDir, "lease")
+	resume := readLease(leaseFile)
+	session, err := kvstore.NewSession(ctx, client, kvstore.SessionConfig{TTL: a.cfg.LeaseTTL, Resume: resume})
+	if err != nil {
+		return fmt.Errorf("etcd session: %w", err)
+	}
+	a.session.Store(session)
+	if err := writeLease(leaseFile, session.State().Lease); err != nil {
+		a.log.Warn("cannot record the etcd lease; a restart will take a new one", "err", err)
+	}
+
+	gossip, err := a.startGossip()
+	if err != nil {
+		return err
+	}
+	a.gossip.Store(gossip)
+
+	claimer, err := nodecidr.NewClaimer(client, session, nodecidr.Config{Cluster: a.cfg.Cluster, Node: a.cfg.Node})
+	if err != nil {
+		return err
+	}
+	claimer.SetNodeInfo(a.nodeInfo(gossip))
+	cidrs, err := a.ensureCIDRs(ctx, claimer)
+	if err != nil {
+		return err
+	}
+	a.claimer.Store(claimer)
+	ips, err := podip.Open(podip.Config{Dir: filepath.Join(a.cfg.StateDir, "ipam")}, cidrs)
+	if err != nil {
+		return fmt.Errorf("pod IPs: %w", err)
+	}
+	a.ips.Store(ips)
+	ids, err := allocator.New(allocator.Config{
+		Cluster: a.cfg.Cluster, ClusterID: identity.ClusterID(a.cfg.ClusterID), Node: a.cfg.Node, Filter: a.cfg.LabelFilter,
+	}, client, session)
+	if err != nil {
+		return err
+	}
+	a.ids.Store(ids)
+	g.Go(func() error { return ignoreCanceled(ids.Run(ctx)) })
+
+	if err := a.startCaches(ctx, g); err != nil {
+		return err
+	}
+	g.Go(func() error { a.joinLoop(ctx); return nil })
+	g.Go(func() error { a.probeLoop(ctx); return nil })
+	g.Go(func() error { a.restoreEndpoints(ctx); return nil })
+	g.Go(func() error { a.publishUsageLoop(ctx); return nil })
+
+	// The tables fed from etcd may prune only once every cache has handed
+	// its first list to the mirror: before that, an entry missing from
+	// the table may just not be loaded yet.
+	for _, ch := range []<-chan struct{}{a.nodesC.Load().Delivered(), a.epC.Load().Delivered(), a.svcC.Load().Delivered()} {
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil
+		}
+	}
+	a.mirror.dropSeeds()
+	a.ipcT.MarkReady()
+	a.beT.MarkReady()
+	a.svcT.MarkReady()
+	a.polT.MarkReady()
+	a.ready.Store(true)
+	a.log.Info("agent synced", "node", a.cfg.Node, "podCIDRs", cidrs, "took", time.Since(a.start))
+	<-ctx.Done()
+	return nil
+}
+
+func ignoreCanceled(err error) error {
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+// connect opens the etcd client, retrying with backoff while etcd is
+// unreachable; a misconfiguration (bad TLS files, wrong password) is
+// retried too, since an operator may fix etcd's side, but logged as an
+// error.
+func (a *Agent) connect(ctx context.Context) (*kvstore.Client, error) {
+	backoff := 200 * time.Millisecond
+	for {
+		c, err := kvstore.New(ctx, a.cfg.Etcd)
+		if err == nil {
+			a.setEtcdErr(nil)
+			return c, nil
+		}
+		a.setEtcdErr(err)
+		if errors.Is(err, kvstore.ErrConfig) {
+			return nil, err
+		}
+		level := slog.LevelWarn
+		if errors.Is(err, kvstore.ErrAuth) {
+			level = slog.LevelError
+		}
+		a.log.Log(ctx, level, "cannot reach etcd; the datapath keeps its state, retrying", "err", err, "retry", backoff)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 10*time.Second)
+	}
+}
+
+func (a *Agent) setEtcdErr(err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.etcdErr = err
+}
+
+// probeLoop asks etcd for the node's record every second: the watch and
+// the lease hide an outage for a while, the status must not.
+func (a *Agent) probeLoop(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	client := a.client.Load()
+	key := a.keys.Node(a.cfg.Node)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		_, _, err := client.Get(pctx, key)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		a.mu.Lock()
+		was := a.etcdErr
+		a.etcdErr = err
+		a.mu.Unlock()
+		switch {
+		case err != nil && was == nil:
+			a.log.Warn("etcd unreachable; the datapath keeps its last state", "err", err)
+		case err == nil && was != nil:
+			a.log.Info("etcd reachable again; resyncing")
+		}
+	}
+}
+
+func (a *Agent) nodeInfo(g *health.Gossip) nodecidr.NodeRecord {
+	return nodecidr.NodeRecord{
+		IPs: a.cfg.NodeIPs, GossipAddr: g.LocalAddr().String(), Labels: a.cfg.NodeLabels,
+		Version: Version, ClusterID: a.cfg.ClusterID,
+	}
+}
+
+// ensureCIDRs claims (or, after a restart, recovers) the node's pod CIDRs,
+// retrying while the pools are exhausted or missing: an operator can add
+// a pool, and the agent must not crash-loop meanwhile.
+func (a *Agent) ensureCIDRs(ctx context.Context, c *nodecidr.Claimer) ([]netip.Prefix, error) {
+	backoff := time.Second
+	if !a.cfg.NoDefaultPool {
+		if err := a.defaultPool(ctx); err != nil {
+			a.log.Warn("cannot create the default IPAM pool", "err", err)
+		}
+	}
+	for {
+		cidrs, err := c.Ensure(ctx, a.cfg.Families...)
+		if err == nil {
+			a.mu.Lock()
+			a.cidrs = cidrs
+			a.mu.Unlock()
+			return cidrs, nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		a.setEtcdErr(err)
+		a.log.Error("cannot get a pod CIDR; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 30*time.Second)
+	}
+}
+
+// defaultPool creates the default pool in a cluster without pools. Agents
+// that race all try; the pools' transaction lets one win.
+func (a *Agent) defaultPool(ctx context.Context) error {
+	pools, err := nodecidr.NewPools(a.client.Load(), a.cfg.Cluster)
+	if err != nil {
+		return err
+	}
+	have, err := pools.List(ctx)
+	if err != nil || len(have) > 0 {
+		return err
+	}
+	pool := ipam.DefaultPool(slices.Contains(a.cfg.Families, ipam.IPv6))
+	if err := pools.Add(ctx, pool); err != nil {
+		if have, lerr := pools.List(ctx); lerr == nil && len(have) > 0 {
+			return nil // another agent won
+		}
+		return err
+	}
+	a.log.Info("created the default IPAM pool", "ipv4", pool.IPv4, "ipv6", pool.IPv6)
+	return nil
+}
+
+func (a *Agent) startCaches(ctx context.Context, g *errgroup.Group) error {
+	client := a.client.Load()
+	onInvalid := func(what string) func(string, error) {
+		return func(key string, err error) {
+			a.log.Warn("skipping a corrupt etcd value", "cache", what, "key", key, "err", err)
+		}
+	}
+	nodesC, err := kvstore.NewCache(client, kvstore.CacheConfig[nodecidr.NodeRecord]{
+		Prefix: a.keys.NodesPrefix(), Decode: nodecidr.DecodeNodeRecord, OnInvalid: onInvalid("nodes"),
+	})
+	if err != nil {
+		return err
+	}
+	nodesC.Subscribe(nodeHandler{a.mirror})
+	epC, err := kvstore.NewCache(client, kvstore.CacheConfig[ipcache.Entry]{
+		Prefix: a.keys.EndpointsPrefix(), Decode: ipcache.Decode, OnInvalid: onInvalid("endpoints"),
+	})
+	if err != nil {
+		return err
+	}
+	epC.Subscribe(endpointHandler{a.mirror})
+	svcC, err := kvstore.NewCache(client, kvstore.CacheConfig[service.Service]{
+		Prefix: a.keys.ServicesPrefix(), Decode: service.Decode, OnInvalid: onInvalid("services"),
+	})
+	if err != nil {
+		return err
+	}
+	svcC.Subscribe(serviceHandler{a.mirror})
+	a.nodesC.Store(nodesC)
+	a.epC.Store(epC)
+	a.svcC.Store(svcC)
+	g.Go(func() error { return ignoreCanceled(nodesC.Run(ctx)) })
+	g.Go(func() error { return ignoreCanceled(epC.Run(ctx)) })
+	g.Go(func() error { return ignoreCanceled(svcC.Run(ctx)) })
+	return nil
+}
+
+// restoreEndpoints re-takes, after a restart, what the local endpoints
+// hold in etcd: their identity references and ipcache entries. Both are on
+// the lease, which a restart normally resumes; this covers a lease that
+// expired while the agent was down.
+func (a *Agent) restoreEndpoints(ctx context.Context) {
+	for _, ep := range a.eps.list() {
+		set, err := ep.labelSet(a.cfg.LabelFilter)
+		if err != nil {
+			continue
+		}
+		id, err := a.allocateIdentity(ctx, set)
+		if err != nil {
+			if ctx.Err() == nil {
+				a.log.Error("cannot restore an endpoint's identity", "endpoint", ep.owner(), "err", err)
+			}
+			continue
+		}
+		if id != ep.Identity {
+			a.log.Warn("endpoint's identity changed while the agent was down", "endpoint", ep.owner(), "old", ep.Identity, "new", id)
+		}
+		for _, ip := range ep.IPs {
+			if err := a.publish(ctx, ipcache.Entry{IP: ip, Identity: id, Namespace: ep.Namespace, Pod: ep.Pod}); err != nil && ctx.Err() == nil {
+				a.log.Error("cannot restore an endpoint's ipcache entry", "endpoint", ep.owner(), "ip", ip, "err", err)
+			}
+		}
+	}
+}
+
+// publishUsageLoop publishes the node's pod IP usage in its node record
+// when it changes (at most every 10s).
+func (a *Agent) publishUsageLoop(ctx context.Context) {
+	t := time.NewTicker(10 * time.Second)
+	defer t.Stop()
+	var last []nodecidr.CIDRUsage
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		usage := a.usage()
+		if slices.Equal(usage, last) {
+			continue
+		}
+		if err := a.claimer.Load().Publish(ctx, usage); err != nil {
+			continue
+		}
+		last = usage
+	}
+}
+
+func (a *Agent) usage() []nodecidr.CIDRUsage {
+	ips := a.ips.Load()
+	if ips == nil {
+		return nil
+	}
+	var out []nodecidr.CIDRUsage
+	for _, c := range ips.Stats().CIDRs {
+		out = append(out, nodecidr.CIDRUsage{CIDR: c.CIDR, Used: c.Used, Free: c.Free})
+	}
+	return out
+}
+
+// shutdown releases what Run took, keeping what the datapath and the
+// cluster need across a restart.
+func (a *Agent) shutdown() error {
+	var errs []error
+	if g := a.gossip.Load(); g != nil {
+		// No Leave: a restart must not look like a departure. Others see
+		// the node suspect only if the restart outlasts the probe timeouts.
+		errs = append(errs, g.Close())
+	}
+	if ips := a.ips.Load(); ips != nil {
+		errs = append(errs, ips.Close())
+	}
+	if s := a.session.Load(); s != nil {
+		s.Detach()
+	}
+	if c := a.client.Load(); c != nil {
+		errs = append(errs, c.Close())
+	}
+	return errors.Join(errs...)
+}
+
+func readLease(path string) kvstore.LeaseID {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 16, 64)
+	if err != nil {
+		return 0
+	}
+	return kvstore.LeaseID(n)
+}
+
+func writeLease(path string, lease kvstore.LeaseID) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(strconv.FormatInt(int64(lease), 16)+"\n"), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// --- endpointDeps ---
+
+func (a *Agent) families() []ipam.Family     { return a.cfg.Families }
+func (a *Agent) labelFilter() *labels.Filter { return a.cfg.LabelFilter }
+
+func (a *Agent) allocateIP(owner string, f ipam.Family) (netip.Addr, netip.Prefix, error) {
+	ips := a.ips.Load()
+	if ips == nil {
+		return netip.Addr{}, netip.Prefix{}, errors.New("pod IPs are not available yet: the agent has not reached etcd")
+	}
+	ip, err := ips.Allocate(owner, f)
+	if errors.Is(err, podip.ErrFull) {
+		// Every CIDR of the family is full: claim one more.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		p, cerr := a.claimer.Load().ClaimMore(ctx, f)
+		if cerr != nil {
+			return netip.Addr{}, netip.Prefix{}, fmt.Errorf("%w; claiming another CIDR: %w", err, cerr)
+		}
+		if err := ips.AddCIDR(p); err != nil {
+			return netip.Addr{}, netip.Prefix{}, err
+		}
+		a.mu.Lock()
+		a.cidrs = append(a.cidrs, p)
+		a.mu.Unlock()
+		ip, err = ips.Allocate(owner, f)
+	}
+	if err != nil {
+		return netip.Addr{}, netip.Prefix{}, err
+	}
+	for _, c := range ips.Stats().CIDRs {
+		if c.CIDR.Contains(ip) {
+			return ip, c.CIDR, nil
+		}
+	}
+	return ip, netip.PrefixFrom(ip, ip.BitLen()), nil
+}
+
+func (a *Agent) releaseIPs(owner string) error {
+	if ips := a.ips.Load(); ips != nil {
+		return ips.Release(owner)
+	}
+	return nil
+}
+
+func (a *Agent) allocateIdentity(ctx context.Context, set labels.Set) (identity.ID, error) {
+	ids := a.ids.Load()
+	if ids == nil {
+		return 0, errors.New("identities are not available yet: the agent has not reached etcd")
+	}
+	return ids.Allocate(ctx, set)
+}
+
+func (a *Agent) releaseIdentity(set labels.Set) error {
+	if ids := a.ids.Load(); ids != nil {
+		return ids.Release(set)
+	}
+	return nil
+}
+
+func (a *Agent) publish(ctx context.Context, e ipcache.Entry) error {
+	e.Node = a.cfg.Node
+	return a.session.Load().Put(ctx, a.keys.Endpoint(ipcache.KeyOf(e.IP)), string(e.Encode()))
+}
+
+func (a *Agent) unpublish(ctx context.Context, ip netip.Addr) error {
+	return a.session.Load().Delete(ctx, a.keys.Endpoint(ipcache.KeyOf(ip)))
+}
+
+// AddEndpoint gives a pod its IPs and identity and installs it (the CNI
+// ADD path). It is idempotent per namespace and pod.
+func (a *Agent) AddEndpoint(ctx context.Context, spec EndpointSpec) (Endpoint, error) {
+	if a.session.Load() == nil || a.ids.Load() == nil || a.ips.Load() == nil {
+		return Endpoint{}, errors.New("the agent is still starting: it has not reached etcd; retry")
+	}
+	return a.eps.add(ctx, a, spec)
+}
+
+// DeleteEndpoint removes a pod (the CNI DEL path); an unknown pod is not
+// an error.
+func (a *Agent) DeleteEndpoint(ctx context.Context, namespace, pod string) error {
+	if a.session.Load() == nil {
+		return errors.New("the agent is still starting: it has not reached etcd; retry")
+	}
+	return a.eps.remove(ctx, a, namespace, pod)
+}

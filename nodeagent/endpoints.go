@@ -1,0 +1,325 @@
+package nodeagent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/meshplane/meshplane/bpf"
+	"github.com/meshplane/meshplane/identity"
+	"github.com/meshplane/meshplane/ipam"
+	"github.com/meshplane/meshplane/ipam/podip"
+	"github.com/meshplane/meshplane/ipcache"
+	"github.com/meshplane/meshplane/labels"
+	"github.com/meshplane/meshplane/nodeagent/reconciler"
+)
+
+// ErrInvalidEndpoint is wrapped by AddEndpoint's input errors.
+var ErrInvalidEndpoint = errors.New("invalid endpoint")
+
+// EndpointSpec is what the CNI plugin asks for: a pod to give addresses
+// and an identity, and to install in the datapath.
+type EndpointSpec struct {
+	Namespace   string            `json:"namespace"`
+	Pod         string            `json:"pod"`
+	ContainerID string            `json:"containerID,omitempty"`
+	Labels      map[string]string `json:"labels,omitempty"`
+	Netns       string            `json:"netns,omitempty"`
+	// IfIndex is the host side of the pod's veth.
+	IfIndex uint32 `json:"ifIndex,omitempty"`
+	// MAC is the pod side's address; NodeMAC the host side's.
+	MAC     string `json:"mac,omitempty"`
+	NodeMAC string `json:"nodeMAC,omitempty"`
+}
+
+// Endpoint is a local pod as the agent keeps it: the spec plus what it
+// was given. It is stored in StateDir/endpoints/<namespace>_<pod>.json, so
+// a restarted agent knows its pods without etcd.
+type Endpoint struct {
+	EndpointSpec
+	ID       uint32         `json:"id"`
+	IPs      []netip.Addr   `json:"ips"`
+	Identity identity.ID    `json:"identity"`
+	Gateways []netip.Addr   `json:"gateways,omitempty"`
+	CIDRs    []netip.Prefix `json:"cidrs,omitempty"`
+}
+
+// owner is the endpoint's key in the pod IP allocator and its file name.
+func (s EndpointSpec) owner() string { return s.Namespace + "/" + s.Pod }
+
+var k8sNameRE = regexp.MustCompile(`^[a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?$`)
+
+func (s EndpointSpec) validate() error {
+	if !k8sNameRE.MatchString(s.Namespace) || strings.Contains(s.Namespace, ".") {
+		return fmt.Errorf("%w: namespace %q: use a DNS label", ErrInvalidEndpoint, s.Namespace)
+	}
+	if !k8sNameRE.MatchString(s.Pod) {
+		return fmt.Errorf("%w: pod name %q: use a DNS subdomain", ErrInvalidEndpoint, s.Pod)
+	}
+	for _, m := range []string{s.MAC, s.NodeMAC} {
+		if m == "" {
+			continue
+		}
+		if hw, err := net.ParseMAC(m); err != nil || len(hw) != 6 {
+			return fmt.Errorf("%w: MAC %q: use six colon-separated hex bytes", ErrInvalidEndpoint, m)
+		}
+	}
+	return nil
+}
+
+// labelSet is the pod's identity label set: its labels with the k8s
+// source, plus its namespace, as Cilium forms them.
+func (s EndpointSpec) labelSet(filter *labels.Filter) (labels.Set, error) {
+	ls := make([]labels.Label, 0, len(s.Labels)+1)
+	for k, v := range s.Labels {
+		ls = append(ls, labels.Label{Source: "k8s", Key: k, Value: v})
+	}
+	ls = append(ls, labels.Label{Source: "k8s", Key: "io.kubernetes.pod.namespace", Value: s.Namespace})
+	set, err := labels.NewSet(ls...)
+	if err != nil {
+		return labels.Set{}, fmt.Errorf("%w: labels of %s: %w", ErrInvalidEndpoint, s.owner(), err)
+	}
+	if filter != nil {
+		set = filter.Apply(set)
+	}
+	return set, nil
+}
+
+// endpoints is the node's local endpoints: the pod IP allocator, the
+// identity allocator's references, the endpoints map's desired state, the
+// ipcache entries the node owns in etcd, and the state files.
+//
+// mu serialises Add and Delete (they do I/O under it: a CNI ADD for one
+// pod at a time is fine, and it keeps the steps of one pod in order).
+type endpoints struct {
+	dir   string
+	table *reconciler.Table[bpf.EndpointKey, bpf.EndpointValue]
+
+	mu    sync.Mutex
+	byKey map[string]*Endpoint // mu guards: by owner
+	ids   *idAllocator[string]
+}
+
+func newEndpoints(dir string, table *reconciler.Table[bpf.EndpointKey, bpf.EndpointValue]) *endpoints {
+	return &endpoints{dir: dir, table: table, byKey: make(map[string]*Endpoint), ids: newIDAllocator[string]("endpoint", 65535)}
+}
+
+// load reads the state files into the table. It needs no etcd: the
+// endpoints map is right again before the agent has reached etcd.
+func (e *endpoints) load() error {
+	if err := os.MkdirAll(e.dir, 0o700); err != nil {
+		return fmt.Errorf("endpoint state: %w", err)
+	}
+	files, err := filepath.Glob(filepath.Join(e.dir, "*.json"))
+	if err != nil {
+		return err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return fmt.Errorf("endpoint state: %w", err)
+		}
+		var ep Endpoint
+		err = json.Unmarshal(b, &ep)
+		if err == nil {
+			err = ep.validate()
+		}
+		if err == nil && ep.ID == 0 {
+			err = errors.New("no endpoint ID")
+		}
+		if err != nil {
+			return fmt.Errorf("endpoint state %s is corrupt (%w): remove it and delete the pod, or restore it", f, err)
+		}
+		e.ids.seed(ep.owner(), ep.ID)
+		e.byKey[ep.owner()] = &ep
+		e.installLocked(&ep)
+	}
+	// Seeds are references here: every loaded endpoint holds its ID.
+	for k := range e.byKey {
+		if _, err := e.ids.acquire(k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (e *endpoints) installLocked(ep *Endpoint) {
+	for _, ip := range ep.IPs {
+		e.table.Set(bpf.EndpointKeyFor(ip), endpointValue(ep))
+	}
+}
+
+func (e *endpoints) list() []Endpoint {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make([]Endpoint, 0, len(e.byKey))
+	for _, ep := range e.byKey {
+		out = append(out, *ep)
+	}
+	slices.SortFunc(out, func(a, b Endpoint) int { return strings.Compare(a.owner(), b.owner()) })
+	return out
+}
+
+func (e *endpoints) path(owner string) string {
+	return filepath.Join(e.dir, strings.ReplaceAll(owner, "/", "_")+".json")
+}
+
+// save writes the endpoint's state file atomically.
+func (e *endpoints) save(ep *Endpoint) error {
+	b, err := json.Marshal(ep)
+	if err != nil {
+		return err
+	}
+	p := e.path(ep.owner())
+	tmp := p + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("endpoint state: %w", err)
+	}
+	if _, err := f.Write(b); err != nil {
+		_ = f.Close()
+		return fmt.Errorf("endpoint state: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		_ = f.Close()
+		return fmt.Errorf("endpoint state: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("endpoint state: %w", err)
+	}
+	if err := os.Rename(tmp, p); err != nil {
+		return fmt.Errorf("endpoint state: %w", err)
+	}
+	return nil
+}
+
+// endpointDeps are what Add and Delete need from the running agent.
+type endpointDeps interface {
+	allocateIP(owner string, f ipam.Family) (netip.Addr, netip.Prefix, error)
+	releaseIPs(owner string) error
+	allocateIdentity(ctx context.Context, set labels.Set) (identity.ID, error)
+	releaseIdentity(set labels.Set) error
+	publish(ctx context.Context, e ipcache.Entry) error
+	unpublish(ctx context.Context, ip netip.Addr) error
+	families() []ipam.Family
+	labelFilter() *labels.Filter
+}
+
+// add creates (or, for a pod it has, returns) an endpoint. A failure
+// undoes every step taken, so no half-made endpoint is left behind.
+func (e *endpoints) add(ctx context.Context, d endpointDeps, spec EndpointSpec) (_ Endpoint, err error) {
+	if err := spec.validate(); err != nil {
+		return Endpoint{}, err
+	}
+	set, err := spec.labelSet(d.labelFilter())
+	if err != nil {
+		return Endpoint{}, err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if ep, ok := e.byKey[spec.owner()]; ok {
+		if ep.IfIndex == spec.IfIndex && ep.MAC == spec.MAC && ep.NodeMAC == spec.NodeMAC && maps2equal(ep.Labels, spec.Labels) {
+			return *ep, nil
+		}
+		return Endpoint{}, fmt.Errorf("%w: %s exists with another interface or labels: delete it first", ErrInvalidEndpoint, spec.owner())
+	}
+	var undo []func()
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
+	ep := &Endpoint{EndpointSpec: spec}
+	id, err := e.ids.acquire(spec.owner())
+	if err != nil {
+		return Endpoint{}, err
+	}
+	ep.ID = id
+	undo = append(undo, func() { e.ids.release(spec.owner()) })
+	undo = append(undo, func() { _ = d.releaseIPs(spec.owner()) })
+	for _, f := range d.families() {
+		ip, cidr, err := d.allocateIP(spec.owner(), f)
+		if err != nil {
+			return Endpoint{}, err
+		}
+		ep.IPs = append(ep.IPs, ip)
+		ep.CIDRs = append(ep.CIDRs, cidr)
+		ep.Gateways = append(ep.Gateways, podip.Gateway(cidr))
+	}
+	ep.Identity, err = d.allocateIdentity(ctx, set)
+	if err != nil {
+		return Endpoint{}, fmt.Errorf("identity for %s: %w", spec.owner(), err)
+	}
+	undo = append(undo, func() { _ = d.releaseIdentity(set) })
+	if err := e.save(ep); err != nil {
+		return Endpoint{}, err
+	}
+	undo = append(undo, func() { _ = os.Remove(e.path(spec.owner())) })
+	for _, ip := range ep.IPs {
+		if err := d.publish(ctx, ipcache.Entry{IP: ip, Identity: ep.Identity, Namespace: spec.Namespace, Pod: spec.Pod}); err != nil {
+			return Endpoint{}, fmt.Errorf("publish %s of %s: %w", ip, spec.owner(), err)
+		}
+		undo = append(undo, func() { _ = d.unpublish(context.WithoutCancel(ctx), ip) })
+	}
+	e.byKey[spec.owner()] = ep
+	e.installLocked(ep)
+	return *ep, nil
+}
+
+// remove deletes an endpoint; deleting an unknown one is not an error
+// (a CNI DEL may be repeated).
+func (e *endpoints) remove(ctx context.Context, d endpointDeps, namespace, pod string) error {
+	owner := namespace + "/" + pod
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	ep, ok := e.byKey[owner]
+	if !ok {
+		return nil
+	}
+	// The datapath first, so no new traffic is classified with the old
+	// identity; then etcd; the IPs last (they go into quarantine).
+	for _, ip := range ep.IPs {
+		e.table.Delete(bpf.EndpointKeyFor(ip))
+	}
+	var errs []error
+	for _, ip := range ep.IPs {
+		if err := d.unpublish(ctx, ip); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if set, err := ep.labelSet(d.labelFilter()); err == nil {
+		errs = append(errs, d.releaseIdentity(set))
+	}
+	errs = append(errs, d.releaseIPs(owner))
+	if err := os.Remove(e.path(owner)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	delete(e.byKey, owner)
+	e.ids.release(owner)
+	return errors.Join(errs...)
+}
+
+func maps2equal(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if w, ok := b[k]; !ok || w != v {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,395 @@
+package nodeagent
+
+import (
+	"net/netip"
+	"sync"
+
+	"github.com/meshplane/meshplane/bpf"
+	"github.com/meshplane/meshplane/health"
+	"github.com/meshplane/meshplane/identity"
+	"github.com/meshplane/meshplane/ipcache"
+	"github.com/meshplane/meshplane/kvstore/nodecidr"
+	"github.com/meshplane/meshplane/nodeagent/reconciler"
+	"github.com/meshplane/meshplane/service"
+)
+
+// mirror turns the cluster state the watch caches deliver (node records,
+// ipcache entries, services) and the health gossip reports into the
+// desired contents of the ipcache, services and backends maps.
+//
+// A node that gossip declares dead (or that left) loses its routes (the
+// ipcache entries of its pod CIDRs) and its service backends here; they
+// come back when it is alive again. Its own addresses and its pods' IPs
+// keep their identities: identity is not reachability.
+//
+// The handlers are called from the caches' delivery goroutines and from
+// the gossip goroutine; mu serialises them. Nothing here blocks: the
+// tables only record what changed for the reconcilers.
+type mirror struct {
+	local string // this node's name
+	// nodeChanged, if set, is poked (without blocking) when a node record
+	// changes, so gossip can join a new node at once.
+	nodeChanged chan struct{}
+
+	mu        sync.Mutex
+	nodes     map[string]nodecidr.NodeRecord        // mu guards: the node records
+	down      map[string]bool                       // nodes gossip says are dead or left
+	epByNode  map[string]map[netip.Addr]identity.ID // ipcache entries by hosting node
+	epNode    map[netip.Addr]string
+	services  map[string]service.Service
+	svcByNode map[string]map[string]struct{} // services with backends on a node
+	svcHeld   map[string]heldIDs             // IDs each service holds
+
+	ipc        *projection[bpf.IPCacheKey, bpf.IPCacheValue]
+	svc        *projection[bpf.ServiceKey, bpf.ServiceValue]
+	be         *projection[bpf.BackendKey, bpf.BackendValue]
+	backendIDs *idAllocator[backendRef]
+	serviceIDs *idAllocator[frontendRef]
+	// idErrors counts services whose entries could not all get IDs.
+	idErrors int
+}
+
+type backendRef struct {
+	addr  netip.AddrPort
+	proto uint8
+}
+
+type frontendRef struct {
+	addr  netip.AddrPort
+	proto uint8
+}
+
+type heldIDs struct {
+	frontends []frontendRef
+	backends  []backendRef
+}
+
+// Sources sort by priority: a node's own entries beat a pod's.
+const (
+	srcNode     = "0node/"
+	srcEndpoint = "1ep/"
+	srcService  = "svc/"
+)
+
+func newMirror(local string, ipc *reconciler.Table[bpf.IPCacheKey, bpf.IPCacheValue],
+	svc *reconciler.Table[bpf.ServiceKey, bpf.ServiceValue], be *reconciler.Table[bpf.BackendKey, bpf.BackendValue],
+	maxBackends, maxServices uint32) *mirror {
+	return &mirror{
+		local:      local,
+		nodes:      make(map[string]nodecidr.NodeRecord),
+		down:       make(map[string]bool),
+		epByNode:   make(map[string]map[netip.Addr]identity.ID),
+		epNode:     make(map[netip.Addr]string),
+		services:   make(map[string]service.Service),
+		svcByNode:  make(map[string]map[string]struct{}),
+		svcHeld:    make(map[string]heldIDs),
+		ipc:        newProjection(ipc),
+		svc:        newProjection(svc),
+		be:         newProjection(be),
+		backendIDs: newIDAllocator[backendRef]("backend", maxBackends),
+		serviceIDs: newIDAllocator[frontendRef]("service", maxServices),
+	}
+}
+
+// seed records the backend and service IDs found in the pinned maps, so a
+// restarted agent gives the same objects the same IDs.
+func (m *mirror) seed(services map[bpf.ServiceKey]bpf.ServiceValue, backends map[bpf.BackendKey]bpf.BackendValue) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for k, v := range backends {
+		ap, proto := backendOf(v)
+		m.backendIDs.seed(backendRef{ap, proto}, backendIDOf(k))
+	}
+	for k, v := range services {
+		ap, proto, slot := frontendOf(k)
+		if slot == 0 {
+			m.serviceIDs.seed(frontendRef{ap, proto}, uint32(serviceIDOf(v)))
+		}
+	}
+}
+
+// dropSeeds forgets the seeded IDs that no service took once the state
+// is loaded; their map entries are pruned.
+func (m *mirror) dropSeeds() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.backendIDs.dropUnreferenced()
+	m.serviceIDs.dropUnreferenced()
+}
+
+func (m *mirror) usableLocked(node string) bool { return node == m.local || !m.down[node] }
+
+// nodeIPLocked is the address of node to route ip's family to, if known.
+func (m *mirror) nodeIPLocked(node string, is4 bool) netip.Addr {
+	r, ok := m.nodes[node]
+	if !ok {
+		return netip.Addr{}
+	}
+	for _, a := range r.IPs {
+		if a.Unmap().Is4() == is4 {
+			return a.Unmap()
+		}
+	}
+	return netip.Addr{}
+}
+
+// --- nodes ---
+
+// nodeHandler receives node records.
+type nodeHandler struct{ m *mirror }
+
+func (h nodeHandler) Upsert(name string, r nodecidr.NodeRecord) {
+	m := h.m
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.nodes[name] = r
+	m.refreshNodeLocked(name)
+	m.pokeNodeChanged()
+}
+
+func (m *mirror) pokeNodeChanged() {
+	if m.nodeChanged == nil {
+		return
+	}
+	select {
+	case m.nodeChanged <- struct{}{}:
+	default:
+	}
+}
+
+func (h nodeHandler) Delete(name string) {
+	m := h.m
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.nodes, name)
+	m.refreshNodeLocked(name)
+}
+
+// setHealth applies a gossip state change.
+func (m *mirror) setHealth(name string, s health.State) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	down := s == health.Dead || s == health.Left
+	if m.down[name] == down {
+		return
+	}
+	if down {
+		m.down[name] = true
+	} else {
+		delete(m.down, name)
+	}
+	m.refreshNodeLocked(name)
+	for key := range m.svcByNode[name] {
+		m.refreshServiceLocked(key)
+	}
+}
+
+// refreshNodeLocked recomputes a node's own entries (its addresses, and
+// its pod CIDRs while it is usable) and its pods' entries, whose node
+// address comes from the record.
+func (m *mirror) refreshNodeLocked(name string) {
+	r, ok := m.nodes[name]
+	var entries []kv[bpf.IPCacheKey, bpf.IPCacheValue]
+	if ok {
+		id, flags := identity.RemoteNode, bpf.IPCacheFlags(0)
+		if name == m.local {
+			id, flags = identity.Host, bpf.IPCacheLocal
+		}
+		seen := make(map[bpf.IPCacheKey]bool)
+		for _, a := range r.IPs {
+			a = a.Unmap()
+			k := bpf.IPCacheKeyFor(netip.PrefixFrom(a, a.BitLen()))
+			if !seen[k] {
+				seen[k] = true
+				entries = append(entries, kv[bpf.IPCacheKey, bpf.IPCacheValue]{k, ipcacheValue(id, a, flags)})
+			}
+		}
+		if m.usableLocked(name) {
+			for _, p := range r.PodCIDRs {
+				k := bpf.IPCacheKeyFor(p)
+				if !seen[k] {
+					seen[k] = true
+					entries = append(entries, kv[bpf.IPCacheKey, bpf.IPCacheValue]{k,
+						ipcacheValue(identity.World, m.nodeIPLocked(name, p.Addr().Is4()), flags)})
+				}
+			}
+		}
+	}
+	m.ipc.update(srcNode+name, entries)
+	for ip, id := range m.epByNode[name] {
+		m.ipc.update(srcEndpoint+ip.String(), []kv[bpf.IPCacheKey, bpf.IPCacheValue]{m.endpointEntryLocked(ip, id, name)})
+	}
+}
+
+func (m *mirror) endpointEntryLocked(ip netip.Addr, id identity.ID, node string) kv[bpf.IPCacheKey, bpf.IPCacheValue] {
+	flags := bpf.IPCacheFlags(0)
+	if node == m.local {
+		flags = bpf.IPCacheLocal
+	}
+	return kv[bpf.IPCacheKey, bpf.IPCacheValue]{
+		bpf.IPCacheKeyFor(netip.PrefixFrom(ip, ip.BitLen())),
+		ipcacheValue(id, m.nodeIPLocked(node, ip.Is4()), flags),
+	}
+}
+
+// --- ipcache entries ---
+
+// endpointHandler receives ipcache entries (endpoints/<ip>).
+type endpointHandler struct{ m *mirror }
+
+func (h endpointHandler) Upsert(key string, e ipcache.Entry) {
+	m := h.m
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	ip := e.IP.Unmap()
+	if old, ok := m.epNode[ip]; ok && old != e.Node {
+		delete(m.epByNode[old], ip)
+	}
+	byNode := m.epByNode[e.Node]
+	if byNode == nil {
+		byNode = make(map[netip.Addr]identity.ID)
+		m.epByNode[e.Node] = byNode
+	}
+	byNode[ip] = e.Identity
+	m.epNode[ip] = e.Node
+	m.ipc.update(srcEndpoint+ip.String(), []kv[bpf.IPCacheKey, bpf.IPCacheValue]{m.endpointEntryLocked(ip, e.Identity, e.Node)})
+}
+
+func (h endpointHandler) Delete(key string) {
+	m := h.m
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	ip, err := netip.ParseAddr(key)
+	if err != nil {
+		return
+	}
+	ip = ip.Unmap()
+	if node, ok := m.epNode[ip]; ok {
+		delete(m.epByNode[node], ip)
+		if len(m.epByNode[node]) == 0 {
+			delete(m.epByNode, node)
+		}
+		delete(m.epNode, ip)
+	}
+	m.ipc.update(srcEndpoint+ip.String(), nil)
+}
+
+// --- services ---
+
+// serviceHandler receives services.
+type serviceHandler struct{ m *mirror }
+
+func (h serviceHandler) Upsert(key string, s service.Service) {
+	m := h.m
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if old, ok := m.services[key]; ok {
+		m.unindexLocked(key, old)
+	}
+	m.services[key] = s
+	for _, f := range s.Frontends {
+		for _, b := range f.Backends {
+			if b.Node == "" {
+				continue
+			}
+			set := m.svcByNode[b.Node]
+			if set == nil {
+				set = make(map[string]struct{})
+				m.svcByNode[b.Node] = set
+			}
+			set[key] = struct{}{}
+		}
+	}
+	m.refreshServiceLocked(key)
+}
+
+func (h serviceHandler) Delete(key string) {
+	m := h.m
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if old, ok := m.services[key]; ok {
+		m.unindexLocked(key, old)
+	}
+	delete(m.services, key)
+	m.refreshServiceLocked(key)
+}
+
+func (m *mirror) unindexLocked(key string, s service.Service) {
+	for _, f := range s.Frontends {
+		for _, b := range f.Backends {
+			if set := m.svcByNode[b.Node]; set != nil {
+				delete(set, key)
+				if len(set) == 0 {
+					delete(m.svcByNode, b.Node)
+				}
+			}
+		}
+	}
+}
+
+// refreshServiceLocked recomputes a service's slots and backends: slot 0
+// of each frontend holds the count of usable backends and the service ID,
+// slots 1..n their backend IDs. IDs are acquired before the old ones are
+// released, so an unchanged backend keeps its ID.
+func (m *mirror) refreshServiceLocked(key string) {
+	s, ok := m.services[key]
+	var held heldIDs
+	var slots []kv[bpf.ServiceKey, bpf.ServiceValue]
+	var backends []kv[bpf.BackendKey, bpf.BackendValue]
+	failed := false
+	if ok {
+		seenBackend := make(map[backendRef]bool)
+		for _, f := range s.Frontends {
+			proto := f.Protocol.Number()
+			fr := frontendRef{netip.AddrPortFrom(f.Address.Addr().Unmap(), f.Address.Port()), proto}
+			sid, err := m.serviceIDs.acquire(fr)
+			if err != nil {
+				failed = true
+				continue
+			}
+			held.frontends = append(held.frontends, fr)
+			var ids []uint32
+			seenHere := make(map[backendRef]bool)
+			for _, b := range f.Backends {
+				br := backendRef{netip.AddrPortFrom(b.Address.Addr().Unmap(), b.Address.Port()), proto}
+				if seenHere[br] || (b.Node != "" && !m.usableLocked(b.Node)) {
+					continue
+				}
+				seenHere[br] = true
+				bid, err := m.backendIDs.acquire(br)
+				if err != nil {
+					failed = true
+					continue
+				}
+				held.backends = append(held.backends, br)
+				ids = append(ids, bid)
+				if !seenBackend[br] {
+					seenBackend[br] = true
+					backends = append(backends, kv[bpf.BackendKey, bpf.BackendValue]{backendKey(bid), backendValue(br.addr, proto)})
+				}
+			}
+			slots = append(slots, kv[bpf.ServiceKey, bpf.ServiceValue]{serviceKey(fr.addr, proto, 0), serviceMaster(len(ids), uint16(sid))})
+			for i, bid := range ids {
+				slots = append(slots, kv[bpf.ServiceKey, bpf.ServiceValue]{serviceKey(fr.addr, proto, uint16(i+1)), serviceSlot(bid, uint16(sid))})
+			}
+		}
+	}
+	// Backends before slots: a slot never names a backend the map lacks.
+	m.be.update(srcService+key, backends)
+	m.svc.update(srcService+key, slots)
+	old := m.svcHeld[key]
+	for _, fr := range old.frontends {
+		m.serviceIDs.release(fr)
+	}
+	for _, br := range old.backends {
+		m.backendIDs.release(br)
+	}
+	if len(held.frontends)+len(held.backends) > 0 {
+		m.svcHeld[key] = held
+	} else {
+		delete(m.svcHeld, key)
+	}
+	if failed {
+		m.idErrors++
+	}
+}

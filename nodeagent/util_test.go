@@ -1,0 +1,24 @@
+package nodeagent_test
+
+import (
+	"encoding/json"
+	"slices"
+
+	"github.com/meshplane/meshplane/identity"
+)
+
+func mustJSON(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+func sortStrings(s []string) []string {
+	s = slices.Clone(s)
+	slices.Sort(s)
+	return s
+}
+
+func identityOf(id uint32) identity.ID { return identity.ID(id) }
