@@ -70,7 +70,7 @@ func TestLoadErrors(t *testing.T) {
 		{"short gossip key", []string{"--node-ip", "10.0.0.1", "--node-name", "n1", "--gossip-key-file", badKey}, "", "5 bytes"},
 		{"bad cluster ID", []string{"--node-ip", "10.0.0.1", "--node-name", "n1", "--gossip-insecure", "--cluster-id", "300"}, "", "cluster ID"},
 		{"bad family", []string{"--node-ip", "10.0.0.1", "--pod-cidr-families", "ipv5"}, "", "ipv5"},
-		{"unknown file key", []string{"--node-ip", "10.0.0.1"}, "node-nmae: x\n", `unknown key "node-nmae"`},
+		{"unknown file key", []string{"--node-ip", "10.0.0.1"}, "node-nam: x\n", `unknown key "node-nam"`},
 		{"bad log level", []string{"--node-ip", "10.0.0.1", "--log-level", "loud"}, "", "--log-level"},
 		{"stray argument", []string{"run"}, "", `unexpected argument "run"`},
 	}
