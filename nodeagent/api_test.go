@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
+	"net/http"
 	"net/netip"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -30,8 +33,28 @@ func TestAPI(t *testing.T) {
 	keys, _ := kvstore.NewKeys(cluster)
 	client := srv.Client(t)
 	cfg := agentConfig(t, srv, cluster, 1)
+	cfg.MetricsAddr = freeAddr(t)
 	ta := startAgent(t, cfg)
 	ta.waitOK(t)
+	resp, err := http.Get("http://" + cfg.MetricsAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		`meshplane_agent_ready 1`,
+		`meshplane_bpf_map_operations_total{map="ipcache",op="put"}`,
+		`meshplane_bpf_map_errors_total{map="ipcache"} 0`,
+		`meshplane_bpf_reconcile_duration_seconds_bucket{map="ipcache"`,
+		`meshplane_kvstore_watch_events_total{cache="nodes"}`,
+		`meshplane_gossip_members{state="alive"} 1`,
+		`meshplane_kvstore_session_up 1`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
 
 	fi, err := os.Stat(cfg.APISocket)
 	if err != nil {
@@ -151,4 +174,15 @@ func TestAPI(t *testing.T) {
 		}
 		return lacksIPCache(ipc, host(ip))
 	})
+}
+
+// freeAddr returns a loopback address with a port free right now.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }
