@@ -18,10 +18,10 @@ const (
 	// free port instead.
 	DefaultBindPort = 7946
 
-	DefaultProbeInterval  = 400 * time.Millisecond
-	DefaultProbeTimeout   = 200 * time.Millisecond
+	DefaultProbeInterval  = 300 * time.Millisecond
+	DefaultProbeTimeout   = 150 * time.Millisecond
 	DefaultGossipInterval = 100 * time.Millisecond
-	DefaultSuspicionMult  = 3
+	DefaultSuspicionMult  = 4
 	DefaultDeadRetention  = 10 * time.Minute
 
 	// suspicionMaxTimeoutMult bounds how long a suspicion nobody else
@@ -107,7 +107,7 @@ type Config struct {
 	// of one member are coalesced while Notify runs, so a slow Notify sees
 	// the latest state of each member, not a backlog; it may miss a state
 	// that did not last (Suspect, then Dead). Notify must return: Close
-	// waits for it. It must not call Close or Leave.
+	// waits for it, so Notify must not call Close.
 	Notify func(Member)
 
 	// Logger receives memberlist's log lines at their level (memberlist's

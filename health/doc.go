@@ -84,62 +84,79 @@
 //
 // Target: in a cluster of 50, every member sees a crashed member as dead
 // within 5 s, and nobody is declared dead while the CPUs are busy. The
-// defaults, and what they give at 50 members (measured with `meshctl bench
-// gossip`, docs/benchmarks.md):
+// settings (memberlist's LAN defaults in brackets):
 //
-//	ProbeInterval   400 ms  (memberlist LAN default 1 s)
-//	ProbeTimeout    200 ms  (500 ms)
-//	GossipInterval  100 ms  (200 ms)
-//	SuspicionMult   3       (4)
-//	SuspicionMaxTimeoutMult 6, AwarenessMaxMultiplier 8, IndirectChecks 3,
-//	RetransmitMult  6       (4)
-//	PushPullInterval 15 s   (30 s)
+//	ProbeInterval     300 ms  (1 s)      DefaultProbeInterval
+//	ProbeTimeout      150 ms  (500 ms)   DefaultProbeTimeout
+//	GossipInterval    100 ms  (200 ms)   DefaultGossipInterval
+//	SuspicionMult     4       (4)        DefaultSuspicionMult
+//	SuspicionMaxTimeoutMult 6 (6), AwarenessMaxMultiplier 8 (8),
+//	IndirectChecks 3 (3), GossipNodes 3 (3)
+//	RetransmitMult    6       (4)
+//	PushPullInterval  15 s    (30 s)
 //
-// memberlist declares a suspect dead after its suspicion timeout:
+// memberlist declares a suspect dead when its suspicion timer fires:
 //
 //	min = SuspicionMult × max(1, log10(n)) × ProbeInterval
-//	    = 3 × 1.70 × 0.4 s = 2.04 s at n = 50
+//	    = 4 × 1.70 × 0.3 s = 2.04 s at n = 50
 //	max = SuspicionMaxTimeoutMult × min = 12.2 s
 //
-// The timer starts at max and falls towards min as SuspicionMult-2 = 1
-// other member confirms the suspicion (Lifeguard's dynamic suspicion). The
-// time until every member sees a crash is then
+// The timer starts at max and falls to min as SuspicionMult-2 = 2 other
+// members confirm the suspicion with failed probes of their own (Lifeguard's
+// dynamic suspicion; with one confirmation it is 5.8 s). Every member runs
+// its own timer from when it heard the suspicion; the first to fire
+// gossips the death. So the time until every member sees a crash is
 //
-//	first probe of the dead member   ~0.4 s: the 49 others each probe one member
-//	                                 per interval, in shuffled order, so someone
-//	                                 probes it about once per interval; over 1.2 s
-//	                                 5% of the time, over 2 s 0.6%
-//	+ that probe failing             0.4 s: direct ping (200 ms), then indirect pings
-//	                                 through 3 members and a TCP ping until the end
-//	                                 of the interval
-//	+ suspicion timeout              2.04 s, once a second member's probe failed
-//	                                 too (about one interval later, well within it)
-//	+ the death gossiped to all      ~0.3 s: 3 members every 100 ms, each
-//	                                 retransmitting 12 times
-//	≈ 3.1 s, 4.9 s in the 0.6% tail
+//	first probe of the dead member  ~0.3 s   the 49 others each probe one member per
+//	                                         interval, in shuffled order, so someone
+//	                                         probes it about once per interval; later
+//	                                         than 0.9 s 5% of the time, 1.5 s 0.7%
+//	+ that probe failing             0.3 s   direct ping (150 ms), then indirect pings
+//	                                         through 3 members and a TCP ping until
+//	                                         the end of the interval
+//	+ suspicion timeout              2.04 s  the two confirmations come about one
+//	                                         interval apart, well within it
+//	+ the death gossiped to all     ~0.3 s   to 3 members every 100 ms, each
+//	                                         retransmitting 12 times
+//	≈ 2.9 s, about 4.2 s in the 0.7% tail
 //
-// False positives: to be declared dead, a live member must fail a whole
-// probe (no ack to the direct ping in 200 ms, to any of 3 indirect pings and
-// to a TCP ping within 400 ms) from two members, and then not refute within
-// 2.04 s; or fail one member's probe and not refute within 12.2 s. A busy CPU
-// delays a goroutine by milliseconds to tens of milliseconds (the scheduler's
-// time slices), not seconds. A member that is itself slow misses the nacks
-// its indirect helpers send, which raises its Lifeguard health score
-// (Stats.HealthScore) and stretches its probe interval and timeout (up to
-// 8×), so it accuses less.
+// Measured (`meshctl bench gossip --members 50`, 2 cores, 20 s with both
+// busy first): 2.5-2.9 s over 15 runs, zero false positives; with 12
+// busy-looping processes on the 2 cores, zero in 3 runs of 30 s.
 //
-// Why not other values: a longer interval or a larger SuspicionMult pushes
-// the average past 3.5 s and the tail past 5 s (ProbeInterval 500 ms: min
-// 2.55 s; SuspicionMult 4: min 2.72 s); a shorter interval leaves a suspect
-// less time to refute. RetransmitMult 6 instead of 4: with 4, a message
-// missed a member about once per 50-member cluster start (each member
-// retransmits 8 times at n = 50, so a given member misses one with
-// probability about e^-8), and that member then ignores the joiner until
-// a push/pull (60 s at n = 50) fixes it, or learns a death only from its
-// own probe; 6 makes that about e^-12. PushPullInterval 15 s halves that
-// healing time; memberlist scales it up with the cluster (×9 at 5,000).
+// False positives: to be declared dead, a live member must fail whole probes
+// (no ack to the direct ping in 150 ms, nor through any of 3 indirect pings
+// or a TCP ping within 300 ms) from three members and then not refute within
+// 2.04 s, from two members and not refute within 5.8 s, or from one and not
+// refute within 12.2 s. A busy CPU delays a goroutine by milliseconds to tens
+// of milliseconds (the scheduler's time slices), not seconds; refuting takes
+// two gossip spreads (the suspicion to the member, its alive message back),
+// well under a second. A member that is itself slow misses the nacks its
+// indirect helpers send, which raises its Lifeguard health score
+// (Stats.HealthScore) and stretches its probe interval (up to 8×), so it
+// accuses less, and what it alone accuses gets the 12.2 s.
 //
-// Larger clusters: min grows with log10(n): 2.7 s at 200 members, 3.2 s at
-// 500 and 4.4 s at 5,000 (detection about 4, 4.5 and 6 s). The probe rate
-// per member (2.5 per second) does not grow with n.
+// Alternatives measured: ProbeInterval 400 ms, ProbeTimeout 200 ms,
+// SuspicionMult 3 (min 2.04 s too, but one confirmation suffices) detected
+// in 2.7-3.9 s (15 runs), and with 12 busy processes on the 2 cores once
+// declared 18 of 50 live members dead: a stall of the whole process fails
+// the ~50 probes under way at once, and with one confirmation enough, two
+// of them on the same member bring its timeout down to 2 s. Requiring two
+// confirmations makes such a coincidence rarer. A longer interval or a
+// larger multiplier pushes the tail past 5 s (ProbeInterval 500 ms with
+// SuspicionMult 4: min 3.4 s); a shorter interval leaves a suspect less
+// time to refute.
+//
+// RetransmitMult 6 instead of 4: with 4, each member retransmits a message 8
+// times at n = 50, and a given member misses it with probability about
+// e^-8; at a start of 50 members, about one in six runs left a member
+// unaware of another (and it would learn of that one's death only from its
+// own probes) until a push/pull healed it; 6 makes it about e^-12.
+// PushPullInterval 15 s halves that healing time (memberlist scales it up
+// with the cluster: ×2 at 50 members, ×9 at 5,000).
+//
+// Larger clusters: min grows with log10(n): 2.8 s at 200 members, 3.2 s at
+// 500, 4.4 s at 5,000 (detection about 3.6, 4 and 5.3 s). The probe rate per
+// member (3.3 per second, a ping and an ack of about 100 bytes) does not
+// grow with n.
 package health

@@ -64,7 +64,10 @@ func (g *Gossip) observe(n *memberlist.Node, st State) {
 	g.mu.Lock()
 	e := g.entryLocked(n.Name)
 	if addr := addrPort(n); e.m.Addr != addr {
-		e.m.Addr, e.changed = addr, now
+		if e.m.Addr.IsValid() {
+			e.changed = now
+		}
+		e.m.Addr = addr
 	}
 	switch {
 	case st == Dead:
@@ -146,9 +149,14 @@ func (g *Gossip) entryLocked(name string) *entry {
 	return e
 }
 
+// setStateLocked moves e to st. A member seen for the first time keeps a
+// zero changed time: no probe of it can predate it.
 func (g *Gossip) setStateLocked(e *entry, st State, now time.Time) {
 	if e.m.State != st {
-		e.m.State, e.m.Since, e.changed = st, now, now
+		if e.m.State != 0 {
+			e.changed = now
+		}
+		e.m.State, e.m.Since = st, now
 	}
 }
 

@@ -124,7 +124,7 @@ type Gossip struct {
 type entry struct {
 	m         Member
 	leaving   bool      // its last meta announced a leave
-	changed   time.Time // last change of state or address
+	changed   time.Time // last change of state or address after the first
 	delivered Member    // what Notify last got (State zero: nothing yet)
 }
 
@@ -220,10 +220,10 @@ func checkBind(addr string, port int) error {
 	hp := net.JoinHostPort(addr, strconv.Itoa(port))
 	ln, err := net.Listen("tcp", hp)
 	if err == nil {
-		err = ln.Close()
+		_ = ln.Close() // a probe: memberlist binds for real next
 		var pc net.PacketConn
 		if pc, err = net.ListenPacket("udp", hp); err == nil {
-			err = pc.Close()
+			_ = pc.Close()
 		}
 	}
 	var errno syscall.Errno

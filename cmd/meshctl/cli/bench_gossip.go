@@ -132,11 +132,10 @@ func (o *options) benchGossip(ctx context.Context, cfg benchGossipConfig) (rep b
 		GossipInterval: cfg.gossipInterval,
 		SuspicionMult:  cfg.suspicionMult,
 	}
-	if c := base; true {
-		c.Name = benchGossipName(0)
-		if err := c.Validate(); err != nil {
-			return rep, fmt.Errorf("bench gossip: %w", err)
-		}
+	check := base
+	check.Name = benchGossipName(0)
+	if err := check.Validate(); err != nil {
+		return rep, fmt.Errorf("bench gossip: %w", err)
 	}
 	obs := newGossipObserver()
 	members := make([]*health.Gossip, 0, cfg.members)
