@@ -41,6 +41,8 @@ type benchGossipReport struct {
 	LoadDurationS    float64 `json:"load_duration_s"`
 	LoadProcesses    int     `json:"load_processes"`
 	LoadCPUBusyPct   float64 `json:"load_cpu_busy_pct"`
+	LoadStealPct     float64 `json:"load_steal_pct"`
+	LoadMaxStallMS   float64 `json:"load_max_stall_ms"`
 	SettleS          float64 `json:"settle_s"`
 	FalsePositives   int     `json:"false_positives"`
 	FalseSuspects    int     `json:"false_suspects"`
@@ -71,7 +73,11 @@ Phase 1, false positives: for --load-duration it keeps every CPU busy with
 ending by themselves if meshctl dies), then waits until every member sees
 every member alive again (settle_s). false_suspects counts the members
 some member suspected in that time, false_positives those some member
-declared dead (or left).
+declared dead (or left). load_max_stall_ms is the longest this process
+could not run at all in that time (a 10 ms ticker's worst lateness): all
+members live in it, so a stall longer than the probe interval fails every
+probe under way at once. load_steal_pct is the CPU time the hypervisor
+took from this machine.
 
 Phase 2, detection: it stops --kill members without leaving (as a crash
 looks to the others) and measures, for each, the time until the first live
@@ -173,14 +179,17 @@ func (o *options) benchGossip(ctx context.Context, cfg benchGossipConfig) (rep b
 	procs := 2 * runtime.NumCPU()
 	fmt.Fprintf(o.stderr, "bench: phase 1: %d busy processes for %s\n", procs, cfg.load)
 	obs.setPhase(phaseLoad)
+	stalls := startStallMeter()
 	cpu0 := readCPUTimes()
 	loadStart := time.Now()
 	if err := runLoad(ctx, procs, cfg.load); err != nil {
+		stalls.stop()
 		return rep, err
 	}
 	loadTime := time.Since(loadStart)
-	busy := cpu0.busyPctUntil(readCPUTimes())
+	busy, steal := cpu0.pctUntil(readCPUTimes())
 	settle, err := waitConverged(ctx, members, cfg.members, 60*time.Second)
+	maxStall := stalls.stop()
 	if err != nil {
 		return rep, fmt.Errorf("bench gossip: after the load: %w", err)
 	}
@@ -228,6 +237,8 @@ func (o *options) benchGossip(ctx context.Context, cfg benchGossipConfig) (rep b
 		LoadDurationS:    round(loadTime.Seconds(), 3),
 		LoadProcesses:    procs,
 		LoadCPUBusyPct:   round(busy, 1),
+		LoadStealPct:     round(steal, 1),
+		LoadMaxStallMS:   round(ms(maxStall), 1),
 		SettleS:          round(settle.Seconds(), 3),
 		FalsePositives:   deads,
 		FalseSuspects:    suspects,
@@ -300,7 +311,7 @@ func runLoad(ctx context.Context, procs int, d time.Duration) (err error) {
 
 // cpuTimes are the jiffies of the "cpu" line of /proc/stat; zero where
 // there is none.
-type cpuTimes struct{ busy, total uint64 }
+type cpuTimes struct{ busy, steal, total uint64 }
 
 func readCPUTimes() cpuTimes {
 	b, err := os.ReadFile("/proc/stat")
@@ -313,29 +324,71 @@ func readCPUTimes() cpuTimes {
 		return cpuTimes{}
 	}
 	var t cpuTimes
-	for i, f := range fields[1:] {
+	// user nice system idle iowait irq softirq steal [guest guest_nice,
+	// which user already counts]
+	for i, f := range fields[1:min(len(fields), 9)] {
 		v, err := strconv.ParseUint(f, 10, 64)
 		if err != nil {
 			return cpuTimes{}
 		}
-		if i >= 8 { // guest and guest_nice are counted in user already
-			break
-		}
 		t.total += v
-		if i != 3 && i != 4 { // idle, iowait
+		switch i {
+		case 3, 4: // idle, iowait
+		case 7:
+			t.steal += v
+		default:
 			t.busy += v
 		}
 	}
 	return t
 }
 
-// busyPctUntil is the share of CPU time spent busy between t and later, in
-// percent; -1 if /proc/stat could not be read.
-func (t cpuTimes) busyPctUntil(later cpuTimes) float64 {
+// pctUntil is the share of CPU time spent busy in this machine, and stolen
+// from it by its hypervisor, between t and later, in percent; -1 if
+// /proc/stat could not be read.
+func (t cpuTimes) pctUntil(later cpuTimes) (busy, steal float64) {
 	if t.total == 0 || later.total <= t.total {
-		return -1
+		return -1, -1
 	}
-	return 100 * float64(later.busy-t.busy) / float64(later.total-t.total)
+	d := float64(later.total - t.total)
+	return 100 * float64(later.busy-t.busy) / d, 100 * float64(later.steal-t.steal) / d
+}
+
+// stallMeter measures how late a 10 ms ticker in this process fires: the
+// longest stretch in which the process, and so all members at once, could
+// not run. A stall longer than the probe interval fails every probe under
+// way, which the gossip cannot tell from failed members.
+type stallMeter struct {
+	done chan struct{}
+	max  chan time.Duration
+}
+
+func startStallMeter() *stallMeter {
+	s := &stallMeter{done: make(chan struct{}), max: make(chan time.Duration, 1)}
+	go func() {
+		const tick = 10 * time.Millisecond
+		t := time.NewTicker(tick)
+		defer t.Stop()
+		var worst time.Duration
+		last := time.Now()
+		for {
+			select {
+			case <-s.done:
+				s.max <- worst
+				return
+			case now := <-t.C:
+				worst = max(worst, now.Sub(last)-tick)
+				last = now
+			}
+		}
+	}()
+	return s
+}
+
+// stop ends the measurement and returns the longest stall.
+func (s *stallMeter) stop() time.Duration {
+	close(s.done)
+	return <-s.max
 }
 
 // Phases of the bench, for the observer.

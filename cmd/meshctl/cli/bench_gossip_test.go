@@ -14,7 +14,7 @@ func TestBenchGossip(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &rep); err != nil {
 		t.Fatalf("bench gossip printed %q: %v", out, err)
 	}
-	for _, f := range []string{"false_positives", "false_suspects", "load_duration_s", "detect_first_s", "detect_p50_s", "load_cpu_busy_pct"} {
+	for _, f := range []string{"false_positives", "false_suspects", "load_duration_s", "detect_first_s", "detect_p50_s", "load_cpu_busy_pct", "load_max_stall_ms"} {
 		if _, ok := rep[f]; !ok {
 			t.Errorf("field %s missing from %v", f, rep)
 		}

@@ -85,6 +85,17 @@ there.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel := context.WithTimeout(cmd.Context(), f.timeout)
 			defer cancel()
+			// With --wait, an agent that is starting may not have made its
+			// socket yet.
+			for wait && ctx.Err() == nil {
+				if _, err := os.Stat(f.socket); err == nil {
+					break
+				}
+				select {
+				case <-ctx.Done():
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
 			client, closeFn, err := dialAgent(ctx, f)
 			if err != nil {
 				return err
