@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/meshplane/meshplane/health"
+	"github.com/meshplane/meshplane/kvstore"
 	"github.com/meshplane/meshplane/kvstore/nodecidr"
 	"github.com/meshplane/meshplane/nodeagent/reconciler"
 )
@@ -169,39 +170,31 @@ func (a *Agent) etcdStatus() EtcdStatus {
 
 func (a *Agent) cacheStatus() []CacheStatus {
 	var out []CacheStatus
-	add := func(name, prefix string, synced <-chan struct{}, stats func() (int, int64, int64, int64, int64)) {
-		cs := CacheStatus{Name: name, Prefix: prefix}
-		select {
-		case <-synced:
-			cs.Synced = true
-		default:
-		}
-		cs.Entries, cs.Revision, cs.Invalid, cs.Relists, cs.Events = stats()
-		out = append(out, cs)
-	}
 	if c := a.nodesC.Load(); c != nil {
-		add("nodes", a.keys.NodesPrefix(), c.Synced(), func() (int, int64, int64, int64, int64) {
-			s := c.Stats()
-			return s.Entries, s.Revision, s.Invalid, s.Relists, s.Events
-		})
+		out = append(out, cacheStat("nodes", a.keys.NodesPrefix(), c))
 	}
 	if c := a.epC.Load(); c != nil {
-		add("endpoints", a.keys.EndpointsPrefix(), c.Synced(), func() (int, int64, int64, int64, int64) {
-			s := c.Stats()
-			return s.Entries, s.Revision, s.Invalid, s.Relists, s.Events
-		})
+		out = append(out, cacheStat("endpoints", a.keys.EndpointsPrefix(), c))
 	}
 	if c := a.svcC.Load(); c != nil {
-		add("services", a.keys.ServicesPrefix(), c.Synced(), func() (int, int64, int64, int64, int64) {
-			s := c.Stats()
-			return s.Entries, s.Revision, s.Invalid, s.Relists, s.Events
-		})
+		out = append(out, cacheStat("services", a.keys.ServicesPrefix(), c))
 	}
 	if ids := a.ids.Load(); ids != nil {
 		s := ids.Stats()
 		out = append(out, CacheStatus{Name: "identities", Prefix: a.keys.IdentityIDPrefix(), Entries: s.CacheEntries, Synced: true, Invalid: s.InvalidCached})
 	}
 	return out
+}
+
+func cacheStat[T any](name, prefix string, c *kvstore.Cache[T]) CacheStatus {
+	s := c.Stats()
+	cs := CacheStatus{Name: name, Prefix: prefix, Entries: s.Entries, Revision: s.Revision, Invalid: s.Invalid, Relists: s.Relists, Events: s.Events}
+	select {
+	case <-c.Synced():
+		cs.Synced = true
+	default:
+	}
+	return cs
 }
 
 // NodeInfo is a node as `meshctl node list` shows it.

@@ -219,56 +219,34 @@ func newNodeCmd(o *options) *cobra.Command {
 func newBPFCmd(o *options) *cobra.Command {
 	cmd := &cobra.Command{Use: "bpf", Short: "Dump the local agent's eBPF maps as installed in the kernel"}
 	cmd.AddCommand(
-		bpfListCmd(o, "ipcache", "IP/prefix to identity and node address", func(ctx context.Context, c api.AgentClient, w io.Writer, format string) error {
-			s, err := c.DumpIPCache(ctx, &api.DumpRequest{})
-			if err != nil {
-				return err
-			}
-			all, err := drain(s, func(c *api.IPCacheChunk) []*api.IPCacheEntry { return c.Entries })
-			if err != nil {
-				return err
-			}
-			if format == formatJSON {
-				return writeProto(w, &api.IPCacheChunk{Entries: all})
-			}
-			t := newTable(w, "PREFIX", "IDENTITY", "NODE IP", "FLAGS")
-			for _, e := range all {
-				t.row(e.Prefix, fmt.Sprint(e.Identity), dash(e.NodeIp), dash(e.Flags))
-			}
-			return t.flush()
-		}),
-		bpfListCmd(o, "endpoints", "local pod IP to endpoint, interface and identity", func(ctx context.Context, c api.AgentClient, w io.Writer, format string) error {
-			s, err := c.DumpEndpoints(ctx, &api.DumpRequest{})
-			if err != nil {
-				return err
-			}
-			all, err := drain(s, func(c *api.EndpointChunk) []*api.EndpointEntry { return c.Entries })
-			if err != nil {
-				return err
-			}
-			if format == formatJSON {
-				return writeProto(w, &api.EndpointChunk{Entries: all})
-			}
-			t := newTable(w, "IP", "ENDPOINT", "IFINDEX", "IDENTITY", "MAC", "FLAGS")
-			for _, e := range all {
-				t.row(e.Ip, fmt.Sprint(e.EndpointId), fmt.Sprint(e.Ifindex), fmt.Sprint(e.Identity), dash(e.Mac), dash(e.Flags))
-			}
-			return t.flush()
-		}),
-		bpfListCmd(o, "policy", "per-endpoint verdicts by remote identity, direction, protocol and port", func(ctx context.Context, c api.AgentClient, w io.Writer, format string) error {
-			s, err := c.DumpPolicy(ctx, &api.DumpRequest{})
-			if err != nil {
-				return err
-			}
-			all, err := drain(s, func(c *api.PolicyChunk) []*api.PolicyEntry { return c.Entries })
-			if err != nil {
-				return err
-			}
-			if format == formatJSON {
-				return writeProto(w, &api.PolicyChunk{Entries: all})
-			}
-			t := newTable(w, "ENDPOINT", "DIRECTION", "IDENTITY", "PROTO", "PORTS", "VERDICT")
-			for _, e := range all {
+		bpfListCmd(o, "ipcache", "IP/prefix to identity and node address", dumper(
+			func(ctx context.Context, c api.AgentClient) (grpc.ServerStreamingClient[api.IPCacheChunk], error) {
+				return c.DumpIPCache(ctx, &api.DumpRequest{})
+			},
+			func(c *api.IPCacheChunk) []*api.IPCacheEntry { return c.Entries },
+			func(es []*api.IPCacheEntry) proto.Message { return &api.IPCacheChunk{Entries: es} },
+			[]string{"PREFIX", "IDENTITY", "NODE IP", "FLAGS"},
+			func(e *api.IPCacheEntry) []string {
+				return []string{e.Prefix, fmt.Sprint(e.Identity), dash(e.NodeIp), dash(e.Flags)}
+			})),
+		bpfListCmd(o, "endpoints", "local pod IP to endpoint, interface and identity", dumper(
+			func(ctx context.Context, c api.AgentClient) (grpc.ServerStreamingClient[api.EndpointChunk], error) {
+				return c.DumpEndpoints(ctx, &api.DumpRequest{})
+			},
+			func(c *api.EndpointChunk) []*api.EndpointEntry { return c.Entries },
+			func(es []*api.EndpointEntry) proto.Message { return &api.EndpointChunk{Entries: es} },
+			[]string{"IP", "ENDPOINT", "IFINDEX", "IDENTITY", "MAC", "FLAGS"},
+			func(e *api.EndpointEntry) []string {
+				return []string{e.Ip, fmt.Sprint(e.EndpointId), fmt.Sprint(e.Ifindex), fmt.Sprint(e.Identity), dash(e.Mac), dash(e.Flags)}
+			})),
+		bpfListCmd(o, "policy", "per-endpoint verdicts by remote identity, direction, protocol and port", dumper(
+			func(ctx context.Context, c api.AgentClient) (grpc.ServerStreamingClient[api.PolicyChunk], error) {
+				return c.DumpPolicy(ctx, &api.DumpRequest{})
+			},
+			func(c *api.PolicyChunk) []*api.PolicyEntry { return c.Entries },
+			func(es []*api.PolicyEntry) proto.Message { return &api.PolicyChunk{Entries: es} },
+			[]string{"ENDPOINT", "DIRECTION", "IDENTITY", "PROTO", "PORTS", "VERDICT"},
+			func(e *api.PolicyEntry) []string {
 				ports := "any"
 				if e.Port != 0 {
 					ports = fmt.Sprint(e.Port)
@@ -280,30 +258,49 @@ func newBPFCmd(o *options) *cobra.Command {
 				if e.RemoteIdentity == 0 {
 					id = "any"
 				}
-				t.row(fmt.Sprint(e.EndpointId), e.Direction, id, protoName(e.Protocol), ports, e.Verdict)
-			}
-			return t.flush()
-		}),
-		bpfListCmd(o, "services", "service frontends and their backends", func(ctx context.Context, c api.AgentClient, w io.Writer, format string) error {
-			s, err := c.DumpServices(ctx, &api.DumpRequest{})
-			if err != nil {
-				return err
-			}
-			all, err := drain(s, func(c *api.ServiceChunk) []*api.ServiceEntry { return c.Entries })
-			if err != nil {
-				return err
-			}
-			if format == formatJSON {
-				return writeProto(w, &api.ServiceChunk{Entries: all})
-			}
-			t := newTable(w, "FRONTEND", "PROTO", "SERVICE ID", "BACKENDS")
-			for _, e := range all {
-				t.row(e.Frontend, protoName(e.Protocol), fmt.Sprint(e.ServiceId), orNone(e.Backends))
-			}
-			return t.flush()
-		}),
+				return []string{fmt.Sprint(e.EndpointId), e.Direction, id, protoName(e.Protocol), ports, e.Verdict}
+			})),
+		bpfListCmd(o, "services", "service frontends and their backends", dumper(
+			func(ctx context.Context, c api.AgentClient) (grpc.ServerStreamingClient[api.ServiceChunk], error) {
+				return c.DumpServices(ctx, &api.DumpRequest{})
+			},
+			func(c *api.ServiceChunk) []*api.ServiceEntry { return c.Entries },
+			func(es []*api.ServiceEntry) proto.Message { return &api.ServiceChunk{Entries: es} },
+			[]string{"FRONTEND", "PROTO", "SERVICE ID", "BACKENDS"},
+			func(e *api.ServiceEntry) []string {
+				return []string{e.Frontend, protoName(e.Protocol), fmt.Sprint(e.ServiceId), orNone(e.Backends)}
+			})),
 	)
 	return cmd
+}
+
+// dumper returns the body of a `bpf X list` command: stream a dump, then
+// print it as one JSON message or as a table.
+func dumper[C any, E any](
+	open func(context.Context, api.AgentClient) (grpc.ServerStreamingClient[C], error),
+	entries func(*C) []E,
+	wrap func([]E) proto.Message,
+	header []string,
+	row func(E) []string,
+) func(context.Context, api.AgentClient, io.Writer, string) error {
+	return func(ctx context.Context, c api.AgentClient, w io.Writer, format string) error {
+		s, err := open(ctx, c)
+		if err != nil {
+			return err
+		}
+		all, err := drain(s, entries)
+		if err != nil {
+			return err
+		}
+		if format == formatJSON {
+			return writeProto(w, wrap(all))
+		}
+		t := newTable(w, header...)
+		for _, e := range all {
+			t.row(row(e)...)
+		}
+		return t.flush()
+	}
 }
 
 func bpfListCmd(o *options, name, what string, run func(context.Context, api.AgentClient, io.Writer, string) error) *cobra.Command {
