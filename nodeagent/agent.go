@@ -603,9 +603,11 @@ func (a *Agent) allocateIP(owner string, f ipam.Family) (netip.Addr, netip.Prefi
 	if err != nil {
 		return netip.Addr{}, netip.Prefix{}, err
 	}
-	for _, c := range ips.Stats().CIDRs {
-		if c.CIDR.Contains(ip) {
-			return ip, c.CIDR, nil
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, c := range a.cidrs {
+		if c.Contains(ip) {
+			return ip, c, nil
 		}
 	}
 	return ip, netip.PrefixFrom(ip, ip.BitLen()), nil

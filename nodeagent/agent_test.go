@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/meshplane/meshplane/bpf"
+	"github.com/meshplane/meshplane/bpf/bpftest"
 	"github.com/meshplane/meshplane/identity"
 	"github.com/meshplane/meshplane/ipcache"
 	"github.com/meshplane/meshplane/kvstore"
@@ -59,21 +60,9 @@ func agentConfig(t *testing.T, s *etcdtest.Server, cluster string, i int) nodeag
 	return cfg
 }
 
-// requireBPF skips a test that needs eBPF maps where they cannot be used
-// (not root, no bpffs), unless MESHPLANE_REQUIRE_BPF says they must be.
-func requireBPF(t *testing.T) {
-	t.Helper()
-	if err := bpf.CheckSupport(bpf.DefaultDir); err != nil {
-		if os.Getenv("MESHPLANE_REQUIRE_BPF") != "" {
-			t.Fatalf("MESHPLANE_REQUIRE_BPF is set, but eBPF maps are not usable: %v", err)
-		}
-		t.Skipf("needs eBPF maps (root or CAP_BPF, bpffs at %s): %v", bpf.DefaultDir, err)
-	}
-}
-
 func startAgent(t *testing.T, cfg nodeagent.Config) *testAgent {
 	t.Helper()
-	requireBPF(t)
+	bpftest.Require(t)
 	a, err := nodeagent.New(cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -229,7 +230,7 @@ func (e *endpoints) add(ctx context.Context, d endpointDeps, spec EndpointSpec) 
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if ep, ok := e.byKey[spec.owner()]; ok {
-		if ep.IfIndex == spec.IfIndex && ep.MAC == spec.MAC && ep.NodeMAC == spec.NodeMAC && maps2equal(ep.Labels, spec.Labels) {
+		if ep.IfIndex == spec.IfIndex && ep.MAC == spec.MAC && ep.NodeMAC == spec.NodeMAC && maps.Equal(ep.Labels, spec.Labels) {
 			return *ep, nil
 		}
 		return Endpoint{}, fmt.Errorf("%w: %s exists with another interface or labels: delete it first", ErrInvalidEndpoint, spec.owner())
@@ -310,16 +311,4 @@ func (e *endpoints) remove(ctx context.Context, d endpointDeps, namespace, pod s
 	delete(e.byKey, owner)
 	e.ids.release(owner)
 	return errors.Join(errs...)
-}
-
-func maps2equal(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if w, ok := b[k]; !ok || w != v {
-			return false
-		}
-	}
-	return true
 }

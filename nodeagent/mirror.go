@@ -97,13 +97,11 @@ func (m *mirror) seed(services map[bpf.ServiceKey]bpf.ServiceValue, backends map
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for k, v := range backends {
-		ap, proto := backendOf(v)
-		m.backendIDs.seed(backendRef{ap, proto}, backendIDOf(k))
+		m.backendIDs.seed(backendRef{v.AddrPort(), v.Proto}, k.ID)
 	}
 	for k, v := range services {
-		ap, proto, slot := frontendOf(k)
-		if slot == 0 {
-			m.serviceIDs.seed(frontendRef{ap, proto}, uint32(serviceIDOf(v)))
+		if k.Slot == 0 {
+			m.serviceIDs.seed(frontendRef{k.AddrPort(), k.Proto}, v.ServiceID)
 		}
 	}
 }
@@ -201,7 +199,7 @@ func (m *mirror) refreshNodeLocked(name string) {
 			k := bpf.IPCacheKeyFor(netip.PrefixFrom(a, a.BitLen()))
 			if !seen[k] {
 				seen[k] = true
-				entries = append(entries, kv[bpf.IPCacheKey, bpf.IPCacheValue]{k, ipcacheValue(id, a, flags)})
+				entries = append(entries, kv[bpf.IPCacheKey, bpf.IPCacheValue]{k, bpf.IPCacheValueFor(uint32(id), a, flags)})
 			}
 		}
 		if m.usableLocked(name) {
@@ -210,7 +208,7 @@ func (m *mirror) refreshNodeLocked(name string) {
 				if !seen[k] {
 					seen[k] = true
 					entries = append(entries, kv[bpf.IPCacheKey, bpf.IPCacheValue]{k,
-						ipcacheValue(identity.World, m.nodeIPLocked(name, p.Addr().Is4()), flags)})
+						bpf.IPCacheValueFor(uint32(identity.World), m.nodeIPLocked(name, p.Addr().Is4()), flags)})
 				}
 			}
 		}
@@ -228,7 +226,7 @@ func (m *mirror) endpointEntryLocked(ip netip.Addr, id identity.ID, node string)
 	}
 	return kv[bpf.IPCacheKey, bpf.IPCacheValue]{
 		bpf.IPCacheKeyFor(netip.PrefixFrom(ip, ip.BitLen())),
-		ipcacheValue(id, m.nodeIPLocked(node, ip.Is4()), flags),
+		bpf.IPCacheValueFor(uint32(id), m.nodeIPLocked(node, ip.Is4()), flags),
 	}
 }
 
@@ -365,12 +363,12 @@ func (m *mirror) refreshServiceLocked(key string) {
 				ids = append(ids, bid)
 				if !seenBackend[br] {
 					seenBackend[br] = true
-					backends = append(backends, kv[bpf.BackendKey, bpf.BackendValue]{backendKey(bid), backendValue(br.addr, proto)})
+					backends = append(backends, kv[bpf.BackendKey, bpf.BackendValue]{bpf.BackendKey{ID: bid}, bpf.BackendValueFor(br.addr, proto, 0)})
 				}
 			}
-			slots = append(slots, kv[bpf.ServiceKey, bpf.ServiceValue]{serviceKey(fr.addr, proto, 0), serviceMaster(len(ids), uint16(sid))})
+			slots = append(slots, kv[bpf.ServiceKey, bpf.ServiceValue]{bpf.ServiceKeyFor(fr.addr, proto, 0), bpf.ServiceEntry(sid, uint16(len(ids)))})
 			for i, bid := range ids {
-				slots = append(slots, kv[bpf.ServiceKey, bpf.ServiceValue]{serviceKey(fr.addr, proto, uint16(i+1)), serviceSlot(bid, uint16(sid))})
+				slots = append(slots, kv[bpf.ServiceKey, bpf.ServiceValue]{bpf.ServiceKeyFor(fr.addr, proto, uint16(i+1)), bpf.BackendSlot(sid, bid)})
 			}
 		}
 	}

@@ -15,10 +15,6 @@ func mustJSON(v any) []byte {
 	return b
 }
 
-func sortStrings(s []string) []string {
-	s = slices.Clone(s)
-	slices.Sort(s)
-	return s
-}
+func sortStrings(s []string) []string { return slices.Sorted(slices.Values(s)) }
 
 func identityOf(id uint32) identity.ID { return identity.ID(id) }

@@ -106,10 +106,7 @@ this size: with enough confirmations from other members, and with none.`,
 			if err != nil {
 				return err
 			}
-			if format == formatJSON {
-				return writeJSON(o.stdout, rep)
-			}
-			return writeMetrics(o.stdout, rep)
+			return writeReport(o.stdout, format, rep)
 		},
 	}
 	fs := cmd.Flags()

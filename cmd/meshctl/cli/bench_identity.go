@@ -95,10 +95,7 @@ Every key of the bench cluster is deleted at the end. Without
 			if err != nil {
 				return err
 			}
-			if format == formatJSON {
-				return writeJSON(o.stdout, rep)
-			}
-			return writeMetrics(o.stdout, rep)
+			return writeReport(o.stdout, format, rep)
 		},
 	}
 	cmd.Flags().IntVar(&cfg.agents, "agents", 8, "simulated agents (nodes), each with its own etcd client")

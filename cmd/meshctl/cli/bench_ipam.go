@@ -79,10 +79,7 @@ the end.`,
 			if err != nil {
 				return err
 			}
-			if format == formatJSON {
-				return writeJSON(o.stdout, rep)
-			}
-			return writeMetrics(o.stdout, rep)
+			return writeReport(o.stdout, format, rep)
 		},
 	}
 	fs := cmd.Flags()

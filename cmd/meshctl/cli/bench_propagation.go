@@ -89,10 +89,7 @@ Every key, pin and temporary file is removed at the end.`,
 			if err != nil {
 				return err
 			}
-			if format == formatJSON {
-				return writeJSON(o.stdout, rep)
-			}
-			return writeMetrics(o.stdout, rep)
+			return writeReport(o.stdout, format, rep)
 		},
 	}
 	fs := cmd.Flags()

@@ -52,6 +52,15 @@ func (t *table) row(cells ...string) { fmt.Fprintln(t.tw, strings.Join(cells, "\
 
 func (t *table) flush() error { return t.tw.Flush() }
 
+// writeReport prints a bench report: one JSON object with -o json, else
+// the METRIC/VALUE table.
+func writeReport(w io.Writer, format string, report any) error {
+	if format == formatJSON {
+		return writeJSON(w, report)
+	}
+	return writeMetrics(w, report)
+}
+
 // writeMetrics prints a flat report struct as a METRIC/VALUE table, one row
 // per JSON field in declaration order, so the table always names what -o
 // json names.

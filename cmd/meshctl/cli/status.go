@@ -11,7 +11,9 @@ import (
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
@@ -52,12 +54,30 @@ func dialAgent(ctx context.Context, f agentFlags) (api.AgentClient, func(), erro
 	return api.NewAgentClient(conn), func() { _ = conn.Close() }, nil
 }
 
-// agentErr makes a gRPC error readable.
+// agentErr makes a gRPC error readable; an agent that does not answer is
+// told apart by its gRPC code, not by the message.
 func agentErr(socket string, err error) error {
-	if errors.Is(err, context.DeadlineExceeded) || strings.Contains(err.Error(), "connection refused") || strings.Contains(err.Error(), "DeadlineExceeded") {
+	switch status.Code(err) {
+	case codes.Unavailable, codes.DeadlineExceeded:
 		return fmt.Errorf("the agent at %s does not answer: is mesh-agent running? (%w)", socket, err)
 	}
 	return fmt.Errorf("agent %s: %w", socket, err)
+}
+
+// callAgent dials the agent named by f and calls fn with --timeout; fn's
+// error is made readable with agentErr.
+func callAgent(cmd *cobra.Command, f agentFlags, fn func(context.Context, api.AgentClient) error) error {
+	ctx, cancel := context.WithTimeout(cmd.Context(), f.timeout)
+	defer cancel()
+	client, closeFn, err := dialAgent(ctx, f)
+	if err != nil {
+		return err
+	}
+	defer closeFn()
+	if err := fn(ctx, client); err != nil {
+		return agentErr(f.socket, err)
+	}
+	return nil
 }
 
 var protoJSON = protojson.MarshalOptions{Multiline: true, Indent: "  ", EmitUnpopulated: true, UseProtoNames: true}
@@ -182,16 +202,13 @@ func newNodeCmd(o *options) *cobra.Command {
 		Short: "List nodes with their gossip health, as the local agent sees them",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, cancel := context.WithTimeout(cmd.Context(), f.timeout)
-			defer cancel()
-			client, closeFn, err := dialAgent(ctx, f)
+			var r *api.ListNodesResponse
+			err := callAgent(cmd, f, func(ctx context.Context, c api.AgentClient) (err error) {
+				r, err = c.ListNodes(ctx, &api.ListNodesRequest{})
+				return err
+			})
 			if err != nil {
 				return err
-			}
-			defer closeFn()
-			r, err := client.ListNodes(ctx, &api.ListNodesRequest{})
-			if err != nil {
-				return agentErr(f.socket, err)
 			}
 			if f.format == formatJSON {
 				return writeProto(o.stdout, r)
@@ -311,17 +328,9 @@ func bpfListCmd(o *options, name, what string, run func(context.Context, api.Age
 		Short: "List the " + name + " map's entries",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, cancel := context.WithTimeout(cmd.Context(), f.timeout)
-			defer cancel()
-			client, closeFn, err := dialAgent(ctx, f)
-			if err != nil {
-				return err
-			}
-			defer closeFn()
-			if err := run(ctx, client, o.stdout, f.format); err != nil {
-				return agentErr(f.socket, err)
-			}
-			return nil
+			return callAgent(cmd, f, func(ctx context.Context, c api.AgentClient) error {
+				return run(ctx, c, o.stdout, f.format)
+			})
 		},
 	}
 	addAgentFlags(list, &f)

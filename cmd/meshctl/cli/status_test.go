@@ -5,13 +5,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/meshplane/meshplane/bpf"
+	"github.com/meshplane/meshplane/bpf/bpftest"
 	"github.com/meshplane/meshplane/ipcache"
 	"github.com/meshplane/meshplane/kvstore"
 	"github.com/meshplane/meshplane/kvstore/etcdtest"
@@ -19,23 +19,11 @@ import (
 	"github.com/meshplane/meshplane/service"
 )
 
-// requireBPF skips a test that needs eBPF maps where they cannot be used
-// (not root, no bpffs), unless MESHPLANE_REQUIRE_BPF says they must be.
-func requireBPF(t *testing.T) {
-	t.Helper()
-	if err := bpf.CheckSupport(bpf.DefaultDir); err != nil {
-		if os.Getenv("MESHPLANE_REQUIRE_BPF") != "" {
-			t.Fatalf("MESHPLANE_REQUIRE_BPF is set, but eBPF maps are not usable: %v", err)
-		}
-		t.Skipf("needs eBPF maps (root or CAP_BPF, bpffs at %s): %v", bpf.DefaultDir, err)
-	}
-}
-
 // TestAgentCommands runs a real agent and checks status, node list and
 // the bpf dumps against it, in both output formats.
 func TestAgentCommands(t *testing.T) {
 	t.Parallel()
-	requireBPF(t)
+	bpftest.Require(t)
 	cluster := etcdtest.Cluster(t)
 	keys, _ := kvstore.NewKeys(cluster)
 	dir := t.TempDir()
@@ -128,7 +116,7 @@ func TestAgentCommands(t *testing.T) {
 // lose nothing during the restart, and print every field.
 func TestBenchPropagation(t *testing.T) {
 	t.Parallel()
-	requireBPF(t)
+	bpftest.Require(t)
 	out := mustRun(t, append(inCluster(t), "bench", "propagation", "--agents", "2", "--entries", "200", "--writes", "5", "-o", "json")...)
 	var rep benchPropReport
 	if err := json.Unmarshal([]byte(out), &rep); err != nil {
