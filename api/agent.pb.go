@@ -1510,9 +1510,16 @@ type AddEndpointRequest struct {
 	Labels map[string]string `protobuf:"bytes,4,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	Netns  string            `protobuf:"bytes,5,opt,name=netns,proto3" json:"netns,omitempty"`
 	// ifindex is the host side of the pod's veth, where the datapath attaches.
-	Ifindex       uint32 `protobuf:"varint,6,opt,name=ifindex,proto3" json:"ifindex,omitempty"`
-	Mac           string `protobuf:"bytes,7,opt,name=mac,proto3" json:"mac,omitempty"`
-	NodeMac       string `protobuf:"bytes,8,opt,name=node_mac,json=nodeMac,proto3" json:"node_mac,omitempty"`
+	Ifindex uint32 `protobuf:"varint,6,opt,name=ifindex,proto3" json:"ifindex,omitempty"`
+	Mac     string `protobuf:"bytes,7,opt,name=mac,proto3" json:"mac,omitempty"`
+	NodeMac string `protobuf:"bytes,8,opt,name=node_mac,json=nodeMac,proto3" json:"node_mac,omitempty"`
+	// namespace_labels are the labels of the pod's namespace; they become
+	// identity labels (namespaceSelector matches them). The agent adds
+	// kubernetes.io/metadata.name=<namespace> itself.
+	NamespaceLabels map[string]string `protobuf:"bytes,9,rep,name=namespace_labels,json=namespaceLabels,proto3" json:"namespace_labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// ports are the pod's container ports; named ones resolve named ports
+	// in policies.
+	Ports         []*ContainerPort `protobuf:"bytes,10,rep,name=ports,proto3" json:"ports,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1603,6 +1610,81 @@ func (x *AddEndpointRequest) GetNodeMac() string {
 	return ""
 }
 
+func (x *AddEndpointRequest) GetNamespaceLabels() map[string]string {
+	if x != nil {
+		return x.NamespaceLabels
+	}
+	return nil
+}
+
+func (x *AddEndpointRequest) GetPorts() []*ContainerPort {
+	if x != nil {
+		return x.Ports
+	}
+	return nil
+}
+
+type ContainerPort struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Port  uint32                 `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
+	// protocol is "TCP", "UDP" or "SCTP"; empty means TCP.
+	Protocol      string `protobuf:"bytes,3,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ContainerPort) Reset() {
+	*x = ContainerPort{}
+	mi := &file_agent_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ContainerPort) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ContainerPort) ProtoMessage() {}
+
+func (x *ContainerPort) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ContainerPort.ProtoReflect.Descriptor instead.
+func (*ContainerPort) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ContainerPort) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ContainerPort) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *ContainerPort) GetProtocol() string {
+	if x != nil {
+		return x.Protocol
+	}
+	return ""
+}
+
 type AddEndpointResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Ips           []string               `protobuf:"bytes,1,rep,name=ips,proto3" json:"ips,omitempty"`
@@ -1616,7 +1698,7 @@ type AddEndpointResponse struct {
 
 func (x *AddEndpointResponse) Reset() {
 	*x = AddEndpointResponse{}
-	mi := &file_agent_proto_msgTypes[23]
+	mi := &file_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1628,7 +1710,7 @@ func (x *AddEndpointResponse) String() string {
 func (*AddEndpointResponse) ProtoMessage() {}
 
 func (x *AddEndpointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[23]
+	mi := &file_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1641,7 +1723,7 @@ func (x *AddEndpointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddEndpointResponse.ProtoReflect.Descriptor instead.
 func (*AddEndpointResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{23}
+	return file_agent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *AddEndpointResponse) GetIps() []string {
@@ -1689,7 +1771,7 @@ type DeleteEndpointRequest struct {
 
 func (x *DeleteEndpointRequest) Reset() {
 	*x = DeleteEndpointRequest{}
-	mi := &file_agent_proto_msgTypes[24]
+	mi := &file_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1701,7 +1783,7 @@ func (x *DeleteEndpointRequest) String() string {
 func (*DeleteEndpointRequest) ProtoMessage() {}
 
 func (x *DeleteEndpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[24]
+	mi := &file_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1714,7 +1796,7 @@ func (x *DeleteEndpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEndpointRequest.ProtoReflect.Descriptor instead.
 func (*DeleteEndpointRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{24}
+	return file_agent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *DeleteEndpointRequest) GetNamespace() string {
@@ -1739,7 +1821,7 @@ type DeleteEndpointResponse struct {
 
 func (x *DeleteEndpointResponse) Reset() {
 	*x = DeleteEndpointResponse{}
-	mi := &file_agent_proto_msgTypes[25]
+	mi := &file_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1751,7 +1833,7 @@ func (x *DeleteEndpointResponse) String() string {
 func (*DeleteEndpointResponse) ProtoMessage() {}
 
 func (x *DeleteEndpointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[25]
+	mi := &file_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1764,7 +1846,283 @@ func (x *DeleteEndpointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEndpointResponse.ProtoReflect.Descriptor instead.
 func (*DeleteEndpointResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{25}
+	return file_agent_proto_rawDescGZIP(), []int{26}
+}
+
+type ObserveRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// last is how many recent flows from the history to send first (0:
+	// none; the agent keeps the last 4096).
+	Last uint32 `protobuf:"varint,1,opt,name=last,proto3" json:"last,omitempty"`
+	// follow keeps the stream open and sends new flows as they happen.
+	Follow bool `protobuf:"varint,2,opt,name=follow,proto3" json:"follow,omitempty"`
+	// pod keeps only flows of this pod ("namespace/name" or "name").
+	Pod string `protobuf:"bytes,3,opt,name=pod,proto3" json:"pod,omitempty"`
+	// verdict keeps only "forwarded" or "dropped" flows; empty: both.
+	Verdict string `protobuf:"bytes,4,opt,name=verdict,proto3" json:"verdict,omitempty"`
+	// ip keeps only flows whose source or destination is this address.
+	Ip            string `protobuf:"bytes,5,opt,name=ip,proto3" json:"ip,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ObserveRequest) Reset() {
+	*x = ObserveRequest{}
+	mi := &file_agent_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ObserveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ObserveRequest) ProtoMessage() {}
+
+func (x *ObserveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ObserveRequest.ProtoReflect.Descriptor instead.
+func (*ObserveRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *ObserveRequest) GetLast() uint32 {
+	if x != nil {
+		return x.Last
+	}
+	return 0
+}
+
+func (x *ObserveRequest) GetFollow() bool {
+	if x != nil {
+		return x.Follow
+	}
+	return false
+}
+
+func (x *ObserveRequest) GetPod() string {
+	if x != nil {
+		return x.Pod
+	}
+	return ""
+}
+
+func (x *ObserveRequest) GetVerdict() string {
+	if x != nil {
+		return x.Verdict
+	}
+	return ""
+}
+
+func (x *ObserveRequest) GetIp() string {
+	if x != nil {
+		return x.Ip
+	}
+	return ""
+}
+
+// Flow is one datapath verdict: a new connection forwarded, or a packet
+// dropped (with the reason). Packets of established connections are
+// counted in metrics, not reported one by one.
+type Flow struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// time is when the datapath saw the packet, in Unix nanoseconds.
+	TimeUnixNano int64  `protobuf:"varint,1,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
+	Node         string `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	// verdict is "forwarded" or "dropped".
+	Verdict string `protobuf:"bytes,3,opt,name=verdict,proto3" json:"verdict,omitempty"`
+	// drop_reason is set for dropped packets, e.g. "policy denied".
+	DropReason string `protobuf:"bytes,4,opt,name=drop_reason,json=dropReason,proto3" json:"drop_reason,omitempty"`
+	// direction is relative to the local endpoint: "ingress" (into the pod)
+	// or "egress" (out of it).
+	Direction string `protobuf:"bytes,5,opt,name=direction,proto3" json:"direction,omitempty"`
+	// protocol is "TCP", "UDP", "ICMP" or the number.
+	Protocol            string `protobuf:"bytes,6,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	Source              string `protobuf:"bytes,7,opt,name=source,proto3" json:"source,omitempty"`
+	SourcePort          uint32 `protobuf:"varint,8,opt,name=source_port,json=sourcePort,proto3" json:"source_port,omitempty"`
+	SourceIdentity      uint32 `protobuf:"varint,9,opt,name=source_identity,json=sourceIdentity,proto3" json:"source_identity,omitempty"`
+	Destination         string `protobuf:"bytes,10,opt,name=destination,proto3" json:"destination,omitempty"`
+	DestinationPort     uint32 `protobuf:"varint,11,opt,name=destination_port,json=destinationPort,proto3" json:"destination_port,omitempty"`
+	DestinationIdentity uint32 `protobuf:"varint,12,opt,name=destination_identity,json=destinationIdentity,proto3" json:"destination_identity,omitempty"`
+	// source_pod and destination_pod are "namespace/name" when known.
+	SourcePod      string `protobuf:"bytes,13,opt,name=source_pod,json=sourcePod,proto3" json:"source_pod,omitempty"`
+	DestinationPod string `protobuf:"bytes,14,opt,name=destination_pod,json=destinationPod,proto3" json:"destination_pod,omitempty"`
+	// service is the frontend ("address:port") the destination was
+	// translated from, when the packet went to a service.
+	Service    string `protobuf:"bytes,15,opt,name=service,proto3" json:"service,omitempty"`
+	EndpointId uint32 `protobuf:"varint,16,opt,name=endpoint_id,json=endpointId,proto3" json:"endpoint_id,omitempty"`
+	// tcp_flags are the packet's TCP flags, e.g. "SYN".
+	TcpFlags string `protobuf:"bytes,17,opt,name=tcp_flags,json=tcpFlags,proto3" json:"tcp_flags,omitempty"`
+	// reply is set when the packet belongs to the reply direction.
+	Reply         bool `protobuf:"varint,18,opt,name=reply,proto3" json:"reply,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Flow) Reset() {
+	*x = Flow{}
+	mi := &file_agent_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Flow) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Flow) ProtoMessage() {}
+
+func (x *Flow) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Flow.ProtoReflect.Descriptor instead.
+func (*Flow) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *Flow) GetTimeUnixNano() int64 {
+	if x != nil {
+		return x.TimeUnixNano
+	}
+	return 0
+}
+
+func (x *Flow) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *Flow) GetVerdict() string {
+	if x != nil {
+		return x.Verdict
+	}
+	return ""
+}
+
+func (x *Flow) GetDropReason() string {
+	if x != nil {
+		return x.DropReason
+	}
+	return ""
+}
+
+func (x *Flow) GetDirection() string {
+	if x != nil {
+		return x.Direction
+	}
+	return ""
+}
+
+func (x *Flow) GetProtocol() string {
+	if x != nil {
+		return x.Protocol
+	}
+	return ""
+}
+
+func (x *Flow) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *Flow) GetSourcePort() uint32 {
+	if x != nil {
+		return x.SourcePort
+	}
+	return 0
+}
+
+func (x *Flow) GetSourceIdentity() uint32 {
+	if x != nil {
+		return x.SourceIdentity
+	}
+	return 0
+}
+
+func (x *Flow) GetDestination() string {
+	if x != nil {
+		return x.Destination
+	}
+	return ""
+}
+
+func (x *Flow) GetDestinationPort() uint32 {
+	if x != nil {
+		return x.DestinationPort
+	}
+	return 0
+}
+
+func (x *Flow) GetDestinationIdentity() uint32 {
+	if x != nil {
+		return x.DestinationIdentity
+	}
+	return 0
+}
+
+func (x *Flow) GetSourcePod() string {
+	if x != nil {
+		return x.SourcePod
+	}
+	return ""
+}
+
+func (x *Flow) GetDestinationPod() string {
+	if x != nil {
+		return x.DestinationPod
+	}
+	return ""
+}
+
+func (x *Flow) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *Flow) GetEndpointId() uint32 {
+	if x != nil {
+		return x.EndpointId
+	}
+	return 0
+}
+
+func (x *Flow) GetTcpFlags() string {
+	if x != nil {
+		return x.TcpFlags
+	}
+	return ""
+}
+
+func (x *Flow) GetReply() bool {
+	if x != nil {
+		return x.Reply
+	}
+	return false
 }
 
 var File_agent_proto protoreflect.FileDescriptor
@@ -1897,7 +2255,7 @@ const file_agent_proto_rawDesc = "" +
 	"service_id\x18\x03 \x01(\rR\tserviceId\x12\x1a\n" +
 	"\bbackends\x18\x04 \x03(\tR\bbackends\"J\n" +
 	"\fServiceChunk\x12:\n" +
-	"\aentries\x18\x01 \x03(\v2 .meshplane.agent.v1.ServiceEntryR\aentries\"\xcb\x02\n" +
+	"\aentries\x18\x01 \x03(\v2 .meshplane.agent.v1.ServiceEntryR\aentries\"\xb0\x04\n" +
 	"\x12AddEndpointRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x10\n" +
 	"\x03pod\x18\x02 \x01(\tR\x03pod\x12!\n" +
@@ -1906,10 +2264,20 @@ const file_agent_proto_rawDesc = "" +
 	"\x05netns\x18\x05 \x01(\tR\x05netns\x12\x18\n" +
 	"\aifindex\x18\x06 \x01(\rR\aifindex\x12\x10\n" +
 	"\x03mac\x18\a \x01(\tR\x03mac\x12\x19\n" +
-	"\bnode_mac\x18\b \x01(\tR\anodeMac\x1a9\n" +
+	"\bnode_mac\x18\b \x01(\tR\anodeMac\x12f\n" +
+	"\x10namespace_labels\x18\t \x03(\v2;.meshplane.agent.v1.AddEndpointRequest.NamespaceLabelsEntryR\x0fnamespaceLabels\x127\n" +
+	"\x05ports\x18\n" +
+	" \x03(\v2!.meshplane.agent.v1.ContainerPortR\x05ports\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9d\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1aB\n" +
+	"\x14NamespaceLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"S\n" +
+	"\rContainerPort\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04port\x18\x02 \x01(\rR\x04port\x12\x1a\n" +
+	"\bprotocol\x18\x03 \x01(\tR\bprotocol\"\x9d\x01\n" +
 	"\x13AddEndpointResponse\x12\x10\n" +
 	"\x03ips\x18\x01 \x03(\tR\x03ips\x12\x1a\n" +
 	"\bidentity\x18\x02 \x01(\rR\bidentity\x12\x1f\n" +
@@ -1920,7 +2288,37 @@ const file_agent_proto_rawDesc = "" +
 	"\x15DeleteEndpointRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x10\n" +
 	"\x03pod\x18\x02 \x01(\tR\x03pod\"\x18\n" +
-	"\x16DeleteEndpointResponse2\xaf\x06\n" +
+	"\x16DeleteEndpointResponse\"x\n" +
+	"\x0eObserveRequest\x12\x12\n" +
+	"\x04last\x18\x01 \x01(\rR\x04last\x12\x16\n" +
+	"\x06follow\x18\x02 \x01(\bR\x06follow\x12\x10\n" +
+	"\x03pod\x18\x03 \x01(\tR\x03pod\x12\x18\n" +
+	"\averdict\x18\x04 \x01(\tR\averdict\x12\x0e\n" +
+	"\x02ip\x18\x05 \x01(\tR\x02ip\"\xcd\x04\n" +
+	"\x04Flow\x12$\n" +
+	"\x0etime_unix_nano\x18\x01 \x01(\x03R\ftimeUnixNano\x12\x12\n" +
+	"\x04node\x18\x02 \x01(\tR\x04node\x12\x18\n" +
+	"\averdict\x18\x03 \x01(\tR\averdict\x12\x1f\n" +
+	"\vdrop_reason\x18\x04 \x01(\tR\n" +
+	"dropReason\x12\x1c\n" +
+	"\tdirection\x18\x05 \x01(\tR\tdirection\x12\x1a\n" +
+	"\bprotocol\x18\x06 \x01(\tR\bprotocol\x12\x16\n" +
+	"\x06source\x18\a \x01(\tR\x06source\x12\x1f\n" +
+	"\vsource_port\x18\b \x01(\rR\n" +
+	"sourcePort\x12'\n" +
+	"\x0fsource_identity\x18\t \x01(\rR\x0esourceIdentity\x12 \n" +
+	"\vdestination\x18\n" +
+	" \x01(\tR\vdestination\x12)\n" +
+	"\x10destination_port\x18\v \x01(\rR\x0fdestinationPort\x121\n" +
+	"\x14destination_identity\x18\f \x01(\rR\x13destinationIdentity\x12\x1d\n" +
+	"\n" +
+	"source_pod\x18\r \x01(\tR\tsourcePod\x12'\n" +
+	"\x0fdestination_pod\x18\x0e \x01(\tR\x0edestinationPod\x12\x18\n" +
+	"\aservice\x18\x0f \x01(\tR\aservice\x12\x1f\n" +
+	"\vendpoint_id\x18\x10 \x01(\rR\n" +
+	"endpointId\x12\x1b\n" +
+	"\ttcp_flags\x18\x11 \x01(\tR\btcpFlags\x12\x14\n" +
+	"\x05reply\x18\x12 \x01(\bR\x05reply2\xfa\x06\n" +
 	"\x05Agent\x12O\n" +
 	"\x06Status\x12!.meshplane.agent.v1.StatusRequest\x1a\".meshplane.agent.v1.StatusResponse\x12X\n" +
 	"\tListNodes\x12$.meshplane.agent.v1.ListNodesRequest\x1a%.meshplane.agent.v1.ListNodesResponse\x12`\n" +
@@ -1931,7 +2329,8 @@ const file_agent_proto_rawDesc = "" +
 	"DumpPolicy\x12\x1f.meshplane.agent.v1.DumpRequest\x1a\x1f.meshplane.agent.v1.PolicyChunk0\x01\x12S\n" +
 	"\fDumpServices\x12\x1f.meshplane.agent.v1.DumpRequest\x1a .meshplane.agent.v1.ServiceChunk0\x01\x12^\n" +
 	"\vAddEndpoint\x12&.meshplane.agent.v1.AddEndpointRequest\x1a'.meshplane.agent.v1.AddEndpointResponse\x12g\n" +
-	"\x0eDeleteEndpoint\x12).meshplane.agent.v1.DeleteEndpointRequest\x1a*.meshplane.agent.v1.DeleteEndpointResponseB$Z\"github.com/meshplane/meshplane/apib\x06proto3"
+	"\x0eDeleteEndpoint\x12).meshplane.agent.v1.DeleteEndpointRequest\x1a*.meshplane.agent.v1.DeleteEndpointResponse\x12I\n" +
+	"\aObserve\x12\".meshplane.agent.v1.ObserveRequest\x1a\x18.meshplane.agent.v1.Flow0\x01B$Z\"github.com/meshplane/meshplane/apib\x06proto3"
 
 var (
 	file_agent_proto_rawDescOnce sync.Once
@@ -1945,7 +2344,7 @@ func file_agent_proto_rawDescGZIP() []byte {
 	return file_agent_proto_rawDescData
 }
 
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_agent_proto_goTypes = []any{
 	(*StatusRequest)(nil),          // 0: meshplane.agent.v1.StatusRequest
 	(*StatusResponse)(nil),         // 1: meshplane.agent.v1.StatusResponse
@@ -1970,11 +2369,15 @@ var file_agent_proto_goTypes = []any{
 	(*ServiceEntry)(nil),           // 20: meshplane.agent.v1.ServiceEntry
 	(*ServiceChunk)(nil),           // 21: meshplane.agent.v1.ServiceChunk
 	(*AddEndpointRequest)(nil),     // 22: meshplane.agent.v1.AddEndpointRequest
-	(*AddEndpointResponse)(nil),    // 23: meshplane.agent.v1.AddEndpointResponse
-	(*DeleteEndpointRequest)(nil),  // 24: meshplane.agent.v1.DeleteEndpointRequest
-	(*DeleteEndpointResponse)(nil), // 25: meshplane.agent.v1.DeleteEndpointResponse
-	nil,                            // 26: meshplane.agent.v1.Node.LabelsEntry
-	nil,                            // 27: meshplane.agent.v1.AddEndpointRequest.LabelsEntry
+	(*ContainerPort)(nil),          // 23: meshplane.agent.v1.ContainerPort
+	(*AddEndpointResponse)(nil),    // 24: meshplane.agent.v1.AddEndpointResponse
+	(*DeleteEndpointRequest)(nil),  // 25: meshplane.agent.v1.DeleteEndpointRequest
+	(*DeleteEndpointResponse)(nil), // 26: meshplane.agent.v1.DeleteEndpointResponse
+	(*ObserveRequest)(nil),         // 27: meshplane.agent.v1.ObserveRequest
+	(*Flow)(nil),                   // 28: meshplane.agent.v1.Flow
+	nil,                            // 29: meshplane.agent.v1.Node.LabelsEntry
+	nil,                            // 30: meshplane.agent.v1.AddEndpointRequest.LabelsEntry
+	nil,                            // 31: meshplane.agent.v1.AddEndpointRequest.NamespaceLabelsEntry
 }
 var file_agent_proto_depIdxs = []int32{
 	2,  // 0: meshplane.agent.v1.StatusResponse.etcd:type_name -> meshplane.agent.v1.EtcdStatus
@@ -1983,36 +2386,40 @@ var file_agent_proto_depIdxs = []int32{
 	5,  // 3: meshplane.agent.v1.StatusResponse.maps:type_name -> meshplane.agent.v1.MapStatus
 	6,  // 4: meshplane.agent.v1.StatusResponse.ipam:type_name -> meshplane.agent.v1.IPAMStatus
 	9,  // 5: meshplane.agent.v1.ListNodesResponse.nodes:type_name -> meshplane.agent.v1.Node
-	26, // 6: meshplane.agent.v1.Node.labels:type_name -> meshplane.agent.v1.Node.LabelsEntry
+	29, // 6: meshplane.agent.v1.Node.labels:type_name -> meshplane.agent.v1.Node.LabelsEntry
 	11, // 7: meshplane.agent.v1.IdentityChunk.identities:type_name -> meshplane.agent.v1.Identity
 	14, // 8: meshplane.agent.v1.IPCacheChunk.entries:type_name -> meshplane.agent.v1.IPCacheEntry
 	16, // 9: meshplane.agent.v1.EndpointChunk.entries:type_name -> meshplane.agent.v1.EndpointEntry
 	18, // 10: meshplane.agent.v1.PolicyChunk.entries:type_name -> meshplane.agent.v1.PolicyEntry
 	20, // 11: meshplane.agent.v1.ServiceChunk.entries:type_name -> meshplane.agent.v1.ServiceEntry
-	27, // 12: meshplane.agent.v1.AddEndpointRequest.labels:type_name -> meshplane.agent.v1.AddEndpointRequest.LabelsEntry
-	0,  // 13: meshplane.agent.v1.Agent.Status:input_type -> meshplane.agent.v1.StatusRequest
-	7,  // 14: meshplane.agent.v1.Agent.ListNodes:input_type -> meshplane.agent.v1.ListNodesRequest
-	10, // 15: meshplane.agent.v1.Agent.ListIdentities:input_type -> meshplane.agent.v1.ListIdentitiesRequest
-	13, // 16: meshplane.agent.v1.Agent.DumpIPCache:input_type -> meshplane.agent.v1.DumpRequest
-	13, // 17: meshplane.agent.v1.Agent.DumpEndpoints:input_type -> meshplane.agent.v1.DumpRequest
-	13, // 18: meshplane.agent.v1.Agent.DumpPolicy:input_type -> meshplane.agent.v1.DumpRequest
-	13, // 19: meshplane.agent.v1.Agent.DumpServices:input_type -> meshplane.agent.v1.DumpRequest
-	22, // 20: meshplane.agent.v1.Agent.AddEndpoint:input_type -> meshplane.agent.v1.AddEndpointRequest
-	24, // 21: meshplane.agent.v1.Agent.DeleteEndpoint:input_type -> meshplane.agent.v1.DeleteEndpointRequest
-	1,  // 22: meshplane.agent.v1.Agent.Status:output_type -> meshplane.agent.v1.StatusResponse
-	8,  // 23: meshplane.agent.v1.Agent.ListNodes:output_type -> meshplane.agent.v1.ListNodesResponse
-	12, // 24: meshplane.agent.v1.Agent.ListIdentities:output_type -> meshplane.agent.v1.IdentityChunk
-	15, // 25: meshplane.agent.v1.Agent.DumpIPCache:output_type -> meshplane.agent.v1.IPCacheChunk
-	17, // 26: meshplane.agent.v1.Agent.DumpEndpoints:output_type -> meshplane.agent.v1.EndpointChunk
-	19, // 27: meshplane.agent.v1.Agent.DumpPolicy:output_type -> meshplane.agent.v1.PolicyChunk
-	21, // 28: meshplane.agent.v1.Agent.DumpServices:output_type -> meshplane.agent.v1.ServiceChunk
-	23, // 29: meshplane.agent.v1.Agent.AddEndpoint:output_type -> meshplane.agent.v1.AddEndpointResponse
-	25, // 30: meshplane.agent.v1.Agent.DeleteEndpoint:output_type -> meshplane.agent.v1.DeleteEndpointResponse
-	22, // [22:31] is the sub-list for method output_type
-	13, // [13:22] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	30, // 12: meshplane.agent.v1.AddEndpointRequest.labels:type_name -> meshplane.agent.v1.AddEndpointRequest.LabelsEntry
+	31, // 13: meshplane.agent.v1.AddEndpointRequest.namespace_labels:type_name -> meshplane.agent.v1.AddEndpointRequest.NamespaceLabelsEntry
+	23, // 14: meshplane.agent.v1.AddEndpointRequest.ports:type_name -> meshplane.agent.v1.ContainerPort
+	0,  // 15: meshplane.agent.v1.Agent.Status:input_type -> meshplane.agent.v1.StatusRequest
+	7,  // 16: meshplane.agent.v1.Agent.ListNodes:input_type -> meshplane.agent.v1.ListNodesRequest
+	10, // 17: meshplane.agent.v1.Agent.ListIdentities:input_type -> meshplane.agent.v1.ListIdentitiesRequest
+	13, // 18: meshplane.agent.v1.Agent.DumpIPCache:input_type -> meshplane.agent.v1.DumpRequest
+	13, // 19: meshplane.agent.v1.Agent.DumpEndpoints:input_type -> meshplane.agent.v1.DumpRequest
+	13, // 20: meshplane.agent.v1.Agent.DumpPolicy:input_type -> meshplane.agent.v1.DumpRequest
+	13, // 21: meshplane.agent.v1.Agent.DumpServices:input_type -> meshplane.agent.v1.DumpRequest
+	22, // 22: meshplane.agent.v1.Agent.AddEndpoint:input_type -> meshplane.agent.v1.AddEndpointRequest
+	25, // 23: meshplane.agent.v1.Agent.DeleteEndpoint:input_type -> meshplane.agent.v1.DeleteEndpointRequest
+	27, // 24: meshplane.agent.v1.Agent.Observe:input_type -> meshplane.agent.v1.ObserveRequest
+	1,  // 25: meshplane.agent.v1.Agent.Status:output_type -> meshplane.agent.v1.StatusResponse
+	8,  // 26: meshplane.agent.v1.Agent.ListNodes:output_type -> meshplane.agent.v1.ListNodesResponse
+	12, // 27: meshplane.agent.v1.Agent.ListIdentities:output_type -> meshplane.agent.v1.IdentityChunk
+	15, // 28: meshplane.agent.v1.Agent.DumpIPCache:output_type -> meshplane.agent.v1.IPCacheChunk
+	17, // 29: meshplane.agent.v1.Agent.DumpEndpoints:output_type -> meshplane.agent.v1.EndpointChunk
+	19, // 30: meshplane.agent.v1.Agent.DumpPolicy:output_type -> meshplane.agent.v1.PolicyChunk
+	21, // 31: meshplane.agent.v1.Agent.DumpServices:output_type -> meshplane.agent.v1.ServiceChunk
+	24, // 32: meshplane.agent.v1.Agent.AddEndpoint:output_type -> meshplane.agent.v1.AddEndpointResponse
+	26, // 33: meshplane.agent.v1.Agent.DeleteEndpoint:output_type -> meshplane.agent.v1.DeleteEndpointResponse
+	28, // 34: meshplane.agent.v1.Agent.Observe:output_type -> meshplane.agent.v1.Flow
+	25, // [25:35] is the sub-list for method output_type
+	15, // [15:25] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_agent_proto_init() }
@@ -2026,7 +2433,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   28,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

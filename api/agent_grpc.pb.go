@@ -35,6 +35,7 @@ const (
 	Agent_DumpServices_FullMethodName   = "/meshplane.agent.v1.Agent/DumpServices"
 	Agent_AddEndpoint_FullMethodName    = "/meshplane.agent.v1.Agent/AddEndpoint"
 	Agent_DeleteEndpoint_FullMethodName = "/meshplane.agent.v1.Agent/DeleteEndpoint"
+	Agent_Observe_FullMethodName        = "/meshplane.agent.v1.Agent/Observe"
 )
 
 // AgentClient is the client API for Agent service.
@@ -60,6 +61,9 @@ type AgentClient interface {
 	AddEndpoint(ctx context.Context, in *AddEndpointRequest, opts ...grpc.CallOption) (*AddEndpointResponse, error)
 	// DeleteEndpoint releases a pod's IPs and removes it from the datapath.
 	DeleteEndpoint(ctx context.Context, in *DeleteEndpointRequest, opts ...grpc.CallOption) (*DeleteEndpointResponse, error)
+	// Observe streams the datapath's flows: first up to `last` recent ones
+	// from the agent's history, then, with follow, new ones as they happen.
+	Observe(ctx context.Context, in *ObserveRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Flow], error)
 }
 
 type agentClient struct {
@@ -205,6 +209,25 @@ func (c *agentClient) DeleteEndpoint(ctx context.Context, in *DeleteEndpointRequ
 	return out, nil
 }
 
+func (c *agentClient) Observe(ctx context.Context, in *ObserveRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Flow], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Agent_ServiceDesc.Streams[5], Agent_Observe_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ObserveRequest, Flow]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Agent_ObserveClient = grpc.ServerStreamingClient[Flow]
+
 // AgentServer is the server API for Agent service.
 // All implementations must embed UnimplementedAgentServer
 // for forward compatibility.
@@ -228,6 +251,9 @@ type AgentServer interface {
 	AddEndpoint(context.Context, *AddEndpointRequest) (*AddEndpointResponse, error)
 	// DeleteEndpoint releases a pod's IPs and removes it from the datapath.
 	DeleteEndpoint(context.Context, *DeleteEndpointRequest) (*DeleteEndpointResponse, error)
+	// Observe streams the datapath's flows: first up to `last` recent ones
+	// from the agent's history, then, with follow, new ones as they happen.
+	Observe(*ObserveRequest, grpc.ServerStreamingServer[Flow]) error
 	mustEmbedUnimplementedAgentServer()
 }
 
@@ -264,6 +290,9 @@ func (UnimplementedAgentServer) AddEndpoint(context.Context, *AddEndpointRequest
 }
 func (UnimplementedAgentServer) DeleteEndpoint(context.Context, *DeleteEndpointRequest) (*DeleteEndpointResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteEndpoint not implemented")
+}
+func (UnimplementedAgentServer) Observe(*ObserveRequest, grpc.ServerStreamingServer[Flow]) error {
+	return status.Error(codes.Unimplemented, "method Observe not implemented")
 }
 func (UnimplementedAgentServer) mustEmbedUnimplementedAgentServer() {}
 func (UnimplementedAgentServer) testEmbeddedByValue()               {}
@@ -413,6 +442,17 @@ func _Agent_DeleteEndpoint_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Agent_Observe_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ObserveRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AgentServer).Observe(m, &grpc.GenericServerStream[ObserveRequest, Flow]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Agent_ObserveServer = grpc.ServerStreamingServer[Flow]
+
 // Agent_ServiceDesc is the grpc.ServiceDesc for Agent service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -461,6 +501,11 @@ var Agent_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "DumpServices",
 			Handler:       _Agent_DumpServices_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "Observe",
+			Handler:       _Agent_Observe_Handler,
 			ServerStreams: true,
 		},
 	},

@@ -63,7 +63,7 @@ Without --etcd-endpoints, meshctl starts an embedded etcd with its data in
 	})
 	o.addFlags(root.PersistentFlags())
 	root.AddCommand(newIdentityCmd(o), newIPAMCmd(o), newBenchCmd(o), newDemoCmd(o),
-		newStatusCmd(o), newNodeCmd(o), newBPFCmd(o))
+		newStatusCmd(o), newNodeCmd(o), newBPFCmd(o), newPolicyCmd(o), newLabCmd(o), newObserveCmd(o))
 	return root
 }
 
