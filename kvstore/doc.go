@@ -27,6 +27,7 @@
 //	identities/id/<id>              canonical label set   written by the allocating agent; no lease; deleted only by identity GC
 //	identities/labels/<hash>        <id>                  written with the id key in the same transaction; no lease
 //	identities/refs/<hash>/<node>   "" (empty)            written by each node that uses the label set; on that node's session lease
+//	policies/<namespace>/<name>     policy (JSON)         written by meshctl policy apply (or the control plane); no lease; durable until deleted
 //
 // docs/kvstore.md is the operator's copy of this table.
 //

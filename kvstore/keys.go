@@ -23,6 +23,7 @@ const Root = "/meshplane/v1/"
 //	<root><cluster>/nodes/<node>                    node record (JSON)       the node's session lease
 //	<root><cluster>/endpoints/<ip>                  ipcache entry (JSON)     the hosting node's session lease
 //	<root><cluster>/services/<namespace>/<name>     service (JSON)           no lease; written by the control plane
+//	<root><cluster>/policies/<namespace>/<name>     policy (JSON)            no lease; written by meshctl policy apply or the control plane
 //
 // <cidr> is the CIDR with '/' written as '_' (10.192.3.0_24).
 //
@@ -122,4 +123,14 @@ func (k Keys) ServicesPrefix() string { return k.base + "services/" }
 // Service is the key of one service.
 func (k Keys) Service(namespace, name string) string {
 	return k.ServicesPrefix() + namespace + "/" + name
+}
+
+// PoliciesPrefix is the prefix of the network policy keys.
+func (k Keys) PoliciesPrefix() string { return k.base + "policies/" }
+
+// Policy is the key of one network policy (policy.Policy.Encode): a
+// NetworkPolicy and a MeshNetworkPolicy of the same namespace and name
+// share it.
+func (k Keys) Policy(namespace, name string) string {
+	return k.PoliciesPrefix() + namespace + "/" + name
 }

@@ -1,8 +1,387 @@
 package cli
 
-import "github.com/spf13/cobra"
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
 
-// newPolicyCmd is a placeholder: being written.
-func newPolicyCmd(*options) *cobra.Command {
-	return &cobra.Command{Use: "policy", Hidden: true}
+	"github.com/spf13/cobra"
+	"sigs.k8s.io/yaml"
+
+	"github.com/meshplane/meshplane/kvstore"
+	"github.com/meshplane/meshplane/policy"
+)
+
+// maxApply is how many policies one apply writes: etcd's default limit of
+// operations in one transaction, so that an apply is all-or-nothing.
+const maxApply = 128
+
+func newPolicyCmd(o *options) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "policy",
+		Short: "Apply, list, show and delete network policies",
+		Long: `Network policies are Kubernetes NetworkPolicy (networking.k8s.io/v1) and
+meshplane's MeshNetworkPolicy (meshplane.io/v1alpha1), which adds to each peer
+a clusters list naming the mesh clusters it matches. They are stored in the
+cluster's etcd under policies/<namespace>/<name>, where every agent watches
+them.`,
+	}
+	cmd.AddCommand(newPolicyApplyCmd(o), newPolicyListCmd(o), newPolicyGetCmd(o), newPolicyDeleteCmd(o))
+	return cmd
+}
+
+func newPolicyApplyCmd(o *options) *cobra.Command {
+	var file string
+	cmd := &cobra.Command{
+		Use:   "apply -f FILE",
+		Short: "Create or replace the policies of a YAML file",
+		Long: `apply reads one or more YAML documents (separated by "---"), each a
+NetworkPolicy, a MeshNetworkPolicy or a List of them, and writes them all in
+one etcd transaction, replacing policies of the same namespace and name.
+Every document is checked first: if any is invalid, nothing is written. At
+most 128 policies go in one apply.`,
+		Example: `  meshctl policy apply -f allow-web.yaml
+  kubectl get networkpolicy -A -o yaml | meshctl policy apply -f -`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			data, err := readInput(cmd, file)
+			if err != nil {
+				return err
+			}
+			ps, err := policy.Parse(data)
+			if err != nil {
+				return fmt.Errorf("%s: nothing applied: %w", inputName(file), err)
+			}
+			if len(ps) > maxApply {
+				return fmt.Errorf("%s: nothing applied: %d policies is more than the %d one apply writes atomically; split the file",
+					inputName(file), len(ps), maxApply)
+			}
+			if err := o.applyPolicies(cmd.Context(), ps); err != nil {
+				return err
+			}
+			for _, p := range ps {
+				fmt.Fprintf(o.stdout, "policy %s configured\n", p.Key())
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&file, "filename", "f", "", `YAML file of policies, or "-" for standard input (required)`)
+	_ = cmd.MarkFlagRequired("filename")
+	return cmd
+}
+
+// readInput reads a file, or standard input for "-".
+func readInput(cmd *cobra.Command, file string) ([]byte, error) {
+	if file == "-" {
+		data, err := io.ReadAll(cmd.InOrStdin())
+		if err != nil {
+			return nil, fmt.Errorf("read standard input: %w", err)
+		}
+		return data, nil
+	}
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("-f: %w", err)
+	}
+	return data, nil
+}
+
+func inputName(file string) string {
+	if file == "-" {
+		return "standard input"
+	}
+	return file
+}
+
+// applyPolicies writes the policies in one transaction.
+func (o *options) applyPolicies(ctx context.Context, ps []*policy.Policy) (err error) {
+	keys := o.keys()
+	kvs := make([]kvstore.KeyValue, 0, len(ps))
+	for _, p := range ps {
+		b, err := p.Encode()
+		if err != nil {
+			return err
+		}
+		kvs = append(kvs, kvstore.KeyValue{Key: keys.Policy(p.Namespace, p.Name), Value: b})
+	}
+	client, err := o.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer closeClient(client, &err)
+	// PutMany writes up to maxApply keys in one transaction.
+	return client.PutMany(ctx, kvs)
+}
+
+// policyInfo is one stored policy as list prints it.
+type policyInfo struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	Kind      string `json:"kind,omitempty"`
+	// Selector is spec.podSelector in kubectl's form; "" selects every
+	// pod of the namespace.
+	Selector string `json:"selector"`
+	// IngressRules and EgressRules count the rules of each direction the
+	// policy enforces; null when it does not enforce that direction.
+	IngressRules *int `json:"ingressRules"`
+	EgressRules  *int `json:"egressRules"`
+	// Error says why the stored value is not a valid policy.
+	Error string `json:"error,omitempty"`
+}
+
+func newPolicyListCmd(o *options) *cobra.Command {
+	var format, namespace string
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List the cluster's policies",
+		Long: `list prints the policies of every namespace, or of --namespace. INGRESS-RULES
+and EGRESS-RULES count the rules of each direction a policy enforces: 0 means
+it denies everything in that direction, "-" that it leaves it alone. Stored
+values that are not valid policies are listed with an ERROR column.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkFormat(format); err != nil {
+				return err
+			}
+			infos, err := o.listPolicies(cmd.Context(), namespace)
+			if err != nil {
+				return err
+			}
+			if format == formatJSON {
+				return writeJSON(o.stdout, infos)
+			}
+			header := []string{"NAMESPACE", "NAME", "KIND", "SELECTOR", "INGRESS-RULES", "EGRESS-RULES"}
+			bad := false
+			for _, in := range infos {
+				bad = bad || in.Error != ""
+			}
+			if bad {
+				header = append(header, "ERROR")
+			}
+			t := newTable(o.stdout, header...)
+			for _, in := range infos {
+				row := []string{in.Namespace, in.Name, orDash(in.Kind), in.Selector, ruleCount(in.IngressRules), ruleCount(in.EgressRules)}
+				switch {
+				case in.Error != "":
+					row[3] = "-"
+				case in.Selector == "":
+					row[3] = "<all>"
+				}
+				if bad {
+					row = append(row, orDash(in.Error))
+				}
+				t.row(row...)
+			}
+			return t.flush()
+		},
+	}
+	cmd.Flags().StringVarP(&namespace, "namespace", "n", "", "list only this namespace's policies (default: every namespace)")
+	addOutputFlag(cmd, &format)
+	return cmd
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func ruleCount(n *int) string {
+	if n == nil {
+		return "-"
+	}
+	return strconv.Itoa(*n)
+}
+
+// listPolicies reads the stored policies, sorted by key.
+func (o *options) listPolicies(ctx context.Context, namespace string) (_ []policyInfo, err error) {
+	client, err := o.connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer closeClient(client, &err)
+	keys := o.keys()
+	prefix := keys.PoliciesPrefix()
+	if namespace != "" {
+		prefix = keys.Policy(namespace, "")
+	}
+	kvs, _, err := client.List(ctx, prefix)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]policyInfo, 0, len(kvs))
+	for _, kv := range kvs {
+		ns, name, _ := strings.Cut(strings.TrimPrefix(kv.Key, keys.PoliciesPrefix()), "/")
+		in := policyInfo{Namespace: ns, Name: name}
+		p, err := policy.Decode(kv.Value)
+		switch {
+		case err != nil:
+			in.Error = strings.ReplaceAll(err.Error(), "\n", "; ")
+		case p.Namespace != ns || p.Name != name:
+			in.Error = fmt.Sprintf("the value is policy %s, not %s/%s", p.Key(), ns, name)
+		default:
+			in.Kind, in.Selector = p.Kind, p.Spec.PodSelector.String()
+			if p.Spec.Enforces(policy.TypeIngress) {
+				n := len(p.Spec.Ingress)
+				in.IngressRules = &n
+			}
+			if p.Spec.Enforces(policy.TypeEgress) {
+				n := len(p.Spec.Egress)
+				in.EgressRules = &n
+			}
+		}
+		out = append(out, in)
+	}
+	return out, nil
+}
+
+// policyName resolves NAME or NAMESPACE/NAME and --namespace to a
+// namespace and a name.
+func policyName(arg, namespace string) (string, string, error) {
+	ns, name, hasNS := strings.Cut(arg, "/")
+	if !hasNS {
+		ns, name = namespace, arg
+		if ns == "" {
+			ns = policy.DefaultNamespace
+		}
+	} else if namespace != "" && namespace != ns {
+		return "", "", fmt.Errorf("%q names namespace %s but --namespace is %s; give one", arg, ns, namespace)
+	}
+	if ns == "" || name == "" || strings.Contains(name, "/") {
+		return "", "", fmt.Errorf("%q: name a policy as NAME or NAMESPACE/NAME", arg)
+	}
+	return ns, name, nil
+}
+
+// Output formats of policy get.
+const formatYAML = "yaml"
+
+func newPolicyGetCmd(o *options) *cobra.Command {
+	var format, namespace string
+	cmd := &cobra.Command{
+		Use:   "get NAME",
+		Short: "Print a policy as a manifest that apply takes back",
+		Example: `  meshctl policy get allow-web -n prod
+  meshctl policy get prod/allow-web -o json`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if format != formatYAML && format != formatJSON {
+				return fmt.Errorf("-o %q: unknown output format; use yaml or json", format)
+			}
+			ns, name, err := policyName(args[0], namespace)
+			if err != nil {
+				return err
+			}
+			p, err := o.getPolicy(cmd.Context(), ns, name)
+			if err != nil {
+				return err
+			}
+			m, err := p.Manifest()
+			if err != nil {
+				return err
+			}
+			if format == formatYAML {
+				_, err = o.stdout.Write(m)
+				return err
+			}
+			j, err := yaml.YAMLToJSON(m)
+			if err != nil {
+				return err
+			}
+			var buf bytes.Buffer
+			if err := json.Indent(&buf, j, "", "  "); err != nil {
+				return err
+			}
+			buf.WriteByte('\n')
+			_, err = o.stdout.Write(buf.Bytes())
+			return err
+		},
+	}
+	cmd.Flags().StringVarP(&namespace, "namespace", "n", "", `the policy's namespace (default "default")`)
+	cmd.Flags().StringVarP(&format, "output", "o", formatYAML, "output format: yaml or json")
+	return cmd
+}
+
+func (o *options) getPolicy(ctx context.Context, ns, name string) (_ *policy.Policy, err error) {
+	client, err := o.connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer closeClient(client, &err)
+	kv, ok, err := client.Get(ctx, o.keys().Policy(ns, name))
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, o.policyNotFound(ns, name)
+	}
+	p, err := policy.Decode(kv.Value)
+	if err != nil {
+		return nil, fmt.Errorf("%w; the key %s is corrupt: apply the policy again or delete it", err, kv.Key)
+	}
+	return p, nil
+}
+
+func (o *options) policyNotFound(ns, name string) error {
+	return fmt.Errorf("policy %s/%s %w in cluster %q; see 'meshctl policy list'", ns, name, ErrNotFound, o.clusterName)
+}
+
+func newPolicyDeleteCmd(o *options) *cobra.Command {
+	var namespace string
+	cmd := &cobra.Command{
+		Use:   "delete NAME",
+		Short: "Delete a policy",
+		Long: `delete removes a policy, named NAME (in --namespace, default "default") or
+NAMESPACE/NAME. A policy that does not exist is an error.`,
+		Example: `  meshctl policy delete allow-web -n prod
+  meshctl policy delete prod/allow-web`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ns, name, err := policyName(args[0], namespace)
+			if err != nil {
+				return err
+			}
+			if err := o.deletePolicy(cmd.Context(), ns, name); err != nil {
+				return err
+			}
+			fmt.Fprintf(o.stdout, "policy %s/%s deleted\n", ns, name)
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&namespace, "namespace", "n", "", `the policy's namespace (default "default")`)
+	return cmd
+}
+
+// deletePolicy deletes the key if it exists. It reads and then deletes the
+// revision it read, so that "not found" is exact; a write in between makes
+// it read again, a bounded number of times.
+func (o *options) deletePolicy(ctx context.Context, ns, name string) (err error) {
+	client, err := o.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer closeClient(client, &err)
+	key := o.keys().Policy(ns, name)
+	const attempts = 5
+	for range attempts {
+		kv, ok, err := client.Get(ctx, key)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return o.policyNotFound(ns, name)
+		}
+		err = client.DeleteIf(ctx, key, kv.ModRevision)
+		if !errors.Is(err, kvstore.ErrConflict) {
+			return err
+		}
+	}
+	return fmt.Errorf("delete policy %s/%s: it changed %d times while deleting; try again", ns, name, attempts)
 }
