@@ -1,0 +1,472 @@
+package lab
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// netnsDir is where named network namespaces live, as iproute2 keeps them
+// (ip netns list shows the lab's).
+const netnsDir = "/run/netns"
+
+// Interface names. The node side of a node's bridge link and the pod side
+// of a pod's veth are both eth0 in their namespaces.
+const (
+	bridgeName = "br0"
+	ifaceName  = "eth0"
+)
+
+// Names of the lab's network namespaces. After the prefix "mp-<lab>-"
+// comes "lab", "n_..." or "p_...": a lab name never has '_', so the
+// namespaces of lab "demo-x" ("mp-demo-x-...") can never look like lab
+// "demo"'s, and Down of one never touches the other's.
+func netnsPrefix(lab string) string { return "mp-" + lab + "-" }
+
+func labNetnsName(lab string) string { return netnsPrefix(lab) + "lab" }
+
+func nodeNetnsName(lab, cluster, node string) string {
+	return netnsPrefix(lab) + "n_" + cluster + "_" + node
+}
+
+func podNetnsName(lab, cluster, namespace, pod string) string {
+	return netnsPrefix(lab) + "p_" + cluster + "_" + namespace + "_" + pod
+}
+
+// isLabNetns reports whether name is one of lab's namespaces.
+func isLabNetns(lab, name string) bool {
+	rest, ok := strings.CutPrefix(name, netnsPrefix(lab))
+	return ok && (rest == "lab" || strings.HasPrefix(rest, "n_") || strings.HasPrefix(rest, "p_"))
+}
+
+func netnsPath(name string) string { return filepath.Join(netnsDir, name) }
+
+// shortHash is n hex characters of a hash of parts: interface names must
+// fit IFNAMSIZ (15 characters) whatever the names in the topology.
+func shortHash(n int, parts ...string) string {
+	h := sha256.Sum256([]byte(strings.Join(parts, "/")))
+	return hex.EncodeToString(h[:])[:n]
+}
+
+// hostVethName is the node side of a pod's veth: "lxc" and 11 hex
+// characters, as Cilium names them.
+func hostVethName(cluster, namespace, pod string) string {
+	return "lxc" + shortHash(11, cluster, namespace, pod)
+}
+
+// bridgePortName is the lab-namespace side of a node's link to the bridge.
+func bridgePortName(cluster, node string) string {
+	return "veth" + shortHash(11, cluster, node)
+}
+
+// inNetns runs fn on an OS thread that is in the network namespace at
+// path. The thread is never handed back to the Go scheduler (the goroutine
+// ends locked, so the runtime retires the thread): no other goroutine can
+// ever run in the wrong namespace, even if switching back would fail.
+func inNetns(path string, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		// No UnlockOSThread: see above.
+		fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			errc <- fmt.Errorf("open netns %s: %w", path, err)
+			return
+		}
+		err = unix.Setns(fd, unix.CLONE_NEWNET)
+		_ = unix.Close(fd)
+		if err != nil {
+			errc <- fmt.Errorf("enter netns %s: %w", path, err)
+			return
+		}
+		errc <- fn()
+	}()
+	return <-errc
+}
+
+// ErrExists is returned when something the lab would create is there
+// already: a lab of the same name, or one of its namespaces.
+var ErrExists = errors.New("already exists")
+
+// createNetns makes a named network namespace, as `ip netns add` does: a
+// new namespace bind-mounted on /run/netns/<name>.
+func createNetns(name string) (string, error) {
+	path := netnsPath(name)
+	if err := os.MkdirAll(netnsDir, 0o755); err != nil {
+		return "", fmt.Errorf("create netns %s: %w", name, err)
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_RDONLY, 0o444)
+	if errors.Is(err, os.ErrExist) {
+		return "", fmt.Errorf("create netns %s: %w: remove it with meshctl lab down, or ip netns del %s", name, ErrExists, name)
+	}
+	if err != nil {
+		return "", fmt.Errorf("create netns %s: %w", name, err)
+	}
+	_ = f.Close()
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		// No UnlockOSThread: the thread is in the new namespace for good
+		// and is retired when the goroutine ends.
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("unshare: %w", err)
+			return
+		}
+		errc <- unix.Mount(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()), path, "none", unix.MS_BIND, "")
+	}()
+	if err := <-errc; err != nil {
+		_ = os.Remove(path)
+		return "", fmt.Errorf("create netns %s: %w", name, err)
+	}
+	return path, nil
+}
+
+// deleteNetns removes a named namespace, as `ip netns del` does. The
+// namespace itself goes away with its last process; its interfaces with it.
+// A namespace that is not there is not an error.
+func deleteNetns(name string) error {
+	path := netnsPath(name)
+	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("delete netns %s: unmount: %w", name, err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("delete netns %s: %w", name, err)
+	}
+	return nil
+}
+
+// listLabNetns returns the names of lab's namespaces under /run/netns.
+func listLabNetns(lab string) ([]string, error) {
+	entries, err := os.ReadDir(netnsDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", netnsDir, err)
+	}
+	var out []string
+	for _, e := range entries {
+		if isLabNetns(lab, e.Name()) {
+			out = append(out, e.Name())
+		}
+	}
+	return out, nil
+}
+
+// handleAt returns a netlink handle whose sockets live in the namespace at
+// path.
+func handleAt(path string) (*netlink.Handle, error) {
+	ns, err := netns.GetFromPath(path)
+	if err != nil {
+		return nil, fmt.Errorf("open netns %s: %w", path, err)
+	}
+	defer func() { _ = ns.Close() }()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return nil, fmt.Errorf("netlink in %s: %w", path, err)
+	}
+	return h, nil
+}
+
+// routerSysctls make a node namespace a router: it forwards between the
+// pods' veths and the bridge, and accepts packets whose source is routed
+// elsewhere (a pod's reply through another node would fail rp_filter).
+// They are set before any interface exists, so new ones inherit default.
+var routerSysctls = map[string]string{
+	"net/ipv4/ip_forward":             "1",
+	"net/ipv4/conf/all/rp_filter":     "0",
+	"net/ipv4/conf/default/rp_filter": "0",
+}
+
+// hostSysctls apply to every lab namespace: the lab is IPv4 only, and
+// IPv6 link-local chatter (router solicitations, DAD) would only fill the
+// flow logs.
+var hostSysctls = map[string]string{
+	"net/ipv6/conf/all/disable_ipv6":     "1",
+	"net/ipv6/conf/default/disable_ipv6": "1",
+}
+
+// setSysctls writes /proc/sys entries from inside the namespace at path:
+// /proc/sys/net shows the namespace of the thread that opens it. Entries
+// the kernel lacks (no IPv6) are skipped when optional.
+func setSysctls(path string, kv map[string]string, optional bool) error {
+	return inNetns(path, func() error {
+		for k, v := range kv {
+			err := os.WriteFile(filepath.Join("/proc/sys", k), []byte(v), 0o644)
+			if optional && errors.Is(err, os.ErrNotExist) {
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("sysctl %s=%s in %s: %w", strings.ReplaceAll(k, "/", "."), v, path, err)
+			}
+		}
+		return nil
+	})
+}
+
+// setupLabNetns creates the lab namespace and its bridge.
+func setupLabNetns(lab string) (string, error) {
+	path, err := createNetns(labNetnsName(lab))
+	if err != nil {
+		return "", err
+	}
+	if err := setSysctls(path, hostSysctls, true); err != nil {
+		return path, err
+	}
+	h, err := handleAt(path)
+	if err != nil {
+		return path, err
+	}
+	defer h.Close()
+	if err := linkUp(h, "lo"); err != nil {
+		return path, err
+	}
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: bridgeName}}
+	if err := h.LinkAdd(br); err != nil {
+		return path, fmt.Errorf("add bridge %s: %w", bridgeName, err)
+	}
+	return path, linkUp(h, bridgeName)
+}
+
+func linkUp(h *netlink.Handle, name string) error {
+	l, err := h.LinkByName(name)
+	if err != nil {
+		return fmt.Errorf("link %s: %w", name, err)
+	}
+	if err := h.LinkSetUp(l); err != nil {
+		return fmt.Errorf("set %s up: %w", name, err)
+	}
+	return nil
+}
+
+// setupNodeNetns creates a node's namespace and joins it to the bridge:
+// eth0 with the node's address in the node, its peer on the bridge in the
+// lab namespace.
+func setupNodeNetns(labNs, name, port string, addr netip.Prefix) (string, error) {
+	path, err := createNetns(name)
+	if err != nil {
+		return "", err
+	}
+	if err := setSysctls(path, hostSysctls, true); err != nil {
+		return path, err
+	}
+	if err := setSysctls(path, routerSysctls, false); err != nil {
+		return path, err
+	}
+	nodeNs, err := netns.GetFromPath(path)
+	if err != nil {
+		return path, fmt.Errorf("open netns %s: %w", path, err)
+	}
+	defer func() { _ = nodeNs.Close() }()
+	lh, err := handleAt(labNs)
+	if err != nil {
+		return path, err
+	}
+	defer lh.Close()
+	veth := &netlink.Veth{
+		LinkAttrs:     netlink.LinkAttrs{Name: port},
+		PeerName:      ifaceName,
+		PeerNamespace: netlink.NsFd(nodeNs),
+	}
+	if err := lh.LinkAdd(veth); err != nil {
+		return path, fmt.Errorf("add veth %s to node %s: %w", port, name, err)
+	}
+	br, err := lh.LinkByName(bridgeName)
+	if err != nil {
+		return path, fmt.Errorf("bridge: %w", err)
+	}
+	l, err := lh.LinkByName(port)
+	if err != nil {
+		return path, fmt.Errorf("link %s: %w", port, err)
+	}
+	if err := lh.LinkSetMaster(l, br); err != nil {
+		return path, fmt.Errorf("attach %s to the bridge: %w", port, err)
+	}
+	if err := lh.LinkSetUp(l); err != nil {
+		return path, fmt.Errorf("set %s up: %w", port, err)
+	}
+	nh, err := handleAt(path)
+	if err != nil {
+		return path, err
+	}
+	defer nh.Close()
+	if err := linkUp(nh, "lo"); err != nil {
+		return path, err
+	}
+	eth, err := nh.LinkByName(ifaceName)
+	if err != nil {
+		return path, fmt.Errorf("link %s in %s: %w", ifaceName, name, err)
+	}
+	if err := nh.AddrAdd(eth, &netlink.Addr{IPNet: ipNet(addr)}); err != nil {
+		return path, fmt.Errorf("address %s on %s: %w", addr, name, err)
+	}
+	if err := nh.LinkSetUp(eth); err != nil {
+		return path, fmt.Errorf("set %s up in %s: %w", ifaceName, name, err)
+	}
+	return path, nil
+}
+
+// routeNode installs (or replaces) the route to another node's pod CIDR
+// through that node's address: direct routing.
+func routeNode(nodeNs string, podCIDR netip.Prefix, via netip.Addr) error {
+	h, err := handleAt(nodeNs)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	r := &netlink.Route{Dst: ipNet(podCIDR), Gw: via.AsSlice()}
+	if err := h.RouteReplace(r); err != nil {
+		return fmt.Errorf("route %s via %s in %s: %w", podCIDR, via, nodeNs, err)
+	}
+	return nil
+}
+
+// podLink is what creating a pod's veth gives: the host side's index and
+// MAC, and the pod side's MAC (the AddEndpoint request's fields).
+type podLink struct {
+	IfIndex         int
+	HostMAC, PodMAC net.HardwareAddr
+}
+
+// createPodVeth creates the pod's veth: host side named hostVeth in the
+// node namespace, eth0 in the pod's; both up, and lo in the pod.
+func createPodVeth(nodeNs, podNs, hostVeth string) (podLink, error) {
+	var out podLink
+	pns, err := netns.GetFromPath(podNs)
+	if err != nil {
+		return out, fmt.Errorf("open netns %s: %w", podNs, err)
+	}
+	defer func() { _ = pns.Close() }()
+	nh, err := handleAt(nodeNs)
+	if err != nil {
+		return out, err
+	}
+	defer nh.Close()
+	veth := &netlink.Veth{
+		LinkAttrs:     netlink.LinkAttrs{Name: hostVeth},
+		PeerName:      ifaceName,
+		PeerNamespace: netlink.NsFd(pns),
+	}
+	if err := nh.LinkAdd(veth); err != nil {
+		return out, fmt.Errorf("add veth %s: %w", hostVeth, err)
+	}
+	host, err := nh.LinkByName(hostVeth)
+	if err != nil {
+		return out, fmt.Errorf("link %s: %w", hostVeth, err)
+	}
+	if err := nh.LinkSetUp(host); err != nil {
+		return out, fmt.Errorf("set %s up: %w", hostVeth, err)
+	}
+	out.IfIndex, out.HostMAC = host.Attrs().Index, host.Attrs().HardwareAddr
+	ph, err := handleAt(podNs)
+	if err != nil {
+		return out, err
+	}
+	defer ph.Close()
+	if err := linkUp(ph, "lo"); err != nil {
+		return out, err
+	}
+	eth, err := ph.LinkByName(ifaceName)
+	if err != nil {
+		return out, fmt.Errorf("pod link %s: %w", ifaceName, err)
+	}
+	if err := ph.LinkSetUp(eth); err != nil {
+		return out, fmt.Errorf("set pod %s up: %w", ifaceName, err)
+	}
+	out.PodMAC = eth.Attrs().HardwareAddr
+	return out, nil
+}
+
+// configurePod gives the pod its address and routes, as Calico and
+// Cilium do: ip/32 on eth0, the gateway on-link, the default route through
+// it, and a permanent neighbor entry for the gateway with the host veth's
+// MAC, so the pod never needs an ARP answer from the node.
+func configurePod(podNs string, ip, gw netip.Addr, hostMAC net.HardwareAddr) error {
+	h, err := handleAt(podNs)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	eth, err := h.LinkByName(ifaceName)
+	if err != nil {
+		return fmt.Errorf("pod link %s: %w", ifaceName, err)
+	}
+	idx := eth.Attrs().Index
+	if err := h.AddrAdd(eth, &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(ip, 32))}); err != nil {
+		return fmt.Errorf("pod address %s: %w", ip, err)
+	}
+	if err := h.RouteReplace(&netlink.Route{LinkIndex: idx, Dst: ipNet(netip.PrefixFrom(gw, 32)), Scope: netlink.SCOPE_LINK}); err != nil {
+		return fmt.Errorf("pod route to gateway %s: %w", gw, err)
+	}
+	if err := h.RouteReplace(&netlink.Route{LinkIndex: idx, Gw: gw.AsSlice()}); err != nil {
+		return fmt.Errorf("pod default route via %s: %w", gw, err)
+	}
+	return permanentNeigh(h, idx, gw, hostMAC)
+}
+
+// routePod makes the node deliver the pod's address to its veth, with a
+// permanent neighbor entry for the pod's MAC.
+func routePod(nodeNs, hostVeth string, ip netip.Addr, podMAC net.HardwareAddr) error {
+	h, err := handleAt(nodeNs)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	l, err := h.LinkByName(hostVeth)
+	if err != nil {
+		return fmt.Errorf("link %s: %w", hostVeth, err)
+	}
+	idx := l.Attrs().Index
+	if err := h.RouteReplace(&netlink.Route{LinkIndex: idx, Dst: ipNet(netip.PrefixFrom(ip, 32)), Scope: netlink.SCOPE_LINK}); err != nil {
+		return fmt.Errorf("route %s dev %s: %w", ip, hostVeth, err)
+	}
+	return permanentNeigh(h, idx, ip, podMAC)
+}
+
+func permanentNeigh(h *netlink.Handle, idx int, ip netip.Addr, mac net.HardwareAddr) error {
+	n := &netlink.Neigh{LinkIndex: idx, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT, IP: ip.AsSlice(), HardwareAddr: mac}
+	if err := h.NeighSet(n); err != nil {
+		return fmt.Errorf("neighbor %s lladdr %s: %w", ip, mac, err)
+	}
+	return nil
+}
+
+// deleteLink removes an interface (both ends of a veth); a missing one is
+// not an error.
+func deleteLink(nsPath, name string) error {
+	h, err := handleAt(nsPath)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return err
+	}
+	defer h.Close()
+	l, err := h.LinkByName(name)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return nil
+		}
+		return fmt.Errorf("link %s: %w", name, err)
+	}
+	if err := h.LinkDel(l); err != nil {
+		return fmt.Errorf("delete %s: %w", name, err)
+	}
+	return nil
+}
+
+func ipNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
