@@ -55,8 +55,12 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzDecodeMeta -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./health/
 
 ## generate: the gRPC code in api/ (protoc from Debian's protobuf-compiler
-## 3.21.12; the plugins are pinned in go.mod's tool block). CI fails on a diff.
+## 3.21.12; the plugins are pinned in go.mod's tool block) and the datapath's
+## eBPF object in bpf/ (bpf2go, pinned in go.mod, with Debian bookworm's
+## clang-14 and llvm-strip-14: see bpf/gen.go). CI fails on a diff.
 generate:
+	@command -v clang-14 >/dev/null && command -v llvm-strip-14 >/dev/null || \
+	  { echo "make generate needs clang-14 and llvm-strip-14: apt-get install clang-14 llvm-14"; exit 1; }
 	$(GO) build -o $(BIN)/protoc-gen-go google.golang.org/protobuf/cmd/protoc-gen-go
 	$(GO) build -o $(BIN)/protoc-gen-go-grpc google.golang.org/grpc/cmd/protoc-gen-go-grpc
 	$(GO) generate ./...

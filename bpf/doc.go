@@ -1,7 +1,10 @@
 // Package bpf is meshplane's whole interface to eBPF: the only package that
 // imports github.com/cilium/ebpf. It holds the agent's pinned maps, typed
-// (Map[K, V]), and the binary layout of every key and value, which the
-// datapath's C code shares.
+// (Map[K, V]), the binary layout of every key and value, which the
+// datapath's C code shares, and the datapath itself: the C programs
+// (c/datapath.c, compiled by bpf2go into datapath_bpfel.o), their loader
+// and their tcx attachments (Datapath), conntrack, flow events and
+// counters. docs/datapath.md describes what the programs do to packets.
 //
 // # Pins
 //
@@ -14,6 +17,10 @@
 //	<Dir>/meshplane/<Node>/mp_policy     LPM trie  PolicyKey   -> PolicyValue    endpoint, identity, L4 -> verdict
 //	<Dir>/meshplane/<Node>/mp_services   hash      ServiceKey  -> ServiceValue   frontend, slot -> backend
 //	<Dir>/meshplane/<Node>/mp_backends   hash      BackendKey  -> BackendValue   backend ID -> address
+//	<Dir>/meshplane/<Node>/mp_ct         LRU hash  CTKey       -> CTValue        connection -> state (LoadDatapath)
+//	<Dir>/meshplane/<Node>/mp_flows      ring buffer of flow events (LoadDatapath, FlowReader)
+//	<Dir>/meshplane/<Node>/mp_counters   per-CPU array: direction, drop reason -> packets, bytes (LoadDatapath)
+//	<Dir>/meshplane/<Node>/links/<ifindex>-from-pod, <ifindex>-to-pod   tcx links (Attach)
 //
 // The pin's file name is also the map's kernel name (bpftool map show). The
 // agent creates the maps, the datapath's programs use them through
@@ -21,6 +28,23 @@
 // maps (Map.ID proves it) with their contents: the datapath keeps
 // forwarding while the new agent reads the maps and writes only the
 // difference.
+//
+// # Datapath
+//
+// LoadDatapath loads two programs bound to the maps above; Attach puts
+// from_pod on the tcx ingress and to_pod on the tcx egress of a pod's host
+// veth and pins the links, so the datapath keeps forwarding while no agent
+// runs. A new agent's LoadDatapath reuses the pinned conntrack, flow and
+// counter maps and its Attach swaps the new programs into the pinned links
+// atomically: established connections survive an upgrade. Close releases
+// the agent's file descriptors only; Detach (or RemovePins) removes the
+// programs from a veth. The C sources live in c/: base.h (the kernel ABI
+// the programs need, written out so the object does not depend on the
+// build machine's headers), meshplane.h (this package's types as C
+// structs, checked against the Go types by TestHeaderLayouts and
+// TestHeaderConstants), maps.h, parse.h, conntrack.h, nat.h (service
+// translation and ICMP errors) and datapath.c (counters, flow events,
+// policy and the two programs).
 //
 // # ABI
 //

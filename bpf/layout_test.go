@@ -31,6 +31,10 @@ var abiTypes = []struct {
 	{reflect.TypeFor[ServiceValue](), 12},
 	{reflect.TypeFor[BackendKey](), 4},
 	{reflect.TypeFor[BackendValue](), 24},
+	{reflect.TypeFor[CTKey](), 40},
+	{reflect.TypeFor[CTValue](), 56},
+	{reflect.TypeFor[flowRecord](), flowRecordSize},
+	{reflect.TypeFor[counterValue](), counterValueSize},
 }
 
 func TestABISizes(t *testing.T) {
@@ -45,6 +49,7 @@ func TestABISizes(t *testing.T) {
 		layoutSize[IPCacheKey], layoutSize[IPCacheValue], layoutSize[EndpointKey], layoutSize[EndpointValue],
 		layoutSize[PolicyKey], layoutSize[PolicyValue], layoutSize[ServiceKey], layoutSize[ServiceValue],
 		layoutSize[BackendKey], layoutSize[BackendValue],
+		layoutSize[CTKey], layoutSize[CTValue], layoutSize[flowRecord], layoutSize[counterValue],
 	} {
 		if _, err := check(); err != nil {
 			t.Error(err)
@@ -74,7 +79,8 @@ func TestCLayouts(t *testing.T) {
 	}
 	structs := docStructs(t)
 	var src strings.Builder
-	src.WriteString("typedef unsigned char __u8;\ntypedef unsigned short __u16;\ntypedef unsigned int __u32;\ntypedef __u16 __be16;\n\n")
+	src.WriteString("typedef unsigned char __u8;\ntypedef unsigned short __u16;\ntypedef unsigned int __u32;\n" +
+		"typedef unsigned long long __u64;\ntypedef __u16 __be16;\n\n")
 	for _, a := range abiTypes {
 		c, ok := structs[a.typ.Name()]
 		if !ok {
@@ -115,7 +121,7 @@ type docStruct struct {
 
 var (
 	cStructStart = regexp.MustCompile(`^\s*struct (mp_\w+) \{`)
-	cMember      = regexp.MustCompile(`^\s*(__u8|__u16|__u32|__be16)\s+(\w+)(\[\d+\])?;`)
+	cMember      = regexp.MustCompile(`^\s*(__u8|__u16|__u32|__u64|__be16)\s+(\w+)(\[\d+\])?;`)
 )
 
 // docStructs returns, by Go type name, the C struct in the doc comment of

@@ -26,6 +26,11 @@ const (
 	PolicyMapName    = "mp_policy"
 	ServicesMapName  = "mp_services"
 	BackendsMapName  = "mp_backends"
+
+	// The datapath's own maps (LoadDatapath opens or creates them).
+	CTMapName       = "mp_ct"
+	FlowsMapName    = "mp_flows"
+	CountersMapName = "mp_counters"
 )
 
 // The default MaxEntries of the agent's maps.
@@ -35,7 +40,13 @@ const (
 	DefaultPolicyMax    = 262144
 	DefaultServicesMax  = 65536
 	DefaultBackendsMax  = 65536
+	DefaultCTMax        = 262144
+	// DefaultFlowRingBytes is the default Config.FlowRingBytes: 1 MiB.
+	DefaultFlowRingBytes = 1 << 20
 )
+
+// maxFlowRingBytes bounds Config.FlowRingBytes.
+const maxFlowRingBytes = 1 << 30
 
 // maxMapEntries bounds the configurable map sizes: far above any real need,
 // low enough that a typo does not ask the kernel for gigabytes.
@@ -68,6 +79,15 @@ type Config struct {
 	// BackendsMax is the Backends map's maximum number of backends. Zero
 	// means DefaultBackendsMax (65536).
 	BackendsMax int
+
+	// CTMax is the datapath's conntrack map's maximum number of entries
+	// (see LoadDatapath). It is an LRU hash: when it is full, the least
+	// recently used entries make room. Zero means DefaultCTMax (262144).
+	CTMax int
+	// FlowRingBytes is the size in bytes of the ring buffer that carries
+	// the datapath's flow events to the agent: a power of two and a
+	// multiple of the page size. Zero means DefaultFlowRingBytes (1 MiB).
+	FlowRingBytes int
 }
 
 // Validate reports what is wrong with c, if anything.
@@ -87,9 +107,17 @@ func (c Config) Validate() error {
 		{"PolicyMax", c.PolicyMax},
 		{"ServicesMax", c.ServicesMax},
 		{"BackendsMax", c.BackendsMax},
+		{"CTMax", c.CTMax},
 	} {
 		if s.n < 0 || s.n > maxMapEntries {
 			return fmt.Errorf("bpf config: %s %d: want 1-%d, or 0 for the default", s.name, s.n, maxMapEntries)
+		}
+	}
+	if n := c.FlowRingBytes; n != 0 {
+		page := os.Getpagesize()
+		if n < page || n > maxFlowRingBytes || n&(n-1) != 0 {
+			return fmt.Errorf("bpf config: FlowRingBytes %d: want a power of two from the page size (%d) to %d, or 0 for the default (%d)",
+				n, page, maxFlowRingBytes, DefaultFlowRingBytes)
 		}
 	}
 	return nil
@@ -127,6 +155,8 @@ func (c Config) withDefaults() Config {
 	def(&c.PolicyMax, DefaultPolicyMax)
 	def(&c.ServicesMax, DefaultServicesMax)
 	def(&c.BackendsMax, DefaultBackendsMax)
+	def(&c.CTMax, DefaultCTMax)
+	def(&c.FlowRingBytes, DefaultFlowRingBytes)
 	return c
 }
 
@@ -251,18 +281,29 @@ func openMap[K, V comparable](dir string, d mapDef) (*Map[K, V], error) {
 	if err != nil {
 		return nil, err
 	}
+	em, err := openPinnedSpec(dir, d, uint32(ks), uint32(vs))
+	if err != nil {
+		return nil, err
+	}
+	path := filepath.Join(dir, d.name)
+	fullHint := fmt.Sprintf("Config.%s; the larger map replaces the pinned one (%s) only after that pin is deleted on a drained node", d.knob, path)
+	return newMap[K, V](em, d.name, path, fullHint)
+}
+
+// openPinnedSpec opens the map d, with the given key and value sizes,
+// pinned in dir, or creates and pins it; a pinned map that differs fails
+// with ErrIncompatible.
+func openPinnedSpec(dir string, d mapDef, keySize, valueSize uint32) (*ebpf.Map, error) {
 	spec := &ebpf.MapSpec{
 		Name:       d.name,
 		Type:       d.typ,
-		KeySize:    uint32(ks),
-		ValueSize:  uint32(vs),
+		KeySize:    keySize,
+		ValueSize:  valueSize,
 		MaxEntries: uint32(d.max),
 		Flags:      d.flags,
 		Pinning:    ebpf.PinByName,
 	}
 	path := filepath.Join(dir, d.name)
-	fullHint := fmt.Sprintf("Config.%s; the larger map replaces the pinned one (%s) only after that pin is deleted on a drained node", d.knob, path)
-
 	em, err := ebpf.LoadPinnedMap(path, nil)
 	switch {
 	case err == nil:
@@ -284,7 +325,7 @@ func openMap[K, V comparable](dir string, d mapDef) (*Map[K, V], error) {
 	default:
 		return nil, fmt.Errorf("open pinned map %s: %w", path, classify(err))
 	}
-	return newMap[K, V](em, d.name, path, fullHint)
+	return em, nil
 }
 
 // compatible reports how the pinned map em differs from spec, as an error
@@ -305,11 +346,12 @@ func compatible(em *ebpf.Map, spec *ebpf.MapSpec, path, knob string) error {
 	return nil
 }
 
-// RemovePins deletes the node's pins, cfg.PinDir(). Maps that a loaded
-// program or an open file descriptor still holds live on until those go;
-// nothing can open them by path any more. For tests and for taking a node
-// down for good: a running datapath keeps its maps, but the next OpenMaps
-// creates new, empty ones.
+// RemovePins deletes the node's pins, cfg.PinDir(): the maps, the
+// datapath's maps and its links (links/), which detaches the datapath's
+// programs from every veth. Maps that a loaded program or an open file
+// descriptor still holds live on until those go; nothing can open them by
+// path any more. For tests and for taking a node down for good: the next
+// OpenMaps creates new, empty maps.
 func RemovePins(cfg Config) error {
 	if err := checkNode(cfg.Node); err != nil {
 		return fmt.Errorf("remove pins: %w", err)

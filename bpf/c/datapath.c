@@ -1,0 +1,295 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * meshplane's datapath: two tcx programs on the host side of each pod's
+ * veth.
+ *
+ *   from_pod  tcx ingress of the host veth: what the pod sends, the
+ *             endpoint's egress. Anti-spoofing, service translation
+ *             (DNAT), conntrack, egress policy.
+ *   to_pod    tcx egress of the host veth: what goes into the pod, the
+ *             endpoint's ingress. Reverse translation of replies (SNAT),
+ *             conntrack, ingress policy.
+ *
+ * Neither redirects: they rewrite, pass or drop, and the kernel routes
+ * (pod IPs /32 via their veths, other nodes' pod CIDRs via those nodes).
+ * docs/datapath.md is the reference for what follows; the Go side of every
+ * map and event is in package bpf.
+ */
+#include "base.h"
+#include "meshplane.h"
+#include "maps.h"
+#include "parse.h"
+#include "conntrack.h"
+#include "nat.h"
+
+char _license[] SEC("license") = "Dual BSD/GPL";
+
+static __always_inline void count(__u32 idx, __u32 len)
+{
+	struct mp_counter_value *c = bpf_map_lookup_elem(&mp_counters, &idx);
+
+	if (c) {
+		c->packets++;
+		c->bytes += len;
+	}
+}
+
+static __always_inline void emit(struct __sk_buff *skb, struct ctx *c, __u8 verdict, __u8 reason, __u8 is_reply)
+{
+	struct mp_flow ev = {};
+
+	ev.ktime = bpf_ktime_get_ns();
+	ev.verdict = verdict;
+	ev.reason = reason;
+	ev.direction = c->dir;
+	ev.family = c->p.family;
+	ev.protocol = c->p.proto;
+	ev.tcp_flags = c->p.tcp_flags;
+	ev.is_reply = is_reply;
+	if (c->p.family == MP_FAMILY_IPV4) {
+		*(__be32 *)ev.saddr = c->p.saddr;
+		*(__be32 *)ev.daddr = c->p.daddr;
+	} else if (c->p.family == MP_FAMILY_IPV6) {
+		/* saddr and daddr follow each other in the header and here. */
+		if (bpf_skb_load_bytes(skb, ETH_HLEN + 8, ev.saddr, 32) < 0)
+			ev.family = 0;
+	}
+	if (c->p.has_ports) {
+		ev.sport = c->p.sport;
+		ev.dport = c->p.dport;
+	}
+	if (c->dir == MP_DIR_EGRESS) {
+		ev.src_identity = c->ep_identity;
+		ev.dst_identity = c->remote;
+	} else {
+		ev.src_identity = c->remote;
+		ev.dst_identity = c->ep_identity;
+	}
+	ev.endpoint_id = c->ep_id;
+	ev.ifindex = skb->ifindex;
+	if (c->svc_addr) {
+		ev.svc_family = MP_FAMILY_IPV4;
+		*(__be32 *)ev.svc_addr = c->svc_addr;
+		ev.svc_port = c->svc_port;
+	}
+	/* A full ring loses the event, never the packet. */
+	if (bpf_ringbuf_output(&mp_flows, &ev, sizeof(ev), 0) < 0)
+		count(MP_COUNTER_LOST_FLOWS, 1);
+}
+
+static __always_inline int pass(struct ctx *c)
+{
+	count(MP_COUNTER(c->dir, 0), c->p.len);
+	return TCX_PASS;
+}
+
+static __always_inline int drop(struct __sk_buff *skb, struct ctx *c, __u8 reason, __u8 is_reply)
+{
+	count(MP_COUNTER(c->dir, reason), c->p.len);
+	emit(skb, c, MP_FLOW_DROPPED, reason, is_reply);
+	return TCX_DROP;
+}
+
+static __always_inline __u32 ipcache_identity(__be32 addr)
+{
+	struct mp_ipcache_key k;
+	struct mp_ipcache_value *v;
+
+	/* Field by field: an initializer would become a .rodata copy. */
+	__builtin_memset(&k, 0, sizeof(k));
+	k.prefixlen = 64;
+	k.family = MP_FAMILY_IPV4;
+	*(__be32 *)k.addr = addr;
+	v = bpf_map_lookup_elem(&mp_ipcache, &k);
+	return v ? v->identity : MP_IDENTITY_WORLD;
+}
+
+static __always_inline struct mp_endpoint_value *endpoint(struct mp_endpoint_key *k, __be32 addr)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	k->family = MP_FAMILY_IPV4;
+	*(__be32 *)k->addr = addr;
+	return bpf_map_lookup_elem(&mp_endpoints, k);
+}
+
+/* policy_allows applies the lookup rule documented on bpf.PolicyKey. */
+static __always_inline int policy_allows(struct ctx *c)
+{
+	struct mp_policy_key k = {
+		.prefixlen = MP_POLICY_FULL_PREFIXLEN,
+		.endpoint_id = c->ep_id,
+		.identity = c->remote,
+		.direction = c->dir,
+		.protocol = c->p.proto,
+		.dport = c->p.policy_port,
+	};
+	struct mp_policy_value *v;
+	int allow = 0;
+
+	/* Deny wins; a verdict this datapath does not know counts as Deny. */
+	v = bpf_map_lookup_elem(&mp_policy, &k);
+	if (v) {
+		if (v->verdict != MP_VERDICT_ALLOW)
+			return 0;
+		allow = 1;
+	}
+	k.identity = 0;
+	v = bpf_map_lookup_elem(&mp_policy, &k);
+	if (v) {
+		if (v->verdict != MP_VERDICT_ALLOW)
+			return 0;
+		allow = 1;
+	}
+	if (allow)
+		return 1;
+	if (c->dir == MP_DIR_INGRESS)
+		return !(c->ep_flags & MP_EP_POLICY_INGRESS);
+	return !(c->ep_flags & MP_EP_POLICY_EGRESS);
+}
+
+SEC("tcx/ingress")
+int from_pod(struct __sk_buff *skb)
+{
+	struct ctx c = {.dir = MP_DIR_EGRESS};
+	struct mp_endpoint_key ek;
+	struct mp_endpoint_value *ep;
+	struct mp_ct_value *v;
+	struct mp_ct_key k;
+	__u32 backend_id = 0;
+	__u64 now;
+	int r;
+
+	switch (parse(skb, &c.p)) {
+	case PARSE_NOT_IP:
+		return pass(&c);
+	case PARSE_IPV6:
+		return drop(skb, &c, MP_DROP_UNSUPPORTED_L3, 0);
+	case PARSE_MALFORMED:
+		return drop(skb, &c, MP_DROP_MALFORMED, 0);
+	}
+
+	/* Anti-spoofing: the source must be an endpoint behind this veth. */
+	ep = endpoint(&ek, c.p.saddr);
+	if (!ep || ep->ifindex != skb->ifindex)
+		return drop(skb, &c, MP_DROP_SPOOFED, 0);
+	c.ep_id = ep->endpoint_id;
+	c.ep_identity = ep->identity;
+	c.ep_flags = ep->flags;
+
+	now = bpf_ktime_get_ns();
+	/* Services are TCP, UDP and SCTP: the protocols with ports. */
+	if (c.p.has_ports) {
+		r = service_translate(skb, &c, now, &backend_id);
+		if (r)
+			return drop(skb, &c, r, 0);
+	}
+
+	/* The pod answers a connection that came in. */
+	ct_key4(&k, MP_CT_IN, c.p.proto, c.p.daddr, c.p.saddr, c.p.dport, c.p.sport);
+	v = ct_lookup(&k, now);
+	if (v && c.p.kind == PKT_TRACKED) {
+		ct_touch(v, &c.p, now, 1);
+		return pass(&c);
+	}
+	/* A packet of a connection the pod opened. */
+	ct_key4(&k, MP_CT_OUT, c.p.proto, c.p.saddr, c.p.daddr, c.p.sport, c.p.dport);
+	v = ct_lookup(&k, now);
+	if (v && c.p.kind == PKT_TRACKED && !reopens(v, &c.p)) {
+		ct_touch(v, &c.p, now, 0);
+		return pass(&c);
+	}
+	if (c.p.kind == PKT_ICMP_ERROR) {
+		r = icmp_related(skb, &c, now);
+		if (r > 0)
+			return pass(&c);
+		if (r < 0)
+			return drop(skb, &c, -r, 1);
+	}
+
+	/* New: policy, then a conntrack entry. */
+	c.remote = ipcache_identity(c.p.daddr);
+	if (!policy_allows(&c))
+		return drop(skb, &c, MP_DROP_POLICY, 0);
+	if (c.p.kind != PKT_TRACKED)
+		return pass(&c);
+	if (backend_id) {
+		struct mp_ct_key sk;
+		struct mp_ct_value sv = {.created = now, .last_seen = now, .backend_id = backend_id};
+
+		ct_key4(&sk, MP_CT_SERVICE, c.p.proto, c.p.saddr, c.svc_addr, c.p.sport, c.svc_port);
+		if (bpf_map_update_elem(&mp_ct, &sk, &sv, BPF_ANY) < 0)
+			return drop(skb, &c, MP_DROP_CT_FULL, 0);
+	}
+	if (ct_create(&k, &c.p, now, backend_id, c.svc_addr, c.svc_port) < 0)
+		return drop(skb, &c, MP_DROP_CT_FULL, 0);
+	emit(skb, &c, MP_FLOW_FORWARDED, 0, 0);
+	return pass(&c);
+}
+
+SEC("tcx/egress")
+int to_pod(struct __sk_buff *skb)
+{
+	struct ctx c = {.dir = MP_DIR_INGRESS};
+	struct mp_endpoint_key ek;
+	struct mp_endpoint_value *ep;
+	struct mp_ct_value *v;
+	struct mp_ct_key k;
+	__u64 now;
+	int r;
+
+	switch (parse(skb, &c.p)) {
+	case PARSE_NOT_IP:
+		return pass(&c);
+	case PARSE_IPV6:
+		return drop(skb, &c, MP_DROP_UNSUPPORTED_L3, 0);
+	case PARSE_MALFORMED:
+		return drop(skb, &c, MP_DROP_MALFORMED, 0);
+	}
+
+	ep = endpoint(&ek, c.p.daddr);
+	if (!ep || ep->ifindex != skb->ifindex)
+		return drop(skb, &c, MP_DROP_UNKNOWN_ENDPOINT, 0);
+	c.ep_id = ep->endpoint_id;
+	c.ep_identity = ep->identity;
+	c.ep_flags = ep->flags;
+
+	now = bpf_ktime_get_ns();
+	/* A reply to a connection the pod opened: translated back if it
+	 * went to a service. */
+	ct_key4(&k, MP_CT_OUT, c.p.proto, c.p.daddr, c.p.saddr, c.p.dport, c.p.sport);
+	v = ct_lookup(&k, now);
+	if (v && c.p.kind == PKT_TRACKED) {
+		ct_touch(v, &c.p, now, 1);
+		if (v->nat_family == MP_FAMILY_IPV4) {
+			r = rewrite(skb, &c.p, 0, *(__be32 *)v->nat_addr, v->nat_port);
+			if (r)
+				return drop(skb, &c, r, 1);
+		}
+		return pass(&c);
+	}
+	/* A packet of a connection into the pod. */
+	ct_key4(&k, MP_CT_IN, c.p.proto, c.p.saddr, c.p.daddr, c.p.sport, c.p.dport);
+	v = ct_lookup(&k, now);
+	if (v && c.p.kind == PKT_TRACKED && !reopens(v, &c.p)) {
+		ct_touch(v, &c.p, now, 0);
+		return pass(&c);
+	}
+	if (c.p.kind == PKT_ICMP_ERROR) {
+		r = icmp_related(skb, &c, now);
+		if (r > 0)
+			return pass(&c);
+		if (r < 0)
+			return drop(skb, &c, -r, 1);
+	}
+
+	c.remote = ipcache_identity(c.p.saddr);
+	if (!policy_allows(&c))
+		return drop(skb, &c, MP_DROP_POLICY, 0);
+	if (c.p.kind != PKT_TRACKED)
+		return pass(&c);
+	if (ct_create(&k, &c.p, now, 0, 0, 0) < 0)
+		return drop(skb, &c, MP_DROP_CT_FULL, 0);
+	emit(skb, &c, MP_FLOW_FORWARDED, 0, 0);
+	return pass(&c);
+}
+

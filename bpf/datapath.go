@@ -1,0 +1,429 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+)
+
+// linksSubdir is the directory beside the maps that holds the pinned tcx
+// links, <ifindex>-from-pod and <ifindex>-to-pod.
+const linksSubdir = "links"
+
+// The two programs and where each is attached on a pod's host veth.
+var attachments = []struct {
+	suffix string // of the link's pin
+	attach ebpf.AttachType
+	prog   func(d *Datapath) *ebpf.Program
+}{
+	// What the pod sends arrives at the host veth's ingress.
+	{"from-pod", ebpf.AttachTCXIngress, func(d *Datapath) *ebpf.Program { return d.fromPod }},
+	// What goes into the pod leaves through the host veth's egress.
+	{"to-pod", ebpf.AttachTCXEgress, func(d *Datapath) *ebpf.Program { return d.toPod }},
+}
+
+// Datapath is the datapath's programs loaded into the kernel, bound to the
+// agent's maps, and the datapath's own maps: conntrack (mp_ct), flow events
+// (mp_flows) and counters (mp_counters), pinned beside the agent's.
+//
+// Attachments are tcx links pinned under <PinDir>/links, so the programs
+// keep running when the Datapath is closed or the agent exits; a new
+// agent's Attach swaps its programs in atomically. All methods may be
+// called concurrently; Close waits for calls in progress.
+type Datapath struct {
+	cfg      Config // with defaults
+	linksDir string
+
+	mu       sync.RWMutex // mu guards the fields below: nil once closed
+	fromPod  *ebpf.Program
+	toPod    *ebpf.Program
+	ct       *Map[CTKey, CTValue]
+	flows    *ebpf.Map
+	counters *ebpf.Map
+}
+
+// datapathMapDefs returns the definitions of the datapath's own maps for c
+// (with defaults). The conntrack map is an LRU hash, preallocated as LRU
+// maps always are.
+func (c Config) datapathMapDefs() (ct, flows, counters mapDef) {
+	return mapDef{CTMapName, ebpf.LRUHash, 0, c.CTMax, "CTMax"},
+		mapDef{FlowsMapName, ebpf.RingBuf, 0, c.FlowRingBytes, "FlowRingBytes"},
+		mapDef{CountersMapName, ebpf.PerCPUArray, 0, countersMax, "(none: it is fixed)"}
+}
+
+// The layout of mp_counters (MP_COUNTER in C): index direction*32 + reason,
+// index 0 the flow events lost.
+const (
+	countersMax     = 3 * maxDropReason
+	counterLostFlow = 0
+)
+
+// LoadDatapath loads the datapath's programs, bound to the agent's maps m
+// (as OpenMaps returns them for the same cfg), and opens the datapath's
+// own maps pinned in cfg.PinDir(), creating those that are absent, under
+// the rules of OpenMaps: a pinned map is reused with its contents (so
+// connections tracked by a previous agent's programs survive), and one
+// that differs from what cfg wants fails with ErrIncompatible. Without the
+// privileges or kernel features it fails with ErrNotSupported; a program
+// the kernel's verifier rejects fails with the verifier's log.
+//
+// Loading attaches nothing: see Attach.
+func LoadDatapath(cfg Config, m *Maps) (*Datapath, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("load datapath: %w", err)
+	}
+	if m == nil || m.IPCache == nil || m.Endpoints == nil || m.Policy == nil || m.Services == nil || m.Backends == nil {
+		return nil, errors.New("load datapath: the agent's maps are missing: pass what OpenMaps returned")
+	}
+	cfg = cfg.withDefaults()
+	if err := CheckSupport(cfg.Dir); err != nil {
+		return nil, fmt.Errorf("load datapath: %w", err)
+	}
+	dir := cfg.PinDir()
+	d := &Datapath{cfg: cfg, linksDir: filepath.Join(dir, linksSubdir)}
+	if err := os.MkdirAll(d.linksDir, 0o755); err != nil {
+		return nil, fmt.Errorf("load datapath: create pin directory: %w", classify(err))
+	}
+
+	ct, flows, counters := cfg.datapathMapDefs()
+	var err error
+	if d.ct, err = openMap[CTKey, CTValue](dir, ct); err != nil {
+		return nil, fmt.Errorf("load datapath: %w", errors.Join(err, d.Close()))
+	}
+	if d.flows, err = openPinnedSpec(dir, flows, 0, 0); err != nil {
+		return nil, fmt.Errorf("load datapath: %w", errors.Join(err, d.Close()))
+	}
+	if d.counters, err = openPinnedSpec(dir, counters, 4, uint32(counterValueSize)); err != nil {
+		return nil, fmt.Errorf("load datapath: %w", errors.Join(err, d.Close()))
+	}
+	if err := d.load(m); err != nil {
+		return nil, fmt.Errorf("load datapath: %w", errors.Join(err, d.Close()))
+	}
+	return d, nil
+}
+
+// counterValueSize is the size of a counterValue (TestABISizes pins it).
+const counterValueSize = 16
+
+// load loads the programs with the maps of m and d.
+func (d *Datapath) load(m *Maps) error {
+	spec, err := loadDp()
+	if err != nil {
+		return err
+	}
+	repl := make(map[string]*ebpf.Map)
+	defer func() {
+		for _, em := range repl {
+			_ = em.Close()
+		}
+	}()
+	clones := []struct {
+		name  string
+		clone func() (*ebpf.Map, error)
+	}{
+		{IPCacheMapName, m.IPCache.clone},
+		{EndpointsMapName, m.Endpoints.clone},
+		{PolicyMapName, m.Policy.clone},
+		{ServicesMapName, m.Services.clone},
+		{BackendsMapName, m.Backends.clone},
+		{CTMapName, d.ct.clone},
+		{FlowsMapName, d.flows.Clone},
+		{CountersMapName, d.counters.Clone},
+	}
+	for _, c := range clones {
+		em, err := c.clone()
+		if err != nil {
+			return fmt.Errorf("map %s: %w", c.name, err)
+		}
+		repl[c.name] = em
+		ms, ok := spec.Maps[c.name]
+		if !ok {
+			return fmt.Errorf("the datapath object has no map %s", c.name)
+		}
+		// The object's sizes are placeholders: the pinned maps are sized by
+		// Config.
+		ms.MaxEntries = em.MaxEntries()
+	}
+	var progs dpPrograms
+	if err := spec.LoadAndAssign(&progs, &ebpf.CollectionOptions{MapReplacements: repl}); err != nil {
+		return fmt.Errorf("load programs: %w", classify(err))
+	}
+	d.fromPod, d.toPod = progs.FromPod, progs.ToPod
+	return nil
+}
+
+// clone returns a new fd of the map, which the caller closes.
+func (m *Map[K, V]) clone() (*ebpf.Map, error) {
+	var c *ebpf.Map
+	err := m.do(func(em *ebpf.Map) error {
+		var err error
+		c, err = em.Clone()
+		return err
+	})
+	return c, err
+}
+
+// Close closes the programs and the datapath's file descriptors. The
+// pinned links and maps stay, so attached veths keep forwarding with these
+// programs until a new Datapath's Attach replaces them or Detach removes
+// them. It may be called more than once.
+func (d *Datapath) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var errs []error
+	for _, c := range []interface{ Close() error }{d.fromPod, d.toPod, d.flows, d.counters} {
+		// Typed nils (what a failed LoadDatapath leaves) close as no-ops.
+		errs = append(errs, c.Close())
+	}
+	if d.ct != nil {
+		errs = append(errs, d.ct.Close())
+	}
+	d.fromPod, d.toPod, d.flows, d.counters, d.ct = nil, nil, nil, nil, nil
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("close datapath: %w", err)
+	}
+	return nil
+}
+
+// open runs fn under the read lock, or fails if the Datapath is closed.
+func (d *Datapath) open(fn func() error) error {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	if d.fromPod == nil {
+		return os.ErrClosed
+	}
+	return fn()
+}
+
+// linkPin returns the pin path of the link of suffix on ifindex.
+func (d *Datapath) linkPin(ifindex int, suffix string) string {
+	return filepath.Join(d.linksDir, strconv.Itoa(ifindex)+"-"+suffix)
+}
+
+// Attach attaches the programs to the host side of a pod's veth, ifindex
+// in the network namespace of the calling thread (the node's: lock the OS
+// thread and switch before calling). The links are pinned under
+// <PinDir>/links so that the datapath outlives the agent.
+//
+// Attach is idempotent. Where links are pinned already (a previous agent's,
+// or this one's), it swaps this Datapath's programs into them atomically
+// (BPF_LINK_UPDATE): no packet goes unprocessed and, since conntrack lives
+// in a pinned map, established connections survive. A pin whose link no
+// longer points at ifindex (the veth is gone and its index reused) is
+// replaced. If attaching the second program fails the first stays
+// attached; calling Attach again completes it, Detach undoes it.
+func (d *Datapath) Attach(ifindex int) error {
+	if ifindex <= 0 {
+		return fmt.Errorf("attach datapath: ifindex %d: want an interface index", ifindex)
+	}
+	err := d.open(func() error {
+		for _, a := range attachments {
+			if err := d.attach(ifindex, a.suffix, a.attach, a.prog(d)); err != nil {
+				return fmt.Errorf("%s: %w", a.suffix, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("attach datapath to ifindex %d: %w", ifindex, err)
+	}
+	return nil
+}
+
+func (d *Datapath) attach(ifindex int, suffix string, at ebpf.AttachType, prog *ebpf.Program) error {
+	path := d.linkPin(ifindex, suffix)
+	l, err := link.LoadPinnedLink(path, nil)
+	switch {
+	case err == nil:
+		info, err := l.Info()
+		if err != nil {
+			// Not knowing what it is, leave it: replacing a live link
+			// would leave the veth without programs for a moment.
+			return errors.Join(fmt.Errorf("pinned link %s: %w", path, err), l.Close())
+		}
+		if tcx := info.TCX(); tcx != nil && int(tcx.Ifindex) == ifindex && ebpf.AttachType(tcx.AttachType) == at {
+			if err := l.Update(prog); err != nil {
+				return errors.Join(fmt.Errorf("update pinned link %s: %w", path, err), l.Close())
+			}
+			return l.Close()
+		}
+		// Stale: the interface it was attached to is gone (the kernel
+		// reports ifindex 0) and its index reused. Unpinning and closing
+		// the last reference releases it.
+		if err := errors.Join(l.Unpin(), l.Close()); err != nil {
+			return fmt.Errorf("remove stale link %s: %w", path, err)
+		}
+	case errors.Is(err, os.ErrNotExist):
+	default:
+		return fmt.Errorf("open pinned link %s: %w", path, classify(err))
+	}
+
+	l, err = link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: prog, Attach: at})
+	if errors.Is(err, unix.ENODEV) {
+		return fmt.Errorf("no interface with index %d in this thread's network namespace: %w", ifindex, err)
+	}
+	if err != nil {
+		return classify(err)
+	}
+	if err := l.Pin(path); err != nil {
+		// A concurrent Attach pinned its link first; closing ours detaches
+		// the duplicate.
+		return errors.Join(fmt.Errorf("pin link %s: %w", path, err), l.Close())
+	}
+	return l.Close()
+}
+
+// Detach detaches the programs from ifindex by removing the pinned links
+// (in any network namespace: the pins name the links). Links that are not
+// there are no error.
+func (d *Datapath) Detach(ifindex int) error {
+	var errs []error
+	for _, a := range attachments {
+		path := d.linkPin(ifindex, a.suffix)
+		l, err := link.LoadPinnedLink(path, nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("open pinned link %s: %w", path, classify(err)))
+			continue
+		}
+		// Closing our fd last makes the release, and so the detach,
+		// synchronous: the unpin alone would free the link from a
+		// workqueue.
+		errs = append(errs, l.Unpin(), l.Close())
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("detach datapath from ifindex %d: %w", ifindex, err)
+	}
+	return nil
+}
+
+// Attached returns the ifindexes with a pinned link, in ascending order:
+// what Attach attached and Detach did not remove, by this agent or an
+// earlier one. Links of veths that are gone stay pinned (and inert) until
+// Detach.
+func (d *Datapath) Attached() ([]int, error) {
+	entries, err := os.ReadDir(d.linksDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list attached: %w", err)
+	}
+	var out []int
+	for _, e := range entries {
+		for _, a := range attachments {
+			s, ok := strings.CutSuffix(e.Name(), "-"+a.suffix)
+			if !ok {
+				continue
+			}
+			if i, err := strconv.Atoi(s); err == nil && i > 0 {
+				out = append(out, i)
+			}
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out), nil
+}
+
+// Flows returns a reader of the flow events. Keep one reader at a time:
+// see FlowReader.
+func (d *Datapath) Flows() (*FlowReader, error) {
+	var r *FlowReader
+	err := d.open(func() error {
+		var err error
+		r, err = newFlowReader(d.flows)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("datapath: %w", err)
+	}
+	return r, nil
+}
+
+// Counters returns the packets and bytes the datapath handled per
+// direction and drop reason (NotDropped: forwarded), summed over CPUs,
+// the non-zero ones only, in direction and reason order. They count from
+// the counters map's creation: they survive agent restarts.
+func (d *Datapath) Counters() ([]Counter, error) {
+	var out []Counter
+	err := d.open(func() error {
+		var vals []counterValue
+		for _, dir := range []Direction{Ingress, Egress} {
+			for reason := range maxDropReason {
+				idx := uint32(int(dir)*maxDropReason + reason)
+				if err := d.counters.Lookup(idx, &vals); err != nil {
+					return fmt.Errorf("look up %d: %w", idx, err)
+				}
+				c := Counter{Direction: dir, Reason: DropReason(reason)}
+				for _, v := range vals {
+					c.Packets += v.Packets
+					c.Bytes += v.Bytes
+				}
+				if c.Packets != 0 || c.Bytes != 0 {
+					out = append(out, c)
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("datapath counters: %w", err)
+	}
+	return out, nil
+}
+
+// FlowsLost returns how many flow events the datapath could not write
+// because the ring buffer was full (the reader was too slow; raise
+// Config.FlowRingBytes). The packets were handled all the same.
+func (d *Datapath) FlowsLost() (uint64, error) {
+	var n uint64
+	err := d.open(func() error {
+		var vals []counterValue
+		if err := d.counters.Lookup(uint32(counterLostFlow), &vals); err != nil {
+			return err
+		}
+		for _, v := range vals {
+			n += v.Packets
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("datapath flows lost: %w", err)
+	}
+	return n, nil
+}
+
+// CTCount returns the number of entries in the conntrack map, expired
+// ones that LRU eviction has not reclaimed yet included. It walks the map.
+func (d *Datapath) CTCount() (int, error) {
+	var n int
+	err := d.open(func() error {
+		var err error
+		n, err = d.ct.Count()
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("datapath conntrack: %w", err)
+	}
+	return n, nil
+}
+
+// Conntrack returns the conntrack map, for inspection (meshctl, tests that
+// age entries). It belongs to d: Close closes it, and after Close
+// Conntrack returns nil.
+func (d *Datapath) Conntrack() *Map[CTKey, CTValue] {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	return d.ct
+}
