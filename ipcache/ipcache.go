@@ -27,6 +27,17 @@ type Entry struct {
 	// Namespace and Pod name the workload, for display.
 	Namespace string `json:"namespace,omitempty"`
 	Pod       string `json:"pod,omitempty"`
+	// Ports are the pod's named container ports: a policy's named egress
+	// port resolves against those of every pod.
+	Ports []NamedPort `json:"ports,omitempty"`
+}
+
+// NamedPort is a named container port.
+type NamedPort struct {
+	Name string `json:"name"`
+	Port uint16 `json:"port"`
+	// Protocol is the IP protocol number (6 TCP, 17 UDP, 132 SCTP).
+	Protocol uint8 `json:"protocol"`
 }
 
 // KeyOf is the key of ip relative to the endpoints/ prefix.
@@ -51,6 +62,11 @@ func Decode(key string, value []byte) (Entry, error) {
 	}
 	if e.Node == "" || strings.ContainsAny(e.Node, "/ \n") {
 		return e, fmt.Errorf("%w: %s: node %q is not a node name", ErrInvalid, key, e.Node)
+	}
+	for _, p := range e.Ports {
+		if p.Name == "" || p.Port == 0 || p.Protocol == 0 {
+			return e, fmt.Errorf("%w: %s: named port %+v: want a name, a port and a protocol", ErrInvalid, key, p)
+		}
 	}
 	return e, nil
 }

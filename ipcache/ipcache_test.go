@@ -3,12 +3,14 @@ package ipcache
 import (
 	"errors"
 	"net/netip"
+	"reflect"
 	"testing"
 )
 
 func TestDecode(t *testing.T) {
-	good := Entry{IP: netip.MustParseAddr("10.0.0.1"), Identity: 70000, Node: "n1", Namespace: "a", Pod: "p"}
-	if got, err := Decode("10.0.0.1", good.Encode()); err != nil || got != good {
+	good := Entry{IP: netip.MustParseAddr("10.0.0.1"), Identity: 70000, Node: "n1", Namespace: "a", Pod: "p",
+		Ports: []NamedPort{{Name: "http", Port: 80, Protocol: 6}}}
+	if got, err := Decode("10.0.0.1", good.Encode()); err != nil || !reflect.DeepEqual(got, good) {
 		t.Fatalf("Decode(Encode) = %+v, %v", got, err)
 	}
 	tests := map[string]struct {
@@ -18,6 +20,7 @@ func TestDecode(t *testing.T) {
 		"key not an IP":   {"10.0.0", `{"ip":"10.0.0.1","identity":1,"node":"n"}`},
 		"key mismatch":    {"10.0.0.2", `{"ip":"10.0.0.1","identity":1,"node":"n"}`},
 		"no identity":     {"10.0.0.1", `{"ip":"10.0.0.1","node":"n"}`},
+		"nameless port":   {"10.0.0.1", `{"ip":"10.0.0.1","identity":1,"node":"n","ports":[{"port":80,"protocol":6}]}`},
 		"bad node":        {"10.0.0.1", `{"ip":"10.0.0.1","identity":1,"node":"a/b"}`},
 		"not JSON":        {"10.0.0.1", `x`},
 		"identity string": {"10.0.0.1", `{"ip":"10.0.0.1","identity":"x","node":"n"}`},
@@ -42,7 +45,7 @@ func FuzzDecode(f *testing.F) {
 			return
 		}
 		again, err := Decode(key, e.Encode())
-		if err != nil || again != e {
+		if err != nil || !reflect.DeepEqual(again, e) {
 			t.Fatalf("round trip: %+v, %v (was %+v)", again, err, e)
 		}
 	})

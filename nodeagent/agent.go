@@ -28,6 +28,7 @@ import (
 	"github.com/meshplane/meshplane/kvstore/nodecidr"
 	"github.com/meshplane/meshplane/labels"
 	"github.com/meshplane/meshplane/nodeagent/reconciler"
+	"github.com/meshplane/meshplane/policy"
 	"github.com/meshplane/meshplane/service"
 )
 
@@ -48,6 +49,9 @@ type Agent struct {
 	recs   []mapReconciler // set up by Run before it publishes started
 	mirror *mirror
 	eps    *endpoints
+	pol    *policyState
+	dp     *datapath
+	flows  *flowHub
 	met    *metrics
 
 	// Set once, as Run gets that far; read by the API (nil before).
@@ -60,6 +64,7 @@ type Agent struct {
 	nodesC  atomic.Pointer[kvstore.Cache[nodecidr.NodeRecord]]
 	epC     atomic.Pointer[kvstore.Cache[ipcache.Entry]]
 	svcC    atomic.Pointer[kvstore.Cache[service.Service]]
+	polC    atomic.Pointer[kvstore.Cache[*policy.Policy]]
 	ready   atomic.Bool // caches delivered, tables marked ready
 	// started is set once Run has built the maps and reconcilers: Status
 	// reads them only after.
@@ -104,16 +109,29 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	if err := bpf.CheckSupport(a.cfg.BPFFS); err != nil {
 		return err
 	}
-	maps, err := bpf.OpenMaps(bpf.Config{
+	bcfg := bpf.Config{
 		Dir: a.cfg.BPFFS, Node: a.cfg.Node,
 		IPCacheMax: a.cfg.IPCacheMax, EndpointsMax: a.cfg.EndpointsMax, PolicyMax: a.cfg.PolicyMax,
 		ServicesMax: a.cfg.ServicesMax, BackendsMax: a.cfg.BackendsMax,
-	})
+	}
+	maps, err := bpf.OpenMaps(bcfg)
 	if err != nil {
 		return err
 	}
 	a.maps = maps
 	defer func() { err = errors.Join(err, maps.Close()) }()
+	a.dp = &datapath{log: a.log, attached: make(map[uint32]int), errs: make(map[uint32]error)}
+	a.flows = newFlowHub()
+	if a.cfg.Datapath == DatapathEBPF {
+		dp, err := bpf.LoadDatapath(bcfg, maps)
+		if err != nil {
+			return fmt.Errorf("load the datapath: %w", err)
+		}
+		// Closing the programs' handles keeps them running: the links
+		// are pinned.
+		defer func() { err = errors.Join(err, dp.Close()) }()
+		a.dp.dp = dp
+	}
 	if err := os.MkdirAll(a.cfg.StateDir, 0o700); err != nil {
 		return fmt.Errorf("state dir: %w", err)
 	}
@@ -129,6 +147,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	for _, r := range a.recs {
 		g.Go(func() error { return r.run(gctx) })
 	}
+	g.Go(func() error { return a.readFlows(gctx) })
 	fail := func(err error) error {
 		cancel()
 		return errors.Join(err, g.Wait(), a.shutdown())
@@ -185,10 +204,21 @@ func (a *Agent) buildMirror() error {
 		return err
 	}
 	a.mirror.seed(svcs, bes)
-	a.eps = newEndpoints(filepath.Join(a.cfg.StateDir, "endpoints"), a.epT)
+	a.pol = newPolicyState(a.cfg.Cluster, a.epT, a.polT, a.mirror.setCIDR)
+	pinnedEPs, err := readAll(a.maps.Endpoints)
+	if err != nil {
+		return err
+	}
+	a.eps = newEndpoints(filepath.Join(a.cfg.StateDir, "endpoints"), a.cfg.Cluster, a.cfg.LabelFilter, a)
 	if err := a.eps.load(); err != nil {
 		return err
 	}
+	// Until the policies are read, every endpoint keeps the enforcement
+	// it has in the pinned map.
+	for _, v := range pinnedEPs {
+		a.pol.seedFlags(v.EndpointID, v.Flags)
+	}
+	a.dp.prune()
 	// The endpoints map needs nothing from etcd: it is right as soon as
 	// the state files are read.
 	a.epT.MarkReady()
@@ -264,6 +294,7 @@ func (a *Agent) runControl(ctx context.Context, g *errgroup.Group) error {
 	if err != nil {
 		return err
 	}
+	ids.Subscribe(identityHandler{a.pol})
 	a.ids.Store(ids)
 	g.Go(func() error { return ignoreCanceled(ids.Run(ctx)) })
 
@@ -278,7 +309,8 @@ func (a *Agent) runControl(ctx context.Context, g *errgroup.Group) error {
 	// The tables fed from etcd may prune only once every cache has handed
 	// its first list to the mirror: before that, an entry missing from
 	// the table may just not be loaded yet.
-	for _, ch := range []<-chan struct{}{a.nodesC.Load().Delivered(), a.epC.Load().Delivered(), a.svcC.Load().Delivered()} {
+	for _, ch := range []<-chan struct{}{a.nodesC.Load().Delivered(), a.epC.Load().Delivered(), a.svcC.Load().Delivered(),
+		a.polC.Load().Delivered(), ids.Delivered()} {
 		select {
 		case <-ch:
 		case <-ctx.Done():
@@ -289,6 +321,7 @@ func (a *Agent) runControl(ctx context.Context, g *errgroup.Group) error {
 	a.ipcT.MarkReady()
 	a.beT.MarkReady()
 	a.svcT.MarkReady()
+	a.pol.markSynced()
 	a.polT.MarkReady()
 	a.ready.Store(true)
 	a.log.Info("agent synced", "node", a.cfg.Node, "podCIDRs", cidrs, "took", time.Since(a.start))
@@ -460,6 +493,16 @@ func (a *Agent) startCaches(ctx context.Context, g *errgroup.Group) error {
 		return err
 	}
 	svcC.Subscribe(serviceHandler{a.mirror})
+	epC.Subscribe(namedPortHandler{a.pol})
+	polC, err := kvstore.NewCache(client, kvstore.CacheConfig[*policy.Policy]{
+		Prefix: a.keys.PoliciesPrefix(), Decode: decodePolicy, OnInvalid: onInvalid("policies"),
+	})
+	if err != nil {
+		return err
+	}
+	polC.Subscribe(policyHandler{a.pol})
+	a.polC.Store(polC)
+	g.Go(func() error { return ignoreCanceled(polC.Run(ctx)) })
 	a.nodesC.Store(nodesC)
 	a.epC.Store(epC)
 	a.svcC.Store(svcC)
@@ -475,7 +518,7 @@ func (a *Agent) startCaches(ctx context.Context, g *errgroup.Group) error {
 // expired while the agent was down.
 func (a *Agent) restoreEndpoints(ctx context.Context) {
 	for _, ep := range a.eps.list() {
-		set, err := ep.labelSet(a.cfg.LabelFilter)
+		set, err := ep.labelSet(a.cfg.Cluster, a.cfg.LabelFilter)
 		if err != nil {
 			continue
 		}
@@ -490,7 +533,7 @@ func (a *Agent) restoreEndpoints(ctx context.Context) {
 			a.log.Warn("endpoint's identity changed while the agent was down", "endpoint", ep.owner(), "old", ep.Identity, "new", id)
 		}
 		for _, ip := range ep.IPs {
-			if err := a.publish(ctx, ipcache.Entry{IP: ip, Identity: id, Namespace: ep.Namespace, Pod: ep.Pod}); err != nil && ctx.Err() == nil {
+			if err := a.publish(ctx, ipcache.Entry{IP: ip, Identity: id, Namespace: ep.Namespace, Pod: ep.Pod, Ports: ep.namedPorts()}); err != nil && ctx.Err() == nil {
 				a.log.Error("cannot restore an endpoint's ipcache entry", "endpoint", ep.owner(), "ip", ip, "err", err)
 			}
 		}
@@ -575,8 +618,7 @@ func writeLease(path string, lease kvstore.LeaseID) error {
 
 // --- endpointDeps ---
 
-func (a *Agent) families() []ipam.Family     { return a.cfg.Families }
-func (a *Agent) labelFilter() *labels.Filter { return a.cfg.LabelFilter }
+func (a *Agent) families() []ipam.Family { return a.cfg.Families }
 
 func (a *Agent) allocateIP(owner string, f ipam.Family) (netip.Addr, netip.Prefix, error) {
 	ips := a.ips.Load()

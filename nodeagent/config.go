@@ -107,6 +107,9 @@ type Config struct {
 	// PruneInterval is how often each map is compared in full against the
 	// desired state. Zero means DefaultPruneInterval.
 	PruneInterval time.Duration
+	// Datapath is DatapathEBPF (load and attach the TC programs; empty
+	// means it) or DatapathNone (fill the maps only).
+	Datapath string
 	// LabelFilter drops labels that do not describe a workload from
 	// endpoint label sets. Nil means the default filter.
 	LabelFilter *labels.Filter
@@ -193,6 +196,13 @@ func (c *Config) Validate() error {
 	}
 	if c.PruneInterval < 0 {
 		return fmt.Errorf("%w: prune interval must be positive", ErrConfig)
+	}
+	switch c.Datapath {
+	case "":
+		c.Datapath = DatapathEBPF
+	case DatapathEBPF, DatapathNone:
+	default:
+		return fmt.Errorf("%w: datapath %q: use %q or %q", ErrConfig, c.Datapath, DatapathEBPF, DatapathNone)
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

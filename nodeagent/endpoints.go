@@ -21,7 +21,7 @@ import (
 	"github.com/meshplane/meshplane/ipam/podip"
 	"github.com/meshplane/meshplane/ipcache"
 	"github.com/meshplane/meshplane/labels"
-	"github.com/meshplane/meshplane/nodeagent/reconciler"
+	"github.com/meshplane/meshplane/policy"
 )
 
 // ErrInvalidEndpoint is wrapped by AddEndpoint's input errors.
@@ -40,6 +40,31 @@ type EndpointSpec struct {
 	// MAC is the pod side's address; NodeMAC the host side's.
 	MAC     string `json:"mac,omitempty"`
 	NodeMAC string `json:"nodeMAC,omitempty"`
+	// NamespaceLabels are the labels of the pod's namespace (identity
+	// labels, for namespaceSelector).
+	NamespaceLabels map[string]string `json:"namespaceLabels,omitempty"`
+	// Ports are the pod's container ports (named ones resolve named ports
+	// in policies).
+	Ports []ContainerPort `json:"ports,omitempty"`
+}
+
+// ContainerPort is a port a pod's container declares.
+type ContainerPort struct {
+	Name string `json:"name,omitempty"`
+	Port uint16 `json:"port"`
+	// Protocol is the IP protocol number: 6 (TCP), 17 (UDP) or 132 (SCTP).
+	Protocol uint8 `json:"protocol"`
+}
+
+// namedPorts are the ports with a name, as the ipcache publishes them.
+func (s EndpointSpec) namedPorts() []ipcache.NamedPort {
+	var out []ipcache.NamedPort
+	for _, p := range s.Ports {
+		if p.Name != "" {
+			out = append(out, ipcache.NamedPort{Name: p.Name, Port: p.Port, Protocol: p.Protocol})
+		}
+	}
+	return out
 }
 
 // Endpoint is a local pod as the agent keeps it: the spec plus what it
@@ -57,7 +82,10 @@ type Endpoint struct {
 // owner is the endpoint's key in the pod IP allocator and its file name.
 func (s EndpointSpec) owner() string { return s.Namespace + "/" + s.Pod }
 
-var k8sNameRE = regexp.MustCompile(`^[a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?$`)
+var (
+	k8sNameRE  = regexp.MustCompile(`^[a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?$`)
+	portNameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$`)
+)
 
 func (s EndpointSpec) validate() error {
 	if !k8sNameRE.MatchString(s.Namespace) || strings.Contains(s.Namespace, ".") {
@@ -65,6 +93,20 @@ func (s EndpointSpec) validate() error {
 	}
 	if !k8sNameRE.MatchString(s.Pod) {
 		return fmt.Errorf("%w: pod name %q: use a DNS subdomain", ErrInvalidEndpoint, s.Pod)
+	}
+	seen := make(map[string]bool)
+	for _, p := range s.Ports {
+		switch {
+		case p.Port == 0:
+			return fmt.Errorf("%w: port 0 of %s: use 1-65535", ErrInvalidEndpoint, s.owner())
+		case p.Protocol != bpf.ProtoTCP && p.Protocol != bpf.ProtoUDP && p.Protocol != bpf.ProtoSCTP:
+			return fmt.Errorf("%w: port %d of %s: protocol %d: use TCP, UDP or SCTP", ErrInvalidEndpoint, p.Port, s.owner(), p.Protocol)
+		case p.Name != "" && !portNameRE.MatchString(p.Name):
+			return fmt.Errorf("%w: port name %q of %s: use at most 15 lowercase letters, digits and '-', with a letter", ErrInvalidEndpoint, p.Name, s.owner())
+		case p.Name != "" && seen[p.Name]:
+			return fmt.Errorf("%w: port name %q of %s is used twice", ErrInvalidEndpoint, p.Name, s.owner())
+		}
+		seen[p.Name] = p.Name != ""
 	}
 	for _, m := range []string{s.MAC, s.NodeMAC} {
 		if m == "" {
@@ -77,15 +119,11 @@ func (s EndpointSpec) validate() error {
 	return nil
 }
 
-// labelSet is the pod's identity label set: its labels with the k8s
-// source, plus its namespace, as Cilium forms them.
-func (s EndpointSpec) labelSet(filter *labels.Filter) (labels.Set, error) {
-	ls := make([]labels.Label, 0, len(s.Labels)+1)
-	for k, v := range s.Labels {
-		ls = append(ls, labels.Label{Source: "k8s", Key: k, Value: v})
-	}
-	ls = append(ls, labels.Label{Source: "k8s", Key: "io.kubernetes.pod.namespace", Value: s.Namespace})
-	set, err := labels.NewSet(ls...)
+// labelSet is the pod's identity label set: its labels, its namespace,
+// its namespace's labels and its cluster, as policy.PodLabels forms them
+// (the selectors of policies match exactly these).
+func (s EndpointSpec) labelSet(cluster string, filter *labels.Filter) (labels.Set, error) {
+	set, err := labels.NewSet(policy.PodLabels(cluster, s.Namespace, s.Labels, s.NamespaceLabels)...)
 	if err != nil {
 		return labels.Set{}, fmt.Errorf("%w: labels of %s: %w", ErrInvalidEndpoint, s.owner(), err)
 	}
@@ -102,16 +140,29 @@ func (s EndpointSpec) labelSet(filter *labels.Filter) (labels.Set, error) {
 // mu serialises Add and Delete (they do I/O under it: a CNI ADD for one
 // pod at a time is fine, and it keeps the steps of one pod in order).
 type endpoints struct {
-	dir   string
-	table *reconciler.Table[bpf.EndpointKey, bpf.EndpointValue]
+	dir     string
+	cluster string
+	filter  *labels.Filter
+	hooks   endpointHooks
 
 	mu    sync.Mutex
 	byKey map[string]*Endpoint // mu guards: by owner
 	ids   *idAllocator[string]
 }
 
-func newEndpoints(dir string, table *reconciler.Table[bpf.EndpointKey, bpf.EndpointValue]) *endpoints {
-	return &endpoints{dir: dir, table: table, byKey: make(map[string]*Endpoint), ids: newIDAllocator[string]("endpoint", 65535)}
+// endpointHooks put a local endpoint into the datapath (the endpoints
+// map, its policy, its programs) and take it out. They are called with
+// endpoints.mu held, so one pod's steps stay in order.
+type endpointHooks interface {
+	installed(ep *Endpoint, set labels.Set)
+	removed(ep *Endpoint)
+}
+
+func newEndpoints(dir, cluster string, filter *labels.Filter, hooks endpointHooks) *endpoints {
+	return &endpoints{
+		dir: dir, cluster: cluster, filter: filter, hooks: hooks,
+		byKey: make(map[string]*Endpoint), ids: newIDAllocator[string]("endpoint", 65535),
+	}
 }
 
 // load reads the state files into the table. It needs no etcd: the
@@ -142,9 +193,13 @@ func (e *endpoints) load() error {
 		if err != nil {
 			return fmt.Errorf("endpoint state %s is corrupt (%w): remove it and delete the pod, or restore it", f, err)
 		}
+		set, err := ep.labelSet(e.cluster, e.filter)
+		if err != nil {
+			return fmt.Errorf("endpoint state %s: %w", f, err)
+		}
 		e.ids.seed(ep.owner(), ep.ID)
 		e.byKey[ep.owner()] = &ep
-		e.installLocked(&ep)
+		e.hooks.installed(&ep, set)
 	}
 	// Seeds are references here: every loaded endpoint holds its ID.
 	for k := range e.byKey {
@@ -153,12 +208,6 @@ func (e *endpoints) load() error {
 		}
 	}
 	return nil
-}
-
-func (e *endpoints) installLocked(ep *Endpoint) {
-	for _, ip := range ep.IPs {
-		e.table.Set(bpf.EndpointKeyFor(ip), endpointValue(ep))
-	}
 }
 
 func (e *endpoints) list() []Endpoint {
@@ -214,7 +263,6 @@ type endpointDeps interface {
 	publish(ctx context.Context, e ipcache.Entry) error
 	unpublish(ctx context.Context, ip netip.Addr) error
 	families() []ipam.Family
-	labelFilter() *labels.Filter
 }
 
 // add creates (or, for a pod it has, returns) an endpoint. A failure
@@ -223,7 +271,7 @@ func (e *endpoints) add(ctx context.Context, d endpointDeps, spec EndpointSpec) 
 	if err := spec.validate(); err != nil {
 		return Endpoint{}, err
 	}
-	set, err := spec.labelSet(d.labelFilter())
+	set, err := spec.labelSet(e.cluster, e.filter)
 	if err != nil {
 		return Endpoint{}, err
 	}
@@ -270,13 +318,13 @@ func (e *endpoints) add(ctx context.Context, d endpointDeps, spec EndpointSpec) 
 	}
 	undo = append(undo, func() { _ = os.Remove(e.path(spec.owner())) })
 	for _, ip := range ep.IPs {
-		if err := d.publish(ctx, ipcache.Entry{IP: ip, Identity: ep.Identity, Namespace: spec.Namespace, Pod: spec.Pod}); err != nil {
+		if err := d.publish(ctx, ipcache.Entry{IP: ip, Identity: ep.Identity, Namespace: spec.Namespace, Pod: spec.Pod, Ports: spec.namedPorts()}); err != nil {
 			return Endpoint{}, fmt.Errorf("publish %s of %s: %w", ip, spec.owner(), err)
 		}
 		undo = append(undo, func() { _ = d.unpublish(context.WithoutCancel(ctx), ip) })
 	}
 	e.byKey[spec.owner()] = ep
-	e.installLocked(ep)
+	e.hooks.installed(ep, set)
 	return *ep, nil
 }
 
@@ -292,16 +340,14 @@ func (e *endpoints) remove(ctx context.Context, d endpointDeps, namespace, pod s
 	}
 	// The datapath first, so no new traffic is classified with the old
 	// identity; then etcd; the IPs last (they go into quarantine).
-	for _, ip := range ep.IPs {
-		e.table.Delete(bpf.EndpointKeyFor(ip))
-	}
+	e.hooks.removed(ep)
 	var errs []error
 	for _, ip := range ep.IPs {
 		if err := d.unpublish(ctx, ip); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	if set, err := ep.labelSet(d.labelFilter()); err == nil {
+	if set, err := ep.labelSet(e.cluster, e.filter); err == nil {
 		errs = append(errs, d.releaseIdentity(set))
 	}
 	errs = append(errs, d.releaseIPs(owner))

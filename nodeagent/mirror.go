@@ -68,6 +68,7 @@ type heldIDs struct {
 const (
 	srcNode     = "0node/"
 	srcEndpoint = "1ep/"
+	srcCIDR     = "2cidr/"
 	srcService  = "svc/"
 )
 
@@ -129,6 +130,19 @@ func (m *mirror) nodeIPLocked(node string, is4 bool) netip.Addr {
 		}
 	}
 	return netip.Addr{}
+}
+
+// setCIDR gives prefix p the node-local CIDR identity id in the ipcache;
+// id 0 removes it. Pods and nodes inside p keep their own (longer or,
+// for an equal prefix, higher-priority) entries.
+func (m *mirror) setCIDR(p netip.Prefix, id uint32) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if id == 0 {
+		m.ipc.update(srcCIDR+p.String(), nil)
+		return
+	}
+	m.ipc.update(srcCIDR+p.String(), []kv[bpf.IPCacheKey, bpf.IPCacheValue]{{bpf.IPCacheKeyFor(p), bpf.IPCacheValueFor(id, netip.Addr{}, 0)}})
 }
 
 // --- nodes ---

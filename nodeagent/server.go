@@ -341,9 +341,21 @@ func (s *apiServer) DumpServices(_ *api.DumpRequest, stream grpc.ServerStreaming
 }
 
 func (s *apiServer) AddEndpoint(ctx context.Context, r *api.AddEndpointRequest) (*api.AddEndpointResponse, error) {
+	ports := make([]ContainerPort, 0, len(r.Ports))
+	for _, p := range r.Ports {
+		proto, ok := map[string]uint8{"": bpf.ProtoTCP, "TCP": bpf.ProtoTCP, "UDP": bpf.ProtoUDP, "SCTP": bpf.ProtoSCTP}[p.Protocol]
+		if !ok {
+			return nil, status.Errorf(codes.InvalidArgument, "port %d: protocol %q: use TCP, UDP or SCTP", p.Port, p.Protocol)
+		}
+		if p.Port == 0 || p.Port > 65535 {
+			return nil, status.Errorf(codes.InvalidArgument, "port %d: use 1-65535", p.Port)
+		}
+		ports = append(ports, ContainerPort{Name: p.Name, Port: uint16(p.Port), Protocol: proto})
+	}
 	ep, err := s.a.AddEndpoint(ctx, EndpointSpec{
 		Namespace: r.Namespace, Pod: r.Pod, ContainerID: r.ContainerId, Labels: r.Labels, Netns: r.Netns,
-		IfIndex: r.Ifindex, MAC: r.Mac, NodeMAC: r.NodeMac,
+		IfIndex: r.Ifindex, MAC: r.Mac, NodeMAC: r.NodeMac, NamespaceLabels: r.NamespaceLabels,
+		Ports: ports,
 	})
 	if err != nil {
 		return nil, toStatus(err)
@@ -366,4 +378,44 @@ func (s *apiServer) DeleteEndpoint(ctx context.Context, r *api.DeleteEndpointReq
 		return nil, toStatus(err)
 	}
 	return &api.DeleteEndpointResponse{}, nil
+}
+
+// Observe sends the recent flows the request asks for, then, with
+// follow, new ones until the client goes away.
+func (s *apiServer) Observe(r *api.ObserveRequest, stream grpc.ServerStreamingServer[api.Flow]) error {
+	f := flowFilter{pod: r.Pod, verdict: r.Verdict}
+	switch r.Verdict {
+	case "", "forwarded", "dropped":
+	default:
+		return status.Errorf(codes.InvalidArgument, "verdict %q: use forwarded or dropped", r.Verdict)
+	}
+	if r.Ip != "" {
+		ip, err := netip.ParseAddr(r.Ip)
+		if err != nil {
+			return status.Errorf(codes.InvalidArgument, "ip %q: not an IP address", r.Ip)
+		}
+		f.ip = ip.Unmap()
+	}
+	history, sub := s.a.flows.subscribe(f, int(min(r.Last, flowHistory)), r.Follow)
+	if sub != nil {
+		defer s.a.flows.unsubscribe(sub)
+	}
+	for _, fl := range history {
+		if err := stream.Send(fl); err != nil {
+			return err
+		}
+	}
+	if sub == nil {
+		return nil
+	}
+	for {
+		select {
+		case <-stream.Context().Done():
+			return nil
+		case fl := <-sub.ch:
+			if err := stream.Send(fl); err != nil {
+				return err
+			}
+		}
+	}
 }

@@ -127,6 +127,12 @@ func (a *Agent) Status() Status {
 			st.Reasons = append(st.Reasons, fmt.Sprintf("map %s: %d entries not written: %s", m.Name, m.Pending, m.LastError))
 		}
 	}
+	if a.started.Load() {
+		st.Reasons = append(st.Reasons, a.dp.problems()...)
+		if n, err := a.pol.errors(); n > 0 {
+			st.Reasons = append(st.Reasons, fmt.Sprintf("policy: %d entries could not become map keys: %v", n, err))
+		}
+	}
 	if st.State == "ok" && len(st.Reasons) > 0 {
 		st.State = "degraded"
 	}

@@ -411,6 +411,14 @@ func (a *Allocator) Identities() []Identity {
 	return out
 }
 
+// Subscribe adds a handler of the identity cache: every node's identities,
+// keyed by the ID in decimal. It must be called before Run.
+func (a *Allocator) Subscribe(h kvstore.Handler[labels.Set]) { a.ids.Subscribe(h) }
+
+// Delivered is closed once every handler has seen the cache's first list
+// (see kvstore.Cache.Delivered).
+func (a *Allocator) Delivered() <-chan struct{} { return a.ids.Delivered() }
+
 // WaitSynced waits until the identity cache holds etcd's state.
 func (a *Allocator) WaitSynced(ctx context.Context) error { return a.ids.WaitSynced(ctx) }
 

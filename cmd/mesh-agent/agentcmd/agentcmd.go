@@ -52,6 +52,7 @@ type flags struct {
 	apiSocketGroup            int
 	metricsAddr               string
 	pruneInterval             time.Duration
+	datapath                  string
 	logLevel                  string
 }
 
@@ -89,6 +90,7 @@ func newFlagSet(f *flags, stderr io.Writer) *pflag.FlagSet {
 	fs.IntVar(&f.apiSocketGroup, "api-socket-group", -1, "group ID allowed to use the API socket (mode 0660); -1: only the agent's user (0600)")
 	fs.StringVar(&f.metricsAddr, "metrics-address", "127.0.0.1:9962", "host:port of the Prometheus endpoint; empty disables it")
 	fs.DurationVar(&f.pruneInterval, "prune-interval", nodeagent.DefaultPruneInterval, "how often each map is compared in full with the desired state")
+	fs.StringVar(&f.datapath, "datapath", nodeagent.DatapathEBPF, "ebpf: attach the TC programs to pods' veths; none: fill the maps only (comparisons, debugging)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	return fs
 }
@@ -204,6 +206,7 @@ func (f *flags) config() (nodeagent.Config, slog.Level, error) {
 		GossipPort: f.gossipPort, GossipInsecure: f.gossipInsecure, NoDefaultPool: f.noDefaultPool,
 		APISocket: f.apiSocket, APISocketGroup: f.apiSocketGroup, MetricsAddr: f.metricsAddr,
 		PruneInterval: f.pruneInterval,
+		Datapath:      f.datapath,
 	}
 	for _, s := range f.nodeIPs {
 		ip, err := netip.ParseAddr(s)

@@ -1,0 +1,376 @@
+package nodeagent
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"sync"
+
+	"github.com/meshplane/meshplane/bpf"
+	"github.com/meshplane/meshplane/identity"
+	"github.com/meshplane/meshplane/ipcache"
+	"github.com/meshplane/meshplane/labels"
+	"github.com/meshplane/meshplane/nodeagent/reconciler"
+	"github.com/meshplane/meshplane/policy"
+)
+
+// cidrIdentityBase is where node-local CIDR identities start: above every
+// cluster identity (24 bits), so they never collide with one and never
+// leave the node (they are not in etcd).
+const cidrIdentityBase = 1 << 24
+
+// policyState turns the policies in etcd, the cluster's identities and the
+// local endpoints into the policy map and the endpoints' enforcement
+// flags, through a policy.Engine, which hands back only what changed.
+//
+// Several engine entries can need the same map key (a port range and a
+// port prefix of another rule), so keys are reference-counted here.
+//
+// An ipBlock's prefixes get node-local CIDR identities (cidrIdentityBase
+// and up) and ipcache entries; the engine matches them against ipBlocks.
+//
+// Until the first full state is loaded (policies and identities
+// delivered, see markSynced) the enforcement flags an endpoint had in the
+// pinned map stand: a restarting agent must not open an enforced pod
+// because it has not read the policies yet, nor close an open one.
+//
+// mu guards everything; handlers (watch deliveries, the endpoints' add
+// and remove) call in concurrently. Lock order: endpoints.mu, then mu,
+// then the mirror's mu (setCIDR).
+type policyState struct {
+	epT  *reconciler.Table[bpf.EndpointKey, bpf.EndpointValue]
+	polT *reconciler.Table[bpf.PolicyKey, bpf.PolicyValue]
+	// setCIDR adds (id != 0) or removes a CIDR identity's ipcache entry.
+	setCIDR func(p netip.Prefix, id uint32)
+
+	mu       sync.Mutex
+	eng      *policy.Engine
+	refs     map[bpf.PolicyKey]int        // mu guards: map keys by number of entries wanting them
+	flags    map[uint32]bpf.EndpointFlags // enforcement by endpoint ID
+	values   map[uint32]bpf.EndpointValue // the endpoints' map values, flags aside
+	epIPs    map[uint32][]netip.Addr      // local endpoints' IPs
+	cidrIDs  map[netip.Prefix]uint32      // CIDR identities
+	cidrs    *idAllocator[netip.Prefix]   // local numbers of CIDR identities
+	hostHeld map[uint32]bool              // endpoints holding the host entry
+	synced   bool                         // the engine has the first full state
+	errs     int                          // entries that could not become map keys (never expected)
+	lastErr  error                        // the last of those
+}
+
+func newPolicyState(cluster string, epT *reconciler.Table[bpf.EndpointKey, bpf.EndpointValue],
+	polT *reconciler.Table[bpf.PolicyKey, bpf.PolicyValue], setCIDR func(netip.Prefix, uint32)) *policyState {
+	s := &policyState{
+		epT: epT, polT: polT, setCIDR: setCIDR,
+		eng:      policy.NewEngine(cluster),
+		refs:     make(map[bpf.PolicyKey]int),
+		flags:    make(map[uint32]bpf.EndpointFlags),
+		hostHeld: make(map[uint32]bool),
+		values:   make(map[uint32]bpf.EndpointValue),
+		epIPs:    make(map[uint32][]netip.Addr),
+		cidrIDs:  make(map[netip.Prefix]uint32),
+		cidrs:    newIDAllocator[netip.Prefix]("CIDR identity", uint32(identity.Max)),
+	}
+	// The engine has the world identity built in (ipBlocks of /0).
+	return s
+}
+
+// seedFlags records the flags an endpoint has in the pinned map, which
+// stand until markSynced.
+func (s *policyState) seedFlags(id uint32, f bpf.EndpointFlags) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.epIPs[id]; ok && !s.synced {
+		s.setFlagsLocked(id, f)
+	}
+}
+
+// markSynced switches from the seeded flags to the engine's.
+func (s *policyState) markSynced() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.synced = true
+	for id := range s.epIPs {
+		in, out := s.eng.Enforced(id)
+		s.setFlagsLocked(id, enforcement(in, out))
+	}
+}
+
+func enforcement(in, out bool) bpf.EndpointFlags {
+	var f bpf.EndpointFlags
+	if in {
+		f |= bpf.EndpointPolicyIngress
+	}
+	if out {
+		f |= bpf.EndpointPolicyEgress
+	}
+	return f
+}
+
+// installEndpoint is how the endpoints install a local endpoint: its map
+// values (with the enforcement flags) and its policy.
+func (s *policyState) installEndpoint(ep *Endpoint, set labels.Set) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v := endpointValue(ep)
+	s.values[ep.ID] = v
+	s.epIPs[ep.ID] = ep.IPs
+	v.Flags = s.flags[ep.ID]
+	for _, ip := range ep.IPs {
+		s.epT.Set(bpf.EndpointKeyFor(ip), v)
+	}
+	ports := make([]policy.NamedPort, 0, len(ep.Ports))
+	for _, p := range ep.Ports {
+		ports = append(ports, policy.NamedPort{Name: p.Name, Port: p.Port, Protocol: p.Protocol})
+	}
+	s.applyLocked(s.eng.SetEndpoint(policy.Endpoint{ID: ep.ID, Identity: uint32(ep.Identity), Labels: set, Ports: ports}))
+}
+
+// removeEndpoint forgets a local endpoint and its policy.
+func (s *policyState) removeEndpoint(ep *Endpoint) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, ip := range ep.IPs {
+		s.epT.Delete(bpf.EndpointKeyFor(ip))
+	}
+	s.applyLocked(s.eng.DeleteEndpoint(ep.ID))
+	s.hostEntryLocked(ep.ID, false)
+	delete(s.flags, ep.ID)
+	delete(s.values, ep.ID)
+	delete(s.epIPs, ep.ID)
+}
+
+// applyLocked writes an engine delta into the tables.
+func (s *policyState) applyLocked(d policy.Delta) {
+	for _, c := range d.Changes {
+		s.entryLocked(c.Endpoint, c.Entry, c.Add)
+	}
+	if !s.synced {
+		return
+	}
+	for _, e := range d.Enforcement {
+		if _, ok := s.epIPs[e.Endpoint]; ok {
+			s.setFlagsLocked(e.Endpoint, enforcement(e.Ingress, e.Egress))
+		}
+	}
+}
+
+func (s *policyState) entryLocked(ep uint32, e policy.Entry, add bool) {
+	keys, err := policyKeys(ep, e)
+	if err != nil {
+		s.errs++
+		s.lastErr = err
+		return
+	}
+	for _, k := range keys {
+		n := s.refs[k]
+		switch {
+		case add:
+			s.refs[k] = n + 1
+			if n == 0 {
+				s.polT.Set(k, bpf.PolicyValue{Verdict: bpf.Allow})
+			}
+		case n <= 1:
+			delete(s.refs, k)
+			if n == 1 {
+				s.polT.Delete(k)
+			}
+		default:
+			s.refs[k] = n - 1
+		}
+	}
+}
+
+// hostEntry is the entry every ingress-enforced endpoint gets: its own
+// node (kubelet's probes) may always reach it, as in Cilium and Calico.
+func hostEntry() policy.Entry {
+	return policy.Entry{Direction: policy.Ingress, Identity: uint32(identity.Host)}
+}
+
+// setFlagsLocked changes an endpoint's enforcement in its map values.
+func (s *policyState) setFlagsLocked(id uint32, f bpf.EndpointFlags) {
+	old, had := s.flags[id]
+	if had && old == f {
+		return
+	}
+	s.flags[id] = f
+	s.hostEntryLocked(id, f&bpf.EndpointPolicyIngress != 0)
+	v, ok := s.values[id]
+	if !ok {
+		return
+	}
+	v.Flags = f
+	for _, ip := range s.epIPs[id] {
+		s.epT.Set(bpf.EndpointKeyFor(ip), v)
+	}
+}
+
+// hostEntryLocked keeps the host entry of an endpoint iff want.
+func (s *policyState) hostEntryLocked(id uint32, want bool) {
+	if s.hostHeld[id] == want {
+		return
+	}
+	s.entryLocked(id, hostEntry(), want)
+	if want {
+		s.hostHeld[id] = true
+	} else {
+		delete(s.hostHeld, id)
+	}
+}
+
+// policyKeys are the map keys of an engine entry: a port range becomes
+// its port prefixes.
+func policyKeys(ep uint32, e policy.Entry) ([]bpf.PolicyKey, error) {
+	dir := bpf.Direction(e.Direction)
+	if e.Protocol == 0 {
+		k, err := bpf.PolicyKeyFor(ep, dir, e.Identity, bpf.ProtoAny, 0, 0)
+		return []bpf.PolicyKey{k}, err
+	}
+	if e.Port == 0 {
+		k, err := bpf.PolicyKeyFor(ep, dir, e.Identity, e.Protocol, 0, 0)
+		return []bpf.PolicyKey{k}, err
+	}
+	last := e.Port
+	if e.EndPort != 0 {
+		last = e.EndPort
+	}
+	pps, err := bpf.PortPrefixes(e.Port, last)
+	if err != nil {
+		return nil, err
+	}
+	keys := make([]bpf.PolicyKey, 0, len(pps))
+	for _, pp := range pps {
+		k, err := bpf.PolicyKeyFor(ep, dir, e.Identity, e.Protocol, pp.Port, pp.Bits)
+		if err != nil {
+			return nil, err
+		}
+		keys = append(keys, k)
+	}
+	return keys, nil
+}
+
+// syncCIDRsLocked gives every prefix the policies' ipBlocks name a CIDR
+// identity, and takes it from those no longer named.
+func (s *policyState) syncCIDRsLocked() {
+	want := make(map[netip.Prefix]bool)
+	for _, p := range s.eng.CIDRs() {
+		want[p] = true
+		if _, ok := s.cidrIDs[p]; ok {
+			continue
+		}
+		n, err := s.cidrs.acquire(p)
+		if err != nil {
+			s.errs++
+			s.lastErr = err
+			continue
+		}
+		id := cidrIdentityBase + n
+		s.cidrIDs[p] = id
+		s.applyLocked(s.eng.SetIdentity(policy.Identity{ID: id, CIDR: p}))
+		s.setCIDR(p, id)
+	}
+	for p, id := range s.cidrIDs {
+		if want[p] {
+			continue
+		}
+		s.applyLocked(s.eng.DeleteIdentity(id))
+		s.setCIDR(p, 0)
+		s.cidrs.release(p)
+		delete(s.cidrIDs, p)
+	}
+}
+
+// --- watch handlers ---
+
+// policyHandler receives the policies in etcd.
+type policyHandler struct{ s *policyState }
+
+func (h policyHandler) Upsert(_ string, p *policy.Policy) {
+	s := h.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.applyLocked(s.eng.SetPolicy(p))
+	s.syncCIDRsLocked()
+}
+
+func (h policyHandler) Delete(key string) {
+	ns, name, ok := strings.Cut(key, "/")
+	if !ok {
+		return
+	}
+	s := h.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.applyLocked(s.eng.DeletePolicy(ns, name))
+	s.syncCIDRsLocked()
+}
+
+// decodePolicy parses a policies/<ns>/<name> value; the key must name it.
+func decodePolicy(key string, value []byte) (*policy.Policy, error) {
+	p, err := policy.Decode(value)
+	if err != nil {
+		return nil, err
+	}
+	if p.Key() != key {
+		return nil, fmt.Errorf("policy key %q holds policy %s", key, p.Key())
+	}
+	return p, nil
+}
+
+// identityHandler receives the cluster's identities.
+type identityHandler struct{ s *policyState }
+
+func (h identityHandler) Upsert(key string, set labels.Set) {
+	id, err := identity.Parse(key)
+	if err != nil {
+		return
+	}
+	s := h.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.applyLocked(s.eng.SetIdentity(policy.Identity{ID: uint32(id), Labels: set}))
+}
+
+func (h identityHandler) Delete(key string) {
+	id, err := identity.Parse(key)
+	if err != nil {
+		return
+	}
+	s := h.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.applyLocked(s.eng.DeleteIdentity(uint32(id)))
+}
+
+// namedPortHandler receives the ipcache entries for their named ports,
+// which named egress ports resolve against.
+type namedPortHandler struct{ s *policyState }
+
+func (h namedPortHandler) Upsert(key string, e ipcache.Entry) {
+	s := h.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(e.Ports) == 0 {
+		s.applyLocked(s.eng.SetNamedPorts(key, nil))
+		return
+	}
+	ports := make([]policy.NamedPort, 0, len(e.Ports))
+	for _, p := range e.Ports {
+		ports = append(ports, policy.NamedPort{Name: p.Name, Port: p.Port, Protocol: p.Protocol})
+	}
+	s.applyLocked(s.eng.SetNamedPorts(key, ports))
+}
+
+func (h namedPortHandler) Delete(key string) {
+	s := h.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.applyLocked(s.eng.SetNamedPorts(key, nil))
+}
+
+// errors returns how many engine entries could not become map keys, and
+// the last reason (never expected: the engine validates its input).
+func (s *policyState) errors() (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.errs, s.lastErr
+}
