@@ -147,7 +147,7 @@ func TestErrors(t *testing.T) {
 		{"bad node", append(inCluster(t), "--node-name", "Node_1", "identity", "allocate", "--labels", "k8s:app=web"), kvstore.ErrConfig, "--node-name"},
 		{"unknown flag", []string{"identity", "list", "--bogus"}, nil, "--help"},
 		{"bench too big", append(inCluster(t), "bench", "identity", "--agents", "1000", "--labelsets", "100"), nil, "--shared"},
-		{"demo external", append(inCluster(t), "demo"), nil, "drop --etcd-endpoints"},
+		{"demo external", append(inCluster(t), "demo", "identities"), nil, "drop --etcd-endpoints"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -273,7 +273,7 @@ func TestBenchIdentityTable(t *testing.T) {
 }
 
 func TestDemo(t *testing.T) {
-	out := mustRun(t, "--state-dir", t.TempDir(), "demo")
+	out := mustRun(t, "--state-dir", t.TempDir(), "demo", "identities")
 	for _, want := range []string{
 		"WORKLOAD", "shop/frontend", "node-1,node-2", "k8s:app=frontend,k8s:io.kubernetes.pod.namespace=shop",
 		"stopping node-3", "2 deleted",

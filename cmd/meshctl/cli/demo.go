@@ -20,8 +20,26 @@ import (
 )
 
 func newDemoCmd(o *options) *cobra.Command {
-	return &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "demo",
+		Short: "Run the lab demo: real pods, policy and a service on eBPF, with a probe matrix",
+		Long: `demo builds a lab on this machine (see docs/lab.md): one cluster with its own
+embedded etcd, two nodes as network namespaces with a mesh-agent each, pods
+in two namespaces and a service. It probes a matrix of real connections,
+applies a sample NetworkPolicy, probes again and prints both results with
+the datapath's drop reasons, then removes everything. It needs root.
+
+mesh-agent must be beside meshctl (make build puts both in bin/).`,
+		Args: cobra.NoArgs,
+	}
+	o.addLabDemo(cmd)
+	cmd.AddCommand(newDemoIdentitiesCmd(o))
+	return cmd
+}
+
+func newDemoIdentitiesCmd(o *options) *cobra.Command {
+	return &cobra.Command{
+		Use:   "identities",
 		Short: "Show identity allocation and GC with three simulated nodes",
 		Long: `demo starts an embedded etcd in a temporary directory (or in --state-dir, if
 given on the command line) and three simulated node agents. Pods of a few

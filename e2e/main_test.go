@@ -1,0 +1,71 @@
+package e2e
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"go.uber.org/goleak"
+)
+
+// binDir holds meshctl and mesh-agent, built once by TestMain (or taken
+// from MESHPLANE_LAB_BIN, e.g. bin/ after make build).
+var binDir string
+
+func TestMain(m *testing.M) {
+	code := func() int {
+		binDir = os.Getenv("MESHPLANE_LAB_BIN")
+		if binDir == "" && os.Geteuid() == 0 {
+			dir, err := os.MkdirTemp("", "meshplane-e2e-bin-")
+			if err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 1
+			}
+			defer os.RemoveAll(dir)
+			cmd := exec.Command("go", "build", "-o", dir+"/",
+				"github.com/meshplane/meshplane/cmd/meshctl", "github.com/meshplane/meshplane/cmd/mesh-agent")
+			if out, err := cmd.CombinedOutput(); err != nil {
+				fmt.Fprintf(os.Stderr, "go build: %v\n%s", err, out)
+				return 1
+			}
+			binDir = dir
+		}
+		return m.Run()
+	}()
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goleak:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// requireRoot skips without root, or fails under MESHPLANE_REQUIRE_BPF
+// (CI), where the tests must run.
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("MESHPLANE_REQUIRE_BPF") != "" {
+		t.Fatal("MESHPLANE_REQUIRE_BPF is set, but the e2e tests need root")
+	}
+	t.Skip("the e2e tests build network namespaces and load eBPF: they need root")
+}
+
+func binaries() (meshctl, agent string) {
+	return filepath.Join(binDir, "meshctl"), filepath.Join(binDir, "mesh-agent")
+}
+
+func uniqueName(t *testing.T) string {
+	var b [3]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		t.Fatal(err)
+	}
+	return "e" + hex.EncodeToString(b[:])
+}
