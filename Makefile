@@ -12,7 +12,7 @@ all: build
 build:
 	$(GO) build -o $(BIN)/ ./cmd/...
 
-## demo: build the binaries and run the identity demo on an embedded etcd.
+## demo: build the binaries and run the lab demo (root): namespaces, agents, eBPF, real probes.
 demo: build
 	$(BIN)/meshctl demo
 

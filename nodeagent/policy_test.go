@@ -50,7 +50,7 @@ func endpointFlags(t *testing.T, node string, ip netip.Addr) (bpf.EndpointFlags,
 	m := pinned[bpf.EndpointKey, bpf.EndpointValue](t, node, bpf.EndpointsMapName)
 	v, ok, err := m.Lookup(bpf.EndpointKeyFor(ip))
 	if err != nil || !ok {
-		return 0, fmt.Errorf("endpoint %s not in the map (%v)", ip, err)
+		return 0, fmt.Errorf("endpoint %s not in the map (%w)", ip, err)
 	}
 	return v.Flags, nil
 }
@@ -89,7 +89,7 @@ func TestAgentPolicy(t *testing.T) {
 	ip := web.IPs[0]
 	eventually(t, 10*time.Second, "endpoint without enforcement", func() error {
 		if f, err := endpointFlags(t, cfg.Node, ip); err != nil || f != 0 {
-			return fmt.Errorf("flags %v (%v), want none", f, err)
+			return fmt.Errorf("flags %v (%w), want none", f, err)
 		}
 		return nil
 	})
@@ -117,7 +117,7 @@ spec:
 	eventually(t, 10*time.Second, "ipBlock CIDR identity in the ipcache", func() error {
 		v, ok, err := exact(ipc, netip.MustParsePrefix("198.51.100.0/24"))
 		if err != nil || !ok {
-			return fmt.Errorf("no entry (%v)", err)
+			return fmt.Errorf("no entry (%w)", err)
 		}
 		if v.Identity < 1<<24 {
 			return fmt.Errorf("identity %d is not node-local", v.Identity)
@@ -133,7 +133,7 @@ spec:
 	}
 	eventually(t, 10*time.Second, "policy entries and ingress enforcement", func() error {
 		if f, err := endpointFlags(t, cfg.Node, ip); err != nil || f != bpf.EndpointPolicyIngress {
-			return fmt.Errorf("flags %v (%v), want policy-ingress", f, err)
+			return fmt.Errorf("flags %v (%w), want policy-ingress", f, err)
 		}
 		return sameKeys(policyEntries(t, cfg.Node, web.ID), want)
 	})
@@ -168,7 +168,7 @@ spec:
 	}
 	eventually(t, 10*time.Second, "policy gone", func() error {
 		if f, err := endpointFlags(t, cfg.Node, ip); err != nil || f != 0 {
-			return fmt.Errorf("flags %v (%v), want none", f, err)
+			return fmt.Errorf("flags %v (%w), want none", f, err)
 		}
 		if got := policyEntries(t, cfg.Node, web.ID); len(got) != 0 {
 			return fmt.Errorf("%d entries left", len(got))

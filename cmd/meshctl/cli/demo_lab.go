@@ -195,7 +195,7 @@ func demoApply(ctx context.Context, l *lab.Lab, cluster string) error {
 	if err != nil {
 		return err
 	}
-	defer client.Close()
+	defer func() { _ = client.Close() }()
 	keys, err := kvstore.NewKeys(cluster)
 	if err != nil {
 		return err
