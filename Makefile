@@ -53,6 +53,9 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzPortRange -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./bpf/
 	$(GO) test -run '^$$' -fuzz FuzzIPCacheKey -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./bpf/
 	$(GO) test -run '^$$' -fuzz FuzzDecodeMeta -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./health/
+	$(GO) test -run '^$$' -fuzz FuzzParse$$ -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./policy/
+	$(GO) test -run '^$$' -fuzz FuzzDecode$$ -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./policy/
+	$(GO) test -run '^$$' -fuzz FuzzParseTopology -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./lab/
 
 ## generate: the gRPC code in api/ (protoc from Debian's protobuf-compiler
 ## 3.21.12; the plugins are pinned in go.mod's tool block) and the datapath's
