@@ -35,6 +35,7 @@ bench: build
 	$(BIN)/meshctl bench propagation --agents 50 --entries 1000 --state-dir $$(mktemp -d)
 	$(BIN)/meshctl bench propagation --agents 1 --entries 100000 --state-dir $$(mktemp -d)
 	$(BIN)/meshctl bench gossip --members 50
+	$(BIN)/meshctl bench datapath --rounds 3
 
 lint:
 	@command -v golangci-lint >/dev/null || $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)

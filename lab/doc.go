@@ -1,7 +1,8 @@
 // Package lab runs clusters of meshplane on one machine: nodes and pods as
 // network namespaces, real agents, real eBPF, real packets. It is what
 // `meshctl lab` and the demo run, and what end-to-end tests and the
-// datapath benchmark build on (Up, Probe, AddPod, StopAgent, ...).
+// datapath benchmark (lab/labbench) build on (Up, Probe, AddPod,
+// StopAgent, ...).
 //
 // # What a lab is
 //
@@ -30,10 +31,16 @@
 //   - per service, services/<ns>/<name> in the cluster's etcd: a frontend
 //     per port on the ClusterIP, the running pods the selector picks as
 //     backends. AddPod and DeletePod rewrite them, as a control plane would.
+//   - per external (a host outside every cluster, the "world" of ipBlock
+//     policies), a namespace "mp-<lab>-x_<name>" on the bridge at its
+//     address, not a router, with a route to every node's pod CIDR through
+//     that node (made after the agents, like the node routes) and an echo
+//     server answering "ext:<name>". Probe takes it as a source or target
+//     ("ext:<name>", or the bare name when no pod has it).
 //
-// The name grammar after "mp-<lab>-" ("lab", "n_...", "p_...") cannot be
-// produced by another lab's prefix, since lab names have no '_': Down of
-// lab "demo" never touches lab "demo-x".
+// The name grammar after "mp-<lab>-" ("lab", "n_...", "p_...", "x_...")
+// cannot be produced by another lab's prefix, since lab names have no '_':
+// Down of lab "demo" never touches lab "demo-x".
 //
 // # Readiness
 //
@@ -63,7 +70,7 @@
 // # Goroutines
 //
 // The package starts goroutines only inside a call and waits for them
-// before it returns: inNetns and createNetns run a function on a locked
+// before it returns: InNetns and createNetns run a function on a locked
 // OS thread that enters a namespace (the thread is retired afterwards,
 // never reused); ServeEtcd and Echo own their accept and connection
 // goroutines until their ctx ends. The processes the lab starts are not

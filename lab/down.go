@@ -52,6 +52,9 @@ func Down(ctx context.Context, name string, o Options) error {
 		for _, p := range st.Pods {
 			echos = append(echos, p.EchoPID)
 		}
+		for _, x := range st.Externals {
+			echos = append(echos, x.EchoPID)
+		}
 	}
 	for _, group := range [][]int{agents, echos, etcds, scanProcs(dir)} {
 		errs = append(errs, stopAll(ctx, group, dir))

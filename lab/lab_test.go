@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -74,6 +75,8 @@ clusters:
           - {name: tool, namespace: dev, ports: [{port: 8080}]}
     services:
       - {name: web, namespace: prod, clusterIP: 10.96.0.10, selector: {app: web}, ports: [{port: 80}, {port: 53, protocol: UDP}]}
+externals:
+  - {name: ext1, ip: 192.168.77.200, ports: [{port: 80}, {port: 53, protocol: UDP}]}
 `
 
 // labLeftovers is what a lab leaves on the machine: running processes,
@@ -157,6 +160,13 @@ func TestLab(t *testing.T) {
 			{"tool", "web-1", 53, "udp", "c1/prod/web-1"},          // another namespace
 			{"client", web2.IP.String(), 80, "tcp", "c1/prod/web-2"},
 			{"web-1", "dev/tool", 0, "tcp", "c1/dev/tool"},
+			// Externals: pods reach them through their node, and they
+			// reach pods through the pod's node.
+			{"client", "ext:ext1", 80, "tcp", "ext:ext1"},
+			{"web-2", "ext1", 0, "udp", "ext:ext1"},
+			{"client", "192.168.77.200", 80, "tcp", "ext:ext1"},
+			{"ext:ext1", "web-2", 80, "tcp", "c1/prod/web-2"},
+			{"ext1", "c1/prod/web-1", 53, "udp", "c1/prod/web-1"},
 		}
 		for _, tt := range tests {
 			t.Run(tt.from+"->"+tt.to+"/"+tt.proto, func(t *testing.T) {
@@ -187,6 +197,9 @@ func TestLab(t *testing.T) {
 			{From: "client", To: "nobody", Port: 80},
 			{From: "web-1", To: "client"}, // no port given, and client has none
 			{From: "client", To: "web-1", Port: 80, Proto: "sctp"},
+			{From: "ext:nobody", To: "web-1", Port: 80},
+			{From: "svc:prod/web", To: "web-1", Port: 80},
+			{From: "ext1", To: "nobody", Port: 80},
 		} {
 			if _, err := l.Probe(ctx, spec); err == nil {
 				t.Errorf("Probe(%+v) succeeded, want an error", spec)
@@ -310,8 +323,8 @@ func TestLab(t *testing.T) {
 
 	t.Run("down", func(t *testing.T) {
 		left := leftovers(t, l)
-		if len(left.netns) != 7 {
-			t.Fatalf("before Down: namespaces %v, want 7 (lab, 2 nodes, 4 pods)", left.netns)
+		if len(left.netns) != 8 {
+			t.Fatalf("before Down: namespaces %v, want 8 (lab, 2 nodes, 4 pods, 1 external)", left.netns)
 		}
 		if err := Down(ctx, name, o); err != nil {
 			t.Fatal(err)
@@ -348,8 +361,10 @@ func mustNode(t *testing.T, l *Lab, cluster, name string) Node {
 	return n
 }
 
-// datapathAttached reports whether an eBPF program is attached to the host
-// side of a pod's veth (bpftool net, inside the node's namespace).
+// datapathAttached reports whether the eBPF programs are attached to the
+// host side of a pod's veth: the agent pins the tcx links as
+// links/<ifindex>-from-pod beside its maps. (bpftool net of Debian
+// bookworm, 7.1, does not list tcx links.)
 func datapathAttached(t *testing.T, l *Lab, pod string) bool {
 	t.Helper()
 	l.mu.Lock()
@@ -363,16 +378,19 @@ func datapathAttached(t *testing.T, l *Lab, pod string) bool {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := exec.LookPath("bpftool"); err != nil {
-		return false
+	var ifindex int
+	if err := inNetns(nodeNs, func() error {
+		ifi, err := net.InterfaceByName(veth)
+		if err == nil {
+			ifindex = ifi.Index
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
 	}
-	var out bytes.Buffer
-	cmd := exec.Command(l.st.Meshctl, "lab", "nsexec", "--netns="+nodeNs, "--", "bpftool", "net", "show", "dev", veth)
-	cmd.Stdout = &out
-	if err := cmd.Run(); err != nil {
-		return false
-	}
-	return strings.Contains(out.String(), "ingress")
+	link := filepath.Join(l.BPFFS(ps.Cluster), "meshplane", ps.Node, "links", fmt.Sprintf("%d-from-pod", ifindex))
+	_, err = os.Stat(link)
+	return err == nil
 }
 
 func TestUpRefusesBadInput(t *testing.T) {

@@ -29,7 +29,8 @@ const (
 )
 
 // Names of the lab's network namespaces. After the prefix "mp-<lab>-"
-// comes "lab", "n_..." or "p_...": a lab name never has '_', so the
+// comes "lab", "n_...", "p_..." or "x_..." (externals): a lab name never
+// has '_', so the
 // namespaces of lab "demo-x" ("mp-demo-x-...") can never look like lab
 // "demo"'s, and Down of one never touches the other's.
 func netnsPrefix(lab string) string { return "mp-" + lab + "-" }
@@ -44,10 +45,14 @@ func podNetnsName(lab, cluster, namespace, pod string) string {
 	return netnsPrefix(lab) + "p_" + cluster + "_" + namespace + "_" + pod
 }
 
+func externalNetnsName(lab, name string) string {
+	return netnsPrefix(lab) + "x_" + name
+}
+
 // isLabNetns reports whether name is one of lab's namespaces.
 func isLabNetns(lab, name string) bool {
 	rest, ok := strings.CutPrefix(name, netnsPrefix(lab))
-	return ok && (rest == "lab" || strings.HasPrefix(rest, "n_") || strings.HasPrefix(rest, "p_"))
+	return ok && (rest == "lab" || strings.HasPrefix(rest, "n_") || strings.HasPrefix(rest, "p_") || strings.HasPrefix(rest, "x_"))
 }
 
 func netnsPath(name string) string { return filepath.Join(netnsDir, name) }
@@ -68,6 +73,13 @@ func hostVethName(cluster, namespace, pod string) string {
 // bridgePortName is the lab-namespace side of a node's link to the bridge.
 func bridgePortName(cluster, node string) string {
 	return "veth" + shortHash(11, cluster, node)
+}
+
+// externalPortName is the lab-namespace side of an external's link to the
+// bridge. The ':' keeps it apart from every bridgePortName: cluster names
+// have none.
+func externalPortName(name string) string {
+	return "veth" + shortHash(11, "external:"+name)
 }
 
 // inNetns runs fn on an OS thread that is in the network namespace at
@@ -94,6 +106,12 @@ func inNetns(path string, fn func() error) error {
 	}()
 	return <-errc
 }
+
+// InNetns runs fn on an OS thread in the network namespace at path (a
+// pod's, node's or external's Netns) and returns fn's error. Sockets fn
+// makes belong to that namespace wherever they are used later; goroutines
+// fn starts do not run in it. The thread is retired afterwards.
+func InNetns(path string, fn func() error) error { return inNetns(path, fn) }
 
 // ErrExists is returned when something the lab would create is there
 // already: a lab of the same name, or one of its namespaces.
@@ -250,10 +268,10 @@ func linkUp(h *netlink.Handle, name string) error {
 	return nil
 }
 
-// setupNodeNetns creates a node's namespace and joins it to the bridge:
-// eth0 with the node's address in the node, its peer on the bridge in the
-// lab namespace.
-func setupNodeNetns(labNs, name, port string, addr netip.Prefix) (string, error) {
+// setupNodeNetns creates a node's namespace (or an external's, which is
+// no router) and joins it to the bridge: eth0 with the node's address in
+// the node, its peer on the bridge in the lab namespace.
+func setupNodeNetns(labNs, name, port string, addr netip.Prefix, router bool) (string, error) {
 	path, err := createNetns(name)
 	if err != nil {
 		return "", err
@@ -261,8 +279,10 @@ func setupNodeNetns(labNs, name, port string, addr netip.Prefix) (string, error)
 	if err := setSysctls(path, hostSysctls, true); err != nil {
 		return path, err
 	}
-	if err := setSysctls(path, routerSysctls, false); err != nil {
-		return path, err
+	if router {
+		if err := setSysctls(path, routerSysctls, false); err != nil {
+			return path, err
+		}
 	}
 	nodeNs, err := netns.GetFromPath(path)
 	if err != nil {

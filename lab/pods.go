@@ -194,18 +194,20 @@ func (l *Lab) addPod(ctx context.Context, c *Cluster, ns *nodeState, spec PodSpe
 	if err := routePod(ns.Netns, ps.HostVeth, ip, link.PodMAC); err != nil {
 		return ps, err
 	}
-	if err := l.startEcho(ctx, ps); err != nil {
+	setPID := func(pid int) { ps.EchoPID = pid }
+	if err := l.startEcho(ctx, ps.Netns, ps.Ref(), ps.Ports, ps.EchoLog, ps.EchoReady, setPID); err != nil {
 		return ps, err
 	}
 	l.progress("pod %s on %s: %s, identity %d", ps.Ref(), ns.Name, ip, resp.Identity)
 	return ps, l.save()
 }
 
-// startEcho starts the pod's echo server on its ports and waits until it
-// listens. A pod without ports has none.
-func (l *Lab) startEcho(ctx context.Context, ps *podState) error {
+// startEcho starts the echo server of a pod or an external (in netns,
+// answering name) on its ports and waits until it listens; setPID records
+// its PID, under l.mu. Without ports there is none.
+func (l *Lab) startEcho(ctx context.Context, netns, name string, ports []PortSpec, logPath, ready string, setPID func(int)) error {
 	var tcp, udp []string
-	for _, p := range ps.Ports {
+	for _, p := range ports {
 		if p.Protocol == "UDP" {
 			udp = append(udp, strconv.Itoa(p.Port))
 		} else {
@@ -215,10 +217,10 @@ func (l *Lab) startEcho(ctx context.Context, ps *podState) error {
 	if len(tcp)+len(udp) == 0 {
 		return nil
 	}
-	_ = os.Remove(ps.EchoReady)
+	_ = os.Remove(ready)
 	argv := []string{
-		l.st.Meshctl, "lab", "nsexec", "--netns=" + ps.Netns, "--",
-		l.st.Meshctl, "lab", "echo", "--name=" + ps.Ref(), "--ready-file=" + ps.EchoReady,
+		l.st.Meshctl, "lab", "nsexec", "--netns=" + netns, "--",
+		l.st.Meshctl, "lab", "echo", "--name=" + name, "--ready-file=" + ready,
 	}
 	if len(tcp) > 0 {
 		argv = append(argv, "--tcp="+strings.Join(tcp, ","))
@@ -226,12 +228,12 @@ func (l *Lab) startEcho(ctx context.Context, ps *podState) error {
 	if len(udp) > 0 {
 		argv = append(argv, "--udp="+strings.Join(udp, ","))
 	}
-	pid, err := spawn(argv, ps.EchoLog)
+	pid, err := spawn(argv, logPath)
 	if err != nil {
 		return fmt.Errorf("echo server: %w", err)
 	}
 	l.mu.Lock()
-	ps.EchoPID = pid
+	setPID(pid)
 	l.mu.Unlock()
 	if err := l.save(); err != nil {
 		return err
@@ -239,15 +241,15 @@ func (l *Lab) startEcho(ctx context.Context, ps *podState) error {
 	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
 	defer cancel()
 	for {
-		if _, err := os.Stat(ps.EchoReady); err == nil {
+		if _, err := os.Stat(ready); err == nil {
 			return nil
 		}
 		if exited(pid) {
-			return fmt.Errorf("echo server exited; its log (%s) ends:\n%s", ps.EchoLog, logTail(ps.EchoLog, 10))
+			return fmt.Errorf("echo server exited; its log (%s) ends:\n%s", logPath, logTail(logPath, 10))
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("echo server not listening after %s: %w; see %s", readyTimeout, ctx.Err(), ps.EchoLog)
+			return fmt.Errorf("echo server not listening after %s: %w; see %s", readyTimeout, ctx.Err(), logPath)
 		case <-time.After(10 * time.Millisecond):
 		}
 	}

@@ -24,11 +24,12 @@ import (
 
 // ProbeSpec is one connection attempt from a pod.
 type ProbeSpec struct {
-	// From is the source pod (see Lab.Pod for the forms).
+	// From is the source: a pod (see Lab.Pod for the forms) or an
+	// external as "ext:NAME" (or NAME, when no pod has that name).
 	From string
-	// To is the target: a pod, an IP address, or a service as
+	// To is the target: a pod, an external, an IP address, or a service as
 	// "namespace/name" (in the source's cluster) or "cluster/namespace/name".
-	// When a pod and a service have the same name, prefix "pod:" or "svc:".
+	// When names collide, prefix "pod:", "ext:" or "svc:".
 	To string
 	// Port is the target port (the service port for a service). Zero means
 	// the target's only port of Proto.
@@ -48,7 +49,8 @@ type ProbeResult struct {
 	// Allowed: for TCP, the connection was made and the echo server
 	// answered and echoed; for UDP, a reply came back.
 	Allowed bool `json:"allowed"`
-	// Answered is the echo server that answered: a Pod.Ref.
+	// Answered is the echo server that answered: a Pod.Ref or an
+	// External.Ref.
 	Answered string `json:"answered,omitempty"`
 	// Latency is from the connect (or the datagram sent) to the echo, for
 	// an allowed probe.
@@ -93,15 +95,13 @@ func (l *Lab) Probe(ctx context.Context, spec ProbeSpec) (ProbeResult, error) {
 		timeout = time.Second
 	}
 	l.mu.Lock()
-	from, err := l.st.findPod(spec.From)
+	src, err := l.st.findSource(spec.From)
 	var (
-		src    Pod
 		target netip.AddrPort
 		nodes  []*nodeState
 	)
 	if err == nil {
-		src = from.Pod
-		res.From = src.Ref()
+		res.From = src.ref
 		target, nodes, err = l.st.resolveTarget(src, spec.To, spec.Port, strings.ToUpper(proto))
 	}
 	l.mu.Unlock()
@@ -116,7 +116,7 @@ func (l *Lab) Probe(ctx context.Context, spec ProbeSpec) (ProbeResult, error) {
 		answer  string
 		perr    error
 	)
-	err = inNetns(src.Netns, func() error {
+	err = inNetns(src.netns, func() error {
 		// Timed here, on the pod's thread: entering the namespace is not
 		// the network's latency.
 		start = time.Now()
@@ -137,7 +137,10 @@ func (l *Lab) Probe(ctx context.Context, spec ProbeSpec) (ProbeResult, error) {
 	}
 	res.Error = perr.Error()
 	res.Reason = NoFlowRecorded
-	if f, node, why := l.dropFlow(ctx, nodes, src.IP, srcPort, strings.ToUpper(proto), start); f != nil {
+	if len(nodes) == 0 {
+		return res, nil // between externals: no agent saw it
+	}
+	if f, node, why := l.dropFlow(ctx, nodes, src.ip, srcPort, strings.ToUpper(proto), start); f != nil {
 		res.Reason, res.DropNode, res.DropDirection = f.DropReason, node, f.Direction
 	} else if why != "" {
 		res.Reason = NoFlowRecorded + " (" + why + ")"
@@ -145,24 +148,71 @@ func (l *Lab) Probe(ctx context.Context, spec ProbeSpec) (ProbeResult, error) {
 	return res, nil
 }
 
-// resolveTarget turns a probe's To into an address, and lists the nodes
-// whose agents may have seen the connection: the source's and the
-// target's (every backend's, for a service).
-func (s *state) resolveTarget(src Pod, to string, port uint16, proto string) (netip.AddrPort, []*nodeState, error) {
-	srcNode, err := s.node(src.Cluster, src.Node)
-	if err != nil {
-		return netip.AddrPort{}, nil, err
+// probeSource is where a probe starts: a pod or an external.
+type probeSource struct {
+	ref   string // Pod.Ref or External.Ref
+	ip    netip.Addr
+	netns string
+	// cluster and node are the pod's; empty for an external.
+	cluster, node string
+}
+
+// findSource resolves a probe's From: "pod:REF", "ext:NAME", or a pod
+// reference or an external's name, which must not name both.
+func (s *state) findSource(from string) (probeSource, error) {
+	kind, ref := splitKind(from)
+	var (
+		pod    *podState
+		podErr error
+	)
+	if kind != "ext" && kind != "svc" {
+		pod, podErr = s.findPod(ref)
 	}
-	nodes := []*nodeState{srcNode}
+	x, xOK := (*externalState)(nil), false
+	if kind != "pod" && kind != "svc" {
+		x, xOK = s.findExternal(ref)
+	}
+	switch {
+	case pod != nil && xOK:
+		return probeSource{}, fmt.Errorf("source %q names a pod and an external: write pod:%s or ext:%s", from, ref, ref)
+	case xOK:
+		return probeSource{ref: x.Ref(), ip: x.IP, netns: x.Netns}, nil
+	case pod != nil:
+		return probeSource{ref: pod.Ref(), ip: pod.IP, netns: pod.Netns, cluster: pod.Cluster, node: pod.Node}, nil
+	case kind == "svc":
+		return probeSource{}, fmt.Errorf("source %q: a probe starts at a pod or an external, not a service", from)
+	case podErr != nil && (kind == "pod" || !errors.Is(podErr, ErrNotFound)):
+		return probeSource{}, podErr
+	}
+	return probeSource{}, fmt.Errorf("%w: source %q is no pod or external of lab %s", ErrNotFound, from, s.Name)
+}
+
+// splitKind splits "pod:", "svc:" or "ext:" off a probe's reference.
+func splitKind(ref string) (kind, rest string) {
+	if k, r, ok := strings.Cut(ref, ":"); ok && (k == "pod" || k == "svc" || k == "ext") {
+		return k, r
+	}
+	return "", ref
+}
+
+// resolveTarget turns a probe's To into an address, and lists the nodes
+// whose agents may have seen the connection: the source's (a pod's) and
+// the target's (every backend's, for a service).
+func (s *state) resolveTarget(src probeSource, to string, port uint16, proto string) (netip.AddrPort, []*nodeState, error) {
+	var nodes []*nodeState
 	addNode := func(cluster, name string) {
 		if n, err := s.node(cluster, name); err == nil && !slices.Contains(nodes, n) {
 			nodes = append(nodes, n)
 		}
 	}
-	kind, ref := "", to
-	if k, r, ok := strings.Cut(to, ":"); ok && (k == "pod" || k == "svc") {
-		kind, ref = k, r
+	if src.node != "" {
+		srcNode, err := s.node(src.cluster, src.node)
+		if err != nil {
+			return netip.AddrPort{}, nil, err
+		}
+		nodes = append(nodes, srcNode)
 	}
+	kind, ref := splitKind(to)
 	if ip, err := netip.ParseAddr(ref); err == nil && kind == "" {
 		if port == 0 {
 			return netip.AddrPort{}, nil, fmt.Errorf("target %s: give a port", ip)
@@ -176,16 +226,36 @@ func (s *state) resolveTarget(src Pod, to string, port uint16, proto string) (ne
 	}
 	var pod *podState
 	var podErr error
-	if kind != "svc" {
+	if kind == "" || kind == "pod" {
 		pod, podErr = s.findPod(ref)
 	}
 	svc, svcOK := Service{}, false
-	if kind != "pod" {
-		svc, svcOK = s.findService(ref, src.Cluster)
+	if kind == "" || kind == "svc" {
+		svc, svcOK = s.findService(ref, src.cluster)
+	}
+	x, xOK := (*externalState)(nil), false
+	if kind == "" || kind == "ext" {
+		x, xOK = s.findExternal(ref)
 	}
 	switch {
 	case pod != nil && svcOK:
 		return netip.AddrPort{}, nil, fmt.Errorf("target %q names a pod and a service: write pod:%s or svc:%s", to, ref, ref)
+	case pod != nil && xOK:
+		return netip.AddrPort{}, nil, fmt.Errorf("target %q names a pod and an external: write pod:%s or ext:%s", to, ref, ref)
+	case xOK:
+		if port == 0 {
+			var ports []int
+			for _, p := range x.Ports {
+				if p.Protocol == proto {
+					ports = append(ports, p.Port)
+				}
+			}
+			if len(ports) != 1 {
+				return netip.AddrPort{}, nil, fmt.Errorf("external %s has %d %s ports: give the port", x.Name, len(ports), proto)
+			}
+			port = uint16(ports[0])
+		}
+		return netip.AddrPortFrom(x.IP, port), nodes, nil
 	case svcOK:
 		if port == 0 {
 			var ports []int
@@ -226,7 +296,7 @@ func (s *state) resolveTarget(src Pod, to string, port uint16, proto string) (ne
 	case podErr != nil && !errors.Is(podErr, ErrNotFound):
 		return netip.AddrPort{}, nil, podErr
 	}
-	return netip.AddrPort{}, nil, fmt.Errorf("%w: target %q is no pod, service or IP address of lab %s", ErrNotFound, to, s.Name)
+	return netip.AddrPort{}, nil, fmt.Errorf("%w: target %q is no pod, external, service or IP address of lab %s", ErrNotFound, to, s.Name)
 }
 
 // nonce is what a probe sends, to tell its answer from any other.

@@ -49,6 +49,23 @@ type Node struct {
 	PodCIDR netip.Prefix `json:"podCIDR"`
 }
 
+// External is a running external host of the lab.
+type External struct {
+	Name string     `json:"name"`
+	IP   netip.Addr `json:"ip"`
+	// Netns is the path of the external's network namespace.
+	Netns string     `json:"netns"`
+	Ports []PortSpec `json:"ports,omitempty"`
+}
+
+// externalPrefix marks an external in a probe's --from or --to, and in
+// what its echo server answers.
+const externalPrefix = "ext:"
+
+// Ref is "ext:<name>": how probes name the external, and what its echo
+// server answers with.
+func (x External) Ref() string { return externalPrefix + x.Name }
+
 // Service is a service of the lab, as written to etcd.
 type Service struct {
 	Cluster   string        `json:"cluster"`
@@ -66,14 +83,15 @@ type state struct {
 	Name string `json:"name"`
 	// Dir is the lab's run directory; BPFFS the directory under the bpffs
 	// mount that holds its agents' pins.
-	Dir      string          `json:"dir"`
-	BPFFS    string          `json:"bpffs"`
-	Meshctl  string          `json:"meshctl"`
-	Agent    string          `json:"agent"`
-	Topology Topology        `json:"topology"`
-	LabNetns string          `json:"labNetns"`
-	Clusters []*clusterState `json:"clusters"`
-	Pods     []*podState     `json:"pods"`
+	Dir       string           `json:"dir"`
+	BPFFS     string           `json:"bpffs"`
+	Meshctl   string           `json:"meshctl"`
+	Agent     string           `json:"agent"`
+	Topology  Topology         `json:"topology"`
+	LabNetns  string           `json:"labNetns"`
+	Clusters  []*clusterState  `json:"clusters"`
+	Pods      []*podState      `json:"pods"`
+	Externals []*externalState `json:"externals,omitempty"`
 	// Ready is set when Up has finished.
 	Ready bool `json:"ready"`
 }
@@ -103,6 +121,13 @@ type nodeState struct {
 type podState struct {
 	Pod
 	HostVeth  string `json:"hostVeth"`
+	EchoPID   int    `json:"echoPID"`
+	EchoLog   string `json:"echoLog"`
+	EchoReady string `json:"echoReady"`
+}
+
+type externalState struct {
+	External
 	EchoPID   int    `json:"echoPID"`
 	EchoLog   string `json:"echoLog"`
 	EchoReady string `json:"echoReady"`
@@ -190,6 +215,17 @@ func (s *state) findPod(ref string) (*podState, error) {
 		names[i] = p.Ref()
 	}
 	return nil, fmt.Errorf("pod %q is ambiguous: it names %s; qualify it", ref, strings.Join(names, ", "))
+}
+
+// findExternal finds an external by name ("ext:" in front or not).
+func (s *state) findExternal(ref string) (*externalState, bool) {
+	name := strings.TrimPrefix(ref, externalPrefix)
+	for _, x := range s.Externals {
+		if x.Name == name {
+			return x, true
+		}
+	}
+	return nil, false
 }
 
 // findService resolves "namespace/name" (in cluster, if set) or

@@ -53,6 +53,25 @@ type Topology struct {
 	Network string `json:"network,omitempty"`
 	// Clusters are the lab's clusters; they share the bridge.
 	Clusters []Cluster `json:"clusters"`
+	// Externals are hosts outside every cluster, on the lab's bridge: to
+	// the datapath they are the world (or the CIDR identities of ipBlock
+	// policies).
+	Externals []ExternalSpec `json:"externals,omitempty"`
+}
+
+// ExternalSpec is a host outside every cluster: a network namespace on the
+// lab's bridge with an address of the lab network, routes to every node's
+// pod CIDR through that node, and an echo server on its ports, as pods
+// have.
+type ExternalSpec struct {
+	// Name is a DNS label, unique among the externals.
+	Name string `json:"name"`
+	// IP is the external's address: a host address of the lab network that
+	// no node has. Required, since ipBlock policies name it.
+	IP string `json:"ip"`
+	// Ports are served by the external's echo server; none means no echo
+	// server.
+	Ports []PortSpec `json:"ports,omitempty"`
 }
 
 // Cluster is one cluster: its own etcd, IPAM pool, nodes and services.
@@ -283,9 +302,9 @@ func (t *Topology) Validate() error {
 					return topoErr(nat+".ip", "%v", err)
 				}
 				if other, ok := nodeIPs[ip]; ok {
-					return topoErr(nat+".ip", "%s is the address of node %s too", ip, other)
+					return topoErr(nat+".ip", "%s is the address of %s too", ip, other)
 				}
-				nodeIPs[ip] = c.Name + "/" + n.Name
+				nodeIPs[ip] = "node " + c.Name + "/" + n.Name
 			}
 			for pi := range n.Pods {
 				p := &n.Pods[pi]
@@ -336,7 +355,45 @@ func (t *Topology) Validate() error {
 			}
 		}
 	}
+	if err := t.validateExternals(network, nodeIPs); err != nil {
+		return err
+	}
 	return t.assignNodeIPs(network, nodeIPs)
+}
+
+// validateExternals checks the externals and adds their addresses to
+// taken, so that no node gets one.
+func (t *Topology) validateExternals(network netip.Prefix, taken map[netip.Addr]string) error {
+	names := map[string]bool{}
+	for i := range t.Externals {
+		x := &t.Externals[i]
+		at := fmt.Sprintf("externals[%d]", i)
+		if !dnsLabel.MatchString(x.Name) {
+			return topoErr(at+".name", "%q: use a DNS label (1-63 lowercase letters, digits and '-')", x.Name)
+		}
+		if names[x.Name] {
+			return topoErr(at+".name", "external %q appears twice", x.Name)
+		}
+		names[x.Name] = true
+		if err := checkNetnsName(at+".name", externalNetnsName(t.Name, x.Name)); err != nil {
+			return err
+		}
+		ip, err := netip.ParseAddr(x.IP)
+		if err != nil || !ip.Is4() {
+			return topoErr(at+".ip", "%q is not an IPv4 address: give the external an address of the lab network %s", x.IP, network)
+		}
+		if err := hostOf(network, ip); err != nil {
+			return topoErr(at+".ip", "%v", err)
+		}
+		if other, ok := taken[ip]; ok {
+			return topoErr(at+".ip", "%s is the address of %s too", ip, other)
+		}
+		taken[ip] = "external " + x.Name
+		if err := validatePorts(at, x.Ports); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // assignNodeIPs gives the nodes without an address the next free ones
@@ -359,7 +416,7 @@ func (t *Topology) assignNodeIPs(network netip.Prefix, taken map[netip.Addr]stri
 				return topoErr(fmt.Sprintf("clusters[%d].nodes[%d].ip", ci, ni), "the lab network %s has no free address left for node %s: use a larger network", network, n.Name)
 			}
 			n.IP = next.String()
-			taken[next] = t.Clusters[ci].Name + "/" + n.Name
+			taken[next] = "node " + t.Clusters[ci].Name + "/" + n.Name
 			next = next.Next()
 		}
 	}
@@ -480,14 +537,20 @@ func (c *Cluster) validatePod(lab, at string, p *PodSpec) error {
 	if err := checkNetnsName(at+".name", podNetnsName(lab, c.Name, p.Namespace, p.Name)); err != nil {
 		return err
 	}
+	return validatePorts(at, p.Ports)
+}
+
+// validatePorts checks the ports of a pod or an external and fills in
+// their protocols.
+func validatePorts(at string, ports []PortSpec) error {
 	names := map[string]bool{}
 	type pp struct {
 		port  int
 		proto string
 	}
 	seen := map[pp]bool{}
-	for i := range p.Ports {
-		port := &p.Ports[i]
+	for i := range ports {
+		port := &ports[i]
 		pat := fmt.Sprintf("%s.ports[%d]", at, i)
 		if port.Port < 1 || port.Port > 65535 {
 			return topoErr(pat+".port", "%d: use 1-65535", port.Port)

@@ -2,6 +2,7 @@ package lab
 
 import (
 	"errors"
+	"net/netip"
 	"strings"
 	"testing"
 )
@@ -148,6 +149,132 @@ func TestParseTopologyErrors(t *testing.T) {
 	}
 }
 
+func TestParseTopologyExternals(t *testing.T) {
+	withExt := base + `
+externals:
+  - {name: ext1, ip: 192.168.77.11, ports: [{port: 80}, {port: 53, protocol: UDP}]}
+`
+	topo, err := ParseTopology([]byte(withExt))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := topo.Clusters[0].Nodes[0].IP; got != "192.168.77.12" {
+		t.Errorf("n1 got %s, want 192.168.77.12 (.11 is ext1's)", got)
+	}
+	if p := topo.Externals[0].Ports[0]; p.Protocol != "TCP" {
+		t.Errorf("external port protocol not filled in: %+v", p)
+	}
+	tests := []struct {
+		name      string
+		old, new  string // replace old by new in withExt
+		wantField string
+		wantText  string
+	}{
+		{"bad name", "name: ext1", "name: Ext1", "externals[0].name", "DNS label"},
+		{"twice", "  - {name: ext1, ip: 192.168.77.11,", "  - {name: ext1, ip: 192.168.77.9}\n  - {name: ext1, ip: 192.168.77.11,", "externals[1].name", "twice"},
+		{"no IP", "ip: 192.168.77.11, ", "", "externals[0].ip", "not an IPv4 address"},
+		{"IP outside", "ip: 192.168.77.11", "ip: 10.1.2.3", "externals[0].ip", "outside the lab network"},
+		{"IP broadcast", "ip: 192.168.77.11", "ip: 192.168.77.255", "externals[0].ip", "broadcast"},
+		{"IP of a node", "      - name: n2\n", "      - name: n2\n        ip: 192.168.77.11\n", "externals[0].ip", "node c1/n2 too"},
+		{"bad port", "[{port: 80}, ", "[{port: 0}, ", "externals[0].ports[0].port", "1-65535"},
+		{"bad protocol", "protocol: UDP", "protocol: SCTP", "externals[0].ports[1].protocol", "TCP or UDP"},
+		{"unknown field", "ip: 192.168.77.11", "ip: 192.168.77.11, node: n1", "node", "unknown field"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if !strings.Contains(withExt, tt.old) {
+				t.Fatalf("test broken: %q is not in the topology", tt.old)
+			}
+			_, err := ParseTopology([]byte(strings.Replace(withExt, tt.old, tt.new, 1)))
+			if !errors.Is(err, ErrTopology) {
+				t.Fatalf("error %v does not wrap ErrTopology", err)
+			}
+			if !strings.Contains(err.Error(), tt.wantField) || !strings.Contains(err.Error(), tt.wantText) {
+				t.Fatalf("error %q should name %q and say %q", err, tt.wantField, tt.wantText)
+			}
+		})
+	}
+}
+
+// TestProbeEnds resolves probe sources and targets with externals in a
+// lab's state, without a lab: the names, the kinds and the ambiguities.
+func TestProbeEnds(t *testing.T) {
+	n1 := &nodeState{Node: Node{Cluster: "c1", Name: "n1"}}
+	st := &state{
+		Name:     "t",
+		Clusters: []*clusterState{{Name: "c1", Nodes: []*nodeState{n1}}},
+		Pods: []*podState{
+			{Pod: Pod{Cluster: "c1", Node: "n1", Namespace: "prod", Name: "web", IP: netip.MustParseAddr("10.200.0.2"), Ports: []PortSpec{{Port: 80, Protocol: "TCP"}}}},
+			{Pod: Pod{Cluster: "c1", Node: "n1", Namespace: "prod", Name: "dup", IP: netip.MustParseAddr("10.200.0.3")}},
+		},
+		Externals: []*externalState{
+			{External: External{Name: "ext1", IP: netip.MustParseAddr("192.168.77.200"), Ports: []PortSpec{{Port: 80, Protocol: "TCP"}, {Port: 53, Protocol: "UDP"}}}},
+			{External: External{Name: "dup", IP: netip.MustParseAddr("192.168.77.201")}},
+		},
+	}
+	sources := []struct {
+		from, want, wantErr string
+	}{
+		{"ext:ext1", "ext:ext1", ""},
+		{"ext1", "ext:ext1", ""},
+		{"web", "c1/prod/web", ""},
+		{"pod:dup", "c1/prod/dup", ""},
+		{"ext:dup", "ext:dup", ""},
+		{"dup", "", "names a pod and an external"},
+		{"ext:web", "", "not found"},
+		{"pod:ext1", "", "not found"},
+		{"svc:prod/web", "", "not a service"},
+	}
+	for _, tt := range sources {
+		t.Run("from "+tt.from, func(t *testing.T) {
+			src, err := st.findSource(tt.from)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("findSource(%q) = %+v, %v; want an error saying %q", tt.from, src, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || src.ref != tt.want {
+				t.Fatalf("findSource(%q) = %+v, %v; want %s", tt.from, src, err, tt.want)
+			}
+		})
+	}
+	ext, _ := st.findSource("ext1")
+	web, _ := st.findSource("web")
+	targets := []struct {
+		src      probeSource
+		to       string
+		port     uint16
+		proto    string
+		want     string
+		wantNode int // nodes whose flows are searched
+		wantErr  string
+	}{
+		{web, "ext:ext1", 0, "TCP", "192.168.77.200:80", 1, ""},
+		{web, "ext1", 0, "UDP", "192.168.77.200:53", 1, ""},
+		{web, "ext:ext1", 8080, "TCP", "192.168.77.200:8080", 1, ""},
+		{ext, "web", 0, "TCP", "10.200.0.2:80", 1, ""},
+		{ext, "ext:dup", 7, "TCP", "192.168.77.201:7", 0, ""},
+		{web, "dup", 80, "TCP", "", 0, "names a pod and an external"},
+		{web, "ext:ext1", 0, "SCTP", "", 0, "0 SCTP ports"},
+		{web, "ext:nope", 80, "TCP", "", 0, "not found"},
+	}
+	for _, tt := range targets {
+		t.Run(tt.src.ref+" to "+tt.to, func(t *testing.T) {
+			got, nodes, err := st.resolveTarget(tt.src, tt.to, tt.port, tt.proto)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("resolveTarget = %s, %v; want an error saying %q", got, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || got.String() != tt.want || len(nodes) != tt.wantNode {
+				t.Fatalf("resolveTarget = %s, %d nodes, %v; want %s, %d nodes", got, len(nodes), err, tt.want, tt.wantNode)
+			}
+		})
+	}
+}
+
 func TestTopologyMultiCluster(t *testing.T) {
 	two := base + `
   - name: c2
@@ -184,7 +311,9 @@ func TestNetnsNames(t *testing.T) {
 		{"demo", "mp-demo-lab", true},
 		{"demo", "mp-demo-n_c1_node1", true},
 		{"demo", "mp-demo-p_c1_prod_web-1", true},
-		{"demo", "mp-demo-x-lab", false}, // lab demo-x's
+		{"demo", "mp-demo-x_ext1", true},
+		{"demo", "mp-demo-x-x_ext1", false}, // lab demo-x's
+		{"demo", "mp-demo-x-lab", false},    // lab demo-x's
 		{"demo", "mp-demo-x-n_c1_node1", false},
 		{"demo", "mp-demo-", false},
 		{"demo", "mp-demox-lab", false},
@@ -203,6 +332,9 @@ func TestNetnsNames(t *testing.T) {
 	if n := bridgePortName("a-very-long-cluster-name", "a-very-long-node-name"); len(n) > 15 {
 		t.Errorf("bridge port name %q is longer than IFNAMSIZ allows", n)
 	}
+	if n := externalPortName("a-very-long-external-name"); len(n) > 15 || n == bridgePortName("external", "a-very-long-external-name") {
+		t.Errorf("external port name %q: too long, or a node's", n)
+	}
 }
 
 // FuzzParseTopology feeds arbitrary files to ParseTopology: it must not
@@ -210,6 +342,7 @@ func TestNetnsNames(t *testing.T) {
 func FuzzParseTopology(f *testing.F) {
 	f.Add([]byte(base))
 	f.Add([]byte("name: x\nclusters: [{name: c, id: 1, podCIDR: 10.0.0.0/8, nodes: [{name: n}]}]"))
+	f.Add([]byte("name: x\nclusters: [{name: c, id: 1, podCIDR: 10.0.0.0/8, nodes: [{name: n}]}]\nexternals: [{name: e, ip: 192.168.77.11, ports: [{port: 53, protocol: UDP}]}]"))
 	f.Add([]byte("name: x\nnetwork: 10.0.0.0/28\nclusters: [{name: c, id: 9, podCIDR: 10.1.0.0/16, maskSize: 29, nodes: [{name: n, ip: 10.0.0.2}]}]"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		topo, err := ParseTopology(data)

@@ -221,6 +221,13 @@ func (l *Lab) up(ctx context.Context) error {
 			return err
 		}
 	}
+	// Externals come after the agents: their routes need every node's pod
+	// CIDR.
+	for _, x := range st.Topology.Externals {
+		if err := l.addExternal(ctx, x, network); err != nil {
+			return fmt.Errorf("external %s: %w", x.Name, err)
+		}
+	}
 	for _, c := range st.Topology.Clusters {
 		for _, n := range c.Nodes {
 			ns, _ := st.node(c.Name, n.Name)
@@ -450,7 +457,7 @@ func (l *Lab) startNode(ctx context.Context, c Cluster, cs *clusterState, n Node
 	cs.Nodes = append(cs.Nodes, ns)
 	l.mu.Unlock()
 	l.progress("node %s/%s: netns %s, %s", c.Name, n.Name, name, ip)
-	if _, err := setupNodeNetns(l.st.LabNetns, name, bridgePortName(c.Name, n.Name), netip.PrefixFrom(ip, network.Bits())); err != nil {
+	if _, err := setupNodeNetns(l.st.LabNetns, name, bridgePortName(c.Name, n.Name), netip.PrefixFrom(ip, network.Bits()), true); err != nil {
 		return fmt.Errorf("node %s/%s: %w", c.Name, n.Name, err)
 	}
 	bpffs := filepath.Join(l.st.BPFFS, c.Name)
@@ -569,6 +576,52 @@ func (l *Lab) routeCluster(cs *clusterState) error {
 	return nil
 }
 
+// addExternal makes an external host: a namespace on the bridge (no
+// router), a route to every node's pod CIDR through that node, and its
+// echo server. It is recorded in the state first, so Down finds whatever
+// a failure left.
+func (l *Lab) addExternal(ctx context.Context, x ExternalSpec, network netip.Prefix) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	ip := netip.MustParseAddr(x.IP) // validated
+	name := externalNetnsName(l.st.Name, x.Name)
+	dir := filepath.Join(l.st.Dir, "externals")
+	xs := &externalState{
+		External:  External{Name: x.Name, IP: ip, Netns: netnsPath(name), Ports: x.Ports},
+		EchoLog:   filepath.Join(dir, x.Name+".log"),
+		EchoReady: filepath.Join(dir, x.Name+".ready"),
+	}
+	l.mu.Lock()
+	l.st.Externals = append(l.st.Externals, xs)
+	nodes := l.nodesLocked()
+	l.mu.Unlock()
+	if err := l.save(); err != nil {
+		return err
+	}
+	l.progress("external %s: netns %s, %s", x.Name, name, ip)
+	if _, err := setupNodeNetns(l.st.LabNetns, name, externalPortName(x.Name), netip.PrefixFrom(ip, network.Bits()), false); err != nil {
+		return err
+	}
+	for _, n := range nodes {
+		if err := routeNode(xs.Netns, n.PodCIDR, n.IP); err != nil {
+			return err
+		}
+	}
+	return l.startEcho(ctx, xs.Netns, xs.Ref(), xs.Ports, xs.EchoLog, xs.EchoReady, func(pid int) { xs.EchoPID = pid })
+}
+
+// nodesLocked returns every node of the lab.
+func (l *Lab) nodesLocked() []Node {
+	var out []Node
+	for _, c := range l.st.Clusters {
+		for _, n := range c.Nodes {
+			out = append(out, n.Node)
+		}
+	}
+	return out
+}
+
 // dialAgent connects to an agent's API socket. The connection is made per
 // call: an agent that restarts gets a new socket, and a cached
 // connection would sit in reconnect backoff.
@@ -658,13 +711,48 @@ func (l *Lab) Pod(ref string) (Pod, error) {
 func (l *Lab) Nodes() []Node {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	var out []Node
-	for _, c := range l.st.Clusters {
-		for _, n := range c.Nodes {
-			out = append(out, n.Node)
-		}
+	return l.nodesLocked()
+}
+
+// AgentPID returns the PID of a node's agent (0 while it is stopped), for
+// a look at its resources in /proc.
+func (l *Lab) AgentPID(cluster, node string) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n, err := l.st.node(cluster, node)
+	if err != nil {
+		return 0, err
+	}
+	return n.AgentPID, nil
+}
+
+// Externals returns the lab's external hosts.
+func (l *Lab) Externals() []External {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make([]External, 0, len(l.st.Externals))
+	for _, x := range l.st.Externals {
+		out = append(out, x.External)
 	}
 	return out
+}
+
+// External returns an external host by name ("ext:" in front or not).
+func (l *Lab) External(name string) (External, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	x, ok := l.st.findExternal(name)
+	if !ok {
+		return External{}, fmt.Errorf("%w: no external %q in lab %s", ErrNotFound, name, l.st.Name)
+	}
+	return x.External, nil
+}
+
+// BPFFS returns the bpffs directory the cluster's agents pin under (their
+// --bpffs): a node's maps are in bpf.Config{Dir: BPFFS(cluster), Node:
+// node}.PinDir().
+func (l *Lab) BPFFS(cluster string) string {
+	return filepath.Join(l.st.BPFFS, cluster)
 }
 
 // Node returns a node of a cluster.

@@ -291,8 +291,8 @@ other than the expected one is an error (exit status 1).`,
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&spec.From, "from", "", "source pod")
-	cmd.Flags().StringVar(&spec.To, "to", "", "target: pod, IP address, or namespace/service (pod: or svc: to tell them apart)")
+	cmd.Flags().StringVar(&spec.From, "from", "", "source: pod, or external host (ext:NAME)")
+	cmd.Flags().StringVar(&spec.To, "to", "", "target: pod, external host, IP address, or namespace/service (pod:, ext: or svc: to tell them apart)")
 	cmd.Flags().IntVar(&port, "port", 0, "target port (default: the target's only port)")
 	cmd.Flags().StringVar(&spec.Proto, "proto", "tcp", "tcp or udp")
 	cmd.Flags().DurationVar(&spec.Timeout, "timeout", time.Second, "how long to wait for an answer")
