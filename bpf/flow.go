@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/ringbuf"
@@ -208,15 +209,25 @@ func (r *flowRecord) flow() Flow {
 	}
 }
 
+// FlowFlushInterval is how often a FlowReader drains the ring when the
+// datapath has not woken it: the longest an event waits to be read.
+const FlowFlushInterval = 50 * time.Millisecond
+
 // FlowReader reads flow events from the datapath's ring buffer. Read may
 // be called from one goroutine while Close is called from another.
 //
 // The ring buffer has one read position, kept in the pinned map: two
 // readers at once (two agents by mistake) would each see part of the
 // events, and a new agent's reader starts where the old one stopped.
+//
+// The datapath wakes the reader only once 32 KiB of events wait (a
+// wake-up per event would cost the agent more CPU than the event), so
+// Read also drains the ring every FlowFlushInterval: an event waits at
+// most that long.
 type FlowReader struct {
-	m  *ebpf.Map // a clone of the ring buffer's fd, owned by the reader
-	rd *ringbuf.Reader
+	m   *ebpf.Map // a clone of the ring buffer's fd, owned by the reader
+	rd  *ringbuf.Reader
+	rec ringbuf.Record // Read's buffer, reused: Read is not concurrent
 
 	closeOnce sync.Once
 	closeErr  error
@@ -240,14 +251,21 @@ func newFlowReader(ring *ebpf.Map) (*FlowReader, error) {
 // Read blocks until the next flow event and returns it. After Close it
 // returns an error wrapping os.ErrClosed.
 func (r *FlowReader) Read() (Flow, error) {
-	rec, err := r.rd.Read()
-	if errors.Is(err, os.ErrClosed) {
-		return Flow{}, fmt.Errorf("read flow: %w", os.ErrClosed)
+	for {
+		r.rd.SetDeadline(time.Now().Add(FlowFlushInterval))
+		err := r.rd.ReadInto(&r.rec)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			continue // nothing waiting: poll again
+		}
+		if errors.Is(err, os.ErrClosed) {
+			return Flow{}, fmt.Errorf("read flow: %w", os.ErrClosed)
+		}
+		if err != nil {
+			return Flow{}, fmt.Errorf("read flow: %w", err)
+		}
+		break
 	}
-	if err != nil {
-		return Flow{}, fmt.Errorf("read flow: %w", err)
-	}
-	f, err := decodeFlow(rec.RawSample)
+	f, err := decodeFlow(r.rec.RawSample)
 	if err != nil {
 		return Flow{}, fmt.Errorf("read flow: %w", err)
 	}

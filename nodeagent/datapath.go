@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -140,7 +141,6 @@ func (a *Agent) readFlows(ctx context.Context) error {
 		<-ctx.Done()
 		_ = r.Close()
 	}()
-	clock := newKtimeClock()
 	for {
 		f, err := r.Read()
 		if errors.Is(err, os.ErrClosed) {
@@ -153,7 +153,7 @@ func (a *Agent) readFlows(ctx context.Context) error {
 			a.log.Warn("cannot read a flow event", "err", err)
 			continue
 		}
-		a.flows.publish(a.flowMsg(f, clock))
+		a.flows.publish(f)
 	}
 }
 
@@ -196,6 +196,14 @@ func (a *Agent) flowMsg(f bpf.Flow, clock ktimeClock) *api.Flow {
 		m.Service = f.Service.String()
 	}
 	return m
+}
+
+// podOfAddr is podOf for an address.
+func (a *Agent) podOfAddr(ip netip.Addr) string {
+	if !ip.IsValid() {
+		return ""
+	}
+	return a.podOf(ip.String())
 }
 
 // podOf names the pod of an IP from the ipcache's etcd cache.

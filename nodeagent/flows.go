@@ -6,7 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/meshplane/meshplane/api"
+	"github.com/meshplane/meshplane/bpf"
 )
 
 // flowHistory is how many recent flows the agent keeps for Observe.
@@ -19,9 +19,13 @@ const flowSubBuffer = 1024
 // flowHub keeps the recent flows and fans new ones out to followers. The
 // reader goroutine publishes; Observe calls subscribe from the gRPC
 // goroutines. mu guards ring, next, full and subs.
+//
+// Flows are kept as the datapath's fixed-size records and turned into API
+// messages (strings, pod names) only when someone asks: the agent reads
+// thousands a second and most are never looked at.
 type flowHub struct {
 	mu   sync.Mutex
-	ring []*api.Flow
+	ring []bpf.Flow
 	next int
 	full bool
 	subs map[*flowSub]struct{}
@@ -33,24 +37,26 @@ type flowHub struct {
 // flowSub is one follower.
 type flowSub struct {
 	f  flowFilter
-	ch chan *api.Flow
+	ch chan bpf.Flow
 }
 
 // flowFilter selects flows for Observe.
 type flowFilter struct {
 	pod     string // "ns/name" or "name"
-	verdict string
+	verdict bpf.FlowVerdict
 	ip      netip.Addr
+	// podOf names the pod of an address ("ns/name"), for the pod filter.
+	podOf func(netip.Addr) string
 }
 
-func (f flowFilter) match(fl *api.Flow) bool {
-	if f.verdict != "" && fl.Verdict != f.verdict {
+func (f flowFilter) match(fl bpf.Flow) bool {
+	if f.verdict != 0 && fl.Verdict != f.verdict {
 		return false
 	}
-	if f.ip.IsValid() && fl.Source != f.ip.String() && fl.Destination != f.ip.String() {
+	if f.ip.IsValid() && fl.Src.Addr() != f.ip && fl.Dst.Addr() != f.ip {
 		return false
 	}
-	if f.pod != "" && !podMatch(f.pod, fl.SourcePod) && !podMatch(f.pod, fl.DestinationPod) {
+	if f.pod != "" && !podMatch(f.pod, f.podOf(fl.Src.Addr())) && !podMatch(f.pod, f.podOf(fl.Dst.Addr())) {
 		return false
 	}
 	return true
@@ -70,12 +76,12 @@ func podMatch(ref, pod string) bool {
 }
 
 func newFlowHub() *flowHub {
-	return &flowHub{ring: make([]*api.Flow, flowHistory), subs: make(map[*flowSub]struct{})}
+	return &flowHub{ring: make([]bpf.Flow, flowHistory), subs: make(map[*flowSub]struct{})}
 }
 
 // publish records a flow and hands it to every matching follower; it
 // never blocks.
-func (h *flowHub) publish(fl *api.Flow) {
+func (h *flowHub) publish(fl bpf.Flow) {
 	h.total.Add(1)
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -99,10 +105,10 @@ func (h *flowHub) publish(fl *api.Flow) {
 // subscribe returns up to last recent flows that match f, oldest first,
 // and, with follow, a follower for the new ones (cancel with
 // unsubscribe). Taking both under one lock means none falls in between.
-func (h *flowHub) subscribe(f flowFilter, last int, follow bool) ([]*api.Flow, *flowSub) {
+func (h *flowHub) subscribe(f flowFilter, last int, follow bool) ([]bpf.Flow, *flowSub) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	var out []*api.Flow
+	var out []bpf.Flow
 	if last > 0 {
 		n := h.next
 		if h.full {
@@ -110,7 +116,7 @@ func (h *flowHub) subscribe(f flowFilter, last int, follow bool) ([]*api.Flow, *
 		}
 		for i := range n {
 			idx := (h.next - 1 - i + len(h.ring)) % len(h.ring)
-			if fl := h.ring[idx]; fl != nil && f.match(fl) {
+			if fl := h.ring[idx]; f.match(fl) {
 				out = append(out, fl)
 				if len(out) == last {
 					break
@@ -124,7 +130,7 @@ func (h *flowHub) subscribe(f flowFilter, last int, follow bool) ([]*api.Flow, *
 	if !follow {
 		return out, nil
 	}
-	s := &flowSub{f: f, ch: make(chan *api.Flow, flowSubBuffer)}
+	s := &flowSub{f: f, ch: make(chan bpf.Flow, flowSubBuffer)}
 	h.subs[s] = struct{}{}
 	return out, s
 }

@@ -383,9 +383,13 @@ func (s *apiServer) DeleteEndpoint(ctx context.Context, r *api.DeleteEndpointReq
 // Observe sends the recent flows the request asks for, then, with
 // follow, new ones until the client goes away.
 func (s *apiServer) Observe(r *api.ObserveRequest, stream grpc.ServerStreamingServer[api.Flow]) error {
-	f := flowFilter{pod: r.Pod, verdict: r.Verdict}
+	f := flowFilter{pod: r.Pod, podOf: s.a.podOfAddr}
 	switch r.Verdict {
-	case "", "forwarded", "dropped":
+	case "":
+	case "forwarded":
+		f.verdict = bpf.Forwarded
+	case "dropped":
+		f.verdict = bpf.Dropped
 	default:
 		return status.Errorf(codes.InvalidArgument, "verdict %q: use forwarded or dropped", r.Verdict)
 	}
@@ -400,8 +404,9 @@ func (s *apiServer) Observe(r *api.ObserveRequest, stream grpc.ServerStreamingSe
 	if sub != nil {
 		defer s.a.flows.unsubscribe(sub)
 	}
+	clock := newKtimeClock()
 	for _, fl := range history {
-		if err := stream.Send(fl); err != nil {
+		if err := stream.Send(s.a.flowMsg(fl, clock)); err != nil {
 			return err
 		}
 	}
@@ -413,7 +418,7 @@ func (s *apiServer) Observe(r *api.ObserveRequest, stream grpc.ServerStreamingSe
 		case <-stream.Context().Done():
 			return nil
 		case fl := <-sub.ch:
-			if err := stream.Send(fl); err != nil {
+			if err := stream.Send(s.a.flowMsg(fl, clock)); err != nil {
 				return err
 			}
 		}

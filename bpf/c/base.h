@@ -78,6 +78,11 @@ static long (*bpf_l3_csum_replace)(struct __sk_buff *skb, __u32 offset, __u64 fr
 static long (*bpf_l4_csum_replace)(struct __sk_buff *skb, __u32 offset, __u64 from, __u64 to, __u64 flags) = (void *)11;
 static long (*bpf_skb_load_bytes)(const void *skb, __u32 offset, void *to, __u32 len) = (void *)26;
 static long (*bpf_ringbuf_output)(void *ringbuf, void *data, __u64 size, __u64 flags) = (void *)130;
+static __u64 (*bpf_ringbuf_query)(void *ringbuf, __u64 flags) = (void *)134;
+
+#define BPF_RB_NO_WAKEUP	(1ULL << 0)
+#define BPF_RB_FORCE_WAKEUP	(1ULL << 1)
+#define BPF_RB_AVAIL_DATA	0
 
 /* Byte order: BPF targets built here are little-endian (bpfel). */
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__

@@ -22,6 +22,10 @@
 #include "conntrack.h"
 #include "nat.h"
 
+/* Pending flow bytes that wake the agent's reader (about 300 events); below
+ * that, FlowReader drains the ring on its flush timer. */
+#define MP_FLOW_WAKEUP_BYTES (32 * 1024)
+
 char _license[] SEC("license") = "Dual BSD/GPL";
 
 static __always_inline void count(__u32 idx, __u32 len)
@@ -72,8 +76,13 @@ static __always_inline void emit(struct __sk_buff *skb, struct ctx *c, __u8 verd
 		*(__be32 *)ev.svc_addr = c->svc_addr;
 		ev.svc_port = c->svc_port;
 	}
-	/* A full ring loses the event, never the packet. */
-	if (bpf_ringbuf_output(&mp_flows, &ev, sizeof(ev), 0) < 0)
+	/* The reader is woken only once MP_FLOW_WAKEUP_BYTES are waiting
+	 * (it also drains the ring on a short timer, FlowReader's flush
+	 * interval): a wake-up per event costs the agent more CPU than the
+	 * event itself. A full ring loses the event, never the packet. */
+	__u64 wake = bpf_ringbuf_query(&mp_flows, BPF_RB_AVAIL_DATA) >= MP_FLOW_WAKEUP_BYTES ?
+		BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+	if (bpf_ringbuf_output(&mp_flows, &ev, sizeof(ev), wake) < 0)
 		count(MP_COUNTER_LOST_FLOWS, 1);
 }
 
