@@ -172,15 +172,33 @@ func newLabShowCmd(o *options, f *labFlags) *cobra.Command {
 
 // printLab prints a lab's nodes, pods and services.
 func printLab(w io.Writer, l *lab.Lab, format string) error {
+	type cluster struct {
+		Name          string   `json:"name"`
+		EtcdEndpoints []string `json:"etcdEndpoints"`
+	}
+	var clusters []cluster
+	for _, c := range l.Topology().Clusters {
+		clusters = append(clusters, cluster{c.Name, l.EtcdEndpoints(c.Name)})
+	}
 	if format == formatJSON {
 		return writeJSON(w, struct {
-			Name     string        `json:"name"`
-			Nodes    []lab.Node    `json:"nodes"`
-			Pods     []lab.Pod     `json:"pods"`
-			Services []lab.Service `json:"services"`
-		}{l.Name(), l.Nodes(), l.Pods(), l.Services()})
+			Name      string         `json:"name"`
+			Clusters  []cluster      `json:"clusters"`
+			Nodes     []lab.Node     `json:"nodes"`
+			Pods      []lab.Pod      `json:"pods"`
+			Services  []lab.Service  `json:"services"`
+			Externals []lab.External `json:"externals"`
+		}{l.Name(), clusters, l.Nodes(), l.Pods(), l.Services(), l.Externals()})
 	}
-	t := newTable(w, "CLUSTER", "NODE", "IP", "POD CIDR", "AGENT SOCKET")
+	t := newTable(w, "CLUSTER", "ETCD (for meshctl: --etcd-endpoints E --cluster-name C)")
+	for _, c := range clusters {
+		t.row(c.Name, strings.Join(c.EtcdEndpoints, ","))
+	}
+	if err := t.flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(w)
+	t = newTable(w, "CLUSTER", "NODE", "IP", "POD CIDR", "AGENT SOCKET")
 	for _, n := range l.Nodes() {
 		t.row(n.Cluster, n.Name, n.IP.String(), n.PodCIDR.String(), n.AgentSocket)
 	}
@@ -207,6 +225,22 @@ func printLab(w io.Writer, l *lab.Lab, format string) error {
 			ports = append(ports, fmt.Sprintf("%d->%d/%s", p.Port, p.TargetPort, p.Protocol))
 		}
 		t.row(s.Cluster, s.Namespace+"/"+s.Name, s.ClusterIP.String(), strings.Join(ports, ","), orNone(s.Backends))
+	}
+	if err := t.flush(); err != nil {
+		return err
+	}
+	exts := l.Externals()
+	if len(exts) == 0 {
+		return nil
+	}
+	fmt.Fprintln(w)
+	t = newTable(w, "EXTERNAL", "IP", "PORTS")
+	for _, x := range exts {
+		var ports []string
+		for _, p := range x.Ports {
+			ports = append(ports, fmt.Sprintf("%d/%s", p.Port, p.Protocol))
+		}
+		t.row(x.Ref(), x.IP.String(), strings.Join(ports, ","))
 	}
 	return t.flush()
 }
