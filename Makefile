@@ -42,21 +42,21 @@ lint:
 	PATH="$$PATH:$$($(GO) env GOPATH)/bin" golangci-lint run ./...
 
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzParseSet -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./labels/
-	$(GO) test -run '^$$' -fuzz FuzzParse$$ -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./labels/
-	$(GO) test -run '^$$' -fuzz FuzzDecodeIdentity -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./kvstore/allocator/
-	$(GO) test -run '^$$' -fuzz FuzzPool -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./ipam/
-	$(GO) test -run '^$$' -fuzz FuzzDecodeClaim -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./kvstore/nodecidr/
-	$(GO) test -run '^$$' -fuzz FuzzJournalLoad -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./ipam/podip/
-	$(GO) test -run '^$$' -fuzz FuzzDecodeNodeRecord -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./kvstore/nodecidr/
-	$(GO) test -run '^$$' -fuzz FuzzDecode$$ -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./service/
-	$(GO) test -run '^$$' -fuzz FuzzDecode$$ -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./ipcache/
-	$(GO) test -run '^$$' -fuzz FuzzPortRange -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./bpf/
-	$(GO) test -run '^$$' -fuzz FuzzIPCacheKey -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./bpf/
-	$(GO) test -run '^$$' -fuzz FuzzDecodeMeta -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./health/
-	$(GO) test -run '^$$' -fuzz FuzzParse$$ -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./policy/
-	$(GO) test -run '^$$' -fuzz FuzzDecode$$ -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./policy/
-	$(GO) test -run '^$$' -fuzz FuzzParseTopology -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./lab/
+	.ci/fuzz-target ./labels/ 'FuzzParseSet' $(FUZZTIME)
+	.ci/fuzz-target ./labels/ 'FuzzParse$$' $(FUZZTIME)
+	.ci/fuzz-target ./kvstore/allocator/ 'FuzzDecodeIdentity' $(FUZZTIME)
+	.ci/fuzz-target ./ipam/ 'FuzzPool' $(FUZZTIME)
+	.ci/fuzz-target ./kvstore/nodecidr/ 'FuzzDecodeClaim' $(FUZZTIME)
+	.ci/fuzz-target ./ipam/podip/ 'FuzzJournalLoad' $(FUZZTIME)
+	.ci/fuzz-target ./kvstore/nodecidr/ 'FuzzDecodeNodeRecord' $(FUZZTIME)
+	.ci/fuzz-target ./service/ 'FuzzDecode$$' $(FUZZTIME)
+	.ci/fuzz-target ./ipcache/ 'FuzzDecode$$' $(FUZZTIME)
+	.ci/fuzz-target ./bpf/ 'FuzzPortRange' $(FUZZTIME)
+	.ci/fuzz-target ./bpf/ 'FuzzIPCacheKey' $(FUZZTIME)
+	.ci/fuzz-target ./health/ 'FuzzDecodeMeta' $(FUZZTIME)
+	.ci/fuzz-target ./policy/ 'FuzzParse$$' $(FUZZTIME)
+	.ci/fuzz-target ./policy/ 'FuzzDecode$$' $(FUZZTIME)
+	.ci/fuzz-target ./lab/ 'FuzzParseTopology' $(FUZZTIME)
 
 ## generate: the gRPC code in api/ (protoc from Debian's protobuf-compiler
 ## 3.21.12; the plugins are pinned in go.mod's tool block) and the datapath's
