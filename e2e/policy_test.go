@@ -14,6 +14,18 @@ import (
 	"github.com/meshplane/meshplane/policy"
 )
 
+// webFromClient lets prod's client reach prod's web pods on TCP 80, and
+// nothing else reach them.
+const webFromClient = `apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: prod}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: client}}}]
+    ports: [{port: 80}]
+`
+
 // probe is one expected connection result.
 type probe struct {
 	from, to string
@@ -174,16 +186,7 @@ spec:
 			{from: client, to: db, port: 5432, allowed: true},
 			{from: web1, to: db, port: 5432, allowed: true}, // egress of web is open
 		}},
-		{"pod selector in the policy's namespace, one port", `
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: web, namespace: prod}
-spec:
-  podSelector: {matchLabels: {app: web}}
-  ingress:
-  - from: [{podSelector: {matchLabels: {app: client}}}]
-    ports: [{port: 80}]
-`, []probe{
+		{"pod selector in the policy's namespace, one port", webFromClient, []probe{
 			{from: client, to: web1, port: 80, allowed: true},
 			{from: client, to: web2, port: 80, allowed: true},
 			{from: client, to: web2, port: 8080, reason: denied},
@@ -287,15 +290,7 @@ spec:
   - to: [{podSelector: {matchLabels: {app: web}}}]
     ports: [{port: 80}]
 ---
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: web, namespace: prod}
-spec:
-  podSelector: {matchLabels: {app: web}}
-  ingress:
-  - from: [{podSelector: {matchLabels: {app: client}}}]
-    ports: [{port: 80}]
-`, []probe{
+` + webFromClient, []probe{
 			{from: client, to: web1, port: 80, allowed: true},
 			{from: client, to: web2, port: 80, allowed: true},
 			{from: client, to: svc, port: 80, allowed: true},

@@ -76,16 +76,7 @@ func echo(c net.Conn, r *bufio.Reader, i int) error {
 // while no agent runs.
 func TestAgentRestartDuringTraffic(t *testing.T) {
 	l := startLab(t)
-	applyPolicies(t, l, "c1", `
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: web, namespace: prod}
-spec:
-  podSelector: {matchLabels: {app: web}}
-  ingress:
-  - from: [{podSelector: {matchLabels: {app: client}}}]
-    ports: [{port: 80}]
-`)
+	applyPolicies(t, l, "c1", webFromClient)
 	policyHolds := []probe{
 		{from: "prod/client", to: "prod/web-2", port: 80, allowed: true},
 		{from: "dev/tool", to: "prod/web-2", port: 80},

@@ -137,10 +137,10 @@ func (a *Agent) readFlows(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("flow ring buffer: %w", err)
 	}
-	go func() {
-		<-ctx.Done()
-		_ = r.Close()
-	}()
+	// Close unblocks Read; it is idempotent, so the deferred call only
+	// makes sure the reader goes when the loop ends another way.
+	stop := context.AfterFunc(ctx, func() { _ = r.Close() })
+	defer func() { stop(); _ = r.Close() }()
 	for {
 		f, err := r.Read()
 		if errors.Is(err, os.ErrClosed) {

@@ -43,35 +43,32 @@ type policyState struct {
 	// setCIDR adds (id != 0) or removes a CIDR identity's ipcache entry.
 	setCIDR func(p netip.Prefix, id uint32)
 
-	mu       sync.Mutex
-	eng      *policy.Engine
-	refs     map[bpf.PolicyKey]int        // mu guards: map keys by number of entries wanting them
-	flags    map[uint32]bpf.EndpointFlags // enforcement by endpoint ID
-	values   map[uint32]bpf.EndpointValue // the endpoints' map values, flags aside
-	epIPs    map[uint32][]netip.Addr      // local endpoints' IPs
-	cidrIDs  map[netip.Prefix]uint32      // CIDR identities
-	cidrs    *idAllocator[netip.Prefix]   // local numbers of CIDR identities
-	hostHeld map[uint32]bool              // endpoints holding the host entry
-	synced   bool                         // the engine has the first full state
-	errs     int                          // entries that could not become map keys (never expected)
-	lastErr  error                        // the last of those
+	mu   sync.Mutex
+	eng  *policy.Engine
+	refs map[bpf.PolicyKey]int // mu guards: map keys by number of entries wanting them
+	// flags is each local endpoint's enforcement; an endpoint enforcing
+	// ingress holds the host entry (hostEntry).
+	flags   map[uint32]bpf.EndpointFlags
+	epIPs   map[uint32][]netip.Addr    // local endpoints' IPs: their keys in epT
+	cidrIDs map[netip.Prefix]uint32    // CIDR identities
+	cidrs   *idAllocator[netip.Prefix] // local numbers of CIDR identities
+	synced  bool                       // the engine has the first full state
+	errs    int                        // entries that could not become map keys (never expected)
+	lastErr error                      // the last of those
 }
 
 func newPolicyState(cluster string, epT *reconciler.Table[bpf.EndpointKey, bpf.EndpointValue],
 	polT *reconciler.Table[bpf.PolicyKey, bpf.PolicyValue], setCIDR func(netip.Prefix, uint32)) *policyState {
-	s := &policyState{
-		epT: epT, polT: polT, setCIDR: setCIDR,
-		eng:      policy.NewEngine(cluster),
-		refs:     make(map[bpf.PolicyKey]int),
-		flags:    make(map[uint32]bpf.EndpointFlags),
-		hostHeld: make(map[uint32]bool),
-		values:   make(map[uint32]bpf.EndpointValue),
-		epIPs:    make(map[uint32][]netip.Addr),
-		cidrIDs:  make(map[netip.Prefix]uint32),
-		cidrs:    newIDAllocator[netip.Prefix]("CIDR identity", uint32(identity.Max)),
-	}
 	// The engine has the world identity built in (ipBlocks of /0).
-	return s
+	return &policyState{
+		epT: epT, polT: polT, setCIDR: setCIDR,
+		eng:     policy.NewEngine(cluster),
+		refs:    make(map[bpf.PolicyKey]int),
+		flags:   make(map[uint32]bpf.EndpointFlags),
+		epIPs:   make(map[uint32][]netip.Addr),
+		cidrIDs: make(map[netip.Prefix]uint32),
+		cidrs:   newIDAllocator[netip.Prefix]("CIDR identity", uint32(identity.Max)),
+	}
 }
 
 // seedFlags records the flags an endpoint has in the pinned map, which
@@ -112,7 +109,6 @@ func (s *policyState) installEndpoint(ep *Endpoint, set labels.Set) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	v := endpointValue(ep)
-	s.values[ep.ID] = v
 	s.epIPs[ep.ID] = ep.IPs
 	v.Flags = s.flags[ep.ID]
 	for _, ip := range ep.IPs {
@@ -133,9 +129,10 @@ func (s *policyState) removeEndpoint(ep *Endpoint) {
 		s.epT.Delete(bpf.EndpointKeyFor(ip))
 	}
 	s.applyLocked(s.eng.DeleteEndpoint(ep.ID))
-	s.hostEntryLocked(ep.ID, false)
+	if s.flags[ep.ID]&bpf.EndpointPolicyIngress != 0 {
+		s.entryLocked(ep.ID, hostEntry(), false)
+	}
 	delete(s.flags, ep.ID)
-	delete(s.values, ep.ID)
 	delete(s.epIPs, ep.ID)
 }
 
@@ -186,34 +183,24 @@ func hostEntry() policy.Entry {
 	return policy.Entry{Direction: policy.Ingress, Identity: uint32(identity.Host)}
 }
 
-// setFlagsLocked changes an endpoint's enforcement in its map values.
+// setFlagsLocked changes an endpoint's enforcement in its map values
+// (epT holds them; only the flags change) and takes or drops its host
+// entry with the ingress flag.
 func (s *policyState) setFlagsLocked(id uint32, f bpf.EndpointFlags) {
 	old, had := s.flags[id]
 	if had && old == f {
 		return
 	}
 	s.flags[id] = f
-	s.hostEntryLocked(id, f&bpf.EndpointPolicyIngress != 0)
-	v, ok := s.values[id]
-	if !ok {
-		return
+	if in := f&bpf.EndpointPolicyIngress != 0; in != (old&bpf.EndpointPolicyIngress != 0) {
+		s.entryLocked(id, hostEntry(), in)
 	}
-	v.Flags = f
 	for _, ip := range s.epIPs[id] {
-		s.epT.Set(bpf.EndpointKeyFor(ip), v)
-	}
-}
-
-// hostEntryLocked keeps the host entry of an endpoint iff want.
-func (s *policyState) hostEntryLocked(id uint32, want bool) {
-	if s.hostHeld[id] == want {
-		return
-	}
-	s.entryLocked(id, hostEntry(), want)
-	if want {
-		s.hostHeld[id] = true
-	} else {
-		delete(s.hostHeld, id)
+		k := bpf.EndpointKeyFor(ip)
+		if v, ok := s.epT.Get(k); ok {
+			v.Flags = f
+			s.epT.Set(k, v)
+		}
 	}
 }
 

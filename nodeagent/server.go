@@ -1,6 +1,7 @@
 package nodeagent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -21,6 +22,7 @@ import (
 	"github.com/meshplane/meshplane/api"
 	"github.com/meshplane/meshplane/bpf"
 	"github.com/meshplane/meshplane/kvstore/allocator"
+	"github.com/meshplane/meshplane/service"
 )
 
 // ErrSocketInUse is returned when another agent serves the API socket.
@@ -343,8 +345,8 @@ func (s *apiServer) DumpServices(_ *api.DumpRequest, stream grpc.ServerStreaming
 func (s *apiServer) AddEndpoint(ctx context.Context, r *api.AddEndpointRequest) (*api.AddEndpointResponse, error) {
 	ports := make([]ContainerPort, 0, len(r.Ports))
 	for _, p := range r.Ports {
-		proto, ok := map[string]uint8{"": bpf.ProtoTCP, "TCP": bpf.ProtoTCP, "UDP": bpf.ProtoUDP, "SCTP": bpf.ProtoSCTP}[p.Protocol]
-		if !ok {
+		proto := service.Protocol(cmp.Or(p.Protocol, string(service.TCP))).Number()
+		if proto == 0 {
 			return nil, status.Errorf(codes.InvalidArgument, "port %d: protocol %q: use TCP, UDP or SCTP", p.Port, p.Protocol)
 		}
 		if p.Port == 0 || p.Port > 65535 {
