@@ -2318,7 +2318,7 @@ const file_agent_proto_rawDesc = "" +
 	"\vendpoint_id\x18\x10 \x01(\rR\n" +
 	"endpointId\x12\x1b\n" +
 	"\ttcp_flags\x18\x11 \x01(\tR\btcpFlags\x12\x14\n" +
-	"\x05reply\x18\x12 \x01(\bR\x05reply2\xfa\x06\n" +
+	"\x05reply\x18\x12 \x01(\bR\x05reply2\xcb\a\n" +
 	"\x05Agent\x12O\n" +
 	"\x06Status\x12!.meshplane.agent.v1.StatusRequest\x1a\".meshplane.agent.v1.StatusResponse\x12X\n" +
 	"\tListNodes\x12$.meshplane.agent.v1.ListNodesRequest\x1a%.meshplane.agent.v1.ListNodesResponse\x12`\n" +
@@ -2327,7 +2327,8 @@ const file_agent_proto_rawDesc = "" +
 	"\rDumpEndpoints\x12\x1f.meshplane.agent.v1.DumpRequest\x1a!.meshplane.agent.v1.EndpointChunk0\x01\x12P\n" +
 	"\n" +
 	"DumpPolicy\x12\x1f.meshplane.agent.v1.DumpRequest\x1a\x1f.meshplane.agent.v1.PolicyChunk0\x01\x12S\n" +
-	"\fDumpServices\x12\x1f.meshplane.agent.v1.DumpRequest\x1a .meshplane.agent.v1.ServiceChunk0\x01\x12^\n" +
+	"\fDumpServices\x12\x1f.meshplane.agent.v1.DumpRequest\x1a .meshplane.agent.v1.ServiceChunk0\x01\x12O\n" +
+	"\bDumpCIDR\x12\x1f.meshplane.agent.v1.DumpRequest\x1a .meshplane.agent.v1.IPCacheChunk0\x01\x12^\n" +
 	"\vAddEndpoint\x12&.meshplane.agent.v1.AddEndpointRequest\x1a'.meshplane.agent.v1.AddEndpointResponse\x12g\n" +
 	"\x0eDeleteEndpoint\x12).meshplane.agent.v1.DeleteEndpointRequest\x1a*.meshplane.agent.v1.DeleteEndpointResponse\x12I\n" +
 	"\aObserve\x12\".meshplane.agent.v1.ObserveRequest\x1a\x18.meshplane.agent.v1.Flow0\x01B$Z\"github.com/meshplane/meshplane/apib\x06proto3"
@@ -2402,21 +2403,23 @@ var file_agent_proto_depIdxs = []int32{
 	13, // 19: meshplane.agent.v1.Agent.DumpEndpoints:input_type -> meshplane.agent.v1.DumpRequest
 	13, // 20: meshplane.agent.v1.Agent.DumpPolicy:input_type -> meshplane.agent.v1.DumpRequest
 	13, // 21: meshplane.agent.v1.Agent.DumpServices:input_type -> meshplane.agent.v1.DumpRequest
-	22, // 22: meshplane.agent.v1.Agent.AddEndpoint:input_type -> meshplane.agent.v1.AddEndpointRequest
-	25, // 23: meshplane.agent.v1.Agent.DeleteEndpoint:input_type -> meshplane.agent.v1.DeleteEndpointRequest
-	27, // 24: meshplane.agent.v1.Agent.Observe:input_type -> meshplane.agent.v1.ObserveRequest
-	1,  // 25: meshplane.agent.v1.Agent.Status:output_type -> meshplane.agent.v1.StatusResponse
-	8,  // 26: meshplane.agent.v1.Agent.ListNodes:output_type -> meshplane.agent.v1.ListNodesResponse
-	12, // 27: meshplane.agent.v1.Agent.ListIdentities:output_type -> meshplane.agent.v1.IdentityChunk
-	15, // 28: meshplane.agent.v1.Agent.DumpIPCache:output_type -> meshplane.agent.v1.IPCacheChunk
-	17, // 29: meshplane.agent.v1.Agent.DumpEndpoints:output_type -> meshplane.agent.v1.EndpointChunk
-	19, // 30: meshplane.agent.v1.Agent.DumpPolicy:output_type -> meshplane.agent.v1.PolicyChunk
-	21, // 31: meshplane.agent.v1.Agent.DumpServices:output_type -> meshplane.agent.v1.ServiceChunk
-	24, // 32: meshplane.agent.v1.Agent.AddEndpoint:output_type -> meshplane.agent.v1.AddEndpointResponse
-	26, // 33: meshplane.agent.v1.Agent.DeleteEndpoint:output_type -> meshplane.agent.v1.DeleteEndpointResponse
-	28, // 34: meshplane.agent.v1.Agent.Observe:output_type -> meshplane.agent.v1.Flow
-	25, // [25:35] is the sub-list for method output_type
-	15, // [15:25] is the sub-list for method input_type
+	13, // 22: meshplane.agent.v1.Agent.DumpCIDR:input_type -> meshplane.agent.v1.DumpRequest
+	22, // 23: meshplane.agent.v1.Agent.AddEndpoint:input_type -> meshplane.agent.v1.AddEndpointRequest
+	25, // 24: meshplane.agent.v1.Agent.DeleteEndpoint:input_type -> meshplane.agent.v1.DeleteEndpointRequest
+	27, // 25: meshplane.agent.v1.Agent.Observe:input_type -> meshplane.agent.v1.ObserveRequest
+	1,  // 26: meshplane.agent.v1.Agent.Status:output_type -> meshplane.agent.v1.StatusResponse
+	8,  // 27: meshplane.agent.v1.Agent.ListNodes:output_type -> meshplane.agent.v1.ListNodesResponse
+	12, // 28: meshplane.agent.v1.Agent.ListIdentities:output_type -> meshplane.agent.v1.IdentityChunk
+	15, // 29: meshplane.agent.v1.Agent.DumpIPCache:output_type -> meshplane.agent.v1.IPCacheChunk
+	17, // 30: meshplane.agent.v1.Agent.DumpEndpoints:output_type -> meshplane.agent.v1.EndpointChunk
+	19, // 31: meshplane.agent.v1.Agent.DumpPolicy:output_type -> meshplane.agent.v1.PolicyChunk
+	21, // 32: meshplane.agent.v1.Agent.DumpServices:output_type -> meshplane.agent.v1.ServiceChunk
+	15, // 33: meshplane.agent.v1.Agent.DumpCIDR:output_type -> meshplane.agent.v1.IPCacheChunk
+	24, // 34: meshplane.agent.v1.Agent.AddEndpoint:output_type -> meshplane.agent.v1.AddEndpointResponse
+	26, // 35: meshplane.agent.v1.Agent.DeleteEndpoint:output_type -> meshplane.agent.v1.DeleteEndpointResponse
+	28, // 36: meshplane.agent.v1.Agent.Observe:output_type -> meshplane.agent.v1.Flow
+	26, // [26:37] is the sub-list for method output_type
+	15, // [15:26] is the sub-list for method input_type
 	15, // [15:15] is the sub-list for extension type_name
 	15, // [15:15] is the sub-list for extension extendee
 	0,  // [0:15] is the sub-list for field type_name

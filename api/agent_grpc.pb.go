@@ -33,6 +33,7 @@ const (
 	Agent_DumpEndpoints_FullMethodName  = "/meshplane.agent.v1.Agent/DumpEndpoints"
 	Agent_DumpPolicy_FullMethodName     = "/meshplane.agent.v1.Agent/DumpPolicy"
 	Agent_DumpServices_FullMethodName   = "/meshplane.agent.v1.Agent/DumpServices"
+	Agent_DumpCIDR_FullMethodName       = "/meshplane.agent.v1.Agent/DumpCIDR"
 	Agent_AddEndpoint_FullMethodName    = "/meshplane.agent.v1.Agent/AddEndpoint"
 	Agent_DeleteEndpoint_FullMethodName = "/meshplane.agent.v1.Agent/DeleteEndpoint"
 	Agent_Observe_FullMethodName        = "/meshplane.agent.v1.Agent/Observe"
@@ -56,6 +57,10 @@ type AgentClient interface {
 	DumpPolicy(ctx context.Context, in *DumpRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[PolicyChunk], error)
 	// DumpServices streams the services and backends maps, joined.
 	DumpServices(ctx context.Context, in *DumpRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ServiceChunk], error)
+	// DumpCIDR streams the CIDR map (the prefixes policies' ipBlocks name,
+	// with their CIDR identities) as installed in the kernel; entries carry
+	// prefix and identity only.
+	DumpCIDR(ctx context.Context, in *DumpRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[IPCacheChunk], error)
 	// AddEndpoint gives a pod its IPs and identity and installs it in the
 	// datapath. It is idempotent per (namespace, pod).
 	AddEndpoint(ctx context.Context, in *AddEndpointRequest, opts ...grpc.CallOption) (*AddEndpointResponse, error)
@@ -189,6 +194,25 @@ func (c *agentClient) DumpServices(ctx context.Context, in *DumpRequest, opts ..
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Agent_DumpServicesClient = grpc.ServerStreamingClient[ServiceChunk]
 
+func (c *agentClient) DumpCIDR(ctx context.Context, in *DumpRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[IPCacheChunk], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Agent_ServiceDesc.Streams[5], Agent_DumpCIDR_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[DumpRequest, IPCacheChunk]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Agent_DumpCIDRClient = grpc.ServerStreamingClient[IPCacheChunk]
+
 func (c *agentClient) AddEndpoint(ctx context.Context, in *AddEndpointRequest, opts ...grpc.CallOption) (*AddEndpointResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(AddEndpointResponse)
@@ -211,7 +235,7 @@ func (c *agentClient) DeleteEndpoint(ctx context.Context, in *DeleteEndpointRequ
 
 func (c *agentClient) Observe(ctx context.Context, in *ObserveRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Flow], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &Agent_ServiceDesc.Streams[5], Agent_Observe_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &Agent_ServiceDesc.Streams[6], Agent_Observe_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -246,6 +270,10 @@ type AgentServer interface {
 	DumpPolicy(*DumpRequest, grpc.ServerStreamingServer[PolicyChunk]) error
 	// DumpServices streams the services and backends maps, joined.
 	DumpServices(*DumpRequest, grpc.ServerStreamingServer[ServiceChunk]) error
+	// DumpCIDR streams the CIDR map (the prefixes policies' ipBlocks name,
+	// with their CIDR identities) as installed in the kernel; entries carry
+	// prefix and identity only.
+	DumpCIDR(*DumpRequest, grpc.ServerStreamingServer[IPCacheChunk]) error
 	// AddEndpoint gives a pod its IPs and identity and installs it in the
 	// datapath. It is idempotent per (namespace, pod).
 	AddEndpoint(context.Context, *AddEndpointRequest) (*AddEndpointResponse, error)
@@ -284,6 +312,9 @@ func (UnimplementedAgentServer) DumpPolicy(*DumpRequest, grpc.ServerStreamingSer
 }
 func (UnimplementedAgentServer) DumpServices(*DumpRequest, grpc.ServerStreamingServer[ServiceChunk]) error {
 	return status.Error(codes.Unimplemented, "method DumpServices not implemented")
+}
+func (UnimplementedAgentServer) DumpCIDR(*DumpRequest, grpc.ServerStreamingServer[IPCacheChunk]) error {
+	return status.Error(codes.Unimplemented, "method DumpCIDR not implemented")
 }
 func (UnimplementedAgentServer) AddEndpoint(context.Context, *AddEndpointRequest) (*AddEndpointResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method AddEndpoint not implemented")
@@ -406,6 +437,17 @@ func _Agent_DumpServices_Handler(srv interface{}, stream grpc.ServerStream) erro
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Agent_DumpServicesServer = grpc.ServerStreamingServer[ServiceChunk]
 
+func _Agent_DumpCIDR_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(DumpRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AgentServer).DumpCIDR(m, &grpc.GenericServerStream[DumpRequest, IPCacheChunk]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Agent_DumpCIDRServer = grpc.ServerStreamingServer[IPCacheChunk]
+
 func _Agent_AddEndpoint_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(AddEndpointRequest)
 	if err := dec(in); err != nil {
@@ -501,6 +543,11 @@ var Agent_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "DumpServices",
 			Handler:       _Agent_DumpServices_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "DumpCIDR",
+			Handler:       _Agent_DumpCIDR_Handler,
 			ServerStreams: true,
 		},
 		{

@@ -81,7 +81,7 @@ func LoadDatapath(cfg Config, m *Maps) (*Datapath, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("load datapath: %w", err)
 	}
-	if m == nil || m.IPCache == nil || m.Endpoints == nil || m.Policy == nil || m.Services == nil || m.Backends == nil {
+	if m == nil || m.IPCache == nil || m.Endpoints == nil || m.Policy == nil || m.Services == nil || m.Backends == nil || m.CIDR == nil {
 		return nil, errors.New("load datapath: the agent's maps are missing: pass what OpenMaps returned")
 	}
 	cfg = cfg.withDefaults()
@@ -135,6 +135,7 @@ func (d *Datapath) load(m *Maps) error {
 		{PolicyMapName, m.Policy.clone},
 		{ServicesMapName, m.Services.clone},
 		{BackendsMapName, m.Backends.clone},
+		{CIDRMapName, m.CIDR.clone},
 		{CTMapName, d.ct.clone},
 		{FlowsMapName, d.flows.Clone},
 		{CountersMapName, d.counters.Clone},

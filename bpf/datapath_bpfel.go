@@ -17,6 +17,7 @@ import (
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	dpMapMpBackends  = "mp_backends"
+	dpMapMpCidr      = "mp_cidr"
 	dpMapMpCounters  = "mp_counters"
 	dpMapMpCt        = "mp_ct"
 	dpMapMpEndpoints = "mp_endpoints"
@@ -79,6 +80,7 @@ type dpProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type dpMapSpecs struct {
 	MpBackends  *ebpf.MapSpec `ebpf:"mp_backends"`
+	MpCidr      *ebpf.MapSpec `ebpf:"mp_cidr"`
 	MpCounters  *ebpf.MapSpec `ebpf:"mp_counters"`
 	MpCt        *ebpf.MapSpec `ebpf:"mp_ct"`
 	MpEndpoints *ebpf.MapSpec `ebpf:"mp_endpoints"`
@@ -115,6 +117,7 @@ func (o *dpObjects) Close() error {
 // It can be passed to loadDpObjects or ebpf.CollectionSpec.LoadAndAssign.
 type dpMaps struct {
 	MpBackends  *ebpf.Map `ebpf:"mp_backends"`
+	MpCidr      *ebpf.Map `ebpf:"mp_cidr"`
 	MpCounters  *ebpf.Map `ebpf:"mp_counters"`
 	MpCt        *ebpf.Map `ebpf:"mp_ct"`
 	MpEndpoints *ebpf.Map `ebpf:"mp_endpoints"`
@@ -127,6 +130,7 @@ type dpMaps struct {
 func (m *dpMaps) Close() error {
 	return _DpClose(
 		m.MpBackends,
+		m.MpCidr,
 		m.MpCounters,
 		m.MpCt,
 		m.MpEndpoints,

@@ -17,6 +17,7 @@
 //	<Dir>/meshplane/<Node>/mp_policy     LPM trie  PolicyKey   -> PolicyValue    endpoint, identity, L4 -> verdict
 //	<Dir>/meshplane/<Node>/mp_services   hash      ServiceKey  -> ServiceValue   frontend, slot -> backend
 //	<Dir>/meshplane/<Node>/mp_backends   hash      BackendKey  -> BackendValue   backend ID -> address
+//	<Dir>/meshplane/<Node>/mp_cidr       LPM trie  IPCacheKey  -> CIDRValue      ipBlock prefix -> CIDR identity
 //	<Dir>/meshplane/<Node>/mp_ct         LRU hash  CTKey       -> CTValue        connection -> state (LoadDatapath)
 //	<Dir>/meshplane/<Node>/mp_flows      ring buffer of flow events (LoadDatapath, FlowReader)
 //	<Dir>/meshplane/<Node>/mp_counters   per-CPU array: direction, drop reason -> packets, bytes (LoadDatapath)

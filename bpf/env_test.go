@@ -66,6 +66,7 @@ func newNode(t testing.TB) *testNode {
 		PolicyMax:     1024,
 		ServicesMax:   1024,
 		BackendsMax:   1024,
+		CIDRMax:       1024,
 		CTMax:         4096,
 		FlowRingBytes: 1 << 16,
 	}

@@ -31,6 +31,7 @@ var abiTypes = []struct {
 	{reflect.TypeFor[ServiceValue](), 12},
 	{reflect.TypeFor[BackendKey](), 4},
 	{reflect.TypeFor[BackendValue](), 24},
+	{reflect.TypeFor[CIDRValue](), 4},
 	{reflect.TypeFor[CTKey](), 40},
 	{reflect.TypeFor[CTValue](), 56},
 	{reflect.TypeFor[flowRecord](), flowRecordSize},
@@ -48,7 +49,7 @@ func TestABISizes(t *testing.T) {
 	for _, check := range []func() (int, error){
 		layoutSize[IPCacheKey], layoutSize[IPCacheValue], layoutSize[EndpointKey], layoutSize[EndpointValue],
 		layoutSize[PolicyKey], layoutSize[PolicyValue], layoutSize[ServiceKey], layoutSize[ServiceValue],
-		layoutSize[BackendKey], layoutSize[BackendValue],
+		layoutSize[BackendKey], layoutSize[BackendValue], layoutSize[CIDRValue],
 		layoutSize[CTKey], layoutSize[CTValue], layoutSize[flowRecord], layoutSize[counterValue],
 	} {
 		if _, err := check(); err != nil {

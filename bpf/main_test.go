@@ -44,6 +44,7 @@ func testConfig(t testing.TB) Config {
 		PolicyMax:    1024,
 		ServicesMax:  1024,
 		BackendsMax:  1024,
+		CIDRMax:      1024,
 	}
 	t.Cleanup(func() {
 		if err := RemovePins(cfg); err != nil {

@@ -26,6 +26,7 @@ const (
 	PolicyMapName    = "mp_policy"
 	ServicesMapName  = "mp_services"
 	BackendsMapName  = "mp_backends"
+	CIDRMapName      = "mp_cidr"
 
 	// The datapath's own maps (LoadDatapath opens or creates them).
 	CTMapName       = "mp_ct"
@@ -40,6 +41,7 @@ const (
 	DefaultPolicyMax    = 262144
 	DefaultServicesMax  = 65536
 	DefaultBackendsMax  = 65536
+	DefaultCIDRMax      = 65536
 	DefaultCTMax        = 262144
 	// DefaultFlowRingBytes is the default Config.FlowRingBytes: 1 MiB.
 	DefaultFlowRingBytes = 1 << 20
@@ -79,6 +81,10 @@ type Config struct {
 	// BackendsMax is the Backends map's maximum number of backends. Zero
 	// means DefaultBackendsMax (65536).
 	BackendsMax int
+	// CIDRMax is the CIDR map's maximum number of prefixes: the distinct
+	// prefixes (cidrs and excepts) of every policy's ipBlocks. Zero means
+	// DefaultCIDRMax (65536).
+	CIDRMax int
 
 	// CTMax is the datapath's conntrack map's maximum number of entries
 	// (see LoadDatapath). It is an LRU hash: when it is full, the least
@@ -107,6 +113,7 @@ func (c Config) Validate() error {
 		{"PolicyMax", c.PolicyMax},
 		{"ServicesMax", c.ServicesMax},
 		{"BackendsMax", c.BackendsMax},
+		{"CIDRMax", c.CIDRMax},
 		{"CTMax", c.CTMax},
 	} {
 		if s.n < 0 || s.n > maxMapEntries {
@@ -155,6 +162,7 @@ func (c Config) withDefaults() Config {
 	def(&c.PolicyMax, DefaultPolicyMax)
 	def(&c.ServicesMax, DefaultServicesMax)
 	def(&c.BackendsMax, DefaultBackendsMax)
+	def(&c.CIDRMax, DefaultCIDRMax)
 	def(&c.CTMax, DefaultCTMax)
 	def(&c.FlowRingBytes, DefaultFlowRingBytes)
 	return c
@@ -181,6 +189,9 @@ type Maps struct {
 	Services *Map[ServiceKey, ServiceValue]
 	// Backends maps backend IDs to addresses. A hash map.
 	Backends *Map[BackendKey, BackendValue]
+	// CIDR maps the prefixes that policies' ipBlocks name, and only those,
+	// to their CIDR identities (see CIDRValue). An LPM trie.
+	CIDR *Map[IPCacheKey, CIDRValue]
 }
 
 // mapDef is how the agent wants one of its maps.
@@ -196,12 +207,13 @@ type mapDef struct {
 // defaults). LPM tries must not be preallocated; the hash maps are, so that
 // the datapath's lookups never wait on an allocation and the memory is
 // claimed when the agent starts rather than when the node is busy.
-func (c Config) mapDefs() (ipcache, endpoints, policy, services, backends mapDef) {
+func (c Config) mapDefs() (ipcache, endpoints, policy, services, backends, cidr mapDef) {
 	return mapDef{IPCacheMapName, ebpf.LPMTrie, unix.BPF_F_NO_PREALLOC, c.IPCacheMax, "IPCacheMax"},
 		mapDef{EndpointsMapName, ebpf.Hash, 0, c.EndpointsMax, "EndpointsMax"},
 		mapDef{PolicyMapName, ebpf.LPMTrie, unix.BPF_F_NO_PREALLOC, c.PolicyMax, "PolicyMax"},
 		mapDef{ServicesMapName, ebpf.Hash, 0, c.ServicesMax, "ServicesMax"},
-		mapDef{BackendsMapName, ebpf.Hash, 0, c.BackendsMax, "BackendsMax"}
+		mapDef{BackendsMapName, ebpf.Hash, 0, c.BackendsMax, "BackendsMax"},
+		mapDef{CIDRMapName, ebpf.LPMTrie, unix.BPF_F_NO_PREALLOC, c.CIDRMax, "CIDRMax"}
 }
 
 // OpenMaps opens the agent's maps pinned in cfg.PinDir(), creating and
@@ -226,7 +238,7 @@ func OpenMaps(cfg Config) (*Maps, error) {
 		return nil, fmt.Errorf("open maps: create pin directory: %w", classify(err))
 	}
 
-	ipcache, endpoints, policy, services, backends := cfg.mapDefs()
+	ipcache, endpoints, policy, services, backends, cidr := cfg.mapDefs()
 	ms := &Maps{}
 	var err error
 	if ms.IPCache, err = openMap[IPCacheKey, IPCacheValue](dir, ipcache); err != nil {
@@ -242,6 +254,9 @@ func OpenMaps(cfg Config) (*Maps, error) {
 		return nil, errors.Join(err, ms.Close())
 	}
 	if ms.Backends, err = openMap[BackendKey, BackendValue](dir, backends); err != nil {
+		return nil, errors.Join(err, ms.Close())
+	}
+	if ms.CIDR, err = openMap[IPCacheKey, CIDRValue](dir, cidr); err != nil {
 		return nil, errors.Join(err, ms.Close())
 	}
 	return ms, nil
@@ -267,6 +282,9 @@ func (ms *Maps) Close() error {
 	}
 	if ms.Backends != nil {
 		errs = append(errs, ms.Backends.Close())
+	}
+	if ms.CIDR != nil {
+		errs = append(errs, ms.CIDR.Close())
 	}
 	return errors.Join(errs...)
 }

@@ -11,11 +11,11 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-// mapIDs returns the kernel IDs of the five maps.
-func mapIDs(t testing.TB, ms *Maps) [5]uint32 {
+// mapIDs returns the kernel IDs of the six maps.
+func mapIDs(t testing.TB, ms *Maps) [6]uint32 {
 	t.Helper()
-	var ids [5]uint32
-	for i, id := range []func() (uint32, error){ms.IPCache.ID, ms.Endpoints.ID, ms.Policy.ID, ms.Services.ID, ms.Backends.ID} {
+	var ids [6]uint32
+	for i, id := range []func() (uint32, error){ms.IPCache.ID, ms.Endpoints.ID, ms.Policy.ID, ms.Services.ID, ms.Backends.ID, ms.CIDR.ID} {
 		var err error
 		if ids[i], err = id(); err != nil {
 			t.Fatalf("ID: %v", err)
@@ -33,17 +33,18 @@ func fill(t testing.TB, ms *Maps) {
 		ms.Policy.Put(PolicyLookupKey(5, Ingress, 65793, ProtoTCP, 80), PolicyValue{Verdict: Allow, Cookie: 1}),
 		ms.Services.Put(ServiceKeyFor(netip.MustParseAddrPort("10.96.0.10:53"), ProtoUDP, 0), ServiceEntry(3, 1)),
 		ms.Backends.Put(BackendKey{ID: 1}, BackendValueFor(netip.MustParseAddrPort("10.1.0.7:53"), ProtoUDP, 0)),
+		ms.CIDR.Put(IPCacheKeyFor(netip.MustParsePrefix("198.51.100.0/24")), CIDRValue{Identity: 1<<24 + 1}),
 	}
 	if err := errors.Join(errs...); err != nil {
 		t.Fatalf("fill: %v", err)
 	}
 }
 
-// counts returns the number of entries of the five maps.
-func counts(t testing.TB, ms *Maps) [5]int {
+// counts returns the number of entries of the six maps.
+func counts(t testing.TB, ms *Maps) [6]int {
 	t.Helper()
-	var out [5]int
-	for i, count := range []func() (int, error){ms.IPCache.Count, ms.Endpoints.Count, ms.Policy.Count, ms.Services.Count, ms.Backends.Count} {
+	var out [6]int
+	for i, count := range []func() (int, error){ms.IPCache.Count, ms.Endpoints.Count, ms.Policy.Count, ms.Services.Count, ms.Backends.Count, ms.CIDR.Count} {
 		var err error
 		if out[i], err = count(); err != nil {
 			t.Fatalf("Count: %v", err)
@@ -69,6 +70,7 @@ func TestOpenMapsPinLayout(t *testing.T) {
 		PolicyMapName:    ms.Policy,
 		ServicesMapName:  ms.Services,
 		BackendsMapName:  ms.Backends,
+		CIDRMapName:      ms.CIDR,
 	} {
 		if m.Name() != name || m.Path() != filepath.Join(dir, name) || m.MaxEntries() != 1024 {
 			t.Errorf("%s: Name %s, Path %s, MaxEntries %d", name, m.Name(), m.Path(), m.MaxEntries())
@@ -81,7 +83,7 @@ func TestOpenMapsPinLayout(t *testing.T) {
 
 func TestOpenMapsDefaults(t *testing.T) {
 	cfg := testConfig(t)
-	cfg.IPCacheMax, cfg.EndpointsMax, cfg.PolicyMax, cfg.ServicesMax, cfg.BackendsMax = 0, 0, 0, 0, 0
+	cfg.IPCacheMax, cfg.EndpointsMax, cfg.PolicyMax, cfg.ServicesMax, cfg.BackendsMax, cfg.CIDRMax = 0, 0, 0, 0, 0, 0
 	ms := openMaps(t, cfg)
 	for _, c := range []struct {
 		m    interface{ MaxEntries() int }
@@ -92,6 +94,7 @@ func TestOpenMapsDefaults(t *testing.T) {
 		{ms.Policy, DefaultPolicyMax},
 		{ms.Services, DefaultServicesMax},
 		{ms.Backends, DefaultBackendsMax},
+		{ms.CIDR, DefaultCIDRMax},
 	} {
 		if got := c.m.MaxEntries(); got != c.want {
 			t.Errorf("MaxEntries = %d; want the default %d", got, c.want)
@@ -124,7 +127,7 @@ func TestReopen(t *testing.T) {
 	if got := mapIDs(t, third); got != ids {
 		t.Fatalf("map IDs after a restart = %v; want %v", got, ids)
 	}
-	if got := counts(t, third); got != want || want != [5]int{1, 1, 1, 1, 1} {
+	if got := counts(t, third); got != want || want != [6]int{1, 1, 1, 1, 1, 1} {
 		t.Fatalf("entries after a restart = %v; want %v", got, want)
 	}
 	v, ok, err := third.IPCache.Lookup(IPCacheLookupKey(netip.MustParseAddr("10.1.0.9")))
@@ -176,7 +179,7 @@ func TestOpenMapsIncompatible(t *testing.T) {
 	if got := mapIDs(t, again); got != ids {
 		t.Fatalf("map IDs after refused opens = %v; want %v", got, ids)
 	}
-	if got := counts(t, again); got != [5]int{1, 1, 1, 1, 1} {
+	if got := counts(t, again); got != [6]int{1, 1, 1, 1, 1, 1} {
 		t.Fatalf("entries after refused opens = %v", got)
 	}
 }
@@ -235,7 +238,7 @@ func TestRemovePins(t *testing.T) {
 		t.Fatalf("Count through an open descriptor = %d, %v", n, err)
 	}
 	fresh := openMaps(t, cfg)
-	if got := counts(t, fresh); got != [5]int{} {
+	if got := counts(t, fresh); got != [6]int{} {
 		t.Fatalf("entries after RemovePins and OpenMaps = %v; want none", got)
 	}
 	if err := RemovePins(Config{Node: "../etc"}); err == nil {
@@ -258,6 +261,7 @@ func TestConfigValidate(t *testing.T) {
 		{Config{Node: "n", Dir: "sys/fs/bpf"}, "absolute"},
 		{Config{Node: "n", PolicyMax: -1}, "PolicyMax -1"},
 		{Config{Node: "n", IPCacheMax: maxMapEntries + 1}, "IPCacheMax"},
+		{Config{Node: "n", CIDRMax: -1}, "CIDRMax -1"},
 	} {
 		err := tc.cfg.Validate()
 		switch {

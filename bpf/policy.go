@@ -88,10 +88,12 @@ const (
 //
 // # Lookup rule
 //
-// For a packet of local endpoint E in direction D, remote identity R,
-// protocol P and destination port T (0 for protocols without ports), the
-// datapath does two lookups with full-length keys (prefixlen 96, see
-// PolicyLookupKey):
+// For a packet of local endpoint E in direction D, remote address A (the
+// destination for egress, after service translation; the source for
+// ingress) with identity R (the ipcache's longest-prefix match of A,
+// world if none), protocol P and destination port T (0 for protocols
+// without ports), the datapath does two lookups with full-length keys
+// (prefixlen 96, see PolicyLookupKey):
 //
 //  1. {E, R, D, P, T}: entries for the remote's own identity;
 //  2. {E, 0, D, P, T}: entries for any identity.
@@ -101,8 +103,22 @@ const (
 //
 //   - if either lookup found Deny, the packet is dropped;
 //   - else if either found Allow, it passes;
-//   - else it is dropped if E enforces policy in D (EndpointPolicyIngress,
-//     EndpointPolicyEgress) and passes if not.
+//   - else if E does not enforce policy in D (EndpointPolicyIngress,
+//     EndpointPolicyEgress), it passes;
+//   - else if the CIDR map (see CIDRValue) has a prefix that contains A,
+//     and the longest one's identity C is not R, a third lookup
+//     3. {E, C, D, P, T} decides: Allow passes, anything else drops;
+//   - else it is dropped.
+//
+// The third lookup is how an ipBlock selects the addresses inside it
+// whatever their own identity, pods' included, while selectors keep
+// matching identities: it costs one CIDR map lookup, and at most one more
+// Policy map lookup, for a new connection that the first two did not
+// allow, and nothing for one they allowed. A Deny for a CIDR identity
+// therefore drops only what nothing else allowed (NetworkPolicy has no
+// deny rules; the agent writes none). For an address outside the cluster
+// C is usually R already (the ipcache holds the same prefixes), and the
+// third lookup is skipped.
 //
 // Because a lookup returns only the most specific entry, an Allow that is
 // more specific than a Deny for the same identity hides the Deny; whoever

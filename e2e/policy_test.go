@@ -26,6 +26,17 @@ spec:
     ports: [{port: 80}]
 `
 
+// denied is the drop reason of a connection that policy does not allow.
+const denied = "policy denied"
+
+// policyCase is one state of a policy matrix: the policies of the
+// cluster, and what probes find under them.
+type policyCase struct {
+	name     string
+	policies string
+	probes   []probe
+}
+
 // probe is one expected connection result.
 type probe struct {
 	from, to string
@@ -114,9 +125,9 @@ func expect(t *testing.T, l *lab.Lab, probes []probe) {
 	}
 }
 
-// startLab brings up testdata/matrix.yaml under a unique name and takes
-// it down when the test ends.
-func startLab(t *testing.T) *lab.Lab {
+// startLab brings up testdata/matrix.yaml under a unique name, its agents
+// run with agentFlags added, and takes it down when the test ends.
+func startLab(t *testing.T, agentFlags ...string) *lab.Lab {
 	t.Helper()
 	requireRoot(t)
 	data, err := os.ReadFile("testdata/matrix.yaml")
@@ -129,7 +140,7 @@ func startLab(t *testing.T) *lab.Lab {
 		t.Fatal(err)
 	}
 	meshctl, agent := binaries()
-	opts := lab.Options{Meshctl: meshctl, Agent: agent}
+	opts := lab.Options{Meshctl: meshctl, Agent: agent, AgentFlags: agentFlags}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	l, err := lab.Up(ctx, topo, opts)
@@ -159,12 +170,7 @@ func TestPolicyMatrix(t *testing.T) {
 		tool   = "dev/tool"    // n2
 		svc    = "svc:prod/web"
 	)
-	denied := "policy denied"
-	cases := []struct {
-		name     string
-		policies string
-		probes   []probe
-	}{
+	cases := []policyCase{
 		{"no policy: everything open", "", []probe{
 			{from: client, to: web1, port: 80, allowed: true},
 			{from: client, to: web2, port: 80, allowed: true},
@@ -299,6 +305,7 @@ spec:
 			{from: tool, to: web2, port: 80, reason: denied},
 		}},
 	}
+	cases = append(cases, ipBlockCases(t, l)...)
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			applyPolicies(t, l, "c1", tc.policies)

@@ -46,6 +46,7 @@ type Agent struct {
 	polT   *reconciler.Table[bpf.PolicyKey, bpf.PolicyValue]
 	svcT   *reconciler.Table[bpf.ServiceKey, bpf.ServiceValue]
 	beT    *reconciler.Table[bpf.BackendKey, bpf.BackendValue]
+	cidrT  *reconciler.Table[bpf.IPCacheKey, bpf.CIDRValue]
 	recs   []mapReconciler // set up by Run before it publishes started
 	mirror *mirror
 	eps    *endpoints
@@ -112,7 +113,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	bcfg := bpf.Config{
 		Dir: a.cfg.BPFFS, Node: a.cfg.Node,
 		IPCacheMax: a.cfg.IPCacheMax, EndpointsMax: a.cfg.EndpointsMax, PolicyMax: a.cfg.PolicyMax,
-		ServicesMax: a.cfg.ServicesMax, BackendsMax: a.cfg.BackendsMax,
+		ServicesMax: a.cfg.ServicesMax, BackendsMax: a.cfg.BackendsMax, CIDRMax: a.cfg.CIDRMax,
 	}
 	maps, err := bpf.OpenMaps(bcfg)
 	if err != nil {
@@ -205,6 +206,9 @@ func (a *Agent) buildMirror() error {
 	}
 	a.mirror.seed(svcs, bes)
 	a.pol = newPolicyState(a.cfg.Cluster, a.epT, a.polT, a.mirror.setCIDR)
+	if err := a.buildCIDRMap(); err != nil {
+		return err
+	}
 	pinnedEPs, err := readAll(a.maps.Endpoints)
 	if err != nil {
 		return err
@@ -323,6 +327,7 @@ func (a *Agent) runControl(ctx context.Context, g *errgroup.Group) error {
 	a.svcT.MarkReady()
 	a.pol.markSynced()
 	a.polT.MarkReady()
+	a.cidrT.MarkReady()
 	a.ready.Store(true)
 	a.log.Info("agent synced", "node", a.cfg.Node, "podCIDRs", cidrs, "took", time.Since(a.start))
 	<-ctx.Done()

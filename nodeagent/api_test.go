@@ -86,7 +86,7 @@ func TestAPI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.State != "ok" || st.Node != cfg.Node || len(st.Maps) != 5 || st.Etcd.State != "connected" || len(st.Ipam.PodCidrs) != 1 {
+	if st.State != "ok" || st.Node != cfg.Node || len(st.Maps) != 6 || st.Etcd.State != "connected" || len(st.Ipam.PodCidrs) != 1 {
 		t.Fatalf("Status() = %v", st)
 	}
 	nodes, err := c.ListNodes(ctx, &api.ListNodesRequest{})

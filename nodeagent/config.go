@@ -62,7 +62,7 @@ type Config struct {
 	// <BPFFS>/meshplane/<Node>/. Zero means DefaultBPFFS.
 	BPFFS string
 	// Map sizes (max entries); zero means package bpf's defaults.
-	IPCacheMax, EndpointsMax, PolicyMax, ServicesMax, BackendsMax int
+	IPCacheMax, EndpointsMax, PolicyMax, ServicesMax, BackendsMax, CIDRMax int
 
 	// NodeIPs are the node's own addresses: the targets of other nodes'
 	// routes to this node's pod CIDRs. Required (at least one).
@@ -110,6 +110,16 @@ type Config struct {
 	// Datapath is DatapathEBPF (load and attach the TC programs; empty
 	// means it) or DatapathNone (fill the maps only).
 	Datapath string
+	// IPBlockOutsideOnly makes NetworkPolicy ipBlocks match only addresses
+	// without an identity of their own (outside the cluster), as Cilium
+	// does: a pod (or node) inside an ipBlock is then matched by selectors
+	// only. False, the default, is the Kubernetes semantics that the
+	// upstream conformance tests check: an ipBlock matches every address
+	// inside its cidr and outside its excepts, pods' included, through the
+	// CIDR map (docs/datapath.md). The flag is
+	// --policy-ipblock-selects-pods=false.
+	IPBlockOutsideOnly bool
+
 	// LabelFilter drops labels that do not describe a workload from
 	// endpoint label sets. Nil means the default filter.
 	LabelFilter *labels.Filter
@@ -154,7 +164,7 @@ func (c *Config) Validate() error {
 	if c.BPFFS == "" {
 		c.BPFFS = DefaultBPFFS
 	}
-	for _, n := range []int{c.IPCacheMax, c.EndpointsMax, c.PolicyMax, c.ServicesMax, c.BackendsMax} {
+	for _, n := range []int{c.IPCacheMax, c.EndpointsMax, c.PolicyMax, c.ServicesMax, c.BackendsMax, c.CIDRMax} {
 		if n < 0 {
 			return fmt.Errorf("%w: map sizes must not be negative", ErrConfig)
 		}

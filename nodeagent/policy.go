@@ -27,7 +27,8 @@ const cidrIdentityBase = 1 << 24
 // port prefix of another rule), so keys are reference-counted here.
 //
 // An ipBlock's prefixes get node-local CIDR identities (cidrIdentityBase
-// and up) and ipcache entries; the engine matches them against ipBlocks.
+// and up), ipcache entries and CIDR map entries (cidrMap); the engine
+// matches them against ipBlocks.
 //
 // Until the first full state is loaded (policies and identities
 // delivered, see markSynced) the enforcement flags an endpoint had in the
@@ -42,6 +43,8 @@ type policyState struct {
 	polT *reconciler.Table[bpf.PolicyKey, bpf.PolicyValue]
 	// setCIDR adds (id != 0) or removes a CIDR identity's ipcache entry.
 	setCIDR func(p netip.Prefix, id uint32)
+	// cidrMap, if set, is the CIDR map's desired content; mu guards it.
+	cidrMap *cidrMap
 
 	mu   sync.Mutex
 	eng  *policy.Engine
@@ -86,6 +89,7 @@ func (s *policyState) markSynced() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.synced = true
+	s.cidrs.dropUnreferenced() // seeds of prefixes no policy names any more
 	for id := range s.epIPs {
 		in, out := s.eng.Enforced(id)
 		s.setFlagsLocked(id, enforcement(in, out))
@@ -254,6 +258,7 @@ func (s *policyState) syncCIDRsLocked() {
 		s.cidrIDs[p] = id
 		s.applyLocked(s.eng.SetIdentity(policy.Identity{ID: id, CIDR: p}))
 		s.setCIDR(p, id)
+		s.cidrMap.set(p, id)
 	}
 	for p, id := range s.cidrIDs {
 		if want[p] {
@@ -261,9 +266,11 @@ func (s *policyState) syncCIDRsLocked() {
 		}
 		s.applyLocked(s.eng.DeleteIdentity(id))
 		s.setCIDR(p, 0)
+		s.cidrMap.set(p, 0)
 		s.cidrs.release(p)
 		delete(s.cidrIDs, p)
 	}
+	s.cidrMap.setWorlds(s.eng.WorldCIDRs())
 }
 
 // --- watch handlers ---

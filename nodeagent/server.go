@@ -262,6 +262,12 @@ func (s *apiServer) DumpIPCache(_ *api.DumpRequest, stream grpc.ServerStreamingS
 	}, func(es []*api.IPCacheEntry) error { return stream.Send(&api.IPCacheChunk{Entries: es}) })
 }
 
+func (s *apiServer) DumpCIDR(_ *api.DumpRequest, stream grpc.ServerStreamingServer[api.IPCacheChunk]) error {
+	return dump(s.a.maps.CIDR, func(k bpf.IPCacheKey, v bpf.CIDRValue) *api.IPCacheEntry {
+		return &api.IPCacheEntry{Prefix: k.Prefix().String(), Identity: v.Identity}
+	}, func(es []*api.IPCacheEntry) error { return stream.Send(&api.IPCacheChunk{Entries: es}) })
+}
+
 func (s *apiServer) DumpEndpoints(_ *api.DumpRequest, stream grpc.ServerStreamingServer[api.EndpointChunk]) error {
 	return dump(s.a.maps.Endpoints, func(k bpf.EndpointKey, v bpf.EndpointValue) *api.EndpointEntry {
 		return &api.EndpointEntry{

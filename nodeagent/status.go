@@ -132,6 +132,9 @@ func (a *Agent) Status() Status {
 		if n, err := a.pol.errors(); n > 0 {
 			st.Reasons = append(st.Reasons, fmt.Sprintf("policy: %d entries could not become map keys: %v", n, err))
 		}
+		if p := a.pol.cidrProblem(); p != "" {
+			st.Reasons = append(st.Reasons, p)
+		}
 	}
 	if st.State == "ok" && len(st.Reasons) > 0 {
 		st.State = "degraded"

@@ -82,11 +82,23 @@
 //   - ipBlock: CIDR identities (Identity.CIDR) whose prefix lies inside
 //     cidr and inside none of except. The world identity (2) stands for
 //     0.0.0.0/0 and ::/0 and is matched only by an ipBlock whose cidr is
-//     /0. Pod identities are never matched by an ipBlock, even when the
-//     pod's address is inside it: pods are named by labels, as in Cilium.
-//     The agent allocates a CIDR identity for each prefix of
-//     Engine.CIDRs, so the ipcache's longest-prefix match of an outside
-//     address finds the most specific block any policy names.
+//     /0. Pod identities are never matched by an ipBlock: the engine
+//     matches identities, and a pod's identity is its labels'. Addresses
+//     are the agent's side: it gives each prefix of CIDRs a CIDR identity
+//     and classifies an address by the longest of those prefixes (and of
+//     WorldCIDRs, as world) that contains it. Since every cidr and every
+//     except is among them, that prefix P lies inside a block's cidr iff
+//     the address does, and inside one of its excepts iff the address
+//     does (prefixes that contain one address are nested), so the entries
+//     for P's identity allow exactly the addresses the block allows,
+//     Kubernetes' "in cidr and in no except" (TestIPBlockLongestPrefix
+//     checks it on random blocks). The agent's ipcache holds these
+//     prefixes beside pods' and nodes' own entries, which win for their
+//     addresses; its CIDR map holds them alone, and the datapath looks the
+//     remote address up there when the remote's own identity allowed
+//     nothing, so an ipBlock that covers a pod's IP selects the pod, as
+//     the upstream conformance tests expect (Cilium does not; the agent's
+//     --policy-ipblock-selects-pods=false keeps that behaviour).
 //
 // Selector peers match the local cluster's pods only, unless a
 // MeshNetworkPolicy peer lists clusters: then pods of the listed clusters

@@ -144,7 +144,7 @@ type Engine struct {
 	cidrIdentities    map[uint32]*cIdentity
 
 	endpoints map[uint32]*cEndpoint
-	cidrs     map[netip.Prefix]int // prefixes of ipBlocks → references
+	cidrs     map[netip.Prefix]int // prefixes of ipBlocks (/0 too) → references
 
 	// Cluster-wide named ports (SetNamedPorts), for egress rules.
 	owners      map[string][]NamedPort      // owner → its distinct ports
@@ -346,11 +346,28 @@ func (e *Engine) SetNamedPorts(owner string, ports []NamedPort) Delta {
 // excepts), sorted and without duplicates. The agent allocates a CIDR
 // identity for each and puts it in the ipcache, so that the longest-prefix
 // match of an address finds the most specific block any policy names.
-// /0 prefixes are left out: the world identity stands for them.
+// /0 prefixes are left out: the world identity stands for them (see
+// WorldCIDRs).
 func (e *Engine) CIDRs() []netip.Prefix {
+	return e.sortedCIDRs(func(p netip.Prefix) bool { return p.Bits() > 0 })
+}
+
+// WorldCIDRs returns the /0 prefixes (0.0.0.0/0, ::/0) that ipBlocks name
+// as their cidr, sorted. The world identity stands for them: an agent that
+// classifies an address by the longest of the named prefixes that
+// contains it (the package doc's "ipBlock") classifies an address inside
+// none of CIDRs as world when its family's /0 is named, and as nothing
+// otherwise.
+func (e *Engine) WorldCIDRs() []netip.Prefix {
+	return e.sortedCIDRs(func(p netip.Prefix) bool { return p.Bits() == 0 })
+}
+
+func (e *Engine) sortedCIDRs(keep func(netip.Prefix) bool) []netip.Prefix {
 	out := make([]netip.Prefix, 0, len(e.cidrs))
 	for p := range e.cidrs {
-		out = append(out, p)
+		if keep(p) {
+			out = append(out, p)
+		}
 	}
 	slices.SortFunc(out, comparePrefixes)
 	return out

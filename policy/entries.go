@@ -30,10 +30,8 @@ func (e *Engine) addPolicy(p *cPolicy) {
 		for _, s := range r.peers {
 			if s.kind == selectCIDR {
 				for _, x := range append([]netip.Prefix{s.cidr}, s.except...) {
-					if x.Bits() > 0 {
-						e.cidrs[x]++
-						p.cidrs = append(p.cidrs, x)
-					}
+					e.cidrs[x]++
+					p.cidrs = append(p.cidrs, x)
 				}
 			}
 		}

@@ -109,8 +109,9 @@ type Peer struct {
 	// NamespaceSelector selects namespaces by their labels; every pod of
 	// them unless PodSelector narrows it.
 	NamespaceSelector *LabelSelector `json:"namespaceSelector,omitempty"`
-	// IPBlock selects addresses outside the cluster (see the package doc:
-	// it never matches pods).
+	// IPBlock selects the addresses inside its CIDR and outside its
+	// excepts, pods' included (see the package doc: through CIDR
+	// identities and the agent's per-address lookup).
 	IPBlock *IPBlock `json:"ipBlock,omitempty"`
 	// Clusters (MeshNetworkPolicy only) lists the mesh clusters whose pods
 	// the selectors match; ClustersAll matches every cluster. Empty means

@@ -47,6 +47,15 @@ struct {
 	__uint(max_entries, 1);
 } mp_backends SEC(".maps");
 
+/* The prefixes policies' ipBlocks name, keyed like the ipcache. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct mp_ipcache_key);
+	__type(value, struct mp_cidr_value);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} mp_cidr SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__type(key, struct mp_ct_key);

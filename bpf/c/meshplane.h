@@ -63,6 +63,12 @@ struct mp_endpoint_value {
 	__u8 pad2[2];
 };
 
+/* mp_cidr: keyed by struct mp_ipcache_key; holds only the prefixes that
+ * policies' ipBlocks name (bpf.CIDRValue). */
+struct mp_cidr_value {
+	__u32 identity;
+};
+
 /* prefixlen of a full-length policy lookup: every bit of the key. */
 #define MP_POLICY_FULL_PREFIXLEN 96
 

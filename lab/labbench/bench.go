@@ -114,6 +114,12 @@ type Config struct {
 	// IPTablesRestore is the iptables-restore binary: its backend (nft or
 	// legacy) is the one measured. Zero means DefaultIPTablesRestore.
 	IPTablesRestore string
+	// AllowByIPBlock makes the ebpf lab's allow of the client an ipBlock
+	// of the client's /32 instead of a podSelector: each new connection
+	// then takes the datapath's slowest policy path (the identity lookups
+	// find nothing, the CIDR map gives the client's CIDR identity, a third
+	// policy lookup allows it). False measures the selector path.
+	AllowByIPBlock bool
 
 	// Lab says where the labs live and which binaries they run
 	// (AgentFlags and Stdout are the bench's own).
@@ -326,7 +332,7 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 		}
 		switch e {
 		case EnforcerEBPF:
-			ebpf, err = newEBPFLab(ctx, b)
+			ebpf, err = newEBPFLab(ctx, b, cfg.AllowByIPBlock)
 			if ebpf != nil {
 				enforcers = append(enforcers, ebpf)
 			}

@@ -46,12 +46,15 @@ type ebpfLab struct {
 	written map[string][]byte
 	// services is how many services etcd has.
 	services int
+	// byIPBlock: the client is allowed by an ipBlock of its address
+	// (Config.AllowByIPBlock), so its entry is for a CIDR identity.
+	byIPBlock bool
 }
 
 // newEBPFLab connects to the lab's etcd and opens the agents' pinned
 // maps. It returns what it made even with an error, for close.
-func newEBPFLab(ctx context.Context, b *bench) (*ebpfLab, error) {
-	e := &ebpfLab{bench: b, policyMaps: map[string]*bpf.Map[bpf.PolicyKey, bpf.PolicyValue]{}, written: map[string][]byte{}}
+func newEBPFLab(ctx context.Context, b *bench, byIPBlock bool) (*ebpfLab, error) {
+	e := &ebpfLab{bench: b, policyMaps: map[string]*bpf.Map[bpf.PolicyKey, bpf.PolicyValue]{}, written: map[string][]byte{}, byIPBlock: byIPBlock}
 	var err error
 	if e.keys, err = kvstore.NewKeys(cluster); err != nil {
 		return nil, err
@@ -132,9 +135,11 @@ func serverPolicy(name string, peers []policy.Peer) *policy.Policy {
 // writePolicies makes etcd hold the client's allow and the rules in
 // policies of rulesPerPolicy peers; only policies that change are written.
 func (e *ebpfLab) writePolicies(ctx context.Context, rules int) error {
-	want := map[string]*policy.Policy{
-		allowClient: serverPolicy(allowClient, []policy.Peer{{PodSelector: &policy.LabelSelector{MatchLabels: map[string]string{"app": "client"}}}}),
+	peer := policy.Peer{PodSelector: &policy.LabelSelector{MatchLabels: map[string]string{"app": "client"}}}
+	if e.byIPBlock {
+		peer = policy.Peer{IPBlock: &policy.IPBlock{CIDR: netip.PrefixFrom(e.client.IP, 32).String()}}
 	}
+	want := map[string]*policy.Policy{allowClient: serverPolicy(allowClient, []policy.Peer{peer})}
 	for k := 0; k*rulesPerPolicy < rules; k++ {
 		var peers []policy.Peer
 		for i := k * rulesPerPolicy; i < min(rules, (k+1)*rulesPerPolicy); i++ {
@@ -171,7 +176,8 @@ func (e *ebpfLab) writePolicies(ctx context.Context, rules int) error {
 }
 
 // rulesMissing says what the server node's policy map lacks for rules,
-// or "" when it has exactly the rules' CIDR entries and the client's.
+// or "" when it has exactly the rules' CIDR entries and the client's (by
+// identity, or with byIPBlock one CIDR entry more).
 func (e *ebpfLab) rulesMissing(rules int) (string, error) {
 	var cidrs int
 	var client bool
@@ -190,6 +196,9 @@ func (e *ebpfLab) rulesMissing(rules int) (string, error) {
 	switch {
 	case err != nil:
 		return "", err
+	case e.byIPBlock && cidrs != rules+1:
+		return fmt.Sprintf("%d CIDR entries of the server, want %d (the rules and the client's ipBlock)", cidrs, rules+1), nil
+	case e.byIPBlock:
 	case !client:
 		return "no entry for the client", nil
 	case cidrs != rules:

@@ -39,7 +39,8 @@ type flags struct {
 	stateDir, bpffs           string
 	ipcacheMax, endpointsMax  int
 	policyMax, servicesMax    int
-	backendsMax               int
+	backendsMax, cidrMax      int
+	ipBlockSelectsPods        bool
 	nodeIPs                   []string
 	nodeLabels                []string
 	families                  []string
@@ -78,6 +79,9 @@ func newFlagSet(f *flags, stderr io.Writer) *pflag.FlagSet {
 	fs.IntVar(&f.policyMax, "bpf-policy-max", 0, "policy map size (0: 262144)")
 	fs.IntVar(&f.servicesMax, "bpf-services-max", 0, "services map size (0: 65536)")
 	fs.IntVar(&f.backendsMax, "bpf-backends-max", 0, "backends map size (0: 65536)")
+	fs.IntVar(&f.cidrMax, "bpf-cidr-max", 0, "CIDR map size: distinct prefixes of all policies' ipBlocks (0: 65536)")
+	fs.BoolVar(&f.ipBlockSelectsPods, "policy-ipblock-selects-pods", true,
+		"NetworkPolicy ipBlocks match pod (and node) IPs inside them, as Kubernetes says; false: only addresses outside the cluster, as Cilium does")
 	fs.StringSliceVar(&f.nodeIPs, "node-ip", nil, "the node's addresses (required)")
 	fs.StringSliceVar(&f.nodeLabels, "node-labels", nil, "node labels, key=value")
 	fs.StringSliceVar(&f.families, "pod-cidr-families", []string{"ipv4"}, "pod CIDR families to claim: ipv4, ipv6")
@@ -202,11 +206,12 @@ func (f *flags) config() (nodeagent.Config, slog.Level, error) {
 		},
 		LeaseTTL: f.leaseTTL, StateDir: f.stateDir, BPFFS: f.bpffs,
 		IPCacheMax: f.ipcacheMax, EndpointsMax: f.endpointsMax, PolicyMax: f.policyMax,
-		ServicesMax: f.servicesMax, BackendsMax: f.backendsMax,
+		ServicesMax: f.servicesMax, BackendsMax: f.backendsMax, CIDRMax: f.cidrMax,
 		GossipPort: f.gossipPort, GossipInsecure: f.gossipInsecure, NoDefaultPool: f.noDefaultPool,
 		APISocket: f.apiSocket, APISocketGroup: f.apiSocketGroup, MetricsAddr: f.metricsAddr,
-		PruneInterval: f.pruneInterval,
-		Datapath:      f.datapath,
+		PruneInterval:      f.pruneInterval,
+		Datapath:           f.datapath,
+		IPBlockOutsideOnly: !f.ipBlockSelectsPods,
 	}
 	for _, s := range f.nodeIPs {
 		ip, err := netip.ParseAddr(s)

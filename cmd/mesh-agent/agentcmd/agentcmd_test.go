@@ -90,3 +90,38 @@ func TestLoadErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestLoadIPBlockOption checks --policy-ipblock-selects-pods (default true:
+// the Kubernetes semantics) from each source, and --bpf-cidr-max.
+func TestLoadIPBlockOption(t *testing.T) {
+	base := []string{"--node-ip", "10.0.0.1", "--node-name", "n1", "--gossip-insecure"}
+	for _, tc := range []struct {
+		name        string
+		args        []string
+		env, file   string
+		outsideOnly bool
+	}{
+		{name: "default"},
+		{name: "flag", args: []string{"--policy-ipblock-selects-pods=false"}, outsideOnly: true},
+		{name: "environment", env: "false", outsideOnly: true},
+		{name: "config file", file: "policy-ipblock-selects-pods: false\n", outsideOnly: true},
+		{name: "flag beats the file", args: []string{"--policy-ipblock-selects-pods=true"}, file: "policy-ipblock-selects-pods: false\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append(append([]string{"--state-dir", t.TempDir(), "--bpf-cidr-max", "1000"}, base...), tc.args...)
+			if tc.env != "" {
+				t.Setenv("MESHPLANE_POLICY_IPBLOCK_SELECTS_PODS", tc.env)
+			}
+			if tc.file != "" {
+				args = append(args, "--config", writeFile(t, "agent.yaml", tc.file))
+			}
+			cfg, _, err := Load(args, io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.IPBlockOutsideOnly != tc.outsideOnly || cfg.CIDRMax != 1000 {
+				t.Errorf("IPBlockOutsideOnly = %v, CIDRMax = %d; want %v, 1000", cfg.IPBlockOutsideOnly, cfg.CIDRMax, tc.outsideOnly)
+			}
+		})
+	}
+}

@@ -35,7 +35,9 @@ and, for the iptables lab, iptables.
 For each case RULES/SERVICES (--cases), both labs get the same state:
 
   ebpf      an ingress NetworkPolicy on the server allowing the client on TCP
-            80, plus RULES /32 ipBlocks from 172.16.0.0/12 on TCP 80 that no
+            80 (by podSelector, or with --allow-by-ipblock by an ipBlock of
+            the client's IP: the policy path through the CIDR map), plus
+            RULES /32 ipBlocks from 172.16.0.0/12 on TCP 80 that no
             traffic uses; SERVICES ClusterIPs from 10.96.0.1 in etcd, each
             with the server as backend. It waits until the pinned maps hold
             them.
@@ -97,6 +99,7 @@ how to read them: docs/benchmarks.md.`,
 	fs.IntVar(&cfg.RRCount, "rr-count", labbench.DefaultRRCount, "timed ping-pongs per latency measurement")
 	fs.IntVar(&cfg.RRSize, "rr-size", labbench.DefaultRRSize, "bytes per ping and per pong")
 	fs.IntVar(&cfg.Applies, "applies", labbench.DefaultApplies, "timed policy applies on the ebpf lab (0: none)")
+	fs.BoolVar(&cfg.AllowByIPBlock, "allow-by-ipblock", false, "ebpf: allow the client by an ipBlock of its IP, not a podSelector (the CIDR map's policy path)")
 	fs.StringVar(&cfg.IPTablesRestore, "iptables-restore", labbench.DefaultIPTablesRestore, "iptables-restore binary; its backend (nft or legacy) is the one measured")
 	fs.StringVar(&runDir, "run-dir", lab.DefaultRunDir, "parent of the labs' run directories")
 	fs.StringVar(&bpffs, "bpffs", lab.DefaultBPFFS, "bpffs mount for the agents' pins")

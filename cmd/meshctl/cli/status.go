@@ -277,6 +277,14 @@ func newBPFCmd(o *options) *cobra.Command {
 				}
 				return []string{fmt.Sprint(e.EndpointId), e.Direction, id, protoName(e.Protocol), ports, e.Verdict}
 			})),
+		bpfListCmd(o, "cidr", "the prefixes policies' ipBlocks name, with their CIDR identities", dumper(
+			func(ctx context.Context, c api.AgentClient) (grpc.ServerStreamingClient[api.IPCacheChunk], error) {
+				return c.DumpCIDR(ctx, &api.DumpRequest{})
+			},
+			func(c *api.IPCacheChunk) []*api.IPCacheEntry { return c.Entries },
+			func(es []*api.IPCacheEntry) proto.Message { return &api.IPCacheChunk{Entries: es} },
+			[]string{"PREFIX", "IDENTITY"},
+			func(e *api.IPCacheEntry) []string { return []string{e.Prefix, fmt.Sprint(e.Identity)} })),
 		bpfListCmd(o, "services", "service frontends and their backends", dumper(
 			func(ctx context.Context, c api.AgentClient) (grpc.ServerStreamingClient[api.ServiceChunk], error) {
 				return c.DumpServices(ctx, &api.DumpRequest{})

@@ -77,7 +77,7 @@ func TestAgentCommands(t *testing.T) {
 	if err := json.Unmarshal([]byte(mustRun(t, "status", "--agent-socket", sock, "-o", "json")), &st); err != nil {
 		t.Fatal(err)
 	}
-	if st.State != "ok" || st.Node != node || len(st.Maps) != 5 {
+	if st.State != "ok" || st.Node != node || len(st.Maps) != 6 {
 		t.Errorf("status -o json = %+v", st)
 	}
 	if out := mustRun(t, "node", "list", "--agent-socket", sock); !strings.Contains(out, node+" (local)") || !strings.Contains(out, "alive") {
@@ -104,7 +104,7 @@ func TestAgentCommands(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	for _, m := range []string{"endpoints", "policy"} {
+	for _, m := range []string{"endpoints", "policy", "cidr"} {
 		mustRun(t, "bpf", m, "list", "--agent-socket", sock, "-o", "json")
 	}
 	if _, _, err := meshctl(t, "status", "--agent-socket", filepath.Join(dir, "nope.sock")); err == nil || !strings.Contains(err.Error(), "is mesh-agent running") {
