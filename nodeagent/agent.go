@@ -98,14 +98,22 @@ func New(cfg Config) (*Agent, error) {
 }
 
 // Run runs the agent until ctx ends. It returns nil after a clean
-// shutdown, and an error when it cannot start (bpffs missing, the maps
-// incompatible, the API socket in use) or fails for good.
+// shutdown, and an error when it cannot start (another agent holds the
+// state directory: ErrStateDirInUse; bpffs missing, the maps incompatible,
+// the API socket in use) or fails for good.
 //
 // On the way out it keeps everything the datapath needs: the pinned maps
 // stay as they are, and the etcd lease is detached, not revoked, so the
 // node record and the node's ipcache entries stay while the agent
 // restarts.
 func (a *Agent) Run(ctx context.Context) (err error) {
+	// First of all: a second agent on this state directory must touch
+	// nothing (lock.go). Released last, after shutdown.
+	lock, err := lockStateDir(a.cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, lock.Close()) }()
 	if err := bpf.CheckSupport(a.cfg.BPFFS); err != nil {
 		return err
 	}
