@@ -262,6 +262,9 @@ type endpointDeps interface {
 	releaseIdentity(set labels.Set) error
 	publish(ctx context.Context, e ipcache.Entry) error
 	unpublish(ctx context.Context, ip netip.Addr) error
+	// forgetPod releases what the agent holds of a deleted pod besides
+	// its endpoint (reconcile_ips.go).
+	forgetPod(ctx context.Context, owner string) error
 	families() []ipam.Family
 }
 
@@ -336,7 +339,9 @@ func (e *endpoints) remove(ctx context.Context, d endpointDeps, namespace, pod s
 	defer e.mu.Unlock()
 	ep, ok := e.byKey[owner]
 	if !ok {
-		return nil
+		// No endpoint, but the pod may still hold an IP (an ADD that
+		// crashed before its state file) or etcd entries.
+		return d.forgetPod(ctx, owner)
 	}
 	// The datapath first, so no new traffic is classified with the old
 	// identity; then etcd; the IPs last (they go into quarantine).
@@ -354,6 +359,7 @@ func (e *endpoints) remove(ctx context.Context, d endpointDeps, namespace, pod s
 	if err := os.Remove(e.path(owner)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, err)
 	}
+	errs = append(errs, d.forgetPod(ctx, owner))
 	delete(e.byKey, owner)
 	e.ids.release(owner)
 	return errors.Join(errs...)
