@@ -11,9 +11,26 @@ import (
 	"syscall"
 )
 
-// ErrStateDirInUse is returned by Run when another agent holds the state
-// directory.
+// ErrStateDirInUse is wrapped by a *StateDirInUseError.
 var ErrStateDirInUse = errors.New("state directory in use")
+
+// StateDirInUseError is returned by Run when another agent holds the
+// state directory. Run returns it before it has read, written or pinned
+// anything.
+type StateDirInUseError struct {
+	Dir string
+	PID int // the holder's, 0 when it has not written it yet
+}
+
+func (e *StateDirInUseError) Error() string {
+	holder := "another mesh-agent"
+	if e.PID > 0 {
+		holder = "mesh-agent PID " + strconv.Itoa(e.PID)
+	}
+	return fmt.Sprintf("state directory %s is in use by %s: stop it, or give this agent another --state-dir/--node", e.Dir, holder)
+}
+
+func (e *StateDirInUseError) Unwrap() error { return ErrStateDirInUse }
 
 // lockFile is the agent's lock in its state directory.
 const lockFile = "agent.lock"
@@ -39,11 +56,10 @@ func lockStateDir(dir string) (*os.File, error) {
 		return nil, fmt.Errorf("state directory lock: %w", err)
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		holder := lockHolder(f)
+		pid := lockHolder(f)
 		_ = f.Close() // the lock error is the one to report
 		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, fmt.Errorf("%w: state directory %s is in use by %s: stop it, or give this agent another --state-dir/--node",
-				ErrStateDirInUse, dir, holder)
+			return nil, &StateDirInUseError{Dir: dir, PID: pid}
 		}
 		return nil, fmt.Errorf("lock %s: %w", path, err)
 	}
@@ -59,14 +75,16 @@ func lockStateDir(dir string) (*os.File, error) {
 	return f, nil
 }
 
-// lockHolder names the process that holds the lock, from the PID it wrote.
-func lockHolder(f *os.File) string {
+// lockHolder returns the PID the lock's holder wrote, or 0 when it has
+// taken the lock but not written its PID yet.
+func lockHolder(f *os.File) int {
 	b, err := io.ReadAll(io.NewSectionReader(f, 0, 32))
-	if err == nil {
-		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 0 {
-			return "mesh-agent PID " + strconv.Itoa(pid)
-		}
+	if err != nil {
+		return 0
 	}
-	// The holder took the lock but has not written its PID yet.
-	return "another mesh-agent"
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid < 0 {
+		return 0
+	}
+	return pid
 }

@@ -1,7 +1,6 @@
 package nodeagent_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -124,11 +123,14 @@ func TestAgentStateDirLock(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			err = a.Run(ctx)
-			if !errors.Is(err, nodeagent.ErrStateDirInUse) {
-				t.Fatalf("second agent's Run() = %v, want ErrStateDirInUse", err)
+			var inUse *nodeagent.StateDirInUseError
+			if !errors.As(err, &inUse) || !errors.Is(err, nodeagent.ErrStateDirInUse) {
+				t.Fatalf("second agent's Run() = %v, want a *StateDirInUseError", err)
 			}
-			if want := fmt.Sprintf("in use by mesh-agent PID %d", os.Getpid()); !bytes.Contains([]byte(err.Error()), []byte(want)) {
-				t.Errorf("error %q does not say %q", err, want)
+			want := fmt.Sprintf("state directory %s is in use by mesh-agent PID %d: stop it, or give this agent another --state-dir/--node",
+				cfg.StateDir, os.Getpid())
+			if inUse.PID != os.Getpid() || err.Error() != want {
+				t.Errorf("error %q (PID %d), want %q", err, inUse.PID, want)
 			}
 			before.diff(t, takeSnapshot(t, client, keys, dirs...))
 		})
