@@ -226,7 +226,7 @@ func TestAgentPodIPConflicts(t *testing.T) {
 	cfg.MetricsAddr = freeAddr(t)
 	ta := startAgent(t, cfg)
 	ta.waitOK(t)
-	pods := addPods(t, ta, 0, 6)
+	pods := addPods(t, ta, 0, 7)
 	cidr := ta.a.Status().IPAM.PodCIDRs[0]
 	ta.stop()
 	ip := func(pod int) netip.Addr { return pods[fmt.Sprintf("shop/pod-%d", pod)] }
@@ -237,28 +237,30 @@ func TestAgentPodIPConflicts(t *testing.T) {
 		}
 		return a
 	}
-	if ip(0) != at(2) || ip(5) != at(7) {
-		t.Fatalf("pods got %v, want .2 to .7 of %s", pods, cidr)
+	if ip(0) != at(2) || ip(6) != at(8) {
+		t.Fatalf("pods got %v, want .2 to .8 of %s", pods, cidr)
 	}
 
 	setStateFileIPs(t, cfg, "pod-1", ip(0))         // pod-0 and pod-1 own one IP
 	setStateFileIPs(t, cfg, "pod-2", at(11))        // the journal gives pod-2 another
 	forgetPod(t, client, keys, cfg, "pod-4", ip(4)) // unreferenced
 	forgetPod(t, client, keys, cfg, "pod-5", ip(5))
-	setStateFileIPs(t, cfg, "pod-3", ip(5)) // held by pod-5, which only the journal knows
+	setStateFileIPs(t, cfg, "pod-3", ip(5))                                                                                   // held by pod-5, which only the journal knows
+	putEndpoint(t, client, keys, ipcache.Entry{IP: at(8), Identity: 70000, Node: cfg.Node, Namespace: "shop", Pod: "ghost2"}) // pod-6's
 	putEndpoint(t, client, keys, ipcache.Entry{IP: at(9), Identity: 70000, Node: cfg.Node, Namespace: "shop", Pod: "ghost"})
 	putEndpoint(t, client, keys, ipcache.Entry{IP: at(10), Identity: 70000, Node: cfg.Node})
 	putEndpoint(t, client, keys, ipcache.Entry{IP: at(12), Identity: 70000, Node: "elsewhere", Namespace: "shop", Pod: "other"})
 	// Held: .2 (pod-0, pod-1), .3 (pod-1 in etcd and the journal), .4
 	// (pod-2), .5 (pod-3 in etcd), .6 (pod-4, unreferenced), .7 (pod-5,
-	// pod-3), .9 (ghost), .10 (no pod), .11 (pod-2's state file).
-	held := []netip.Addr{at(2), at(3), at(4), at(5), at(6), at(7), at(9), at(10), at(11)}
+	// pod-3), .8 (pod-6, ghost2), .9 (ghost), .10 (no pod), .11 (pod-2's
+	// state file).
+	held := []netip.Addr{at(2), at(3), at(4), at(5), at(6), at(7), at(8), at(9), at(10), at(11)}
 
 	ta = startAgent(t, cfg)
 	var st nodeagent.Status
 	eventually(t, 30*time.Second, "agent degraded by the conflicts", func() error {
 		st = ta.a.Status()
-		if st.State != "degraded" || len(st.IPAM.Conflicts) != 3 {
+		if st.State != "degraded" || len(st.IPAM.Conflicts) != 4 {
 			return fmt.Errorf("state %s, reasons %v, conflicts %v", st.State, st.Reasons, st.IPAM.Conflicts)
 		}
 		return nil
@@ -271,6 +273,7 @@ func TestAgentPodIPConflicts(t *testing.T) {
 		fmt.Sprintf("pod IP %s is claimed by shop/pod-3 (state file %s) and shop/pod-5 (journal)",
 			at(7), filepath.Join(cfg.StateDir, "endpoints", "shop_pod-3.json")),
 		fmt.Sprintf("pod IP %s is claimed by shop/pod-2 (journal gives it %s, state file", at(11), at(4)),
+		fmt.Sprintf("pod IP %s is claimed by shop/ghost2 (etcd %s) and shop/pod-6 (journal, state file", at(8), keys.Endpoint(at(8).String())),
 		"it stays allocated and no new pod gets it",
 	} {
 		if !strings.Contains(reasons, want) {
@@ -286,7 +289,7 @@ func TestAgentPodIPConflicts(t *testing.T) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	for _, want := range []string{"meshplane_ipam_pod_ip_conflicts 3", "meshplane_ipam_unreferenced_pod_ips 1"} {
+	for _, want := range []string{"meshplane_ipam_pod_ip_conflicts 4", "meshplane_ipam_unreferenced_pod_ips 1"} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
@@ -325,9 +328,18 @@ func TestAgentPodIPConflicts(t *testing.T) {
 		}
 	}
 	before := used()
+	// ghost2 goes: pod-6 is left with its IP, and no conflict.
+	del("ghost2")
+	if n := len(ta.a.Status().IPAM.Conflicts); n != 3 || used() != before {
+		t.Errorf("after deleting ghost2: %d conflicts, %d IPs used; want 3, %d", n, used(), before)
+	}
 	del("pod-0") // held .2, which pod-1 still claims
 	if got := used(); got != before {
 		t.Errorf("deleting pod-0 changed IPs used from %d to %d: %s went back to the pool while pod-1 claims it", before, got, at(2))
+	}
+	if cs := conflictIPs(ta.a.Status().IPAM.Conflicts); !strings.Contains(strings.Join(cs, "\n"),
+		fmt.Sprintf("pod IP %s is claimed by shop/pod-1 (journal gives it %s, state file", at(2), at(3))) {
+		t.Errorf("after deleting pod-0, conflicts %v: want %s still in conflict, pod-1 holding %s too", cs, at(2), at(3))
 	}
 	del("pod-1") // .2 is free now; so is pod-1's .3
 	del("pod-2") // .11 and .4
@@ -351,7 +363,7 @@ func TestAgentPodIPConflicts(t *testing.T) {
 	}
 	for _, kv := range kvs {
 		e, err := ipcache.Decode(strings.TrimPrefix(kv.Key, keys.EndpointsPrefix()), kv.Value)
-		if err == nil && e.Node == cfg.Node && slices.Contains([]string{"pod-0", "pod-1", "pod-2", "pod-3", "ghost"}, e.Pod) {
+		if err == nil && e.Node == cfg.Node && slices.Contains([]string{"pod-0", "pod-1", "pod-2", "pod-3", "ghost", "ghost2"}, e.Pod) {
 			t.Errorf("etcd entry %s of deleted pod %s/%s is left", kv.Key, e.Namespace, e.Pod)
 		}
 	}

@@ -305,7 +305,8 @@ func (a *Agent) reconcilePodIPs(ips *podip.Allocator, records []ipRecord) error 
 
 // releasePodIPs releases owner's IPs (DeleteEndpoint, or an AddEndpoint
 // undone), keeping held every IP in conflict that another pod still
-// claims.
+// claims. It is called with the endpoints' lock held, so no allocation
+// interleaves with the moves of an IP between owners it may make.
 func (a *Agent) releasePodIPs(ips *podip.Allocator, owner string) error {
 	st := &a.podIPs
 	st.mu.Lock()
@@ -317,32 +318,91 @@ func (a *Agent) releasePodIPs(ips *podip.Allocator, owner string) error {
 	var errs []error
 	for _, addr := range slices.SortedFunc(maps.Keys(st.conflicts), netip.Addr.Compare) {
 		c := st.conflicts[addr]
+		_, claimed := c.claims[owner]
+		_, journaled := c.journal[owner]
+		if !claimed && !journaled && c.holder != owner {
+			continue
+		}
 		delete(c.claims, owner)
 		delete(c.journal, owner)
 		if c.holder == owner {
-			// Released just now; it must stay held while anyone claims it.
-			c.holder = ""
-			if len(c.claims) > 0 {
-				p := conflictOwner + addr.String()
-				if err := ips.Reserve(p, addr); err != nil {
-					errs = append(errs, err)
-					continue
-				}
-				c.holder = p
-			}
+			c.holder = "" // released just now
 		}
-		if len(c.claims) > 0 {
-			continue
+		resolved, err := st.settleLocked(ips, c)
+		if err != nil {
+			errs = append(errs, err)
 		}
-		if isPlaceholder(c.holder) {
-			if err := ips.Release(c.holder); err != nil {
-				errs = append(errs, err)
-				continue
-			}
+		if resolved {
+			delete(st.conflicts, addr)
 		}
-		delete(st.conflicts, addr)
 	}
 	return errors.Join(errs...)
+}
+
+// settleLocked re-decides who holds an IP in conflict after one of its
+// pods let go, and reports whether the conflict is over: when no record
+// claims the IP any more (a pod only the journal knows keeps it), or when
+// one pod is left that can hold it. While two pods or more are left, the
+// IP stays held, by a placeholder if its holder just released it.
+func (st *podIPState) settleLocked(ips *podip.Allocator, c *ipConflict) (bool, error) {
+	placeholder := conflictOwner + c.addr.String()
+	if len(c.claims) == 0 {
+		if isPlaceholder(c.holder) {
+			if err := ips.Release(c.holder); err != nil {
+				return false, err
+			}
+		} else if c.holder != "" {
+			st.unreferenced[c.holder] = append(st.unreferenced[c.holder], c.addr)
+		}
+		return true, nil
+	}
+	parties := maps.Clone(c.claims)
+	for o := range c.journal {
+		parties[o] = nil
+	}
+	if len(parties) > 1 {
+		if c.holder == "" {
+			if err := ips.Reserve(placeholder, c.addr); err != nil {
+				return false, err
+			}
+			c.holder = placeholder
+		}
+		return false, nil
+	}
+	// One pod left: it gets the IP, unless it holds another of the family.
+	var p string
+	for o := range parties {
+		p = o
+	}
+	if c.holder == p {
+		return true, nil
+	}
+	if c.holder == placeholder {
+		if err := ips.Release(placeholder); err != nil {
+			return false, err
+		}
+		c.holder = ""
+	}
+	err := ips.Reserve(p, c.addr)
+	var ce *podip.ConflictError
+	switch {
+	case err == nil:
+		c.holder = p
+		return true, nil
+	case errors.As(err, &ce) && ce.Holder == p:
+		c.journal[p] = "journal gives it " + ce.Held.String()
+		if err := ips.Reserve(placeholder, c.addr); err != nil {
+			return false, err
+		}
+		c.holder = placeholder
+		return false, nil
+	default:
+		// Keep it held whatever failed.
+		if rerr := ips.Reserve(placeholder, c.addr); rerr == nil {
+			c.holder = placeholder
+		}
+		return false, err
+	}
 }
 
 // forgetPod is the end of a DEL of owner: what the allocator or etcd still
