@@ -27,8 +27,8 @@ import (
 // gives a pod (reconcilePodIPs). The rule: an acknowledged allocation is
 // never given to anyone else. Conflicts (two records, or a record and the
 // journal, give one IP to different pods) are reported, never resolved by
-// handing out the IP: it stays allocated until every pod that claims it
-// is gone.
+// handing out the IP: it stays allocated, and the conflict stands until
+// one pod is left that can hold it.
 
 // Owners that are not pods hold an IP for the agent's own reasons. They
 // start with '!', which no Kubernetes namespace does, so they never meet a
