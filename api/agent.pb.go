@@ -569,10 +569,17 @@ func (x *MapStatus) GetLastErrorUnixMs() int64 {
 }
 
 type IPAMStatus struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	PodCidrs      []string               `protobuf:"bytes,1,rep,name=pod_cidrs,json=podCidrs,proto3" json:"pod_cidrs,omitempty"`
-	Used          uint64                 `protobuf:"varint,2,opt,name=used,proto3" json:"used,omitempty"`
-	Free          uint64                 `protobuf:"varint,3,opt,name=free,proto3" json:"free,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	PodCidrs []string               `protobuf:"bytes,1,rep,name=pod_cidrs,json=podCidrs,proto3" json:"pod_cidrs,omitempty"`
+	Used     uint64                 `protobuf:"varint,2,opt,name=used,proto3" json:"used,omitempty"`
+	Free     uint64                 `protobuf:"varint,3,opt,name=free,proto3" json:"free,omitempty"`
+	// conflicts are pod IPs this node's records (the IP journal, endpoint
+	// state files, etcd) give to more than one pod; each stays allocated and
+	// makes the agent degraded until all but one of its pods are gone.
+	Conflicts []*IPConflict `protobuf:"bytes,120,rep,name=conflicts,proto3" json:"conflicts,omitempty"`
+	// unreferenced counts allocated pod IPs that no endpoint state file or
+	// etcd entry references; they stay allocated (CNI GC releases them).
+	Unreferenced  uint64 `protobuf:"varint,121,opt,name=unreferenced,proto3" json:"unreferenced,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -628,6 +635,127 @@ func (x *IPAMStatus) GetFree() uint64 {
 	return 0
 }
 
+func (x *IPAMStatus) GetConflicts() []*IPConflict {
+	if x != nil {
+		return x.Conflicts
+	}
+	return nil
+}
+
+func (x *IPAMStatus) GetUnreferenced() uint64 {
+	if x != nil {
+		return x.Unreferenced
+	}
+	return 0
+}
+
+// IPConflict is a pod IP claimed by more than one pod.
+type IPConflict struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ip            string                 `protobuf:"bytes,120,opt,name=ip,proto3" json:"ip,omitempty"`
+	Owners        []*IPClaim             `protobuf:"bytes,121,rep,name=owners,proto3" json:"owners,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IPConflict) Reset() {
+	*x = IPConflict{}
+	mi := &file_agent_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IPConflict) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IPConflict) ProtoMessage() {}
+
+func (x *IPConflict) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IPConflict.ProtoReflect.Descriptor instead.
+func (*IPConflict) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *IPConflict) GetIp() string {
+	if x != nil {
+		return x.Ip
+	}
+	return ""
+}
+
+func (x *IPConflict) GetOwners() []*IPClaim {
+	if x != nil {
+		return x.Owners
+	}
+	return nil
+}
+
+// IPClaim is one pod's claim on an IP: the owner ("namespace/pod") and
+// where the claim comes from ("journal", "state file <path>", "etcd <key>").
+type IPClaim struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Owner         string                 `protobuf:"bytes,120,opt,name=owner,proto3" json:"owner,omitempty"`
+	Sources       []string               `protobuf:"bytes,121,rep,name=sources,proto3" json:"sources,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IPClaim) Reset() {
+	*x = IPClaim{}
+	mi := &file_agent_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IPClaim) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IPClaim) ProtoMessage() {}
+
+func (x *IPClaim) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IPClaim.ProtoReflect.Descriptor instead.
+func (*IPClaim) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *IPClaim) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *IPClaim) GetSources() []string {
+	if x != nil {
+		return x.Sources
+	}
+	return nil
+}
+
 type ListNodesRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -636,7 +764,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_agent_proto_msgTypes[7]
+	mi := &file_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -648,7 +776,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[7]
+	mi := &file_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -661,7 +789,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{7}
+	return file_agent_proto_rawDescGZIP(), []int{9}
 }
 
 type ListNodesResponse struct {
@@ -673,7 +801,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_agent_proto_msgTypes[8]
+	mi := &file_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -685,7 +813,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[8]
+	mi := &file_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -698,7 +826,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{8}
+	return file_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -729,7 +857,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_agent_proto_msgTypes[9]
+	mi := &file_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -741,7 +869,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[9]
+	mi := &file_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -754,7 +882,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{9}
+	return file_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Node) GetName() string {
@@ -835,7 +963,7 @@ type ListIdentitiesRequest struct {
 
 func (x *ListIdentitiesRequest) Reset() {
 	*x = ListIdentitiesRequest{}
-	mi := &file_agent_proto_msgTypes[10]
+	mi := &file_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -847,7 +975,7 @@ func (x *ListIdentitiesRequest) String() string {
 func (*ListIdentitiesRequest) ProtoMessage() {}
 
 func (x *ListIdentitiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[10]
+	mi := &file_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -860,7 +988,7 @@ func (x *ListIdentitiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListIdentitiesRequest.ProtoReflect.Descriptor instead.
 func (*ListIdentitiesRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{10}
+	return file_agent_proto_rawDescGZIP(), []int{12}
 }
 
 type Identity struct {
@@ -873,7 +1001,7 @@ type Identity struct {
 
 func (x *Identity) Reset() {
 	*x = Identity{}
-	mi := &file_agent_proto_msgTypes[11]
+	mi := &file_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -885,7 +1013,7 @@ func (x *Identity) String() string {
 func (*Identity) ProtoMessage() {}
 
 func (x *Identity) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[11]
+	mi := &file_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -898,7 +1026,7 @@ func (x *Identity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Identity.ProtoReflect.Descriptor instead.
 func (*Identity) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{11}
+	return file_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Identity) GetId() uint32 {
@@ -924,7 +1052,7 @@ type IdentityChunk struct {
 
 func (x *IdentityChunk) Reset() {
 	*x = IdentityChunk{}
-	mi := &file_agent_proto_msgTypes[12]
+	mi := &file_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -936,7 +1064,7 @@ func (x *IdentityChunk) String() string {
 func (*IdentityChunk) ProtoMessage() {}
 
 func (x *IdentityChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[12]
+	mi := &file_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -949,7 +1077,7 @@ func (x *IdentityChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdentityChunk.ProtoReflect.Descriptor instead.
 func (*IdentityChunk) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{12}
+	return file_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *IdentityChunk) GetIdentities() []*Identity {
@@ -967,7 +1095,7 @@ type DumpRequest struct {
 
 func (x *DumpRequest) Reset() {
 	*x = DumpRequest{}
-	mi := &file_agent_proto_msgTypes[13]
+	mi := &file_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -979,7 +1107,7 @@ func (x *DumpRequest) String() string {
 func (*DumpRequest) ProtoMessage() {}
 
 func (x *DumpRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[13]
+	mi := &file_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -992,7 +1120,7 @@ func (x *DumpRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DumpRequest.ProtoReflect.Descriptor instead.
 func (*DumpRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{13}
+	return file_agent_proto_rawDescGZIP(), []int{15}
 }
 
 type IPCacheEntry struct {
@@ -1007,7 +1135,7 @@ type IPCacheEntry struct {
 
 func (x *IPCacheEntry) Reset() {
 	*x = IPCacheEntry{}
-	mi := &file_agent_proto_msgTypes[14]
+	mi := &file_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1019,7 +1147,7 @@ func (x *IPCacheEntry) String() string {
 func (*IPCacheEntry) ProtoMessage() {}
 
 func (x *IPCacheEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[14]
+	mi := &file_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1032,7 +1160,7 @@ func (x *IPCacheEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IPCacheEntry.ProtoReflect.Descriptor instead.
 func (*IPCacheEntry) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{14}
+	return file_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *IPCacheEntry) GetPrefix() string {
@@ -1072,7 +1200,7 @@ type IPCacheChunk struct {
 
 func (x *IPCacheChunk) Reset() {
 	*x = IPCacheChunk{}
-	mi := &file_agent_proto_msgTypes[15]
+	mi := &file_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1084,7 +1212,7 @@ func (x *IPCacheChunk) String() string {
 func (*IPCacheChunk) ProtoMessage() {}
 
 func (x *IPCacheChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[15]
+	mi := &file_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1097,7 +1225,7 @@ func (x *IPCacheChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IPCacheChunk.ProtoReflect.Descriptor instead.
 func (*IPCacheChunk) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{15}
+	return file_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *IPCacheChunk) GetEntries() []*IPCacheEntry {
@@ -1122,7 +1250,7 @@ type EndpointEntry struct {
 
 func (x *EndpointEntry) Reset() {
 	*x = EndpointEntry{}
-	mi := &file_agent_proto_msgTypes[16]
+	mi := &file_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1134,7 +1262,7 @@ func (x *EndpointEntry) String() string {
 func (*EndpointEntry) ProtoMessage() {}
 
 func (x *EndpointEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[16]
+	mi := &file_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1147,7 +1275,7 @@ func (x *EndpointEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndpointEntry.ProtoReflect.Descriptor instead.
 func (*EndpointEntry) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{16}
+	return file_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *EndpointEntry) GetIp() string {
@@ -1208,7 +1336,7 @@ type EndpointChunk struct {
 
 func (x *EndpointChunk) Reset() {
 	*x = EndpointChunk{}
-	mi := &file_agent_proto_msgTypes[17]
+	mi := &file_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1220,7 +1348,7 @@ func (x *EndpointChunk) String() string {
 func (*EndpointChunk) ProtoMessage() {}
 
 func (x *EndpointChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[17]
+	mi := &file_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1233,7 +1361,7 @@ func (x *EndpointChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndpointChunk.ProtoReflect.Descriptor instead.
 func (*EndpointChunk) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{17}
+	return file_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *EndpointChunk) GetEntries() []*EndpointEntry {
@@ -1260,7 +1388,7 @@ type PolicyEntry struct {
 
 func (x *PolicyEntry) Reset() {
 	*x = PolicyEntry{}
-	mi := &file_agent_proto_msgTypes[18]
+	mi := &file_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1272,7 +1400,7 @@ func (x *PolicyEntry) String() string {
 func (*PolicyEntry) ProtoMessage() {}
 
 func (x *PolicyEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[18]
+	mi := &file_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1285,7 +1413,7 @@ func (x *PolicyEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyEntry.ProtoReflect.Descriptor instead.
 func (*PolicyEntry) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{18}
+	return file_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PolicyEntry) GetEndpointId() uint32 {
@@ -1353,7 +1481,7 @@ type PolicyChunk struct {
 
 func (x *PolicyChunk) Reset() {
 	*x = PolicyChunk{}
-	mi := &file_agent_proto_msgTypes[19]
+	mi := &file_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1365,7 +1493,7 @@ func (x *PolicyChunk) String() string {
 func (*PolicyChunk) ProtoMessage() {}
 
 func (x *PolicyChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[19]
+	mi := &file_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1378,7 +1506,7 @@ func (x *PolicyChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyChunk.ProtoReflect.Descriptor instead.
 func (*PolicyChunk) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{19}
+	return file_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *PolicyChunk) GetEntries() []*PolicyEntry {
@@ -1400,7 +1528,7 @@ type ServiceEntry struct {
 
 func (x *ServiceEntry) Reset() {
 	*x = ServiceEntry{}
-	mi := &file_agent_proto_msgTypes[20]
+	mi := &file_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1412,7 +1540,7 @@ func (x *ServiceEntry) String() string {
 func (*ServiceEntry) ProtoMessage() {}
 
 func (x *ServiceEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[20]
+	mi := &file_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1425,7 +1553,7 @@ func (x *ServiceEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceEntry.ProtoReflect.Descriptor instead.
 func (*ServiceEntry) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{20}
+	return file_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ServiceEntry) GetFrontend() string {
@@ -1465,7 +1593,7 @@ type ServiceChunk struct {
 
 func (x *ServiceChunk) Reset() {
 	*x = ServiceChunk{}
-	mi := &file_agent_proto_msgTypes[21]
+	mi := &file_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1477,7 +1605,7 @@ func (x *ServiceChunk) String() string {
 func (*ServiceChunk) ProtoMessage() {}
 
 func (x *ServiceChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[21]
+	mi := &file_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1490,7 +1618,7 @@ func (x *ServiceChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceChunk.ProtoReflect.Descriptor instead.
 func (*ServiceChunk) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{21}
+	return file_agent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ServiceChunk) GetEntries() []*ServiceEntry {
@@ -1526,7 +1654,7 @@ type AddEndpointRequest struct {
 
 func (x *AddEndpointRequest) Reset() {
 	*x = AddEndpointRequest{}
-	mi := &file_agent_proto_msgTypes[22]
+	mi := &file_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1538,7 +1666,7 @@ func (x *AddEndpointRequest) String() string {
 func (*AddEndpointRequest) ProtoMessage() {}
 
 func (x *AddEndpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[22]
+	mi := &file_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1551,7 +1679,7 @@ func (x *AddEndpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddEndpointRequest.ProtoReflect.Descriptor instead.
 func (*AddEndpointRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{22}
+	return file_agent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *AddEndpointRequest) GetNamespace() string {
@@ -1636,7 +1764,7 @@ type ContainerPort struct {
 
 func (x *ContainerPort) Reset() {
 	*x = ContainerPort{}
-	mi := &file_agent_proto_msgTypes[23]
+	mi := &file_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1648,7 +1776,7 @@ func (x *ContainerPort) String() string {
 func (*ContainerPort) ProtoMessage() {}
 
 func (x *ContainerPort) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[23]
+	mi := &file_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1661,7 +1789,7 @@ func (x *ContainerPort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerPort.ProtoReflect.Descriptor instead.
 func (*ContainerPort) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{23}
+	return file_agent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ContainerPort) GetName() string {
@@ -1698,7 +1826,7 @@ type AddEndpointResponse struct {
 
 func (x *AddEndpointResponse) Reset() {
 	*x = AddEndpointResponse{}
-	mi := &file_agent_proto_msgTypes[24]
+	mi := &file_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1710,7 +1838,7 @@ func (x *AddEndpointResponse) String() string {
 func (*AddEndpointResponse) ProtoMessage() {}
 
 func (x *AddEndpointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[24]
+	mi := &file_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1723,7 +1851,7 @@ func (x *AddEndpointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddEndpointResponse.ProtoReflect.Descriptor instead.
 func (*AddEndpointResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{24}
+	return file_agent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *AddEndpointResponse) GetIps() []string {
@@ -1771,7 +1899,7 @@ type DeleteEndpointRequest struct {
 
 func (x *DeleteEndpointRequest) Reset() {
 	*x = DeleteEndpointRequest{}
-	mi := &file_agent_proto_msgTypes[25]
+	mi := &file_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1783,7 +1911,7 @@ func (x *DeleteEndpointRequest) String() string {
 func (*DeleteEndpointRequest) ProtoMessage() {}
 
 func (x *DeleteEndpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[25]
+	mi := &file_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1796,7 +1924,7 @@ func (x *DeleteEndpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEndpointRequest.ProtoReflect.Descriptor instead.
 func (*DeleteEndpointRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{25}
+	return file_agent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *DeleteEndpointRequest) GetNamespace() string {
@@ -1821,7 +1949,7 @@ type DeleteEndpointResponse struct {
 
 func (x *DeleteEndpointResponse) Reset() {
 	*x = DeleteEndpointResponse{}
-	mi := &file_agent_proto_msgTypes[26]
+	mi := &file_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1833,7 +1961,7 @@ func (x *DeleteEndpointResponse) String() string {
 func (*DeleteEndpointResponse) ProtoMessage() {}
 
 func (x *DeleteEndpointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[26]
+	mi := &file_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1846,7 +1974,7 @@ func (x *DeleteEndpointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEndpointResponse.ProtoReflect.Descriptor instead.
 func (*DeleteEndpointResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{26}
+	return file_agent_proto_rawDescGZIP(), []int{28}
 }
 
 type ObserveRequest struct {
@@ -1868,7 +1996,7 @@ type ObserveRequest struct {
 
 func (x *ObserveRequest) Reset() {
 	*x = ObserveRequest{}
-	mi := &file_agent_proto_msgTypes[27]
+	mi := &file_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1880,7 +2008,7 @@ func (x *ObserveRequest) String() string {
 func (*ObserveRequest) ProtoMessage() {}
 
 func (x *ObserveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[27]
+	mi := &file_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1893,7 +2021,7 @@ func (x *ObserveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ObserveRequest.ProtoReflect.Descriptor instead.
 func (*ObserveRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{27}
+	return file_agent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ObserveRequest) GetLast() uint32 {
@@ -1971,7 +2099,7 @@ type Flow struct {
 
 func (x *Flow) Reset() {
 	*x = Flow{}
-	mi := &file_agent_proto_msgTypes[28]
+	mi := &file_agent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1983,7 +2111,7 @@ func (x *Flow) String() string {
 func (*Flow) ProtoMessage() {}
 
 func (x *Flow) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[28]
+	mi := &file_agent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1996,7 +2124,7 @@ func (x *Flow) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Flow.ProtoReflect.Descriptor instead.
 func (*Flow) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{28}
+	return file_agent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Flow) GetTimeUnixNano() int64 {
@@ -2183,12 +2311,21 @@ const file_agent_proto_rawDesc = "" +
 	"\n" +
 	"last_error\x18\t \x01(\tR\tlastError\x12+\n" +
 	"\x12last_error_unix_ms\x18\n" +
-	" \x01(\x03R\x0flastErrorUnixMs\"Q\n" +
+	" \x01(\x03R\x0flastErrorUnixMs\"\xb3\x01\n" +
 	"\n" +
 	"IPAMStatus\x12\x1b\n" +
 	"\tpod_cidrs\x18\x01 \x03(\tR\bpodCidrs\x12\x12\n" +
 	"\x04used\x18\x02 \x01(\x04R\x04used\x12\x12\n" +
-	"\x04free\x18\x03 \x01(\x04R\x04free\"\x12\n" +
+	"\x04free\x18\x03 \x01(\x04R\x04free\x12<\n" +
+	"\tconflicts\x18x \x03(\v2\x1e.meshplane.agent.v1.IPConflictR\tconflicts\x12\"\n" +
+	"\funreferenced\x18y \x01(\x04R\funreferenced\"Q\n" +
+	"\n" +
+	"IPConflict\x12\x0e\n" +
+	"\x02ip\x18x \x01(\tR\x02ip\x123\n" +
+	"\x06owners\x18y \x03(\v2\x1b.meshplane.agent.v1.IPClaimR\x06owners\"9\n" +
+	"\aIPClaim\x12\x14\n" +
+	"\x05owner\x18x \x01(\tR\x05owner\x12\x18\n" +
+	"\asources\x18y \x03(\tR\asources\"\x12\n" +
 	"\x10ListNodesRequest\"C\n" +
 	"\x11ListNodesResponse\x12.\n" +
 	"\x05nodes\x18\x01 \x03(\v2\x18.meshplane.agent.v1.NodeR\x05nodes\"\x82\x03\n" +
@@ -2345,7 +2482,7 @@ func file_agent_proto_rawDescGZIP() []byte {
 	return file_agent_proto_rawDescData
 }
 
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_agent_proto_goTypes = []any{
 	(*StatusRequest)(nil),          // 0: meshplane.agent.v1.StatusRequest
 	(*StatusResponse)(nil),         // 1: meshplane.agent.v1.StatusResponse
@@ -2354,31 +2491,33 @@ var file_agent_proto_goTypes = []any{
 	(*CacheStatus)(nil),            // 4: meshplane.agent.v1.CacheStatus
 	(*MapStatus)(nil),              // 5: meshplane.agent.v1.MapStatus
 	(*IPAMStatus)(nil),             // 6: meshplane.agent.v1.IPAMStatus
-	(*ListNodesRequest)(nil),       // 7: meshplane.agent.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),      // 8: meshplane.agent.v1.ListNodesResponse
-	(*Node)(nil),                   // 9: meshplane.agent.v1.Node
-	(*ListIdentitiesRequest)(nil),  // 10: meshplane.agent.v1.ListIdentitiesRequest
-	(*Identity)(nil),               // 11: meshplane.agent.v1.Identity
-	(*IdentityChunk)(nil),          // 12: meshplane.agent.v1.IdentityChunk
-	(*DumpRequest)(nil),            // 13: meshplane.agent.v1.DumpRequest
-	(*IPCacheEntry)(nil),           // 14: meshplane.agent.v1.IPCacheEntry
-	(*IPCacheChunk)(nil),           // 15: meshplane.agent.v1.IPCacheChunk
-	(*EndpointEntry)(nil),          // 16: meshplane.agent.v1.EndpointEntry
-	(*EndpointChunk)(nil),          // 17: meshplane.agent.v1.EndpointChunk
-	(*PolicyEntry)(nil),            // 18: meshplane.agent.v1.PolicyEntry
-	(*PolicyChunk)(nil),            // 19: meshplane.agent.v1.PolicyChunk
-	(*ServiceEntry)(nil),           // 20: meshplane.agent.v1.ServiceEntry
-	(*ServiceChunk)(nil),           // 21: meshplane.agent.v1.ServiceChunk
-	(*AddEndpointRequest)(nil),     // 22: meshplane.agent.v1.AddEndpointRequest
-	(*ContainerPort)(nil),          // 23: meshplane.agent.v1.ContainerPort
-	(*AddEndpointResponse)(nil),    // 24: meshplane.agent.v1.AddEndpointResponse
-	(*DeleteEndpointRequest)(nil),  // 25: meshplane.agent.v1.DeleteEndpointRequest
-	(*DeleteEndpointResponse)(nil), // 26: meshplane.agent.v1.DeleteEndpointResponse
-	(*ObserveRequest)(nil),         // 27: meshplane.agent.v1.ObserveRequest
-	(*Flow)(nil),                   // 28: meshplane.agent.v1.Flow
-	nil,                            // 29: meshplane.agent.v1.Node.LabelsEntry
-	nil,                            // 30: meshplane.agent.v1.AddEndpointRequest.LabelsEntry
-	nil,                            // 31: meshplane.agent.v1.AddEndpointRequest.NamespaceLabelsEntry
+	(*IPConflict)(nil),             // 7: meshplane.agent.v1.IPConflict
+	(*IPClaim)(nil),                // 8: meshplane.agent.v1.IPClaim
+	(*ListNodesRequest)(nil),       // 9: meshplane.agent.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),      // 10: meshplane.agent.v1.ListNodesResponse
+	(*Node)(nil),                   // 11: meshplane.agent.v1.Node
+	(*ListIdentitiesRequest)(nil),  // 12: meshplane.agent.v1.ListIdentitiesRequest
+	(*Identity)(nil),               // 13: meshplane.agent.v1.Identity
+	(*IdentityChunk)(nil),          // 14: meshplane.agent.v1.IdentityChunk
+	(*DumpRequest)(nil),            // 15: meshplane.agent.v1.DumpRequest
+	(*IPCacheEntry)(nil),           // 16: meshplane.agent.v1.IPCacheEntry
+	(*IPCacheChunk)(nil),           // 17: meshplane.agent.v1.IPCacheChunk
+	(*EndpointEntry)(nil),          // 18: meshplane.agent.v1.EndpointEntry
+	(*EndpointChunk)(nil),          // 19: meshplane.agent.v1.EndpointChunk
+	(*PolicyEntry)(nil),            // 20: meshplane.agent.v1.PolicyEntry
+	(*PolicyChunk)(nil),            // 21: meshplane.agent.v1.PolicyChunk
+	(*ServiceEntry)(nil),           // 22: meshplane.agent.v1.ServiceEntry
+	(*ServiceChunk)(nil),           // 23: meshplane.agent.v1.ServiceChunk
+	(*AddEndpointRequest)(nil),     // 24: meshplane.agent.v1.AddEndpointRequest
+	(*ContainerPort)(nil),          // 25: meshplane.agent.v1.ContainerPort
+	(*AddEndpointResponse)(nil),    // 26: meshplane.agent.v1.AddEndpointResponse
+	(*DeleteEndpointRequest)(nil),  // 27: meshplane.agent.v1.DeleteEndpointRequest
+	(*DeleteEndpointResponse)(nil), // 28: meshplane.agent.v1.DeleteEndpointResponse
+	(*ObserveRequest)(nil),         // 29: meshplane.agent.v1.ObserveRequest
+	(*Flow)(nil),                   // 30: meshplane.agent.v1.Flow
+	nil,                            // 31: meshplane.agent.v1.Node.LabelsEntry
+	nil,                            // 32: meshplane.agent.v1.AddEndpointRequest.LabelsEntry
+	nil,                            // 33: meshplane.agent.v1.AddEndpointRequest.NamespaceLabelsEntry
 }
 var file_agent_proto_depIdxs = []int32{
 	2,  // 0: meshplane.agent.v1.StatusResponse.etcd:type_name -> meshplane.agent.v1.EtcdStatus
@@ -2386,43 +2525,45 @@ var file_agent_proto_depIdxs = []int32{
 	4,  // 2: meshplane.agent.v1.StatusResponse.caches:type_name -> meshplane.agent.v1.CacheStatus
 	5,  // 3: meshplane.agent.v1.StatusResponse.maps:type_name -> meshplane.agent.v1.MapStatus
 	6,  // 4: meshplane.agent.v1.StatusResponse.ipam:type_name -> meshplane.agent.v1.IPAMStatus
-	9,  // 5: meshplane.agent.v1.ListNodesResponse.nodes:type_name -> meshplane.agent.v1.Node
-	29, // 6: meshplane.agent.v1.Node.labels:type_name -> meshplane.agent.v1.Node.LabelsEntry
-	11, // 7: meshplane.agent.v1.IdentityChunk.identities:type_name -> meshplane.agent.v1.Identity
-	14, // 8: meshplane.agent.v1.IPCacheChunk.entries:type_name -> meshplane.agent.v1.IPCacheEntry
-	16, // 9: meshplane.agent.v1.EndpointChunk.entries:type_name -> meshplane.agent.v1.EndpointEntry
-	18, // 10: meshplane.agent.v1.PolicyChunk.entries:type_name -> meshplane.agent.v1.PolicyEntry
-	20, // 11: meshplane.agent.v1.ServiceChunk.entries:type_name -> meshplane.agent.v1.ServiceEntry
-	30, // 12: meshplane.agent.v1.AddEndpointRequest.labels:type_name -> meshplane.agent.v1.AddEndpointRequest.LabelsEntry
-	31, // 13: meshplane.agent.v1.AddEndpointRequest.namespace_labels:type_name -> meshplane.agent.v1.AddEndpointRequest.NamespaceLabelsEntry
-	23, // 14: meshplane.agent.v1.AddEndpointRequest.ports:type_name -> meshplane.agent.v1.ContainerPort
-	0,  // 15: meshplane.agent.v1.Agent.Status:input_type -> meshplane.agent.v1.StatusRequest
-	7,  // 16: meshplane.agent.v1.Agent.ListNodes:input_type -> meshplane.agent.v1.ListNodesRequest
-	10, // 17: meshplane.agent.v1.Agent.ListIdentities:input_type -> meshplane.agent.v1.ListIdentitiesRequest
-	13, // 18: meshplane.agent.v1.Agent.DumpIPCache:input_type -> meshplane.agent.v1.DumpRequest
-	13, // 19: meshplane.agent.v1.Agent.DumpEndpoints:input_type -> meshplane.agent.v1.DumpRequest
-	13, // 20: meshplane.agent.v1.Agent.DumpPolicy:input_type -> meshplane.agent.v1.DumpRequest
-	13, // 21: meshplane.agent.v1.Agent.DumpServices:input_type -> meshplane.agent.v1.DumpRequest
-	13, // 22: meshplane.agent.v1.Agent.DumpCIDR:input_type -> meshplane.agent.v1.DumpRequest
-	22, // 23: meshplane.agent.v1.Agent.AddEndpoint:input_type -> meshplane.agent.v1.AddEndpointRequest
-	25, // 24: meshplane.agent.v1.Agent.DeleteEndpoint:input_type -> meshplane.agent.v1.DeleteEndpointRequest
-	27, // 25: meshplane.agent.v1.Agent.Observe:input_type -> meshplane.agent.v1.ObserveRequest
-	1,  // 26: meshplane.agent.v1.Agent.Status:output_type -> meshplane.agent.v1.StatusResponse
-	8,  // 27: meshplane.agent.v1.Agent.ListNodes:output_type -> meshplane.agent.v1.ListNodesResponse
-	12, // 28: meshplane.agent.v1.Agent.ListIdentities:output_type -> meshplane.agent.v1.IdentityChunk
-	15, // 29: meshplane.agent.v1.Agent.DumpIPCache:output_type -> meshplane.agent.v1.IPCacheChunk
-	17, // 30: meshplane.agent.v1.Agent.DumpEndpoints:output_type -> meshplane.agent.v1.EndpointChunk
-	19, // 31: meshplane.agent.v1.Agent.DumpPolicy:output_type -> meshplane.agent.v1.PolicyChunk
-	21, // 32: meshplane.agent.v1.Agent.DumpServices:output_type -> meshplane.agent.v1.ServiceChunk
-	15, // 33: meshplane.agent.v1.Agent.DumpCIDR:output_type -> meshplane.agent.v1.IPCacheChunk
-	24, // 34: meshplane.agent.v1.Agent.AddEndpoint:output_type -> meshplane.agent.v1.AddEndpointResponse
-	26, // 35: meshplane.agent.v1.Agent.DeleteEndpoint:output_type -> meshplane.agent.v1.DeleteEndpointResponse
-	28, // 36: meshplane.agent.v1.Agent.Observe:output_type -> meshplane.agent.v1.Flow
-	26, // [26:37] is the sub-list for method output_type
-	15, // [15:26] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	7,  // 5: meshplane.agent.v1.IPAMStatus.conflicts:type_name -> meshplane.agent.v1.IPConflict
+	8,  // 6: meshplane.agent.v1.IPConflict.owners:type_name -> meshplane.agent.v1.IPClaim
+	11, // 7: meshplane.agent.v1.ListNodesResponse.nodes:type_name -> meshplane.agent.v1.Node
+	31, // 8: meshplane.agent.v1.Node.labels:type_name -> meshplane.agent.v1.Node.LabelsEntry
+	13, // 9: meshplane.agent.v1.IdentityChunk.identities:type_name -> meshplane.agent.v1.Identity
+	16, // 10: meshplane.agent.v1.IPCacheChunk.entries:type_name -> meshplane.agent.v1.IPCacheEntry
+	18, // 11: meshplane.agent.v1.EndpointChunk.entries:type_name -> meshplane.agent.v1.EndpointEntry
+	20, // 12: meshplane.agent.v1.PolicyChunk.entries:type_name -> meshplane.agent.v1.PolicyEntry
+	22, // 13: meshplane.agent.v1.ServiceChunk.entries:type_name -> meshplane.agent.v1.ServiceEntry
+	32, // 14: meshplane.agent.v1.AddEndpointRequest.labels:type_name -> meshplane.agent.v1.AddEndpointRequest.LabelsEntry
+	33, // 15: meshplane.agent.v1.AddEndpointRequest.namespace_labels:type_name -> meshplane.agent.v1.AddEndpointRequest.NamespaceLabelsEntry
+	25, // 16: meshplane.agent.v1.AddEndpointRequest.ports:type_name -> meshplane.agent.v1.ContainerPort
+	0,  // 17: meshplane.agent.v1.Agent.Status:input_type -> meshplane.agent.v1.StatusRequest
+	9,  // 18: meshplane.agent.v1.Agent.ListNodes:input_type -> meshplane.agent.v1.ListNodesRequest
+	12, // 19: meshplane.agent.v1.Agent.ListIdentities:input_type -> meshplane.agent.v1.ListIdentitiesRequest
+	15, // 20: meshplane.agent.v1.Agent.DumpIPCache:input_type -> meshplane.agent.v1.DumpRequest
+	15, // 21: meshplane.agent.v1.Agent.DumpEndpoints:input_type -> meshplane.agent.v1.DumpRequest
+	15, // 22: meshplane.agent.v1.Agent.DumpPolicy:input_type -> meshplane.agent.v1.DumpRequest
+	15, // 23: meshplane.agent.v1.Agent.DumpServices:input_type -> meshplane.agent.v1.DumpRequest
+	15, // 24: meshplane.agent.v1.Agent.DumpCIDR:input_type -> meshplane.agent.v1.DumpRequest
+	24, // 25: meshplane.agent.v1.Agent.AddEndpoint:input_type -> meshplane.agent.v1.AddEndpointRequest
+	27, // 26: meshplane.agent.v1.Agent.DeleteEndpoint:input_type -> meshplane.agent.v1.DeleteEndpointRequest
+	29, // 27: meshplane.agent.v1.Agent.Observe:input_type -> meshplane.agent.v1.ObserveRequest
+	1,  // 28: meshplane.agent.v1.Agent.Status:output_type -> meshplane.agent.v1.StatusResponse
+	10, // 29: meshplane.agent.v1.Agent.ListNodes:output_type -> meshplane.agent.v1.ListNodesResponse
+	14, // 30: meshplane.agent.v1.Agent.ListIdentities:output_type -> meshplane.agent.v1.IdentityChunk
+	17, // 31: meshplane.agent.v1.Agent.DumpIPCache:output_type -> meshplane.agent.v1.IPCacheChunk
+	19, // 32: meshplane.agent.v1.Agent.DumpEndpoints:output_type -> meshplane.agent.v1.EndpointChunk
+	21, // 33: meshplane.agent.v1.Agent.DumpPolicy:output_type -> meshplane.agent.v1.PolicyChunk
+	23, // 34: meshplane.agent.v1.Agent.DumpServices:output_type -> meshplane.agent.v1.ServiceChunk
+	17, // 35: meshplane.agent.v1.Agent.DumpCIDR:output_type -> meshplane.agent.v1.IPCacheChunk
+	26, // 36: meshplane.agent.v1.Agent.AddEndpoint:output_type -> meshplane.agent.v1.AddEndpointResponse
+	28, // 37: meshplane.agent.v1.Agent.DeleteEndpoint:output_type -> meshplane.agent.v1.DeleteEndpointResponse
+	30, // 38: meshplane.agent.v1.Agent.Observe:output_type -> meshplane.agent.v1.Flow
+	28, // [28:39] is the sub-list for method output_type
+	17, // [17:28] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_agent_proto_init() }
@@ -2436,7 +2577,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   32,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -71,6 +71,8 @@ type Agent struct {
 	// reads them only after.
 	started atomic.Bool
 
+	podIPs podIPState // what the pod IP reconcile found (reconcile_ips.go)
+
 	mu      sync.Mutex // mu guards etcdErr and podCIDRs
 	etcdErr error      // the last failed etcd probe; nil while etcd answers
 	cidrs   []netip.Prefix
@@ -99,14 +101,22 @@ func New(cfg Config) (*Agent, error) {
 }
 
 // Run runs the agent until ctx ends. It returns nil after a clean
-// shutdown, and an error when it cannot start (bpffs missing, the maps
-// incompatible, the API socket in use) or fails for good.
+// shutdown, and an error when it cannot start (another agent holds the
+// state directory: ErrStateDirInUse; bpffs missing, the maps incompatible,
+// the API socket in use) or fails for good.
 //
 // On the way out it keeps everything the datapath needs: the pinned maps
 // stay as they are, and the etcd lease is detached, not revoked, so the
 // node record and the node's ipcache entries stay while the agent
 // restarts.
 func (a *Agent) Run(ctx context.Context) (err error) {
+	// First of all: a second agent on this state directory must touch
+	// nothing (lock.go). Released last, after shutdown.
+	lock, err := lockStateDir(a.cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, lock.Close()) }()
 	if err := bpf.CheckSupport(a.cfg.BPFFS); err != nil {
 		return err
 	}
@@ -287,11 +297,6 @@ func (a *Agent) runControl(ctx context.Context, g *errgroup.Group) error {
 		return err
 	}
 	a.claimer.Store(claimer)
-	ips, err := podip.Open(podip.Config{Dir: filepath.Join(a.cfg.StateDir, "ipam")}, cidrs)
-	if err != nil {
-		return fmt.Errorf("pod IPs: %w", err)
-	}
-	a.ips.Store(ips)
 	ids, err := allocator.New(allocator.Config{
 		Cluster: a.cfg.Cluster, ClusterID: identity.ClusterID(a.cfg.ClusterID), Node: a.cfg.Node, Filter: a.cfg.LabelFilter,
 	}, client, session)
@@ -309,6 +314,13 @@ func (a *Agent) runControl(ctx context.Context, g *errgroup.Group) error {
 	g.Go(func() error { a.probeLoop(ctx); return nil })
 	g.Go(func() error { a.restoreEndpoints(ctx); return nil })
 	g.Go(func() error { a.publishUsageLoop(ctx); return nil })
+	// The API hands out pod IPs only once the allocator holds every IP the
+	// state files and etcd give this node's pods.
+	ips, err := a.openPodIPs(ctx, cidrs)
+	if err != nil {
+		return err
+	}
+	a.ips.Store(ips)
 
 	// The tables fed from etcd may prune only once every cache has handed
 	// its first list to the mirror: before that, an entry missing from
@@ -630,6 +642,9 @@ func (a *Agent) allocateIP(owner string, f ipam.Family) (netip.Addr, netip.Prefi
 	if ips == nil {
 		return netip.Addr{}, netip.Prefix{}, errors.New("pod IPs are not available yet: the agent has not reached etcd")
 	}
+	if err := a.beforeAllocate(ips, owner); err != nil {
+		return netip.Addr{}, netip.Prefix{}, err
+	}
 	ip, err := ips.Allocate(owner, f)
 	if errors.Is(err, podip.ErrFull) {
 		// Every CIDR of the family is full: claim one more.
@@ -662,7 +677,7 @@ func (a *Agent) allocateIP(owner string, f ipam.Family) (netip.Addr, netip.Prefi
 
 func (a *Agent) releaseIPs(owner string) error {
 	if ips := a.ips.Load(); ips != nil {
-		return ips.Release(owner)
+		return a.releasePodIPs(ips, owner)
 	}
 	return nil
 }
@@ -703,7 +718,7 @@ func (a *Agent) AddEndpoint(ctx context.Context, spec EndpointSpec) (Endpoint, e
 // DeleteEndpoint removes a pod (the CNI DEL path); an unknown pod is not
 // an error.
 func (a *Agent) DeleteEndpoint(ctx context.Context, namespace, pod string) error {
-	if a.session.Load() == nil {
+	if a.session.Load() == nil || a.ips.Load() == nil {
 		return errors.New("the agent is still starting: it has not reached etcd; retry")
 	}
 	return a.eps.remove(ctx, a, namespace, pod)

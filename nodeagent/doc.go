@@ -37,6 +37,10 @@
 //
 // # Restarts and outages
 //
+// Run first takes an flock on StateDir/agent.lock (lock.go): a second
+// agent on the same state directory fails with a *StateDirInUseError
+// before it reads, writes or pins anything.
+//
 // The maps are never flushed. A restarted agent opens the pinned maps,
 // seeds its backend and service IDs from them, reads its endpoints from
 // its state directory, resumes its etcd lease (recorded in the state
@@ -47,6 +51,13 @@
 // the maps keep their last state, the agent reports degraded, and the
 // caches and session reconnect with backoff and pass on only the
 // difference.
+//
+// Before it hands out a pod IP, a (re)started agent reserves in the pod IP
+// allocator every IP that an endpoint state file or one of its etcd
+// entries gives a pod, whatever the journal lost (reconcile_ips.go): an
+// acknowledged allocation is never given to anyone else. Conflicts between
+// those records are reported (status, metrics, an Error log) and keep the
+// IP allocated; they are never resolved by handing it out.
 //
 // # Goroutines
 //

@@ -248,6 +248,7 @@ func (e *endpoints) save(ep *Endpoint) error {
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("endpoint state: %w", err)
 	}
+	afterStep("add:state-tmp", ep.owner(), netip.Addr{})
 	if err := os.Rename(tmp, p); err != nil {
 		return fmt.Errorf("endpoint state: %w", err)
 	}
@@ -262,6 +263,9 @@ type endpointDeps interface {
 	releaseIdentity(set labels.Set) error
 	publish(ctx context.Context, e ipcache.Entry) error
 	unpublish(ctx context.Context, ip netip.Addr) error
+	// forgetPod releases what the agent holds of a deleted pod besides
+	// its endpoint (reconcile_ips.go).
+	forgetPod(ctx context.Context, owner string) error
 	families() []ipam.Family
 }
 
@@ -307,21 +311,25 @@ func (e *endpoints) add(ctx context.Context, d endpointDeps, spec EndpointSpec) 
 		ep.IPs = append(ep.IPs, ip)
 		ep.CIDRs = append(ep.CIDRs, cidr)
 		ep.Gateways = append(ep.Gateways, podip.Gateway(cidr))
+		afterStep("add:ip", spec.owner(), ip)
 	}
 	ep.Identity, err = d.allocateIdentity(ctx, set)
 	if err != nil {
 		return Endpoint{}, fmt.Errorf("identity for %s: %w", spec.owner(), err)
 	}
 	undo = append(undo, func() { _ = d.releaseIdentity(set) })
+	afterStep("add:identity", spec.owner(), netip.Addr{})
 	if err := e.save(ep); err != nil {
 		return Endpoint{}, err
 	}
+	afterStep("add:state", spec.owner(), netip.Addr{})
 	undo = append(undo, func() { _ = os.Remove(e.path(spec.owner())) })
 	for _, ip := range ep.IPs {
 		if err := d.publish(ctx, ipcache.Entry{IP: ip, Identity: ep.Identity, Namespace: spec.Namespace, Pod: spec.Pod, Ports: spec.namedPorts()}); err != nil {
 			return Endpoint{}, fmt.Errorf("publish %s of %s: %w", ip, spec.owner(), err)
 		}
 		undo = append(undo, func() { _ = d.unpublish(context.WithoutCancel(ctx), ip) })
+		afterStep("add:published", spec.owner(), ip)
 	}
 	e.byKey[spec.owner()] = ep
 	e.hooks.installed(ep, set)
@@ -336,7 +344,9 @@ func (e *endpoints) remove(ctx context.Context, d endpointDeps, namespace, pod s
 	defer e.mu.Unlock()
 	ep, ok := e.byKey[owner]
 	if !ok {
-		return nil
+		// No endpoint, but the pod may still hold an IP (an ADD that
+		// crashed before its state file) or etcd entries.
+		return d.forgetPod(ctx, owner)
 	}
 	// The datapath first, so no new traffic is classified with the old
 	// identity; then etcd; the IPs last (they go into quarantine).
@@ -346,14 +356,19 @@ func (e *endpoints) remove(ctx context.Context, d endpointDeps, namespace, pod s
 		if err := d.unpublish(ctx, ip); err != nil {
 			errs = append(errs, err)
 		}
+		afterStep("remove:unpublished", owner, ip)
 	}
 	if set, err := ep.labelSet(e.cluster, e.filter); err == nil {
 		errs = append(errs, d.releaseIdentity(set))
+		afterStep("remove:identity", owner, netip.Addr{})
 	}
 	errs = append(errs, d.releaseIPs(owner))
+	afterStep("remove:released", owner, netip.Addr{})
 	if err := os.Remove(e.path(owner)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, err)
 	}
+	afterStep("remove:state", owner, netip.Addr{})
+	errs = append(errs, d.forgetPod(ctx, owner))
 	delete(e.byKey, owner)
 	e.ids.release(owner)
 	return errors.Join(errs...)

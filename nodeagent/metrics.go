@@ -40,7 +40,7 @@ func newMetrics(a *Agent) *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.00005, 4, 10),
 		}, []string{"map"}),
 	}
-	m.reg.MustRegister(m.ops, m.errs, m.reconcile, statusCollector{a}, datapathCollector{a},
+	m.reg.MustRegister(m.ops, m.errs, m.reconcile, statusCollector{a}, datapathCollector{a}, podIPCollector{a},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

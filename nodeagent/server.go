@@ -158,10 +158,17 @@ func (s *apiServer) Status(context.Context, *api.StatusRequest) (*api.StatusResp
 			Address: st.Gossip.Address, Alive: uint32(st.Gossip.Alive), Suspect: uint32(st.Gossip.Suspect),
 			Dead: uint32(st.Gossip.Dead), Left: uint32(st.Gossip.Left),
 		},
-		Ipam: &api.IPAMStatus{Used: uint64(st.IPAM.Used), Free: uint64(st.IPAM.Free)},
+		Ipam: &api.IPAMStatus{Used: uint64(st.IPAM.Used), Free: uint64(st.IPAM.Free), Unreferenced: uint64(st.IPAM.Unreferenced)},
 	}
 	for _, p := range st.IPAM.PodCIDRs {
 		r.Ipam.PodCidrs = append(r.Ipam.PodCidrs, p.String())
+	}
+	for _, c := range st.IPAM.Conflicts {
+		pc := &api.IPConflict{Ip: c.IP.String()}
+		for _, o := range c.Owners {
+			pc.Owners = append(pc.Owners, &api.IPClaim{Owner: o.Owner, Sources: o.Sources})
+		}
+		r.Ipam.Conflicts = append(r.Ipam.Conflicts, pc)
 	}
 	for _, c := range st.Caches {
 		r.Caches = append(r.Caches, &api.CacheStatus{

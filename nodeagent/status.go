@@ -67,6 +67,13 @@ type MapStatus struct {
 type IPAMStatus struct {
 	PodCIDRs   []netip.Prefix
 	Used, Free int
+	// Conflicts are pod IPs this node's records give to more than one pod
+	// (found on start; each makes the agent degraded until all but one of
+	// its pods are gone).
+	Conflicts []IPConflict
+	// Unreferenced counts allocated pod IPs that no endpoint state file or
+	// etcd entry references; they stay allocated (see reconcile_ips.go).
+	Unreferenced int
 }
 
 // Status returns the agent's status. It is safe from any goroutine.
@@ -107,6 +114,7 @@ func (a *Agent) Status() Status {
 		st.IPAM.Used += u.Used
 		st.IPAM.Free += u.Free
 	}
+	st.IPAM.Conflicts, st.IPAM.Unreferenced = a.podIPs.problems()
 
 	switch {
 	case !a.ready.Load():
@@ -129,6 +137,7 @@ func (a *Agent) Status() Status {
 	}
 	if a.started.Load() {
 		st.Reasons = append(st.Reasons, a.dp.problems()...)
+		st.Reasons = append(st.Reasons, conflictReasons(st.IPAM.Conflicts)...)
 		if n, err := a.pol.errors(); n > 0 {
 			st.Reasons = append(st.Reasons, fmt.Sprintf("policy: %d entries could not become map keys: %v", n, err))
 		}

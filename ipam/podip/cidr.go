@@ -115,8 +115,9 @@ func (c *cidr) reserve(off uint32) {
 	c.reserved++
 }
 
-func (c *cidr) set(off uint32)   { c.bits[off/64] |= 1 << (off % 64) }
-func (c *cidr) clear(off uint32) { c.bits[off/64] &^= 1 << (off % 64) }
+func (c *cidr) set(off uint32)        { c.bits[off/64] |= 1 << (off % 64) }
+func (c *cidr) clear(off uint32)      { c.bits[off/64] &^= 1 << (off % 64) }
+func (c *cidr) isSet(off uint32) bool { return c.bits[off/64]&(1<<(off%64)) != 0 }
 
 // free returns the number of addresses that can be handed out now.
 func (c *cidr) free() int { return int(c.n) - c.reserved - c.used - c.quarantined }

@@ -77,13 +77,12 @@
 //     call never returned, nobody uses its address, and Open drops it.
 //   - Power loss or kernel crash. Records younger than the last fsync may be
 //     lost: at most SyncInterval of them, plus the duration of a compaction
-//     in progress (see below). This is safe because a node that lost power
-//     rebooted: its pods are gone, and the kubelet creates them again with
-//     new CNI ADDs. Addresses of pods that existed only in lost records are
-//     free again, and are given to new pods, which is fine as those pods
-//     are gone. Allocations that survive but whose pods are gone carry
-//     their owner, so the agent's reconcile against the pods that exist
-//     (Allocations) releases them.
+//     in progress (see below). The journal alone cannot make that safe: the
+//     caller's other records of the same pods (the agent's endpoint state
+//     files, fsynced at once, and its entries in etcd) survive, and the
+//     agent restores those pods with their addresses, which a journal that
+//     lost their records would hand out again. See "The journal is not the
+//     only record" below.
 //
 // A torn tail is told apart from corruption by the checksum: after the
 // last valid record, lines whose checksum fails (a record cut short, a
@@ -94,11 +93,32 @@
 // whose checksum holds but whose content is wrong was written that way: in
 // both cases Open fails with a *CorruptJournalError that names the file,
 // the line and its byte offset. Open never guesses which addresses are in
-// use; the operator fixes or removes the line, or moves the file away and
-// re-creates the node's pods. (A file system that, after a power loss,
-// left zeros in unsynced blocks followed by blocks it did write would also
-// be reported this way; file systems such as ext4 write an append-only
-// file back in order, so this is not expected.)
+// use; its error tells the operator to move the file away and restart the
+// agent, which opens an empty journal and rebuilds the allocations from
+// its other records with Reserve (below). (A file system that, after a
+// power loss, left zeros in unsynced blocks followed by blocks it did
+// write would also be reported this way; file systems such as ext4 write
+// an append-only file back in order, so this is not expected.)
+//
+// # The journal is not the only record
+//
+// Records can be lost (a power loss, a dropped torn tail, a journal moved
+// away), so a caller that keeps other records of who holds which address
+// must give them back to the allocator after Open and before it hands out
+// anything: Reserve(owner, addr) for each. Reserve is journaled like an
+// allocation and is a no-op when the owner holds the address already; it
+// takes an address out of quarantine, makes one that no CIDR covers an
+// orphan, and changes nothing, returning a *ConflictError, when another
+// owner holds the address or the owner holds another of its family. The
+// agent does this on every start (nodeagent/reconcile_ips.go), from its
+// endpoint state files and its entries in etcd. Together, Open and these
+// reserves guarantee that an address any surviving record gives an owner
+// is never handed to another: an acknowledged allocation is never given to
+// anyone else, whatever happened to the journal. Conflicts are the
+// caller's to report; the allocator never resolves one by handing out an
+// address twice. Allocations that no other record references (an owner
+// whose pod's records a crash cut short) stay held; releasing them is the
+// caller's garbage collection.
 //
 // A write error (a full disk) allocates nothing: the partial record, if
 // any, is cut off and the call fails. An fsync error is sticky: Linux may

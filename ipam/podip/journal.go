@@ -46,10 +46,15 @@ type CorruptJournalError struct {
 	Reason string
 }
 
+// Error says what is wrong and the safe way out: an allocator that starts
+// empty is safe only because its user rebuilds the allocations from its
+// other records with Reserve (the agent does, from the endpoint state files
+// and etcd), so the advice names the exact command.
 func (e *CorruptJournalError) Error() string {
 	return fmt.Sprintf("%s: %s line %d (byte offset %d): %s; "+
-		"fix or remove that line, or move the file away to start empty (then re-create this node's pods)",
-		ErrCorruptJournal, e.Path, e.Line, e.Offset, e.Reason)
+		"move the file away (mv %s %s.corrupt-$(date +%%Y%%m%%dT%%H%%M%%S)) and restart the agent: "+
+		"it rebuilds the allocations from the endpoint state files and etcd",
+		ErrCorruptJournal, e.Path, e.Line, e.Offset, e.Reason, e.Path, e.Path)
 }
 
 func (e *CorruptJournalError) Unwrap() error { return ErrCorruptJournal }

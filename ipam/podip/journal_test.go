@@ -205,7 +205,8 @@ func TestCorruptJournal(t *testing.T) {
 					ce.Path, ce.Line, ce.Offset, ce.Reason, tc.line, wantOffset, tc.reason)
 			}
 			msg := err.Error()
-			for _, want := range []string{path, fmt.Sprintf("line %d", tc.line)} {
+			advice := fmt.Sprintf("move the file away (mv %s %s.corrupt-$(date +%%Y%%m%%dT%%H%%M%%S)) and restart the agent", path, path)
+			for _, want := range []string{path, fmt.Sprintf("line %d", tc.line), advice} {
 				if !strings.Contains(msg, want) {
 					t.Errorf("error %q does not name %q", msg, want)
 				}

@@ -171,7 +171,14 @@ func printStatus(w io.Writer, st *api.StatusResponse, format string) error {
 		fmt.Fprintf(w, "Gossip:   %s: %d alive, %d suspect, %d dead, %d left\n", g.Address, g.Alive, g.Suspect, g.Dead, g.Left)
 	}
 	if ip := st.Ipam; ip != nil {
-		fmt.Fprintf(w, "IPAM:     %s: %d pod IPs used, %d free\n", orNone(ip.PodCidrs), ip.Used, ip.Free)
+		fmt.Fprintf(w, "IPAM:     %s: %d pod IPs used, %d free", orNone(ip.PodCidrs), ip.Used, ip.Free)
+		if ip.Unreferenced > 0 {
+			fmt.Fprintf(w, ", %d held for pods with no state file or etcd entry", ip.Unreferenced)
+		}
+		if len(ip.Conflicts) > 0 {
+			fmt.Fprintf(w, ", %d in conflict", len(ip.Conflicts))
+		}
+		fmt.Fprintln(w)
 	}
 	fmt.Fprintln(w)
 	t := newTable(w, "CACHE", "ENTRIES", "SYNCED", "REVISION", "RELISTS", "INVALID")
