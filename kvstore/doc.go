@@ -15,7 +15,11 @@
 //   - Cache: a typed mirror of a prefix: list, then watch from the list's
 //     revision; after a compaction, list again and hand handlers only the
 //     difference. Handlers run on their own goroutines behind coalescing
-//     queues, so they never block the watch.
+//     queues, so they never block the watch. A value the decoder rejects
+//     never removes or replaces a valid one: the last good value stays in
+//     force and the key is listed by Cache.Invalid until it is fixed or
+//     deleted; keys that were never valid reach handlers that implement
+//     InvalidHandler, so that they can fail closed.
 //   - Create, Swap, DeleteIf: compare-and-create and compare-and-swap
 //     transactions; a lost race is ErrConflict with the stored value.
 //   - Keys: the etcd key layout, in one place.
