@@ -55,6 +55,13 @@ type NodeRecord struct {
 	Version string `json:"version,omitempty"`
 	// ClusterID is the cluster's numeric ID (1-255).
 	ClusterID int `json:"clusterID,omitempty"`
+	// PolicyRevision is the etcd revision up to which the node enforces
+	// the cluster's policies: every change under policies/ with a mod
+	// revision at or below it has gone through the node's policy engine
+	// and is written in its pinned maps. A policy whose mod revision is
+	// above it has not reached the node yet. 0: not known yet (or an agent
+	// too old to publish it). `meshctl policy list --agent` reads it.
+	PolicyRevision int64 `json:"policyRevision,omitempty"`
 }
 
 // DecodeNodeRecord parses the value of nodes/<node>; name is the key's
@@ -156,9 +163,10 @@ type Claimer struct {
 	cfg     Config
 	pools   *Pools
 
-	mu    sync.Mutex  // mu guards usage and info
-	usage []CIDRUsage // last published, kept in every record written
-	info  NodeRecord  // the agent's fields, kept in every record written
+	mu        sync.Mutex  // mu guards usage, policyRev and info
+	usage     []CIDRUsage // last published, kept in every record written
+	policyRev int64       // last published, kept in every record written
+	info      NodeRecord  // the agent's fields, kept in every record written
 }
 
 // NewClaimer returns a claimer for cfg.Node; session holds the node's lease.
@@ -246,9 +254,22 @@ func (c *Claimer) Publish(ctx context.Context, usage []CIDRUsage) error {
 	return c.register(ctx, idx.CIDRs)
 }
 
+// PublishPolicyRevision records in the node record the revision up to
+// which the node enforces the policies (NodeRecord.PolicyRevision).
+func (c *Claimer) PublishPolicyRevision(ctx context.Context, rev int64) error {
+	idx, _, err := c.index(ctx)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.policyRev = rev
+	c.mu.Unlock()
+	return c.register(ctx, idx.CIDRs)
+}
+
 // SetNodeInfo sets the agent's fields of the node record (IPs, gossip
 // address, labels, version, cluster ID) for every record written from now
-// on; Name, PodCIDRs and Usage in r are ignored. Call Register to write
+// on; Name, PodCIDRs, Usage and PolicyRevision in r are ignored. Call Register to write
 // them at once.
 func (c *Claimer) SetNodeInfo(r NodeRecord) {
 	c.mu.Lock()
@@ -270,7 +291,7 @@ func (c *Claimer) record(cidrs []netip.Prefix) string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	r := c.info
-	r.Name, r.PodCIDRs, r.Usage = c.cfg.Node, cidrs, c.usage
+	r.Name, r.PodCIDRs, r.Usage, r.PolicyRevision = c.cfg.Node, cidrs, c.usage, c.policyRev
 	b, _ := json.Marshal(r)
 	return string(b)
 }
@@ -324,18 +345,25 @@ func (c *Claimer) claim(ctx context.Context, f ipam.Family) (netip.Prefix, error
 		if err != nil {
 			return netip.Prefix{}, err
 		}
+		// The transaction rewrites the owned node record: the session
+		// must not repair it back before Own records the new one.
+		done := c.session.Writing(c.keys.Node(c.cfg.Node))
 		resp, err := c.claimTxn(ctx, pool, cand, idx, idxRev, snap.versionRev, lease)
 		if kvstore.IsLeaseNotFound(err) {
+			done()
 			c.session.LeaseLost(lease, err)
 			continue
 		}
 		if err != nil {
+			done()
 			return netip.Prefix{}, fmt.Errorf("claim %s for node %s: %w", cand, c.cfg.Node, err)
 		}
 		if resp.Succeeded {
 			c.session.Own(c.keys.Node(c.cfg.Node), c.record(append(idx.CIDRs, cand)), lease)
+			done()
 			return cand, nil
 		}
+		done()
 		// Which compare failed? The pools changed: read them again. The
 		// index changed (a concurrent claim for this node): loop. The CIDR
 		// is taken: try the next candidate.
