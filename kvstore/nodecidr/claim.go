@@ -269,8 +269,8 @@ func (c *Claimer) PublishPolicyRevision(ctx context.Context, rev int64) error {
 
 // SetNodeInfo sets the agent's fields of the node record (IPs, gossip
 // address, labels, version, cluster ID) for every record written from now
-// on; Name, PodCIDRs, Usage and PolicyRevision in r are ignored. Call Register to write
-// them at once.
+// on; Name, PodCIDRs, Usage and PolicyRevision in r are ignored. Call
+// Register to write them at once.
 func (c *Claimer) SetNodeInfo(r NodeRecord) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
