@@ -80,8 +80,12 @@ type StatusResponse struct {
 	Maps          []*MapStatus   `protobuf:"bytes,10,rep,name=maps,proto3" json:"maps,omitempty"`
 	Ipam          *IPAMStatus    `protobuf:"bytes,11,opt,name=ipam,proto3" json:"ipam,omitempty"`
 	UptimeSeconds float64        `protobuf:"fixed64,12,opt,name=uptime_seconds,json=uptimeSeconds,proto3" json:"uptime_seconds,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// policy_revision is the etcd revision up to which the node enforces
+	// the policies: every change under policies/ at or below it is in its
+	// maps (0 until the agent is synced).
+	PolicyRevision int64 `protobuf:"varint,100,opt,name=policy_revision,json=policyRevision,proto3" json:"policy_revision,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -198,6 +202,13 @@ func (x *StatusResponse) GetUptimeSeconds() float64 {
 	return 0
 }
 
+func (x *StatusResponse) GetPolicyRevision() int64 {
+	if x != nil {
+		return x.PolicyRevision
+	}
+	return 0
+}
+
 type EtcdStatus struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Endpoints []string               `protobuf:"bytes,1,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
@@ -207,8 +218,11 @@ type EtcdStatus struct {
 	LastError         string `protobuf:"bytes,4,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
 	SessionGeneration int64  `protobuf:"varint,5,opt,name=session_generation,json=sessionGeneration,proto3" json:"session_generation,omitempty"`
 	OwnedKeys         int64  `protobuf:"varint,6,opt,name=owned_keys,json=ownedKeys,proto3" json:"owned_keys,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// repairs counts the agent's own keys (node record, endpoints) it
+	// wrote back after someone else changed or deleted them.
+	Repairs       int64 `protobuf:"varint,100,opt,name=repairs,proto3" json:"repairs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *EtcdStatus) Reset() {
@@ -279,6 +293,13 @@ func (x *EtcdStatus) GetSessionGeneration() int64 {
 func (x *EtcdStatus) GetOwnedKeys() int64 {
 	if x != nil {
 		return x.OwnedKeys
+	}
+	return 0
+}
+
+func (x *EtcdStatus) GetRepairs() int64 {
+	if x != nil {
+		return x.Repairs
 	}
 	return 0
 }
@@ -360,14 +381,19 @@ func (x *GossipStatus) GetLeft() uint32 {
 }
 
 type CacheStatus struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Prefix        string                 `protobuf:"bytes,2,opt,name=prefix,proto3" json:"prefix,omitempty"`
-	Entries       uint64                 `protobuf:"varint,3,opt,name=entries,proto3" json:"entries,omitempty"`
-	Synced        bool                   `protobuf:"varint,4,opt,name=synced,proto3" json:"synced,omitempty"`
-	Revision      int64                  `protobuf:"varint,5,opt,name=revision,proto3" json:"revision,omitempty"`
-	Invalid       uint64                 `protobuf:"varint,6,opt,name=invalid,proto3" json:"invalid,omitempty"`
-	Relists       uint64                 `protobuf:"varint,7,opt,name=relists,proto3" json:"relists,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Name     string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Prefix   string                 `protobuf:"bytes,2,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	Entries  uint64                 `protobuf:"varint,3,opt,name=entries,proto3" json:"entries,omitempty"`
+	Synced   bool                   `protobuf:"varint,4,opt,name=synced,proto3" json:"synced,omitempty"`
+	Revision int64                  `protobuf:"varint,5,opt,name=revision,proto3" json:"revision,omitempty"`
+	// invalid counts the invalid values the cache has seen, ever.
+	Invalid uint64 `protobuf:"varint,6,opt,name=invalid,proto3" json:"invalid,omitempty"`
+	Relists uint64 `protobuf:"varint,7,opt,name=relists,proto3" json:"relists,omitempty"`
+	// invalid_now counts the keys whose value is invalid now; up to 100 of
+	// them are listed in invalid_values.
+	InvalidNow    uint64          `protobuf:"varint,100,opt,name=invalid_now,json=invalidNow,proto3" json:"invalid_now,omitempty"`
+	InvalidValues []*InvalidValue `protobuf:"bytes,101,rep,name=invalid_values,json=invalidValues,proto3" json:"invalid_values,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -451,6 +477,104 @@ func (x *CacheStatus) GetRelists() uint64 {
 	return 0
 }
 
+func (x *CacheStatus) GetInvalidNow() uint64 {
+	if x != nil {
+		return x.InvalidNow
+	}
+	return 0
+}
+
+func (x *CacheStatus) GetInvalidValues() []*InvalidValue {
+	if x != nil {
+		return x.InvalidValues
+	}
+	return nil
+}
+
+// InvalidValue is an etcd value the agent cannot decode, and what it
+// enforces meanwhile. (Its field numbers come from the range this change
+// was given for agent.proto.)
+type InvalidValue struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// key is the full etcd key.
+	Key string `protobuf:"bytes,100,opt,name=key,proto3" json:"key,omitempty"`
+	// reason says what is wrong with the value.
+	Reason      string `protobuf:"bytes,101,opt,name=reason,proto3" json:"reason,omitempty"`
+	ModRevision int64  `protobuf:"varint,102,opt,name=mod_revision,json=modRevision,proto3" json:"mod_revision,omitempty"`
+	// last_good is true when the key's last good value is in force.
+	LastGood bool `protobuf:"varint,103,opt,name=last_good,json=lastGood,proto3" json:"last_good,omitempty"`
+	// in_force says what the agent enforces meanwhile: the last good
+	// version, or what it isolated for a value never seen valid.
+	InForce       string `protobuf:"bytes,104,opt,name=in_force,json=inForce,proto3" json:"in_force,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InvalidValue) Reset() {
+	*x = InvalidValue{}
+	mi := &file_agent_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InvalidValue) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InvalidValue) ProtoMessage() {}
+
+func (x *InvalidValue) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InvalidValue.ProtoReflect.Descriptor instead.
+func (*InvalidValue) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *InvalidValue) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *InvalidValue) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *InvalidValue) GetModRevision() int64 {
+	if x != nil {
+		return x.ModRevision
+	}
+	return 0
+}
+
+func (x *InvalidValue) GetLastGood() bool {
+	if x != nil {
+		return x.LastGood
+	}
+	return false
+}
+
+func (x *InvalidValue) GetInForce() string {
+	if x != nil {
+		return x.InForce
+	}
+	return ""
+}
+
 type MapStatus struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	Name       string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -470,7 +594,7 @@ type MapStatus struct {
 
 func (x *MapStatus) Reset() {
 	*x = MapStatus{}
-	mi := &file_agent_proto_msgTypes[5]
+	mi := &file_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -482,7 +606,7 @@ func (x *MapStatus) String() string {
 func (*MapStatus) ProtoMessage() {}
 
 func (x *MapStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[5]
+	mi := &file_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -495,7 +619,7 @@ func (x *MapStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MapStatus.ProtoReflect.Descriptor instead.
 func (*MapStatus) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{5}
+	return file_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *MapStatus) GetName() string {
@@ -579,7 +703,7 @@ type IPAMStatus struct {
 
 func (x *IPAMStatus) Reset() {
 	*x = IPAMStatus{}
-	mi := &file_agent_proto_msgTypes[6]
+	mi := &file_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -591,7 +715,7 @@ func (x *IPAMStatus) String() string {
 func (*IPAMStatus) ProtoMessage() {}
 
 func (x *IPAMStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[6]
+	mi := &file_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -604,7 +728,7 @@ func (x *IPAMStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IPAMStatus.ProtoReflect.Descriptor instead.
 func (*IPAMStatus) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{6}
+	return file_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *IPAMStatus) GetPodCidrs() []string {
@@ -636,7 +760,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_agent_proto_msgTypes[7]
+	mi := &file_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -648,7 +772,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[7]
+	mi := &file_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -661,7 +785,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{7}
+	return file_agent_proto_rawDescGZIP(), []int{8}
 }
 
 type ListNodesResponse struct {
@@ -673,7 +797,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_agent_proto_msgTypes[8]
+	mi := &file_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -685,7 +809,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[8]
+	mi := &file_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -698,7 +822,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{8}
+	return file_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -729,7 +853,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_agent_proto_msgTypes[9]
+	mi := &file_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -741,7 +865,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[9]
+	mi := &file_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -754,7 +878,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{9}
+	return file_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Node) GetName() string {
@@ -835,7 +959,7 @@ type ListIdentitiesRequest struct {
 
 func (x *ListIdentitiesRequest) Reset() {
 	*x = ListIdentitiesRequest{}
-	mi := &file_agent_proto_msgTypes[10]
+	mi := &file_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -847,7 +971,7 @@ func (x *ListIdentitiesRequest) String() string {
 func (*ListIdentitiesRequest) ProtoMessage() {}
 
 func (x *ListIdentitiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[10]
+	mi := &file_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -860,7 +984,7 @@ func (x *ListIdentitiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListIdentitiesRequest.ProtoReflect.Descriptor instead.
 func (*ListIdentitiesRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{10}
+	return file_agent_proto_rawDescGZIP(), []int{11}
 }
 
 type Identity struct {
@@ -873,7 +997,7 @@ type Identity struct {
 
 func (x *Identity) Reset() {
 	*x = Identity{}
-	mi := &file_agent_proto_msgTypes[11]
+	mi := &file_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -885,7 +1009,7 @@ func (x *Identity) String() string {
 func (*Identity) ProtoMessage() {}
 
 func (x *Identity) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[11]
+	mi := &file_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -898,7 +1022,7 @@ func (x *Identity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Identity.ProtoReflect.Descriptor instead.
 func (*Identity) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{11}
+	return file_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Identity) GetId() uint32 {
@@ -924,7 +1048,7 @@ type IdentityChunk struct {
 
 func (x *IdentityChunk) Reset() {
 	*x = IdentityChunk{}
-	mi := &file_agent_proto_msgTypes[12]
+	mi := &file_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -936,7 +1060,7 @@ func (x *IdentityChunk) String() string {
 func (*IdentityChunk) ProtoMessage() {}
 
 func (x *IdentityChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[12]
+	mi := &file_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -949,7 +1073,7 @@ func (x *IdentityChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdentityChunk.ProtoReflect.Descriptor instead.
 func (*IdentityChunk) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{12}
+	return file_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *IdentityChunk) GetIdentities() []*Identity {
@@ -967,7 +1091,7 @@ type DumpRequest struct {
 
 func (x *DumpRequest) Reset() {
 	*x = DumpRequest{}
-	mi := &file_agent_proto_msgTypes[13]
+	mi := &file_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -979,7 +1103,7 @@ func (x *DumpRequest) String() string {
 func (*DumpRequest) ProtoMessage() {}
 
 func (x *DumpRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[13]
+	mi := &file_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -992,7 +1116,7 @@ func (x *DumpRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DumpRequest.ProtoReflect.Descriptor instead.
 func (*DumpRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{13}
+	return file_agent_proto_rawDescGZIP(), []int{14}
 }
 
 type IPCacheEntry struct {
@@ -1007,7 +1131,7 @@ type IPCacheEntry struct {
 
 func (x *IPCacheEntry) Reset() {
 	*x = IPCacheEntry{}
-	mi := &file_agent_proto_msgTypes[14]
+	mi := &file_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1019,7 +1143,7 @@ func (x *IPCacheEntry) String() string {
 func (*IPCacheEntry) ProtoMessage() {}
 
 func (x *IPCacheEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[14]
+	mi := &file_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1032,7 +1156,7 @@ func (x *IPCacheEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IPCacheEntry.ProtoReflect.Descriptor instead.
 func (*IPCacheEntry) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{14}
+	return file_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *IPCacheEntry) GetPrefix() string {
@@ -1072,7 +1196,7 @@ type IPCacheChunk struct {
 
 func (x *IPCacheChunk) Reset() {
 	*x = IPCacheChunk{}
-	mi := &file_agent_proto_msgTypes[15]
+	mi := &file_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1084,7 +1208,7 @@ func (x *IPCacheChunk) String() string {
 func (*IPCacheChunk) ProtoMessage() {}
 
 func (x *IPCacheChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[15]
+	mi := &file_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1097,7 +1221,7 @@ func (x *IPCacheChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IPCacheChunk.ProtoReflect.Descriptor instead.
 func (*IPCacheChunk) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{15}
+	return file_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *IPCacheChunk) GetEntries() []*IPCacheEntry {
@@ -1122,7 +1246,7 @@ type EndpointEntry struct {
 
 func (x *EndpointEntry) Reset() {
 	*x = EndpointEntry{}
-	mi := &file_agent_proto_msgTypes[16]
+	mi := &file_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1134,7 +1258,7 @@ func (x *EndpointEntry) String() string {
 func (*EndpointEntry) ProtoMessage() {}
 
 func (x *EndpointEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[16]
+	mi := &file_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1147,7 +1271,7 @@ func (x *EndpointEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndpointEntry.ProtoReflect.Descriptor instead.
 func (*EndpointEntry) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{16}
+	return file_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *EndpointEntry) GetIp() string {
@@ -1208,7 +1332,7 @@ type EndpointChunk struct {
 
 func (x *EndpointChunk) Reset() {
 	*x = EndpointChunk{}
-	mi := &file_agent_proto_msgTypes[17]
+	mi := &file_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1220,7 +1344,7 @@ func (x *EndpointChunk) String() string {
 func (*EndpointChunk) ProtoMessage() {}
 
 func (x *EndpointChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[17]
+	mi := &file_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1233,7 +1357,7 @@ func (x *EndpointChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndpointChunk.ProtoReflect.Descriptor instead.
 func (*EndpointChunk) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{17}
+	return file_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *EndpointChunk) GetEntries() []*EndpointEntry {
@@ -1260,7 +1384,7 @@ type PolicyEntry struct {
 
 func (x *PolicyEntry) Reset() {
 	*x = PolicyEntry{}
-	mi := &file_agent_proto_msgTypes[18]
+	mi := &file_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1272,7 +1396,7 @@ func (x *PolicyEntry) String() string {
 func (*PolicyEntry) ProtoMessage() {}
 
 func (x *PolicyEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[18]
+	mi := &file_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1285,7 +1409,7 @@ func (x *PolicyEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyEntry.ProtoReflect.Descriptor instead.
 func (*PolicyEntry) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{18}
+	return file_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PolicyEntry) GetEndpointId() uint32 {
@@ -1353,7 +1477,7 @@ type PolicyChunk struct {
 
 func (x *PolicyChunk) Reset() {
 	*x = PolicyChunk{}
-	mi := &file_agent_proto_msgTypes[19]
+	mi := &file_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1365,7 +1489,7 @@ func (x *PolicyChunk) String() string {
 func (*PolicyChunk) ProtoMessage() {}
 
 func (x *PolicyChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[19]
+	mi := &file_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1378,7 +1502,7 @@ func (x *PolicyChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyChunk.ProtoReflect.Descriptor instead.
 func (*PolicyChunk) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{19}
+	return file_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PolicyChunk) GetEntries() []*PolicyEntry {
@@ -1400,7 +1524,7 @@ type ServiceEntry struct {
 
 func (x *ServiceEntry) Reset() {
 	*x = ServiceEntry{}
-	mi := &file_agent_proto_msgTypes[20]
+	mi := &file_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1412,7 +1536,7 @@ func (x *ServiceEntry) String() string {
 func (*ServiceEntry) ProtoMessage() {}
 
 func (x *ServiceEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[20]
+	mi := &file_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1425,7 +1549,7 @@ func (x *ServiceEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceEntry.ProtoReflect.Descriptor instead.
 func (*ServiceEntry) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{20}
+	return file_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ServiceEntry) GetFrontend() string {
@@ -1465,7 +1589,7 @@ type ServiceChunk struct {
 
 func (x *ServiceChunk) Reset() {
 	*x = ServiceChunk{}
-	mi := &file_agent_proto_msgTypes[21]
+	mi := &file_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1477,7 +1601,7 @@ func (x *ServiceChunk) String() string {
 func (*ServiceChunk) ProtoMessage() {}
 
 func (x *ServiceChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[21]
+	mi := &file_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1490,7 +1614,7 @@ func (x *ServiceChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceChunk.ProtoReflect.Descriptor instead.
 func (*ServiceChunk) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{21}
+	return file_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ServiceChunk) GetEntries() []*ServiceEntry {
@@ -1526,7 +1650,7 @@ type AddEndpointRequest struct {
 
 func (x *AddEndpointRequest) Reset() {
 	*x = AddEndpointRequest{}
-	mi := &file_agent_proto_msgTypes[22]
+	mi := &file_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1538,7 +1662,7 @@ func (x *AddEndpointRequest) String() string {
 func (*AddEndpointRequest) ProtoMessage() {}
 
 func (x *AddEndpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[22]
+	mi := &file_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1551,7 +1675,7 @@ func (x *AddEndpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddEndpointRequest.ProtoReflect.Descriptor instead.
 func (*AddEndpointRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{22}
+	return file_agent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *AddEndpointRequest) GetNamespace() string {
@@ -1636,7 +1760,7 @@ type ContainerPort struct {
 
 func (x *ContainerPort) Reset() {
 	*x = ContainerPort{}
-	mi := &file_agent_proto_msgTypes[23]
+	mi := &file_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1648,7 +1772,7 @@ func (x *ContainerPort) String() string {
 func (*ContainerPort) ProtoMessage() {}
 
 func (x *ContainerPort) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[23]
+	mi := &file_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1661,7 +1785,7 @@ func (x *ContainerPort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerPort.ProtoReflect.Descriptor instead.
 func (*ContainerPort) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{23}
+	return file_agent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ContainerPort) GetName() string {
@@ -1698,7 +1822,7 @@ type AddEndpointResponse struct {
 
 func (x *AddEndpointResponse) Reset() {
 	*x = AddEndpointResponse{}
-	mi := &file_agent_proto_msgTypes[24]
+	mi := &file_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1710,7 +1834,7 @@ func (x *AddEndpointResponse) String() string {
 func (*AddEndpointResponse) ProtoMessage() {}
 
 func (x *AddEndpointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[24]
+	mi := &file_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1723,7 +1847,7 @@ func (x *AddEndpointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddEndpointResponse.ProtoReflect.Descriptor instead.
 func (*AddEndpointResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{24}
+	return file_agent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *AddEndpointResponse) GetIps() []string {
@@ -1771,7 +1895,7 @@ type DeleteEndpointRequest struct {
 
 func (x *DeleteEndpointRequest) Reset() {
 	*x = DeleteEndpointRequest{}
-	mi := &file_agent_proto_msgTypes[25]
+	mi := &file_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1783,7 +1907,7 @@ func (x *DeleteEndpointRequest) String() string {
 func (*DeleteEndpointRequest) ProtoMessage() {}
 
 func (x *DeleteEndpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[25]
+	mi := &file_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1796,7 +1920,7 @@ func (x *DeleteEndpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEndpointRequest.ProtoReflect.Descriptor instead.
 func (*DeleteEndpointRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{25}
+	return file_agent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *DeleteEndpointRequest) GetNamespace() string {
@@ -1821,7 +1945,7 @@ type DeleteEndpointResponse struct {
 
 func (x *DeleteEndpointResponse) Reset() {
 	*x = DeleteEndpointResponse{}
-	mi := &file_agent_proto_msgTypes[26]
+	mi := &file_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1833,7 +1957,7 @@ func (x *DeleteEndpointResponse) String() string {
 func (*DeleteEndpointResponse) ProtoMessage() {}
 
 func (x *DeleteEndpointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[26]
+	mi := &file_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1846,7 +1970,7 @@ func (x *DeleteEndpointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEndpointResponse.ProtoReflect.Descriptor instead.
 func (*DeleteEndpointResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{26}
+	return file_agent_proto_rawDescGZIP(), []int{27}
 }
 
 type ObserveRequest struct {
@@ -1868,7 +1992,7 @@ type ObserveRequest struct {
 
 func (x *ObserveRequest) Reset() {
 	*x = ObserveRequest{}
-	mi := &file_agent_proto_msgTypes[27]
+	mi := &file_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1880,7 +2004,7 @@ func (x *ObserveRequest) String() string {
 func (*ObserveRequest) ProtoMessage() {}
 
 func (x *ObserveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[27]
+	mi := &file_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1893,7 +2017,7 @@ func (x *ObserveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ObserveRequest.ProtoReflect.Descriptor instead.
 func (*ObserveRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{27}
+	return file_agent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ObserveRequest) GetLast() uint32 {
@@ -1971,7 +2095,7 @@ type Flow struct {
 
 func (x *Flow) Reset() {
 	*x = Flow{}
-	mi := &file_agent_proto_msgTypes[28]
+	mi := &file_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1983,7 +2107,7 @@ func (x *Flow) String() string {
 func (*Flow) ProtoMessage() {}
 
 func (x *Flow) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[28]
+	mi := &file_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1996,7 +2120,7 @@ func (x *Flow) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Flow.ProtoReflect.Descriptor instead.
 func (*Flow) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{28}
+	return file_agent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Flow) GetTimeUnixNano() int64 {
@@ -2130,7 +2254,7 @@ var File_agent_proto protoreflect.FileDescriptor
 const file_agent_proto_rawDesc = "" +
 	"\n" +
 	"\vagent.proto\x12\x12meshplane.agent.v1\"\x0f\n" +
-	"\rStatusRequest\"\xdc\x03\n" +
+	"\rStatusRequest\"\x85\x04\n" +
 	"\x0eStatusResponse\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12\x1d\n" +
@@ -2145,7 +2269,8 @@ const file_agent_proto_rawDesc = "" +
 	"\x04maps\x18\n" +
 	" \x03(\v2\x1d.meshplane.agent.v1.MapStatusR\x04maps\x122\n" +
 	"\x04ipam\x18\v \x01(\v2\x1e.meshplane.agent.v1.IPAMStatusR\x04ipam\x12%\n" +
-	"\x0euptime_seconds\x18\f \x01(\x01R\ruptimeSeconds\"\xc8\x01\n" +
+	"\x0euptime_seconds\x18\f \x01(\x01R\ruptimeSeconds\x12'\n" +
+	"\x0fpolicy_revision\x18d \x01(\x03R\x0epolicyRevision\"\xe2\x01\n" +
 	"\n" +
 	"EtcdStatus\x12\x1c\n" +
 	"\tendpoints\x18\x01 \x03(\tR\tendpoints\x12\x14\n" +
@@ -2155,13 +2280,14 @@ const file_agent_proto_rawDesc = "" +
 	"last_error\x18\x04 \x01(\tR\tlastError\x12-\n" +
 	"\x12session_generation\x18\x05 \x01(\x03R\x11sessionGeneration\x12\x1d\n" +
 	"\n" +
-	"owned_keys\x18\x06 \x01(\x03R\townedKeys\"\x80\x01\n" +
+	"owned_keys\x18\x06 \x01(\x03R\townedKeys\x12\x18\n" +
+	"\arepairs\x18d \x01(\x03R\arepairs\"\x80\x01\n" +
 	"\fGossipStatus\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x14\n" +
 	"\x05alive\x18\x02 \x01(\rR\x05alive\x12\x18\n" +
 	"\asuspect\x18\x03 \x01(\rR\asuspect\x12\x12\n" +
 	"\x04dead\x18\x04 \x01(\rR\x04dead\x12\x12\n" +
-	"\x04left\x18\x05 \x01(\rR\x04left\"\xbb\x01\n" +
+	"\x04left\x18\x05 \x01(\rR\x04left\"\xa5\x02\n" +
 	"\vCacheStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06prefix\x18\x02 \x01(\tR\x06prefix\x12\x18\n" +
@@ -2169,7 +2295,16 @@ const file_agent_proto_rawDesc = "" +
 	"\x06synced\x18\x04 \x01(\bR\x06synced\x12\x1a\n" +
 	"\brevision\x18\x05 \x01(\x03R\brevision\x12\x18\n" +
 	"\ainvalid\x18\x06 \x01(\x04R\ainvalid\x12\x18\n" +
-	"\arelists\x18\a \x01(\x04R\arelists\"\xa9\x02\n" +
+	"\arelists\x18\a \x01(\x04R\arelists\x12\x1f\n" +
+	"\vinvalid_now\x18d \x01(\x04R\n" +
+	"invalidNow\x12G\n" +
+	"\x0einvalid_values\x18e \x03(\v2 .meshplane.agent.v1.InvalidValueR\rinvalidValues\"\x93\x01\n" +
+	"\fInvalidValue\x12\x10\n" +
+	"\x03key\x18d \x01(\tR\x03key\x12\x16\n" +
+	"\x06reason\x18e \x01(\tR\x06reason\x12!\n" +
+	"\fmod_revision\x18f \x01(\x03R\vmodRevision\x12\x1b\n" +
+	"\tlast_good\x18g \x01(\bR\blastGood\x12\x19\n" +
+	"\bin_force\x18h \x01(\tR\ainForce\"\xa9\x02\n" +
 	"\tMapStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
 	"\bpin_path\x18\x02 \x01(\tR\apinPath\x12\x1f\n" +
@@ -2344,82 +2479,84 @@ func file_agent_proto_rawDescGZIP() []byte {
 	return file_agent_proto_rawDescData
 }
 
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_agent_proto_goTypes = []any{
 	(*StatusRequest)(nil),          // 0: meshplane.agent.v1.StatusRequest
 	(*StatusResponse)(nil),         // 1: meshplane.agent.v1.StatusResponse
 	(*EtcdStatus)(nil),             // 2: meshplane.agent.v1.EtcdStatus
 	(*GossipStatus)(nil),           // 3: meshplane.agent.v1.GossipStatus
 	(*CacheStatus)(nil),            // 4: meshplane.agent.v1.CacheStatus
-	(*MapStatus)(nil),              // 5: meshplane.agent.v1.MapStatus
-	(*IPAMStatus)(nil),             // 6: meshplane.agent.v1.IPAMStatus
-	(*ListNodesRequest)(nil),       // 7: meshplane.agent.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),      // 8: meshplane.agent.v1.ListNodesResponse
-	(*Node)(nil),                   // 9: meshplane.agent.v1.Node
-	(*ListIdentitiesRequest)(nil),  // 10: meshplane.agent.v1.ListIdentitiesRequest
-	(*Identity)(nil),               // 11: meshplane.agent.v1.Identity
-	(*IdentityChunk)(nil),          // 12: meshplane.agent.v1.IdentityChunk
-	(*DumpRequest)(nil),            // 13: meshplane.agent.v1.DumpRequest
-	(*IPCacheEntry)(nil),           // 14: meshplane.agent.v1.IPCacheEntry
-	(*IPCacheChunk)(nil),           // 15: meshplane.agent.v1.IPCacheChunk
-	(*EndpointEntry)(nil),          // 16: meshplane.agent.v1.EndpointEntry
-	(*EndpointChunk)(nil),          // 17: meshplane.agent.v1.EndpointChunk
-	(*PolicyEntry)(nil),            // 18: meshplane.agent.v1.PolicyEntry
-	(*PolicyChunk)(nil),            // 19: meshplane.agent.v1.PolicyChunk
-	(*ServiceEntry)(nil),           // 20: meshplane.agent.v1.ServiceEntry
-	(*ServiceChunk)(nil),           // 21: meshplane.agent.v1.ServiceChunk
-	(*AddEndpointRequest)(nil),     // 22: meshplane.agent.v1.AddEndpointRequest
-	(*ContainerPort)(nil),          // 23: meshplane.agent.v1.ContainerPort
-	(*AddEndpointResponse)(nil),    // 24: meshplane.agent.v1.AddEndpointResponse
-	(*DeleteEndpointRequest)(nil),  // 25: meshplane.agent.v1.DeleteEndpointRequest
-	(*DeleteEndpointResponse)(nil), // 26: meshplane.agent.v1.DeleteEndpointResponse
-	(*ObserveRequest)(nil),         // 27: meshplane.agent.v1.ObserveRequest
-	(*Flow)(nil),                   // 28: meshplane.agent.v1.Flow
-	nil,                            // 29: meshplane.agent.v1.Node.LabelsEntry
-	nil,                            // 30: meshplane.agent.v1.AddEndpointRequest.LabelsEntry
-	nil,                            // 31: meshplane.agent.v1.AddEndpointRequest.NamespaceLabelsEntry
+	(*InvalidValue)(nil),           // 5: meshplane.agent.v1.InvalidValue
+	(*MapStatus)(nil),              // 6: meshplane.agent.v1.MapStatus
+	(*IPAMStatus)(nil),             // 7: meshplane.agent.v1.IPAMStatus
+	(*ListNodesRequest)(nil),       // 8: meshplane.agent.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),      // 9: meshplane.agent.v1.ListNodesResponse
+	(*Node)(nil),                   // 10: meshplane.agent.v1.Node
+	(*ListIdentitiesRequest)(nil),  // 11: meshplane.agent.v1.ListIdentitiesRequest
+	(*Identity)(nil),               // 12: meshplane.agent.v1.Identity
+	(*IdentityChunk)(nil),          // 13: meshplane.agent.v1.IdentityChunk
+	(*DumpRequest)(nil),            // 14: meshplane.agent.v1.DumpRequest
+	(*IPCacheEntry)(nil),           // 15: meshplane.agent.v1.IPCacheEntry
+	(*IPCacheChunk)(nil),           // 16: meshplane.agent.v1.IPCacheChunk
+	(*EndpointEntry)(nil),          // 17: meshplane.agent.v1.EndpointEntry
+	(*EndpointChunk)(nil),          // 18: meshplane.agent.v1.EndpointChunk
+	(*PolicyEntry)(nil),            // 19: meshplane.agent.v1.PolicyEntry
+	(*PolicyChunk)(nil),            // 20: meshplane.agent.v1.PolicyChunk
+	(*ServiceEntry)(nil),           // 21: meshplane.agent.v1.ServiceEntry
+	(*ServiceChunk)(nil),           // 22: meshplane.agent.v1.ServiceChunk
+	(*AddEndpointRequest)(nil),     // 23: meshplane.agent.v1.AddEndpointRequest
+	(*ContainerPort)(nil),          // 24: meshplane.agent.v1.ContainerPort
+	(*AddEndpointResponse)(nil),    // 25: meshplane.agent.v1.AddEndpointResponse
+	(*DeleteEndpointRequest)(nil),  // 26: meshplane.agent.v1.DeleteEndpointRequest
+	(*DeleteEndpointResponse)(nil), // 27: meshplane.agent.v1.DeleteEndpointResponse
+	(*ObserveRequest)(nil),         // 28: meshplane.agent.v1.ObserveRequest
+	(*Flow)(nil),                   // 29: meshplane.agent.v1.Flow
+	nil,                            // 30: meshplane.agent.v1.Node.LabelsEntry
+	nil,                            // 31: meshplane.agent.v1.AddEndpointRequest.LabelsEntry
+	nil,                            // 32: meshplane.agent.v1.AddEndpointRequest.NamespaceLabelsEntry
 }
 var file_agent_proto_depIdxs = []int32{
 	2,  // 0: meshplane.agent.v1.StatusResponse.etcd:type_name -> meshplane.agent.v1.EtcdStatus
 	3,  // 1: meshplane.agent.v1.StatusResponse.gossip:type_name -> meshplane.agent.v1.GossipStatus
 	4,  // 2: meshplane.agent.v1.StatusResponse.caches:type_name -> meshplane.agent.v1.CacheStatus
-	5,  // 3: meshplane.agent.v1.StatusResponse.maps:type_name -> meshplane.agent.v1.MapStatus
-	6,  // 4: meshplane.agent.v1.StatusResponse.ipam:type_name -> meshplane.agent.v1.IPAMStatus
-	9,  // 5: meshplane.agent.v1.ListNodesResponse.nodes:type_name -> meshplane.agent.v1.Node
-	29, // 6: meshplane.agent.v1.Node.labels:type_name -> meshplane.agent.v1.Node.LabelsEntry
-	11, // 7: meshplane.agent.v1.IdentityChunk.identities:type_name -> meshplane.agent.v1.Identity
-	14, // 8: meshplane.agent.v1.IPCacheChunk.entries:type_name -> meshplane.agent.v1.IPCacheEntry
-	16, // 9: meshplane.agent.v1.EndpointChunk.entries:type_name -> meshplane.agent.v1.EndpointEntry
-	18, // 10: meshplane.agent.v1.PolicyChunk.entries:type_name -> meshplane.agent.v1.PolicyEntry
-	20, // 11: meshplane.agent.v1.ServiceChunk.entries:type_name -> meshplane.agent.v1.ServiceEntry
-	30, // 12: meshplane.agent.v1.AddEndpointRequest.labels:type_name -> meshplane.agent.v1.AddEndpointRequest.LabelsEntry
-	31, // 13: meshplane.agent.v1.AddEndpointRequest.namespace_labels:type_name -> meshplane.agent.v1.AddEndpointRequest.NamespaceLabelsEntry
-	23, // 14: meshplane.agent.v1.AddEndpointRequest.ports:type_name -> meshplane.agent.v1.ContainerPort
-	0,  // 15: meshplane.agent.v1.Agent.Status:input_type -> meshplane.agent.v1.StatusRequest
-	7,  // 16: meshplane.agent.v1.Agent.ListNodes:input_type -> meshplane.agent.v1.ListNodesRequest
-	10, // 17: meshplane.agent.v1.Agent.ListIdentities:input_type -> meshplane.agent.v1.ListIdentitiesRequest
-	13, // 18: meshplane.agent.v1.Agent.DumpIPCache:input_type -> meshplane.agent.v1.DumpRequest
-	13, // 19: meshplane.agent.v1.Agent.DumpEndpoints:input_type -> meshplane.agent.v1.DumpRequest
-	13, // 20: meshplane.agent.v1.Agent.DumpPolicy:input_type -> meshplane.agent.v1.DumpRequest
-	13, // 21: meshplane.agent.v1.Agent.DumpServices:input_type -> meshplane.agent.v1.DumpRequest
-	22, // 22: meshplane.agent.v1.Agent.AddEndpoint:input_type -> meshplane.agent.v1.AddEndpointRequest
-	25, // 23: meshplane.agent.v1.Agent.DeleteEndpoint:input_type -> meshplane.agent.v1.DeleteEndpointRequest
-	27, // 24: meshplane.agent.v1.Agent.Observe:input_type -> meshplane.agent.v1.ObserveRequest
-	1,  // 25: meshplane.agent.v1.Agent.Status:output_type -> meshplane.agent.v1.StatusResponse
-	8,  // 26: meshplane.agent.v1.Agent.ListNodes:output_type -> meshplane.agent.v1.ListNodesResponse
-	12, // 27: meshplane.agent.v1.Agent.ListIdentities:output_type -> meshplane.agent.v1.IdentityChunk
-	15, // 28: meshplane.agent.v1.Agent.DumpIPCache:output_type -> meshplane.agent.v1.IPCacheChunk
-	17, // 29: meshplane.agent.v1.Agent.DumpEndpoints:output_type -> meshplane.agent.v1.EndpointChunk
-	19, // 30: meshplane.agent.v1.Agent.DumpPolicy:output_type -> meshplane.agent.v1.PolicyChunk
-	21, // 31: meshplane.agent.v1.Agent.DumpServices:output_type -> meshplane.agent.v1.ServiceChunk
-	24, // 32: meshplane.agent.v1.Agent.AddEndpoint:output_type -> meshplane.agent.v1.AddEndpointResponse
-	26, // 33: meshplane.agent.v1.Agent.DeleteEndpoint:output_type -> meshplane.agent.v1.DeleteEndpointResponse
-	28, // 34: meshplane.agent.v1.Agent.Observe:output_type -> meshplane.agent.v1.Flow
-	25, // [25:35] is the sub-list for method output_type
-	15, // [15:25] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	6,  // 3: meshplane.agent.v1.StatusResponse.maps:type_name -> meshplane.agent.v1.MapStatus
+	7,  // 4: meshplane.agent.v1.StatusResponse.ipam:type_name -> meshplane.agent.v1.IPAMStatus
+	5,  // 5: meshplane.agent.v1.CacheStatus.invalid_values:type_name -> meshplane.agent.v1.InvalidValue
+	10, // 6: meshplane.agent.v1.ListNodesResponse.nodes:type_name -> meshplane.agent.v1.Node
+	30, // 7: meshplane.agent.v1.Node.labels:type_name -> meshplane.agent.v1.Node.LabelsEntry
+	12, // 8: meshplane.agent.v1.IdentityChunk.identities:type_name -> meshplane.agent.v1.Identity
+	15, // 9: meshplane.agent.v1.IPCacheChunk.entries:type_name -> meshplane.agent.v1.IPCacheEntry
+	17, // 10: meshplane.agent.v1.EndpointChunk.entries:type_name -> meshplane.agent.v1.EndpointEntry
+	19, // 11: meshplane.agent.v1.PolicyChunk.entries:type_name -> meshplane.agent.v1.PolicyEntry
+	21, // 12: meshplane.agent.v1.ServiceChunk.entries:type_name -> meshplane.agent.v1.ServiceEntry
+	31, // 13: meshplane.agent.v1.AddEndpointRequest.labels:type_name -> meshplane.agent.v1.AddEndpointRequest.LabelsEntry
+	32, // 14: meshplane.agent.v1.AddEndpointRequest.namespace_labels:type_name -> meshplane.agent.v1.AddEndpointRequest.NamespaceLabelsEntry
+	24, // 15: meshplane.agent.v1.AddEndpointRequest.ports:type_name -> meshplane.agent.v1.ContainerPort
+	0,  // 16: meshplane.agent.v1.Agent.Status:input_type -> meshplane.agent.v1.StatusRequest
+	8,  // 17: meshplane.agent.v1.Agent.ListNodes:input_type -> meshplane.agent.v1.ListNodesRequest
+	11, // 18: meshplane.agent.v1.Agent.ListIdentities:input_type -> meshplane.agent.v1.ListIdentitiesRequest
+	14, // 19: meshplane.agent.v1.Agent.DumpIPCache:input_type -> meshplane.agent.v1.DumpRequest
+	14, // 20: meshplane.agent.v1.Agent.DumpEndpoints:input_type -> meshplane.agent.v1.DumpRequest
+	14, // 21: meshplane.agent.v1.Agent.DumpPolicy:input_type -> meshplane.agent.v1.DumpRequest
+	14, // 22: meshplane.agent.v1.Agent.DumpServices:input_type -> meshplane.agent.v1.DumpRequest
+	23, // 23: meshplane.agent.v1.Agent.AddEndpoint:input_type -> meshplane.agent.v1.AddEndpointRequest
+	26, // 24: meshplane.agent.v1.Agent.DeleteEndpoint:input_type -> meshplane.agent.v1.DeleteEndpointRequest
+	28, // 25: meshplane.agent.v1.Agent.Observe:input_type -> meshplane.agent.v1.ObserveRequest
+	1,  // 26: meshplane.agent.v1.Agent.Status:output_type -> meshplane.agent.v1.StatusResponse
+	9,  // 27: meshplane.agent.v1.Agent.ListNodes:output_type -> meshplane.agent.v1.ListNodesResponse
+	13, // 28: meshplane.agent.v1.Agent.ListIdentities:output_type -> meshplane.agent.v1.IdentityChunk
+	16, // 29: meshplane.agent.v1.Agent.DumpIPCache:output_type -> meshplane.agent.v1.IPCacheChunk
+	18, // 30: meshplane.agent.v1.Agent.DumpEndpoints:output_type -> meshplane.agent.v1.EndpointChunk
+	20, // 31: meshplane.agent.v1.Agent.DumpPolicy:output_type -> meshplane.agent.v1.PolicyChunk
+	22, // 32: meshplane.agent.v1.Agent.DumpServices:output_type -> meshplane.agent.v1.ServiceChunk
+	25, // 33: meshplane.agent.v1.Agent.AddEndpoint:output_type -> meshplane.agent.v1.AddEndpointResponse
+	27, // 34: meshplane.agent.v1.Agent.DeleteEndpoint:output_type -> meshplane.agent.v1.DeleteEndpointResponse
+	29, // 35: meshplane.agent.v1.Agent.Observe:output_type -> meshplane.agent.v1.Flow
+	26, // [26:36] is the sub-list for method output_type
+	16, // [16:26] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_agent_proto_init() }
@@ -2433,7 +2570,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   32,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -3,6 +3,7 @@ package nodeagent
 import (
 	"fmt"
 	"net/netip"
+	"strings"
 
 	"github.com/meshplane/meshplane/kvstore"
 )
@@ -112,7 +113,7 @@ func invalidValues(cache, prefix string, keys []kvstore.InvalidKey) []InvalidVal
 	out := make([]InvalidValue, 0, min(len(keys), maxInvalidListed))
 	for _, k := range keys[:min(len(keys), maxInvalidListed)] {
 		out = append(out, InvalidValue{
-			Key: prefix + k.Key, Reason: k.Err.Error(), ModRevision: k.ModRevision, LastGood: k.LastGood,
+			Key: prefix + k.Key, Reason: strings.ReplaceAll(k.Err.Error(), "\n", "; "), ModRevision: k.ModRevision, LastGood: k.LastGood,
 			InForce: inForce(cache, k.Key, k.LastGood),
 		})
 	}
