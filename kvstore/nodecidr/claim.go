@@ -163,6 +163,13 @@ type Claimer struct {
 	cfg     Config
 	pools   *Pools
 
+	// wmu serialises the writes of the node record (register and the
+	// claim transaction), so that the last record built is the last one
+	// written and owned: publishers of different fields (usage, policy
+	// revision) never leave an older record in etcd, and the session's
+	// repair (kvstore.SessionConfig.Guard) never restores one.
+	wmu sync.Mutex
+
 	mu        sync.Mutex  // mu guards usage, policyRev and info
 	usage     []CIDRUsage // last published, kept in every record written
 	policyRev int64       // last published, kept in every record written
@@ -297,6 +304,8 @@ func (c *Claimer) record(cidrs []netip.Prefix) string {
 }
 
 func (c *Claimer) register(ctx context.Context, cidrs []netip.Prefix) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
 	b := c.record(cidrs)
 	if err := c.session.Put(ctx, c.keys.Node(c.cfg.Node), string(b)); err != nil {
 		return fmt.Errorf("register node %s: %w", c.cfg.Node, err)
@@ -345,25 +354,17 @@ func (c *Claimer) claim(ctx context.Context, f ipam.Family) (netip.Prefix, error
 		if err != nil {
 			return netip.Prefix{}, err
 		}
-		// The transaction rewrites the owned node record: the session
-		// must not repair it back before Own records the new one.
-		done := c.session.Writing(c.keys.Node(c.cfg.Node))
-		resp, err := c.claimTxn(ctx, pool, cand, idx, idxRev, snap.versionRev, lease)
+		resp, err := c.claimNode(ctx, pool, cand, idx, idxRev, snap.versionRev, lease)
 		if kvstore.IsLeaseNotFound(err) {
-			done()
 			c.session.LeaseLost(lease, err)
 			continue
 		}
 		if err != nil {
-			done()
 			return netip.Prefix{}, fmt.Errorf("claim %s for node %s: %w", cand, c.cfg.Node, err)
 		}
 		if resp.Succeeded {
-			c.session.Own(c.keys.Node(c.cfg.Node), c.record(append(idx.CIDRs, cand)), lease)
-			done()
 			return cand, nil
 		}
-		done()
 		// Which compare failed? The pools changed: read them again. The
 		// index changed (a concurrent claim for this node): loop. The CIDR
 		// is taken: try the next candidate.
@@ -391,11 +392,27 @@ func modRev(r *pb.ResponseOp) int64 {
 	return kvs[0].ModRevision
 }
 
-func (c *Claimer) claimTxn(ctx context.Context, pool string, cand netip.Prefix, idx NodeCIDRs, idxRev, versionRev int64, lease kvstore.LeaseID) (*clientv3.TxnResponse, error) {
+// claimNode runs the claim transaction, which also writes the node
+// record, and owns the record it wrote when it succeeds.
+func (c *Claimer) claimNode(ctx context.Context, pool string, cand netip.Prefix, idx NodeCIDRs, idxRev, versionRev int64, lease kvstore.LeaseID) (*clientv3.TxnResponse, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	key := c.keys.Node(c.cfg.Node)
+	// The transaction rewrites the owned node record: the session must
+	// not repair it back before Own records the new one.
+	defer c.session.Writing(key)()
+	record := c.record(append(slices.Clone(idx.CIDRs), cand))
+	resp, err := c.claimTxn(ctx, pool, cand, idx, idxRev, versionRev, lease, record)
+	if err == nil && resp.Succeeded {
+		c.session.Own(key, record, lease)
+	}
+	return resp, err
+}
+
+func (c *Claimer) claimTxn(ctx context.Context, pool string, cand netip.Prefix, idx NodeCIDRs, idxRev, versionRev int64, lease kvstore.LeaseID, record string) (*clientv3.TxnResponse, error) {
 	claim, _ := json.Marshal(Claim{Node: c.cfg.Node, Pool: pool})
 	next := NodeCIDRs{CIDRs: append(slices.Clone(idx.CIDRs), cand)}
 	index, _ := json.Marshal(next)
-	record := c.record(next.CIDRs)
 	ck, ik, vk := c.keys.IPAMCIDR(cand.String()), c.keys.IPAMNode(c.cfg.Node), c.keys.IPAMPoolsVersion()
 	return c.client.Etcd().Txn(ctx).If(
 		clientv3.Compare(clientv3.CreateRevision(ck), "=", 0),
