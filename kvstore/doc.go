@@ -11,7 +11,9 @@
 //     ErrConfig and say what to check.
 //   - Session: one lease per agent with keepalive. Keys the agent owns ride
 //     on it; when the lease is lost, a new one is granted and every owned
-//     key is written again, in transactions of up to 128 puts.
+//     key is written again, in transactions of up to 128 puts. Under the
+//     prefixes it guards, an owned key that someone else changes, deletes
+//     or re-puts without the lease is written back, with a per-key backoff.
 //   - Cache: a typed mirror of a prefix: list, then watch from the list's
 //     revision; after a compaction, list again and hand handlers only the
 //     difference. Handlers run on their own goroutines behind coalescing
@@ -37,8 +39,9 @@
 //
 // # Goroutines
 //
-// A Session owns one goroutine (grant, re-assert, keepalive), stopped by
-// Close. A Cache's Run owns its watch goroutine and one delivery goroutine
+// A Session owns one goroutine (grant, re-assert, keepalive) and, with
+// guarded prefixes, one watch goroutine per prefix and one repairer, all
+// stopped by Close and Detach. A Cache's Run owns its watch goroutine and one delivery goroutine
 // per handler, and returns after all of them exit. The package never logs:
 // state comes back through return values, Stats and callbacks.
 package kvstore
