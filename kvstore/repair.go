@@ -74,6 +74,9 @@ type guardKey struct {
 //     the new value is owned (Session.Writing does the same for a caller's
 //     transaction), and a key being written is not repaired, so an event
 //     of the new value seen before Own never brings the old value back.
+//     Nor is any key while a re-assert runs (after a lease loss etcd
+//     deletes the old lease's keys; the re-assert, not a repair, puts
+//     them back), or a key written on a lease already lost (pending).
 //   - A repair racing a newer change: the repair is a transaction that
 //     compares the key's mod revision with the observed one, so it never
 //     overwrites a change it has not seen; the newer change is observed
@@ -317,7 +320,8 @@ func (g *guard) check(ctx context.Context, key string) {
 	s.mu.Lock()
 	value, owned := s.owned[key]
 	lease := s.state.Lease
-	busy := s.writing[key] > 0
+	_, stale := s.pending[key]
+	busy := s.writing[key] > 0 || s.reasserting > 0 || stale
 	s.mu.Unlock()
 	g.mu.Lock()
 	gk := g.keys[key]
@@ -331,7 +335,8 @@ func (g *guard) check(ctx context.Context, key string) {
 	reason := mismatch(o, value, lease)
 	switch {
 	case busy:
-		// The session is writing the key: look again once it is done.
+		// The session is writing the key (or re-asserting keys after a
+		// lease loss): look again once it is done.
 		g.mu.Unlock()
 		g.schedule(key, now.Add(busyRecheck))
 		return

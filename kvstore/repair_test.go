@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/meshplane/meshplane/kvstore"
 )
 
@@ -199,5 +201,43 @@ func TestSessionRepairBackoff(t *testing.T) {
 		if want := min(2*nexts[i-1], maxBackoff); nexts[i] != want {
 			t.Errorf("repair %d: next backoff %s, want %s (doubling up to %s)", i, nexts[i], want, maxBackoff)
 		}
+	}
+}
+
+// TestSessionLeaseLossIsNotARepair revokes a guarding session's lease:
+// etcd deletes every key on it, and the session's re-assert, not its
+// guard, writes them back; nothing counts as a repair.
+func TestSessionLeaseLossIsNotARepair(t *testing.T) {
+	t.Parallel()
+	c := newClient(t)
+	ctx := testContext(t)
+	prefix := testPrefix(t)
+	s, err := kvstore.NewSession(ctx, c, kvstore.SessionConfig{TTL: 10 * time.Second, Guard: []string{prefix}, RetryInterval: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	const n = 300 // more than one re-assert transaction
+	putOwned(t, ctx, s, prefix, n)
+	old := s.State().Lease
+	if _, err := c.Etcd().Revoke(ctx, clientv3.LeaseID(old)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 15*time.Second, "keys re-asserted on a new lease", func() error {
+		lease := s.State().Lease
+		if lease == old {
+			return fmt.Errorf("still on the revoked lease")
+		}
+		return ownedOnLease(ctx, c, prefix, n, lease)
+	})
+	// A key deleted now is repaired: once it is, the guard has judged
+	// every event of the lease loss.
+	key := fmt.Sprintf("%sk%03d", prefix, 0)
+	if err := c.Delete(ctx, key); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "sentinel repaired", func() error { return ownedAs(ctx, c, key, "0", s.State().Lease) })
+	if r := s.Repairs(); r != 1 {
+		t.Errorf("Repairs() = %d after a lease loss and one delete, want 1", r)
 	}
 }

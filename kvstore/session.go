@@ -100,6 +100,10 @@ type Session struct {
 	owned   map[string]string
 	pending map[string]struct{} // owned keys written on an older lease
 	writing map[string]int      // owned keys being written (Put, Writing): not repaired meanwhile
+	// reasserting counts re-asserts in flight: the keys they write are
+	// not repaired meanwhile (after a lease loss, etcd's deletes of the
+	// old lease's keys are not someone else's doing).
+	reasserting int
 	kick    chan struct{}
 
 	guard   *guard
@@ -391,10 +395,13 @@ func (s *Session) run(ctx context.Context) {
 			keys[k] = v
 		}
 		clear(s.pending)
+		s.reasserting++
 		s.mu.Unlock()
 		s.notify()
 
-		if err := s.reassert(ctx, lease, keys); err != nil {
+		err = s.reassert(ctx, lease, keys)
+		s.reasserted()
+		if err != nil {
 			stopKeepAlive()
 			s.lost(lease, err)
 			if !pause() {
@@ -465,13 +472,22 @@ func (s *Session) keepAlive(ctx context.Context, lease LeaseID, ka <-chan *clien
 				keys[k] = s.owned[k]
 			}
 			clear(s.pending)
+			s.reasserting++
 			s.mu.Unlock()
-			if err := s.reassert(ctx, lease, keys); err != nil {
+			err := s.reassert(ctx, lease, keys)
+			s.reasserted()
+			if err != nil {
 				s.lost(lease, err)
 				return
 			}
 		}
 	}
+}
+
+func (s *Session) reasserted() {
+	s.mu.Lock()
+	s.reasserting--
+	s.mu.Unlock()
 }
 
 // reassertBatch is how many puts go into one transaction.
