@@ -104,7 +104,7 @@ type Session struct {
 	// not repaired meanwhile (after a lease loss, etcd's deletes of the
 	// old lease's keys are not someone else's doing).
 	reasserting int
-	kick    chan struct{}
+	kick        chan struct{}
 
 	guard   *guard
 	repairs atomic.Int64
