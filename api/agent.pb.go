@@ -80,8 +80,12 @@ type StatusResponse struct {
 	Maps          []*MapStatus   `protobuf:"bytes,10,rep,name=maps,proto3" json:"maps,omitempty"`
 	Ipam          *IPAMStatus    `protobuf:"bytes,11,opt,name=ipam,proto3" json:"ipam,omitempty"`
 	UptimeSeconds float64        `protobuf:"fixed64,12,opt,name=uptime_seconds,json=uptimeSeconds,proto3" json:"uptime_seconds,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// policy_revision is the etcd revision up to which the node enforces
+	// the policies: every change under policies/ at or below it is in its
+	// maps (0 until the agent is synced).
+	PolicyRevision int64 `protobuf:"varint,100,opt,name=policy_revision,json=policyRevision,proto3" json:"policy_revision,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -198,6 +202,13 @@ func (x *StatusResponse) GetUptimeSeconds() float64 {
 	return 0
 }
 
+func (x *StatusResponse) GetPolicyRevision() int64 {
+	if x != nil {
+		return x.PolicyRevision
+	}
+	return 0
+}
+
 type EtcdStatus struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Endpoints []string               `protobuf:"bytes,1,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
@@ -207,8 +218,11 @@ type EtcdStatus struct {
 	LastError         string `protobuf:"bytes,4,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
 	SessionGeneration int64  `protobuf:"varint,5,opt,name=session_generation,json=sessionGeneration,proto3" json:"session_generation,omitempty"`
 	OwnedKeys         int64  `protobuf:"varint,6,opt,name=owned_keys,json=ownedKeys,proto3" json:"owned_keys,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// repairs counts the agent's own keys (node record, endpoints) it
+	// wrote back after someone else changed or deleted them.
+	Repairs       int64 `protobuf:"varint,100,opt,name=repairs,proto3" json:"repairs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *EtcdStatus) Reset() {
@@ -279,6 +293,13 @@ func (x *EtcdStatus) GetSessionGeneration() int64 {
 func (x *EtcdStatus) GetOwnedKeys() int64 {
 	if x != nil {
 		return x.OwnedKeys
+	}
+	return 0
+}
+
+func (x *EtcdStatus) GetRepairs() int64 {
+	if x != nil {
+		return x.Repairs
 	}
 	return 0
 }
@@ -360,14 +381,19 @@ func (x *GossipStatus) GetLeft() uint32 {
 }
 
 type CacheStatus struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Prefix        string                 `protobuf:"bytes,2,opt,name=prefix,proto3" json:"prefix,omitempty"`
-	Entries       uint64                 `protobuf:"varint,3,opt,name=entries,proto3" json:"entries,omitempty"`
-	Synced        bool                   `protobuf:"varint,4,opt,name=synced,proto3" json:"synced,omitempty"`
-	Revision      int64                  `protobuf:"varint,5,opt,name=revision,proto3" json:"revision,omitempty"`
-	Invalid       uint64                 `protobuf:"varint,6,opt,name=invalid,proto3" json:"invalid,omitempty"`
-	Relists       uint64                 `protobuf:"varint,7,opt,name=relists,proto3" json:"relists,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Name     string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Prefix   string                 `protobuf:"bytes,2,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	Entries  uint64                 `protobuf:"varint,3,opt,name=entries,proto3" json:"entries,omitempty"`
+	Synced   bool                   `protobuf:"varint,4,opt,name=synced,proto3" json:"synced,omitempty"`
+	Revision int64                  `protobuf:"varint,5,opt,name=revision,proto3" json:"revision,omitempty"`
+	// invalid counts the invalid values the cache has seen, ever.
+	Invalid uint64 `protobuf:"varint,6,opt,name=invalid,proto3" json:"invalid,omitempty"`
+	Relists uint64 `protobuf:"varint,7,opt,name=relists,proto3" json:"relists,omitempty"`
+	// invalid_now counts the keys whose value is invalid now; up to 100 of
+	// them are listed in invalid_values.
+	InvalidNow    uint64          `protobuf:"varint,100,opt,name=invalid_now,json=invalidNow,proto3" json:"invalid_now,omitempty"`
+	InvalidValues []*InvalidValue `protobuf:"bytes,101,rep,name=invalid_values,json=invalidValues,proto3" json:"invalid_values,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -451,6 +477,104 @@ func (x *CacheStatus) GetRelists() uint64 {
 	return 0
 }
 
+func (x *CacheStatus) GetInvalidNow() uint64 {
+	if x != nil {
+		return x.InvalidNow
+	}
+	return 0
+}
+
+func (x *CacheStatus) GetInvalidValues() []*InvalidValue {
+	if x != nil {
+		return x.InvalidValues
+	}
+	return nil
+}
+
+// InvalidValue is an etcd value the agent cannot decode, and what it
+// enforces meanwhile. (Its field numbers come from the range this change
+// was given for agent.proto.)
+type InvalidValue struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// key is the full etcd key.
+	Key string `protobuf:"bytes,100,opt,name=key,proto3" json:"key,omitempty"`
+	// reason says what is wrong with the value.
+	Reason      string `protobuf:"bytes,101,opt,name=reason,proto3" json:"reason,omitempty"`
+	ModRevision int64  `protobuf:"varint,102,opt,name=mod_revision,json=modRevision,proto3" json:"mod_revision,omitempty"`
+	// last_good is true when the key's last good value is in force.
+	LastGood bool `protobuf:"varint,103,opt,name=last_good,json=lastGood,proto3" json:"last_good,omitempty"`
+	// in_force says what the agent enforces meanwhile: the last good
+	// version, or what it isolated for a value never seen valid.
+	InForce       string `protobuf:"bytes,104,opt,name=in_force,json=inForce,proto3" json:"in_force,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InvalidValue) Reset() {
+	*x = InvalidValue{}
+	mi := &file_agent_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InvalidValue) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InvalidValue) ProtoMessage() {}
+
+func (x *InvalidValue) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InvalidValue.ProtoReflect.Descriptor instead.
+func (*InvalidValue) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *InvalidValue) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *InvalidValue) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *InvalidValue) GetModRevision() int64 {
+	if x != nil {
+		return x.ModRevision
+	}
+	return 0
+}
+
+func (x *InvalidValue) GetLastGood() bool {
+	if x != nil {
+		return x.LastGood
+	}
+	return false
+}
+
+func (x *InvalidValue) GetInForce() string {
+	if x != nil {
+		return x.InForce
+	}
+	return ""
+}
+
 type MapStatus struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	Name       string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -470,7 +594,7 @@ type MapStatus struct {
 
 func (x *MapStatus) Reset() {
 	*x = MapStatus{}
-	mi := &file_agent_proto_msgTypes[5]
+	mi := &file_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -482,7 +606,7 @@ func (x *MapStatus) String() string {
 func (*MapStatus) ProtoMessage() {}
 
 func (x *MapStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[5]
+	mi := &file_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -495,7 +619,7 @@ func (x *MapStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MapStatus.ProtoReflect.Descriptor instead.
 func (*MapStatus) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{5}
+	return file_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *MapStatus) GetName() string {
@@ -586,7 +710,7 @@ type IPAMStatus struct {
 
 func (x *IPAMStatus) Reset() {
 	*x = IPAMStatus{}
-	mi := &file_agent_proto_msgTypes[6]
+	mi := &file_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -598,7 +722,7 @@ func (x *IPAMStatus) String() string {
 func (*IPAMStatus) ProtoMessage() {}
 
 func (x *IPAMStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[6]
+	mi := &file_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -611,7 +735,7 @@ func (x *IPAMStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IPAMStatus.ProtoReflect.Descriptor instead.
 func (*IPAMStatus) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{6}
+	return file_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *IPAMStatus) GetPodCidrs() []string {
@@ -660,7 +784,7 @@ type IPConflict struct {
 
 func (x *IPConflict) Reset() {
 	*x = IPConflict{}
-	mi := &file_agent_proto_msgTypes[7]
+	mi := &file_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -672,7 +796,7 @@ func (x *IPConflict) String() string {
 func (*IPConflict) ProtoMessage() {}
 
 func (x *IPConflict) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[7]
+	mi := &file_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -685,7 +809,7 @@ func (x *IPConflict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IPConflict.ProtoReflect.Descriptor instead.
 func (*IPConflict) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{7}
+	return file_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *IPConflict) GetIp() string {
@@ -714,7 +838,7 @@ type IPClaim struct {
 
 func (x *IPClaim) Reset() {
 	*x = IPClaim{}
-	mi := &file_agent_proto_msgTypes[8]
+	mi := &file_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -726,7 +850,7 @@ func (x *IPClaim) String() string {
 func (*IPClaim) ProtoMessage() {}
 
 func (x *IPClaim) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[8]
+	mi := &file_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -739,7 +863,7 @@ func (x *IPClaim) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IPClaim.ProtoReflect.Descriptor instead.
 func (*IPClaim) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{8}
+	return file_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *IPClaim) GetOwner() string {
@@ -764,7 +888,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_agent_proto_msgTypes[9]
+	mi := &file_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -776,7 +900,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[9]
+	mi := &file_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -789,7 +913,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{9}
+	return file_agent_proto_rawDescGZIP(), []int{10}
 }
 
 type ListNodesResponse struct {
@@ -801,7 +925,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_agent_proto_msgTypes[10]
+	mi := &file_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -813,7 +937,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[10]
+	mi := &file_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -826,7 +950,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{10}
+	return file_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -857,7 +981,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_agent_proto_msgTypes[11]
+	mi := &file_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -869,7 +993,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[11]
+	mi := &file_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -882,7 +1006,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{11}
+	return file_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Node) GetName() string {
@@ -963,7 +1087,7 @@ type ListIdentitiesRequest struct {
 
 func (x *ListIdentitiesRequest) Reset() {
 	*x = ListIdentitiesRequest{}
-	mi := &file_agent_proto_msgTypes[12]
+	mi := &file_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -975,7 +1099,7 @@ func (x *ListIdentitiesRequest) String() string {
 func (*ListIdentitiesRequest) ProtoMessage() {}
 
 func (x *ListIdentitiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[12]
+	mi := &file_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -988,7 +1112,7 @@ func (x *ListIdentitiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListIdentitiesRequest.ProtoReflect.Descriptor instead.
 func (*ListIdentitiesRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{12}
+	return file_agent_proto_rawDescGZIP(), []int{13}
 }
 
 type Identity struct {
@@ -1001,7 +1125,7 @@ type Identity struct {
 
 func (x *Identity) Reset() {
 	*x = Identity{}
-	mi := &file_agent_proto_msgTypes[13]
+	mi := &file_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1013,7 +1137,7 @@ func (x *Identity) String() string {
 func (*Identity) ProtoMessage() {}
 
 func (x *Identity) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[13]
+	mi := &file_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1026,7 +1150,7 @@ func (x *Identity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Identity.ProtoReflect.Descriptor instead.
 func (*Identity) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{13}
+	return file_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Identity) GetId() uint32 {
@@ -1052,7 +1176,7 @@ type IdentityChunk struct {
 
 func (x *IdentityChunk) Reset() {
 	*x = IdentityChunk{}
-	mi := &file_agent_proto_msgTypes[14]
+	mi := &file_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1064,7 +1188,7 @@ func (x *IdentityChunk) String() string {
 func (*IdentityChunk) ProtoMessage() {}
 
 func (x *IdentityChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[14]
+	mi := &file_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1077,7 +1201,7 @@ func (x *IdentityChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdentityChunk.ProtoReflect.Descriptor instead.
 func (*IdentityChunk) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{14}
+	return file_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *IdentityChunk) GetIdentities() []*Identity {
@@ -1095,7 +1219,7 @@ type DumpRequest struct {
 
 func (x *DumpRequest) Reset() {
 	*x = DumpRequest{}
-	mi := &file_agent_proto_msgTypes[15]
+	mi := &file_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1107,7 +1231,7 @@ func (x *DumpRequest) String() string {
 func (*DumpRequest) ProtoMessage() {}
 
 func (x *DumpRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[15]
+	mi := &file_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1120,7 +1244,7 @@ func (x *DumpRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DumpRequest.ProtoReflect.Descriptor instead.
 func (*DumpRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{15}
+	return file_agent_proto_rawDescGZIP(), []int{16}
 }
 
 type IPCacheEntry struct {
@@ -1135,7 +1259,7 @@ type IPCacheEntry struct {
 
 func (x *IPCacheEntry) Reset() {
 	*x = IPCacheEntry{}
-	mi := &file_agent_proto_msgTypes[16]
+	mi := &file_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1147,7 +1271,7 @@ func (x *IPCacheEntry) String() string {
 func (*IPCacheEntry) ProtoMessage() {}
 
 func (x *IPCacheEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[16]
+	mi := &file_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1160,7 +1284,7 @@ func (x *IPCacheEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IPCacheEntry.ProtoReflect.Descriptor instead.
 func (*IPCacheEntry) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{16}
+	return file_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *IPCacheEntry) GetPrefix() string {
@@ -1200,7 +1324,7 @@ type IPCacheChunk struct {
 
 func (x *IPCacheChunk) Reset() {
 	*x = IPCacheChunk{}
-	mi := &file_agent_proto_msgTypes[17]
+	mi := &file_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1212,7 +1336,7 @@ func (x *IPCacheChunk) String() string {
 func (*IPCacheChunk) ProtoMessage() {}
 
 func (x *IPCacheChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[17]
+	mi := &file_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1225,7 +1349,7 @@ func (x *IPCacheChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IPCacheChunk.ProtoReflect.Descriptor instead.
 func (*IPCacheChunk) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{17}
+	return file_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *IPCacheChunk) GetEntries() []*IPCacheEntry {
@@ -1250,7 +1374,7 @@ type EndpointEntry struct {
 
 func (x *EndpointEntry) Reset() {
 	*x = EndpointEntry{}
-	mi := &file_agent_proto_msgTypes[18]
+	mi := &file_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1262,7 +1386,7 @@ func (x *EndpointEntry) String() string {
 func (*EndpointEntry) ProtoMessage() {}
 
 func (x *EndpointEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[18]
+	mi := &file_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1275,7 +1399,7 @@ func (x *EndpointEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndpointEntry.ProtoReflect.Descriptor instead.
 func (*EndpointEntry) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{18}
+	return file_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *EndpointEntry) GetIp() string {
@@ -1336,7 +1460,7 @@ type EndpointChunk struct {
 
 func (x *EndpointChunk) Reset() {
 	*x = EndpointChunk{}
-	mi := &file_agent_proto_msgTypes[19]
+	mi := &file_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1348,7 +1472,7 @@ func (x *EndpointChunk) String() string {
 func (*EndpointChunk) ProtoMessage() {}
 
 func (x *EndpointChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[19]
+	mi := &file_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1361,7 +1485,7 @@ func (x *EndpointChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndpointChunk.ProtoReflect.Descriptor instead.
 func (*EndpointChunk) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{19}
+	return file_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *EndpointChunk) GetEntries() []*EndpointEntry {
@@ -1388,7 +1512,7 @@ type PolicyEntry struct {
 
 func (x *PolicyEntry) Reset() {
 	*x = PolicyEntry{}
-	mi := &file_agent_proto_msgTypes[20]
+	mi := &file_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1400,7 +1524,7 @@ func (x *PolicyEntry) String() string {
 func (*PolicyEntry) ProtoMessage() {}
 
 func (x *PolicyEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[20]
+	mi := &file_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1413,7 +1537,7 @@ func (x *PolicyEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyEntry.ProtoReflect.Descriptor instead.
 func (*PolicyEntry) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{20}
+	return file_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *PolicyEntry) GetEndpointId() uint32 {
@@ -1481,7 +1605,7 @@ type PolicyChunk struct {
 
 func (x *PolicyChunk) Reset() {
 	*x = PolicyChunk{}
-	mi := &file_agent_proto_msgTypes[21]
+	mi := &file_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1493,7 +1617,7 @@ func (x *PolicyChunk) String() string {
 func (*PolicyChunk) ProtoMessage() {}
 
 func (x *PolicyChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[21]
+	mi := &file_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1506,7 +1630,7 @@ func (x *PolicyChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyChunk.ProtoReflect.Descriptor instead.
 func (*PolicyChunk) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{21}
+	return file_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *PolicyChunk) GetEntries() []*PolicyEntry {
@@ -1528,7 +1652,7 @@ type ServiceEntry struct {
 
 func (x *ServiceEntry) Reset() {
 	*x = ServiceEntry{}
-	mi := &file_agent_proto_msgTypes[22]
+	mi := &file_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1540,7 +1664,7 @@ func (x *ServiceEntry) String() string {
 func (*ServiceEntry) ProtoMessage() {}
 
 func (x *ServiceEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[22]
+	mi := &file_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1553,7 +1677,7 @@ func (x *ServiceEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceEntry.ProtoReflect.Descriptor instead.
 func (*ServiceEntry) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{22}
+	return file_agent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ServiceEntry) GetFrontend() string {
@@ -1593,7 +1717,7 @@ type ServiceChunk struct {
 
 func (x *ServiceChunk) Reset() {
 	*x = ServiceChunk{}
-	mi := &file_agent_proto_msgTypes[23]
+	mi := &file_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1605,7 +1729,7 @@ func (x *ServiceChunk) String() string {
 func (*ServiceChunk) ProtoMessage() {}
 
 func (x *ServiceChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[23]
+	mi := &file_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1618,7 +1742,7 @@ func (x *ServiceChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceChunk.ProtoReflect.Descriptor instead.
 func (*ServiceChunk) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{23}
+	return file_agent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ServiceChunk) GetEntries() []*ServiceEntry {
@@ -1654,7 +1778,7 @@ type AddEndpointRequest struct {
 
 func (x *AddEndpointRequest) Reset() {
 	*x = AddEndpointRequest{}
-	mi := &file_agent_proto_msgTypes[24]
+	mi := &file_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1666,7 +1790,7 @@ func (x *AddEndpointRequest) String() string {
 func (*AddEndpointRequest) ProtoMessage() {}
 
 func (x *AddEndpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[24]
+	mi := &file_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1679,7 +1803,7 @@ func (x *AddEndpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddEndpointRequest.ProtoReflect.Descriptor instead.
 func (*AddEndpointRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{24}
+	return file_agent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *AddEndpointRequest) GetNamespace() string {
@@ -1764,7 +1888,7 @@ type ContainerPort struct {
 
 func (x *ContainerPort) Reset() {
 	*x = ContainerPort{}
-	mi := &file_agent_proto_msgTypes[25]
+	mi := &file_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1776,7 +1900,7 @@ func (x *ContainerPort) String() string {
 func (*ContainerPort) ProtoMessage() {}
 
 func (x *ContainerPort) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[25]
+	mi := &file_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1789,7 +1913,7 @@ func (x *ContainerPort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerPort.ProtoReflect.Descriptor instead.
 func (*ContainerPort) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{25}
+	return file_agent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ContainerPort) GetName() string {
@@ -1826,7 +1950,7 @@ type AddEndpointResponse struct {
 
 func (x *AddEndpointResponse) Reset() {
 	*x = AddEndpointResponse{}
-	mi := &file_agent_proto_msgTypes[26]
+	mi := &file_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1838,7 +1962,7 @@ func (x *AddEndpointResponse) String() string {
 func (*AddEndpointResponse) ProtoMessage() {}
 
 func (x *AddEndpointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[26]
+	mi := &file_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1851,7 +1975,7 @@ func (x *AddEndpointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddEndpointResponse.ProtoReflect.Descriptor instead.
 func (*AddEndpointResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{26}
+	return file_agent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *AddEndpointResponse) GetIps() []string {
@@ -1899,7 +2023,7 @@ type DeleteEndpointRequest struct {
 
 func (x *DeleteEndpointRequest) Reset() {
 	*x = DeleteEndpointRequest{}
-	mi := &file_agent_proto_msgTypes[27]
+	mi := &file_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1911,7 +2035,7 @@ func (x *DeleteEndpointRequest) String() string {
 func (*DeleteEndpointRequest) ProtoMessage() {}
 
 func (x *DeleteEndpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[27]
+	mi := &file_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1924,7 +2048,7 @@ func (x *DeleteEndpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEndpointRequest.ProtoReflect.Descriptor instead.
 func (*DeleteEndpointRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{27}
+	return file_agent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *DeleteEndpointRequest) GetNamespace() string {
@@ -1949,7 +2073,7 @@ type DeleteEndpointResponse struct {
 
 func (x *DeleteEndpointResponse) Reset() {
 	*x = DeleteEndpointResponse{}
-	mi := &file_agent_proto_msgTypes[28]
+	mi := &file_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1961,7 +2085,7 @@ func (x *DeleteEndpointResponse) String() string {
 func (*DeleteEndpointResponse) ProtoMessage() {}
 
 func (x *DeleteEndpointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[28]
+	mi := &file_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1974,7 +2098,7 @@ func (x *DeleteEndpointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEndpointResponse.ProtoReflect.Descriptor instead.
 func (*DeleteEndpointResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{28}
+	return file_agent_proto_rawDescGZIP(), []int{29}
 }
 
 type ObserveRequest struct {
@@ -1996,7 +2120,7 @@ type ObserveRequest struct {
 
 func (x *ObserveRequest) Reset() {
 	*x = ObserveRequest{}
-	mi := &file_agent_proto_msgTypes[29]
+	mi := &file_agent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2008,7 +2132,7 @@ func (x *ObserveRequest) String() string {
 func (*ObserveRequest) ProtoMessage() {}
 
 func (x *ObserveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[29]
+	mi := &file_agent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2021,7 +2145,7 @@ func (x *ObserveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ObserveRequest.ProtoReflect.Descriptor instead.
 func (*ObserveRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{29}
+	return file_agent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ObserveRequest) GetLast() uint32 {
@@ -2099,7 +2223,7 @@ type Flow struct {
 
 func (x *Flow) Reset() {
 	*x = Flow{}
-	mi := &file_agent_proto_msgTypes[30]
+	mi := &file_agent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2111,7 +2235,7 @@ func (x *Flow) String() string {
 func (*Flow) ProtoMessage() {}
 
 func (x *Flow) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[30]
+	mi := &file_agent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2124,7 +2248,7 @@ func (x *Flow) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Flow.ProtoReflect.Descriptor instead.
 func (*Flow) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{30}
+	return file_agent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Flow) GetTimeUnixNano() int64 {
@@ -2258,7 +2382,7 @@ var File_agent_proto protoreflect.FileDescriptor
 const file_agent_proto_rawDesc = "" +
 	"\n" +
 	"\vagent.proto\x12\x12meshplane.agent.v1\"\x0f\n" +
-	"\rStatusRequest\"\xdc\x03\n" +
+	"\rStatusRequest\"\x85\x04\n" +
 	"\x0eStatusResponse\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12\x1d\n" +
@@ -2273,7 +2397,8 @@ const file_agent_proto_rawDesc = "" +
 	"\x04maps\x18\n" +
 	" \x03(\v2\x1d.meshplane.agent.v1.MapStatusR\x04maps\x122\n" +
 	"\x04ipam\x18\v \x01(\v2\x1e.meshplane.agent.v1.IPAMStatusR\x04ipam\x12%\n" +
-	"\x0euptime_seconds\x18\f \x01(\x01R\ruptimeSeconds\"\xc8\x01\n" +
+	"\x0euptime_seconds\x18\f \x01(\x01R\ruptimeSeconds\x12'\n" +
+	"\x0fpolicy_revision\x18d \x01(\x03R\x0epolicyRevision\"\xe2\x01\n" +
 	"\n" +
 	"EtcdStatus\x12\x1c\n" +
 	"\tendpoints\x18\x01 \x03(\tR\tendpoints\x12\x14\n" +
@@ -2283,13 +2408,14 @@ const file_agent_proto_rawDesc = "" +
 	"last_error\x18\x04 \x01(\tR\tlastError\x12-\n" +
 	"\x12session_generation\x18\x05 \x01(\x03R\x11sessionGeneration\x12\x1d\n" +
 	"\n" +
-	"owned_keys\x18\x06 \x01(\x03R\townedKeys\"\x80\x01\n" +
+	"owned_keys\x18\x06 \x01(\x03R\townedKeys\x12\x18\n" +
+	"\arepairs\x18d \x01(\x03R\arepairs\"\x80\x01\n" +
 	"\fGossipStatus\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x14\n" +
 	"\x05alive\x18\x02 \x01(\rR\x05alive\x12\x18\n" +
 	"\asuspect\x18\x03 \x01(\rR\asuspect\x12\x12\n" +
 	"\x04dead\x18\x04 \x01(\rR\x04dead\x12\x12\n" +
-	"\x04left\x18\x05 \x01(\rR\x04left\"\xbb\x01\n" +
+	"\x04left\x18\x05 \x01(\rR\x04left\"\xa5\x02\n" +
 	"\vCacheStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06prefix\x18\x02 \x01(\tR\x06prefix\x12\x18\n" +
@@ -2297,7 +2423,16 @@ const file_agent_proto_rawDesc = "" +
 	"\x06synced\x18\x04 \x01(\bR\x06synced\x12\x1a\n" +
 	"\brevision\x18\x05 \x01(\x03R\brevision\x12\x18\n" +
 	"\ainvalid\x18\x06 \x01(\x04R\ainvalid\x12\x18\n" +
-	"\arelists\x18\a \x01(\x04R\arelists\"\xa9\x02\n" +
+	"\arelists\x18\a \x01(\x04R\arelists\x12\x1f\n" +
+	"\vinvalid_now\x18d \x01(\x04R\n" +
+	"invalidNow\x12G\n" +
+	"\x0einvalid_values\x18e \x03(\v2 .meshplane.agent.v1.InvalidValueR\rinvalidValues\"\x93\x01\n" +
+	"\fInvalidValue\x12\x10\n" +
+	"\x03key\x18d \x01(\tR\x03key\x12\x16\n" +
+	"\x06reason\x18e \x01(\tR\x06reason\x12!\n" +
+	"\fmod_revision\x18f \x01(\x03R\vmodRevision\x12\x1b\n" +
+	"\tlast_good\x18g \x01(\bR\blastGood\x12\x19\n" +
+	"\bin_force\x18h \x01(\tR\ainForce\"\xa9\x02\n" +
 	"\tMapStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
 	"\bpin_path\x18\x02 \x01(\tR\apinPath\x12\x1f\n" +
@@ -2482,88 +2617,90 @@ func file_agent_proto_rawDescGZIP() []byte {
 	return file_agent_proto_rawDescData
 }
 
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_agent_proto_goTypes = []any{
 	(*StatusRequest)(nil),          // 0: meshplane.agent.v1.StatusRequest
 	(*StatusResponse)(nil),         // 1: meshplane.agent.v1.StatusResponse
 	(*EtcdStatus)(nil),             // 2: meshplane.agent.v1.EtcdStatus
 	(*GossipStatus)(nil),           // 3: meshplane.agent.v1.GossipStatus
 	(*CacheStatus)(nil),            // 4: meshplane.agent.v1.CacheStatus
-	(*MapStatus)(nil),              // 5: meshplane.agent.v1.MapStatus
-	(*IPAMStatus)(nil),             // 6: meshplane.agent.v1.IPAMStatus
-	(*IPConflict)(nil),             // 7: meshplane.agent.v1.IPConflict
-	(*IPClaim)(nil),                // 8: meshplane.agent.v1.IPClaim
-	(*ListNodesRequest)(nil),       // 9: meshplane.agent.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),      // 10: meshplane.agent.v1.ListNodesResponse
-	(*Node)(nil),                   // 11: meshplane.agent.v1.Node
-	(*ListIdentitiesRequest)(nil),  // 12: meshplane.agent.v1.ListIdentitiesRequest
-	(*Identity)(nil),               // 13: meshplane.agent.v1.Identity
-	(*IdentityChunk)(nil),          // 14: meshplane.agent.v1.IdentityChunk
-	(*DumpRequest)(nil),            // 15: meshplane.agent.v1.DumpRequest
-	(*IPCacheEntry)(nil),           // 16: meshplane.agent.v1.IPCacheEntry
-	(*IPCacheChunk)(nil),           // 17: meshplane.agent.v1.IPCacheChunk
-	(*EndpointEntry)(nil),          // 18: meshplane.agent.v1.EndpointEntry
-	(*EndpointChunk)(nil),          // 19: meshplane.agent.v1.EndpointChunk
-	(*PolicyEntry)(nil),            // 20: meshplane.agent.v1.PolicyEntry
-	(*PolicyChunk)(nil),            // 21: meshplane.agent.v1.PolicyChunk
-	(*ServiceEntry)(nil),           // 22: meshplane.agent.v1.ServiceEntry
-	(*ServiceChunk)(nil),           // 23: meshplane.agent.v1.ServiceChunk
-	(*AddEndpointRequest)(nil),     // 24: meshplane.agent.v1.AddEndpointRequest
-	(*ContainerPort)(nil),          // 25: meshplane.agent.v1.ContainerPort
-	(*AddEndpointResponse)(nil),    // 26: meshplane.agent.v1.AddEndpointResponse
-	(*DeleteEndpointRequest)(nil),  // 27: meshplane.agent.v1.DeleteEndpointRequest
-	(*DeleteEndpointResponse)(nil), // 28: meshplane.agent.v1.DeleteEndpointResponse
-	(*ObserveRequest)(nil),         // 29: meshplane.agent.v1.ObserveRequest
-	(*Flow)(nil),                   // 30: meshplane.agent.v1.Flow
-	nil,                            // 31: meshplane.agent.v1.Node.LabelsEntry
-	nil,                            // 32: meshplane.agent.v1.AddEndpointRequest.LabelsEntry
-	nil,                            // 33: meshplane.agent.v1.AddEndpointRequest.NamespaceLabelsEntry
+	(*InvalidValue)(nil),           // 5: meshplane.agent.v1.InvalidValue
+	(*MapStatus)(nil),              // 6: meshplane.agent.v1.MapStatus
+	(*IPAMStatus)(nil),             // 7: meshplane.agent.v1.IPAMStatus
+	(*IPConflict)(nil),             // 8: meshplane.agent.v1.IPConflict
+	(*IPClaim)(nil),                // 9: meshplane.agent.v1.IPClaim
+	(*ListNodesRequest)(nil),       // 10: meshplane.agent.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),      // 11: meshplane.agent.v1.ListNodesResponse
+	(*Node)(nil),                   // 12: meshplane.agent.v1.Node
+	(*ListIdentitiesRequest)(nil),  // 13: meshplane.agent.v1.ListIdentitiesRequest
+	(*Identity)(nil),               // 14: meshplane.agent.v1.Identity
+	(*IdentityChunk)(nil),          // 15: meshplane.agent.v1.IdentityChunk
+	(*DumpRequest)(nil),            // 16: meshplane.agent.v1.DumpRequest
+	(*IPCacheEntry)(nil),           // 17: meshplane.agent.v1.IPCacheEntry
+	(*IPCacheChunk)(nil),           // 18: meshplane.agent.v1.IPCacheChunk
+	(*EndpointEntry)(nil),          // 19: meshplane.agent.v1.EndpointEntry
+	(*EndpointChunk)(nil),          // 20: meshplane.agent.v1.EndpointChunk
+	(*PolicyEntry)(nil),            // 21: meshplane.agent.v1.PolicyEntry
+	(*PolicyChunk)(nil),            // 22: meshplane.agent.v1.PolicyChunk
+	(*ServiceEntry)(nil),           // 23: meshplane.agent.v1.ServiceEntry
+	(*ServiceChunk)(nil),           // 24: meshplane.agent.v1.ServiceChunk
+	(*AddEndpointRequest)(nil),     // 25: meshplane.agent.v1.AddEndpointRequest
+	(*ContainerPort)(nil),          // 26: meshplane.agent.v1.ContainerPort
+	(*AddEndpointResponse)(nil),    // 27: meshplane.agent.v1.AddEndpointResponse
+	(*DeleteEndpointRequest)(nil),  // 28: meshplane.agent.v1.DeleteEndpointRequest
+	(*DeleteEndpointResponse)(nil), // 29: meshplane.agent.v1.DeleteEndpointResponse
+	(*ObserveRequest)(nil),         // 30: meshplane.agent.v1.ObserveRequest
+	(*Flow)(nil),                   // 31: meshplane.agent.v1.Flow
+	nil,                            // 32: meshplane.agent.v1.Node.LabelsEntry
+	nil,                            // 33: meshplane.agent.v1.AddEndpointRequest.LabelsEntry
+	nil,                            // 34: meshplane.agent.v1.AddEndpointRequest.NamespaceLabelsEntry
 }
 var file_agent_proto_depIdxs = []int32{
 	2,  // 0: meshplane.agent.v1.StatusResponse.etcd:type_name -> meshplane.agent.v1.EtcdStatus
 	3,  // 1: meshplane.agent.v1.StatusResponse.gossip:type_name -> meshplane.agent.v1.GossipStatus
 	4,  // 2: meshplane.agent.v1.StatusResponse.caches:type_name -> meshplane.agent.v1.CacheStatus
-	5,  // 3: meshplane.agent.v1.StatusResponse.maps:type_name -> meshplane.agent.v1.MapStatus
-	6,  // 4: meshplane.agent.v1.StatusResponse.ipam:type_name -> meshplane.agent.v1.IPAMStatus
-	7,  // 5: meshplane.agent.v1.IPAMStatus.conflicts:type_name -> meshplane.agent.v1.IPConflict
-	8,  // 6: meshplane.agent.v1.IPConflict.owners:type_name -> meshplane.agent.v1.IPClaim
-	11, // 7: meshplane.agent.v1.ListNodesResponse.nodes:type_name -> meshplane.agent.v1.Node
-	31, // 8: meshplane.agent.v1.Node.labels:type_name -> meshplane.agent.v1.Node.LabelsEntry
-	13, // 9: meshplane.agent.v1.IdentityChunk.identities:type_name -> meshplane.agent.v1.Identity
-	16, // 10: meshplane.agent.v1.IPCacheChunk.entries:type_name -> meshplane.agent.v1.IPCacheEntry
-	18, // 11: meshplane.agent.v1.EndpointChunk.entries:type_name -> meshplane.agent.v1.EndpointEntry
-	20, // 12: meshplane.agent.v1.PolicyChunk.entries:type_name -> meshplane.agent.v1.PolicyEntry
-	22, // 13: meshplane.agent.v1.ServiceChunk.entries:type_name -> meshplane.agent.v1.ServiceEntry
-	32, // 14: meshplane.agent.v1.AddEndpointRequest.labels:type_name -> meshplane.agent.v1.AddEndpointRequest.LabelsEntry
-	33, // 15: meshplane.agent.v1.AddEndpointRequest.namespace_labels:type_name -> meshplane.agent.v1.AddEndpointRequest.NamespaceLabelsEntry
-	25, // 16: meshplane.agent.v1.AddEndpointRequest.ports:type_name -> meshplane.agent.v1.ContainerPort
-	0,  // 17: meshplane.agent.v1.Agent.Status:input_type -> meshplane.agent.v1.StatusRequest
-	9,  // 18: meshplane.agent.v1.Agent.ListNodes:input_type -> meshplane.agent.v1.ListNodesRequest
-	12, // 19: meshplane.agent.v1.Agent.ListIdentities:input_type -> meshplane.agent.v1.ListIdentitiesRequest
-	15, // 20: meshplane.agent.v1.Agent.DumpIPCache:input_type -> meshplane.agent.v1.DumpRequest
-	15, // 21: meshplane.agent.v1.Agent.DumpEndpoints:input_type -> meshplane.agent.v1.DumpRequest
-	15, // 22: meshplane.agent.v1.Agent.DumpPolicy:input_type -> meshplane.agent.v1.DumpRequest
-	15, // 23: meshplane.agent.v1.Agent.DumpServices:input_type -> meshplane.agent.v1.DumpRequest
-	15, // 24: meshplane.agent.v1.Agent.DumpCIDR:input_type -> meshplane.agent.v1.DumpRequest
-	24, // 25: meshplane.agent.v1.Agent.AddEndpoint:input_type -> meshplane.agent.v1.AddEndpointRequest
-	27, // 26: meshplane.agent.v1.Agent.DeleteEndpoint:input_type -> meshplane.agent.v1.DeleteEndpointRequest
-	29, // 27: meshplane.agent.v1.Agent.Observe:input_type -> meshplane.agent.v1.ObserveRequest
-	1,  // 28: meshplane.agent.v1.Agent.Status:output_type -> meshplane.agent.v1.StatusResponse
-	10, // 29: meshplane.agent.v1.Agent.ListNodes:output_type -> meshplane.agent.v1.ListNodesResponse
-	14, // 30: meshplane.agent.v1.Agent.ListIdentities:output_type -> meshplane.agent.v1.IdentityChunk
-	17, // 31: meshplane.agent.v1.Agent.DumpIPCache:output_type -> meshplane.agent.v1.IPCacheChunk
-	19, // 32: meshplane.agent.v1.Agent.DumpEndpoints:output_type -> meshplane.agent.v1.EndpointChunk
-	21, // 33: meshplane.agent.v1.Agent.DumpPolicy:output_type -> meshplane.agent.v1.PolicyChunk
-	23, // 34: meshplane.agent.v1.Agent.DumpServices:output_type -> meshplane.agent.v1.ServiceChunk
-	17, // 35: meshplane.agent.v1.Agent.DumpCIDR:output_type -> meshplane.agent.v1.IPCacheChunk
-	26, // 36: meshplane.agent.v1.Agent.AddEndpoint:output_type -> meshplane.agent.v1.AddEndpointResponse
-	28, // 37: meshplane.agent.v1.Agent.DeleteEndpoint:output_type -> meshplane.agent.v1.DeleteEndpointResponse
-	30, // 38: meshplane.agent.v1.Agent.Observe:output_type -> meshplane.agent.v1.Flow
-	28, // [28:39] is the sub-list for method output_type
-	17, // [17:28] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	6,  // 3: meshplane.agent.v1.StatusResponse.maps:type_name -> meshplane.agent.v1.MapStatus
+	7,  // 4: meshplane.agent.v1.StatusResponse.ipam:type_name -> meshplane.agent.v1.IPAMStatus
+	5,  // 5: meshplane.agent.v1.CacheStatus.invalid_values:type_name -> meshplane.agent.v1.InvalidValue
+	8,  // 6: meshplane.agent.v1.IPAMStatus.conflicts:type_name -> meshplane.agent.v1.IPConflict
+	9,  // 7: meshplane.agent.v1.IPConflict.owners:type_name -> meshplane.agent.v1.IPClaim
+	12, // 8: meshplane.agent.v1.ListNodesResponse.nodes:type_name -> meshplane.agent.v1.Node
+	32, // 9: meshplane.agent.v1.Node.labels:type_name -> meshplane.agent.v1.Node.LabelsEntry
+	14, // 10: meshplane.agent.v1.IdentityChunk.identities:type_name -> meshplane.agent.v1.Identity
+	17, // 11: meshplane.agent.v1.IPCacheChunk.entries:type_name -> meshplane.agent.v1.IPCacheEntry
+	19, // 12: meshplane.agent.v1.EndpointChunk.entries:type_name -> meshplane.agent.v1.EndpointEntry
+	21, // 13: meshplane.agent.v1.PolicyChunk.entries:type_name -> meshplane.agent.v1.PolicyEntry
+	23, // 14: meshplane.agent.v1.ServiceChunk.entries:type_name -> meshplane.agent.v1.ServiceEntry
+	33, // 15: meshplane.agent.v1.AddEndpointRequest.labels:type_name -> meshplane.agent.v1.AddEndpointRequest.LabelsEntry
+	34, // 16: meshplane.agent.v1.AddEndpointRequest.namespace_labels:type_name -> meshplane.agent.v1.AddEndpointRequest.NamespaceLabelsEntry
+	26, // 17: meshplane.agent.v1.AddEndpointRequest.ports:type_name -> meshplane.agent.v1.ContainerPort
+	0,  // 18: meshplane.agent.v1.Agent.Status:input_type -> meshplane.agent.v1.StatusRequest
+	10, // 19: meshplane.agent.v1.Agent.ListNodes:input_type -> meshplane.agent.v1.ListNodesRequest
+	13, // 20: meshplane.agent.v1.Agent.ListIdentities:input_type -> meshplane.agent.v1.ListIdentitiesRequest
+	16, // 21: meshplane.agent.v1.Agent.DumpIPCache:input_type -> meshplane.agent.v1.DumpRequest
+	16, // 22: meshplane.agent.v1.Agent.DumpEndpoints:input_type -> meshplane.agent.v1.DumpRequest
+	16, // 23: meshplane.agent.v1.Agent.DumpPolicy:input_type -> meshplane.agent.v1.DumpRequest
+	16, // 24: meshplane.agent.v1.Agent.DumpServices:input_type -> meshplane.agent.v1.DumpRequest
+	16, // 25: meshplane.agent.v1.Agent.DumpCIDR:input_type -> meshplane.agent.v1.DumpRequest
+	25, // 26: meshplane.agent.v1.Agent.AddEndpoint:input_type -> meshplane.agent.v1.AddEndpointRequest
+	28, // 27: meshplane.agent.v1.Agent.DeleteEndpoint:input_type -> meshplane.agent.v1.DeleteEndpointRequest
+	30, // 28: meshplane.agent.v1.Agent.Observe:input_type -> meshplane.agent.v1.ObserveRequest
+	1,  // 29: meshplane.agent.v1.Agent.Status:output_type -> meshplane.agent.v1.StatusResponse
+	11, // 30: meshplane.agent.v1.Agent.ListNodes:output_type -> meshplane.agent.v1.ListNodesResponse
+	15, // 31: meshplane.agent.v1.Agent.ListIdentities:output_type -> meshplane.agent.v1.IdentityChunk
+	18, // 32: meshplane.agent.v1.Agent.DumpIPCache:output_type -> meshplane.agent.v1.IPCacheChunk
+	20, // 33: meshplane.agent.v1.Agent.DumpEndpoints:output_type -> meshplane.agent.v1.EndpointChunk
+	22, // 34: meshplane.agent.v1.Agent.DumpPolicy:output_type -> meshplane.agent.v1.PolicyChunk
+	24, // 35: meshplane.agent.v1.Agent.DumpServices:output_type -> meshplane.agent.v1.ServiceChunk
+	18, // 36: meshplane.agent.v1.Agent.DumpCIDR:output_type -> meshplane.agent.v1.IPCacheChunk
+	27, // 37: meshplane.agent.v1.Agent.AddEndpoint:output_type -> meshplane.agent.v1.AddEndpointResponse
+	29, // 38: meshplane.agent.v1.Agent.DeleteEndpoint:output_type -> meshplane.agent.v1.DeleteEndpointResponse
+	31, // 39: meshplane.agent.v1.Agent.Observe:output_type -> meshplane.agent.v1.Flow
+	29, // [29:40] is the sub-list for method output_type
+	18, // [18:29] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_agent_proto_init() }
@@ -2577,7 +2714,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   34,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

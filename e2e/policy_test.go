@@ -312,5 +312,6 @@ spec:
 			expect(t, l, tc.probes)
 		})
 	}
+	t.Run("corrupt values", func(t *testing.T) { corruptPolicyCases(t, l) })
 	applyPolicies(t, l, "c1", "")
 }

@@ -11,11 +11,17 @@
 //     ErrConfig and say what to check.
 //   - Session: one lease per agent with keepalive. Keys the agent owns ride
 //     on it; when the lease is lost, a new one is granted and every owned
-//     key is written again, in transactions of up to 128 puts.
+//     key is written again, in transactions of up to 128 puts. Under the
+//     prefixes it guards, an owned key that someone else changes, deletes
+//     or re-puts without the lease is written back, with a per-key backoff.
 //   - Cache: a typed mirror of a prefix: list, then watch from the list's
 //     revision; after a compaction, list again and hand handlers only the
 //     difference. Handlers run on their own goroutines behind coalescing
-//     queues, so they never block the watch.
+//     queues, so they never block the watch. A value the decoder rejects
+//     never removes or replaces a valid one: the last good value stays in
+//     force and the key is listed by Cache.Invalid until it is fixed or
+//     deleted; keys that were never valid reach handlers that implement
+//     InvalidHandler, so that they can fail closed.
 //   - Create, Swap, DeleteIf: compare-and-create and compare-and-swap
 //     transactions; a lost race is ErrConflict with the stored value.
 //   - Keys: the etcd key layout, in one place.
@@ -33,8 +39,9 @@
 //
 // # Goroutines
 //
-// A Session owns one goroutine (grant, re-assert, keepalive), stopped by
-// Close. A Cache's Run owns its watch goroutine and one delivery goroutine
+// A Session owns one goroutine (grant, re-assert, keepalive) and, with
+// guarded prefixes, one watch goroutine per prefix and one repairer, all
+// stopped by Close and Detach. A Cache's Run owns its watch goroutine and one delivery goroutine
 // per handler, and returns after all of them exit. The package never logs:
 // state comes back through return values, Stats and callbacks.
 package kvstore

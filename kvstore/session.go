@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -34,6 +35,31 @@ type SessionConfig struct {
 	// instead of granting a new one, so the keys on it never go away
 	// across an agent restart. If it is gone, a new lease is granted.
 	Resume LeaseID
+
+	// Guard lists prefixes under which the session repairs the keys it
+	// owns: it watches them, and when an owned key is deleted, holds a
+	// value the session did not write, or holds the session's value on
+	// another lease or none (a hand-made put), it writes its own value
+	// back on its lease, as it does after a lease loss. Keys it disowned
+	// (Delete, Disown) are never written back. Each guarded prefix costs
+	// one watch: every change under it reaches this client. Empty: owned
+	// keys are written again only after a lease loss.
+	Guard []string
+
+	// RepairBackoff is the least time between two repairs of one key. It
+	// doubles with each further repair, up to RepairBackoffMax, so that
+	// two writers of one key (a misconfigured second agent with the same
+	// name, an operator's script) never fight in a tight loop. Zero means
+	// 1s.
+	RepairBackoff time.Duration
+	// RepairBackoffMax caps RepairBackoff; a key left alone for
+	// RepairBackoffMax after its backoff ran out starts again at
+	// RepairBackoff. Zero means 1m.
+	RepairBackoffMax time.Duration
+
+	// OnRepair, if set, is called (from the session's guard goroutine, so
+	// it must not block) after each repair.
+	OnRepair func(Repair)
 }
 
 // DefaultSessionTTL is the lease TTL when SessionConfig.TTL is zero.
@@ -57,9 +83,13 @@ var ErrSessionClosed = errors.New("kvstore: session closed")
 // network cut longer than the TTL, an operator revoking it), the session
 // grants a new lease and writes every owned key again on it, without the
 // caller noticing, beyond the short window in which the keys are missing.
+// Under the prefixes of SessionConfig.Guard it also repairs owned keys
+// that someone else changed or deleted (see Repairs).
 //
 // One goroutine, started by NewSession and stopped by Close, owns the
-// lease: it grants, keeps alive and re-asserts. mu guards the rest.
+// lease: it grants, keeps alive and re-asserts. With Guard, one more
+// goroutine per guarded prefix watches it and one repairs (see guard);
+// Close and Detach stop them too. mu guards the rest.
 type Session struct {
 	client *Client
 	cfg    SessionConfig
@@ -69,10 +99,19 @@ type Session struct {
 	ready   chan struct{} // closed while state.Lease != 0; replaced on loss
 	owned   map[string]string
 	pending map[string]struct{} // owned keys written on an older lease
-	kick    chan struct{}
+	writing map[string]int      // owned keys being written (Put, Writing): not repaired meanwhile
+	// reasserting counts re-asserts in flight: the keys they write are
+	// not repaired meanwhile (after a lease loss, etcd's deletes of the
+	// old lease's keys are not someone else's doing).
+	reasserting int
+	kick        chan struct{}
+
+	guard   *guard
+	repairs atomic.Int64
 
 	cancel    context.CancelFunc
 	done      chan struct{}
+	guardDone chan struct{}
 	closeOnce sync.Once
 }
 
@@ -88,18 +127,43 @@ func NewSession(ctx context.Context, c *Client, cfg SessionConfig) (*Session, er
 	if cfg.RetryInterval == 0 {
 		cfg.RetryInterval = 200 * time.Millisecond
 	}
+	if cfg.RepairBackoff == 0 {
+		cfg.RepairBackoff = time.Second
+	}
+	if cfg.RepairBackoffMax == 0 {
+		cfg.RepairBackoffMax = time.Minute
+	}
+	if cfg.RepairBackoff < 0 || cfg.RepairBackoffMax < cfg.RepairBackoff {
+		return nil, fmt.Errorf("%w: session repair backoff %s must be positive and at most its maximum %s", ErrConfig, cfg.RepairBackoff, cfg.RepairBackoffMax)
+	}
+	for _, p := range cfg.Guard {
+		if p == "" {
+			return nil, fmt.Errorf("%w: a guarded prefix must not be empty (it would watch the whole keyspace)", ErrConfig)
+		}
+	}
 	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s := &Session{
-		client:  c,
-		cfg:     cfg,
-		ready:   make(chan struct{}),
-		owned:   make(map[string]string),
-		pending: make(map[string]struct{}),
-		kick:    make(chan struct{}, 1),
-		cancel:  cancel,
-		done:    make(chan struct{}),
+		client:    c,
+		cfg:       cfg,
+		ready:     make(chan struct{}),
+		owned:     make(map[string]string),
+		pending:   make(map[string]struct{}),
+		writing:   make(map[string]int),
+		kick:      make(chan struct{}, 1),
+		cancel:    cancel,
+		done:      make(chan struct{}),
+		guardDone: make(chan struct{}),
 	}
 	go s.run(rctx)
+	if len(cfg.Guard) > 0 {
+		s.guard = newGuard(s)
+		go func() {
+			defer close(s.guardDone)
+			s.guard.run(rctx)
+		}()
+	} else {
+		close(s.guardDone)
+	}
 	wctx, wcancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
 	defer wcancel()
 	if _, err := s.Lease(wctx); err != nil {
@@ -168,6 +232,7 @@ func (s *Session) Disown(key string) {
 
 // Put writes an owned key on the session's lease.
 func (s *Session) Put(ctx context.Context, key, value string) error {
+	defer s.Writing(key)()
 	for {
 		lease, err := s.Lease(ctx)
 		if err != nil {
@@ -185,6 +250,30 @@ func (s *Session) Put(ctx context.Context, key, value string) error {
 		return nil
 	}
 }
+
+// Writing marks key as being written by the caller, in a transaction of
+// its own that ends with Own: until done is called, the guard does not
+// repair the key, so the event of the new value, seen before Own records
+// it, never brings the old value back. Put does this itself.
+func (s *Session) Writing(key string) (done func()) {
+	s.mu.Lock()
+	s.writing[key]++
+	s.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			s.mu.Lock()
+			if s.writing[key]--; s.writing[key] <= 0 {
+				delete(s.writing, key)
+			}
+			s.mu.Unlock()
+		})
+	}
+}
+
+// Repairs returns how many times the session wrote back an owned key that
+// was changed or deleted behind its back (see SessionConfig.Guard).
+func (s *Session) Repairs() int64 { return s.repairs.Load() }
 
 // Delete disowns and deletes an owned key.
 func (s *Session) Delete(ctx context.Context, key string) error {
@@ -226,6 +315,7 @@ func (s *Session) close(revoke bool) error {
 	s.closeOnce.Do(func() {
 		s.cancel()
 		<-s.done
+		<-s.guardDone
 		s.mu.Lock()
 		lease := s.state.Lease
 		s.state.Lease = 0
@@ -305,10 +395,13 @@ func (s *Session) run(ctx context.Context) {
 			keys[k] = v
 		}
 		clear(s.pending)
+		s.reasserting++
 		s.mu.Unlock()
 		s.notify()
 
-		if err := s.reassert(ctx, lease, keys); err != nil {
+		err = s.reassert(ctx, lease, keys)
+		s.reasserted()
+		if err != nil {
 			stopKeepAlive()
 			s.lost(lease, err)
 			if !pause() {
@@ -379,13 +472,22 @@ func (s *Session) keepAlive(ctx context.Context, lease LeaseID, ka <-chan *clien
 				keys[k] = s.owned[k]
 			}
 			clear(s.pending)
+			s.reasserting++
 			s.mu.Unlock()
-			if err := s.reassert(ctx, lease, keys); err != nil {
+			err := s.reassert(ctx, lease, keys)
+			s.reasserted()
+			if err != nil {
 				s.lost(lease, err)
 				return
 			}
 		}
 	}
+}
+
+func (s *Session) reasserted() {
+	s.mu.Lock()
+	s.reasserting--
+	s.mu.Unlock()
 }
 
 // reassertBatch is how many puts go into one transaction.

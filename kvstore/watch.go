@@ -3,6 +3,8 @@ package kvstore
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -13,18 +15,49 @@ import (
 )
 
 // Decoder turns a key (relative to the cache's prefix) and its value into a
-// T. An error marks the entry corrupt: it is counted, reported through
-// CacheConfig.OnInvalid, and left out of the cache.
+// T. An error marks the value invalid: it is counted, reported through
+// CacheConfig.OnInvalid and Cache.Invalid, and never replaces the key's
+// last good value (see Cache).
 type Decoder[T any] func(key string, value []byte) (T, error)
 
 // Handler receives a cache's changes. Calls come from one goroutine per
 // handler, never from the watch itself, so a slow handler delays only its
 // own later calls. Changes to one key are coalesced: a handler sees the
-// latest value, not every intermediate one. Upsert and Delete must not
-// block for long; they must not call back into Run.
+// latest state, not every intermediate one, so Delete may come for a key
+// whose Upsert it never saw. Upsert and Delete must not block for long;
+// they must not call back into Run.
 type Handler[T any] interface {
 	Upsert(key string, value T)
 	Delete(key string)
+}
+
+// InvalidHandler is an optional capability of a Handler: a handler that
+// implements it is told about keys whose value Decode rejects and that
+// have no last good value, so that it can isolate what the key may concern
+// (an agent denies a namespace's traffic in place of a policy it cannot
+// read). It is called like Upsert and Delete, from the handler's delivery
+// goroutine and coalesced with them: the handler sees the key's state at
+// delivery time. A later valid value comes as Upsert, a delete as Delete.
+//
+// A key with a last good value is not delivered when it turns invalid:
+// the handler keeps the value it has, which is the one in force.
+// Handlers that do not implement InvalidHandler see nothing of keys that
+// were never valid.
+type InvalidHandler interface {
+	Invalid(key string, err error)
+}
+
+// InvalidKey is a key whose stored value Decode rejects.
+type InvalidKey struct {
+	// Key is relative to the cache's prefix.
+	Key string
+	// Err is what Decode said.
+	Err error
+	// ModRevision is the etcd revision of the invalid value.
+	ModRevision int64
+	// LastGood is true when the key had a valid value before: that value
+	// stays in force (Get returns it) until the key is fixed or deleted.
+	LastGood bool
 }
 
 // CacheConfig configures a Cache.
@@ -33,8 +66,11 @@ type CacheConfig[T any] struct {
 	Prefix string
 	// Decode parses values. Required.
 	Decode Decoder[T]
-	// OnInvalid, if set, is told about each entry Decode rejects. It is
-	// called from the watch goroutine and must not block.
+	// OnInvalid, if set, is told about each value Decode rejects, once per
+	// value (a list after a compaction does not report an unchanged one
+	// again). It is called from the watch goroutine after the cache has
+	// applied the change, so it may read the cache (Get, Invalid); it must
+	// not block.
 	OnInvalid func(key string, err error)
 	// RetryInterval is the first pause after a failed list; it doubles up
 	// to 5s. Zero means 100ms.
@@ -43,17 +79,29 @@ type CacheConfig[T any] struct {
 
 // CacheStats are a cache's counters.
 type CacheStats struct {
-	Entries  int   // valid entries now
-	Invalid  int64 // entries rejected by Decode, ever
-	Relists  int64 // full lists, the first included
-	Events   int64 // watch events applied
-	Revision int64 // etcd revision the cache reflects
+	Entries     int   // values in force now, last good values of invalid keys included
+	InvalidKeys int   // keys whose stored value is invalid now (see Cache.Invalid)
+	Invalid     int64 // values rejected by Decode, ever
+	Relists     int64 // full lists, the first included
+	Events      int64 // watch events applied
+	Revision    int64 // etcd revision the cache reflects
 }
 
 // Cache is a typed, local mirror of an etcd prefix. Run lists the prefix,
 // then watches from the list's revision; after a compaction or a broken
 // watch it lists again and passes only the difference to handlers. Reads
-// (Get, Range, Len) are safe from any goroutine.
+// (Get, Range, Len, Invalid) are safe from any goroutine.
+//
+// A value that Decode rejects (a corrupt or hand-edited key) never removes
+// or replaces a valid one: the key's last good value stays in force, for
+// Get and for the handlers, and the key is recorded as invalid (Invalid)
+// until a valid value or a delete comes. A delete is a legitimate change:
+// it removes the value and the invalid mark. A key that was never valid
+// has no value; handlers that implement InvalidHandler are told about it.
+// A list (the first, or after a compaction) keeps the same rules: a key
+// that is invalid in the list keeps the last good value the cache had.
+// Consumers therefore never act on a corrupt value by dropping what it
+// replaced, which is what keeps a corrupt policy from opening traffic.
 //
 // Goroutines: Run owns the watch loop and one delivery goroutine per
 // handler, and returns after all of them exit.
@@ -61,8 +109,9 @@ type Cache[T any] struct {
 	client *Client
 	cfg    CacheConfig[T]
 
-	mu       sync.RWMutex // mu guards entries and rev
+	mu       sync.RWMutex // mu guards entries, invalid, rev and changeRev
 	entries  map[string]entry[T]
+	invalid  map[string]invalidEntry
 	rev      int64
 	handlers []*delivery[T]
 
@@ -72,14 +121,29 @@ type Cache[T any] struct {
 	// of the first list; undelivered counts the handlers still behind.
 	delivered   chan struct{}
 	undelivered atomic.Int64
-	invalid     atomic.Int64
+	invalidSeen atomic.Int64
 	relists     atomic.Int64
-	events      atomic.Int64
+	// changeRev is the revision of the last list or watch response that
+	// carried changes: every handler is queued everything up to it.
+	changeRev int64
+	events    atomic.Int64
 }
 
 type entry[T any] struct {
 	value  T
 	modRev int64
+}
+
+type invalidEntry struct {
+	err    error
+	modRev int64
+}
+
+// report is an invalid value to count and hand to OnInvalid once the
+// cache's lock is released.
+type report struct {
+	key string
+	err error
 }
 
 // NewCache returns a cache of the prefix in cfg; Run starts it.
@@ -91,7 +155,7 @@ func NewCache[T any](c *Client, cfg CacheConfig[T]) (*Cache[T], error) {
 		cfg.RetryInterval = 100 * time.Millisecond
 	}
 	return &Cache[T]{
-		client: c, cfg: cfg, entries: make(map[string]entry[T]),
+		client: c, cfg: cfg, entries: make(map[string]entry[T]), invalid: make(map[string]invalidEntry),
 		synced: make(chan struct{}), delivered: make(chan struct{}),
 	}, nil
 }
@@ -99,7 +163,7 @@ func NewCache[T any](c *Client, cfg CacheConfig[T]) (*Cache[T], error) {
 // Subscribe adds a handler. It must be called before Run.
 func (c *Cache[T]) Subscribe(h Handler[T]) {
 	c.undelivered.Add(1)
-	c.handlers = append(c.handlers, newDelivery(h, c.Get, c.synced, c.handlerDelivered))
+	c.handlers = append(c.handlers, newDelivery(h, c.lookup, c.synced, c.handlerDelivered))
 }
 
 // Synced is closed once the first list has been applied to the cache.
@@ -127,12 +191,63 @@ func (c *Cache[T]) WaitSynced(ctx context.Context) error {
 	}
 }
 
-// Get returns the value of key (relative to the prefix).
+// Get returns the value in force for key (relative to the prefix): its
+// valid value, or the last good one while the stored value is invalid.
 func (c *Cache[T]) Get(key string) (T, bool) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	e, ok := c.entries[key]
 	return e.value, ok
+}
+
+// lookup is Get for the deliveries: the value in force, or, for a key
+// that has none, the error of its invalid value (nil if the key is gone).
+func (c *Cache[T]) lookup(key string) (T, bool, error) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if e, ok := c.entries[key]; ok {
+		return e.value, true, nil
+	}
+	var zero T
+	if inv, ok := c.invalid[key]; ok {
+		return zero, false, inv.err
+	}
+	return zero, false, nil
+}
+
+// Invalid returns the keys whose stored value is invalid now, sorted.
+func (c *Cache[T]) Invalid() []InvalidKey {
+	c.mu.RLock()
+	out := make([]InvalidKey, 0, len(c.invalid))
+	for k, inv := range c.invalid {
+		_, good := c.entries[k]
+		out = append(out, InvalidKey{Key: k, Err: inv.err, ModRevision: inv.modRev, LastGood: good})
+	}
+	c.mu.RUnlock()
+	slices.SortFunc(out, func(a, b InvalidKey) int { return strings.Compare(a.Key, b.Key) })
+	return out
+}
+
+// DeliveredRevision returns the etcd revision up to which every handler
+// has been given every change of the prefix: a key whose mod revision is
+// at or below it has been delivered as it is now (or the handler has seen
+// a later change of it). It is 0 until the first list is delivered, and
+// it advances with changes of the prefix and with lists, not with every
+// revision of etcd. With no handler it is the revision of the cache's
+// last change.
+func (c *Cache[T]) DeliveredRevision() int64 {
+	if len(c.handlers) == 0 {
+		c.mu.RLock()
+		defer c.mu.RUnlock()
+		return c.changeRev
+	}
+	rev := int64(-1)
+	for _, d := range c.handlers {
+		if r := d.deliveredRev.Load(); rev < 0 || r < rev {
+			rev = r
+		}
+	}
+	return rev
 }
 
 // Range calls f for every entry until f returns false. f runs under the
@@ -159,7 +274,7 @@ func (c *Cache[T]) Stats() CacheStats {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	return CacheStats{
-		Entries: len(c.entries), Invalid: c.invalid.Load(), Relists: c.relists.Load(),
+		Entries: len(c.entries), InvalidKeys: len(c.invalid), Invalid: c.invalidSeen.Load(), Relists: c.relists.Load(),
 		Events: c.events.Load(), Revision: c.rev,
 	}
 }
@@ -216,6 +331,8 @@ func (c *Cache[T]) loop(ctx context.Context) error {
 }
 
 // relist reads the whole prefix and applies the difference to the cache.
+// A key whose listed value is invalid keeps the last good value the cache
+// had for it.
 func (c *Cache[T]) relist(ctx context.Context) error {
 	kvs, rev, err := c.client.List(ctx, c.cfg.Prefix)
 	if err != nil {
@@ -223,30 +340,61 @@ func (c *Cache[T]) relist(ctx context.Context) error {
 	}
 	c.relists.Add(1)
 	fresh := make(map[string]entry[T], len(kvs))
+	freshInvalid := make(map[string]invalidEntry)
 	for _, kv := range kvs {
 		key := kv.Key[len(c.cfg.Prefix):]
 		v, err := c.cfg.Decode(key, kv.Value)
 		if err != nil {
-			c.reportInvalid(key, err)
+			freshInvalid[key] = invalidEntry{err: err, modRev: kv.ModRevision}
 			continue
 		}
 		fresh[key] = entry[T]{value: v, modRev: kv.ModRevision}
 	}
 	c.mu.Lock()
-	old := c.entries
-	c.entries = fresh
-	c.rev = rev
+	old, oldInvalid := c.entries, c.invalid
+	for k := range freshInvalid {
+		if o, ok := old[k]; ok {
+			fresh[k] = o // the last good value stays in force
+		}
+	}
+	c.entries, c.invalid = fresh, freshInvalid
+	c.rev, c.changeRev = rev, rev
 	c.mu.Unlock()
+
+	var reports []report
+	var changed []string
+	for k, inv := range freshInvalid {
+		if prev, ok := oldInvalid[k]; ok && prev.modRev == inv.modRev {
+			continue // reported before
+		}
+		reports = append(reports, report{k, inv.err})
+		if _, good := fresh[k]; !good {
+			changed = append(changed, k) // never valid: InvalidHandler
+		}
+	}
 	for k, e := range fresh {
 		if o, ok := old[k]; !ok || o.modRev != e.modRev {
-			c.notify(k)
+			changed = append(changed, k)
 		}
 	}
 	for k := range old {
 		if _, ok := fresh[k]; !ok {
-			c.notify(k)
+			changed = append(changed, k)
 		}
 	}
+	for k := range oldInvalid {
+		_, bad := freshInvalid[k]
+		_, good := fresh[k]
+		_, had := old[k]
+		if !bad && !good && !had {
+			changed = append(changed, k) // a never valid key is gone
+		}
+	}
+	c.reportInvalid(reports)
+	for _, k := range changed {
+		c.notify(k)
+	}
+	c.advance(rev)
 	c.syncedOnce.Do(func() {
 		close(c.synced)
 		if len(c.handlers) == 0 {
@@ -296,6 +444,7 @@ func (c *Cache[T]) watch(ctx context.Context) bool {
 
 func (c *Cache[T]) apply(events []*clientv3.Event, rev int64) {
 	changed := make([]string, 0, len(events))
+	var reports []report
 	c.mu.Lock()
 	for _, ev := range events {
 		key := string(ev.Kv.Key[len(c.cfg.Prefix):])
@@ -303,36 +452,55 @@ func (c *Cache[T]) apply(events []*clientv3.Event, rev int64) {
 		case mvccpb.PUT:
 			v, err := c.cfg.Decode(key, ev.Kv.Value)
 			if err != nil {
-				c.reportInvalid(key, err)
-				if _, ok := c.entries[key]; ok {
-					delete(c.entries, key)
+				// Never drop or replace the last good value: record the
+				// key as invalid; only a key with no value is delivered
+				// (to InvalidHandlers).
+				if prev, ok := c.invalid[key]; !ok || prev.modRev != ev.Kv.ModRevision {
+					reports = append(reports, report{key, err})
+				}
+				c.invalid[key] = invalidEntry{err: err, modRev: ev.Kv.ModRevision}
+				if _, good := c.entries[key]; !good {
 					changed = append(changed, key)
 				}
 				continue
 			}
+			delete(c.invalid, key)
 			c.entries[key] = entry[T]{value: v, modRev: ev.Kv.ModRevision}
 		case mvccpb.DELETE:
-			if _, ok := c.entries[key]; !ok {
+			_, good := c.entries[key]
+			_, bad := c.invalid[key]
+			if !good && !bad {
 				continue
 			}
 			delete(c.entries, key)
+			delete(c.invalid, key)
 		}
 		changed = append(changed, key)
 	}
 	if rev > c.rev {
 		c.rev = rev
 	}
+	if len(events) > 0 && rev > c.changeRev {
+		c.changeRev = rev
+	}
 	c.mu.Unlock()
 	c.events.Add(int64(len(events)))
+	c.reportInvalid(reports)
 	for _, k := range changed {
 		c.notify(k)
 	}
+	if len(events) > 0 {
+		c.advance(rev)
+	}
 }
 
-func (c *Cache[T]) reportInvalid(key string, err error) {
-	c.invalid.Add(1)
-	if c.cfg.OnInvalid != nil {
-		c.cfg.OnInvalid(key, err)
+func (c *Cache[T]) reportInvalid(reports []report) {
+	c.invalidSeen.Add(int64(len(reports)))
+	if c.cfg.OnInvalid == nil {
+		return
+	}
+	for _, r := range reports {
+		c.cfg.OnInvalid(r.key, r.err)
 	}
 }
 
@@ -342,15 +510,28 @@ func (c *Cache[T]) notify(key string) {
 	}
 }
 
+// advance tells every delivery that all changes up to rev are queued.
+func (c *Cache[T]) advance(rev int64) {
+	for _, d := range c.handlers {
+		d.advance(rev)
+	}
+}
+
 // delivery is a handler's queue of changed keys: a set, so it is bounded by
 // the number of keys and enqueue never blocks.
 type delivery[T any] struct {
 	h       Handler[T]
-	get     func(string) (T, bool)
-	mu      sync.Mutex // mu guards pending and order
+	inv     InvalidHandler // h, if it implements InvalidHandler
+	lookup  func(string) (T, bool, error)
+	mu      sync.Mutex // mu guards pending, order and queuedRev
 	pending map[string]struct{}
 	order   []string
 	wake    chan struct{}
+	// queuedRev is the revision up to which every change is queued (or
+	// delivered); deliveredRev the one up to which every change is
+	// delivered.
+	queuedRev    int64
+	deliveredRev atomic.Int64
 
 	// synced is the cache's; caughtUp is called once, after the first
 	// drain that began after synced was closed.
@@ -359,11 +540,23 @@ type delivery[T any] struct {
 	delivered bool // owned by run
 }
 
-func newDelivery[T any](h Handler[T], get func(string) (T, bool), synced <-chan struct{}, caughtUp func()) *delivery[T] {
+func newDelivery[T any](h Handler[T], lookup func(string) (T, bool, error), synced <-chan struct{}, caughtUp func()) *delivery[T] {
+	inv, _ := h.(InvalidHandler)
 	return &delivery[T]{
-		h: h, get: get, pending: make(map[string]struct{}), wake: make(chan struct{}, 1),
+		h: h, inv: inv, lookup: lookup, pending: make(map[string]struct{}), wake: make(chan struct{}, 1),
 		synced: synced, caughtUp: caughtUp,
 	}
+}
+
+// advance records that every change up to rev is queued, and wakes the
+// delivery so that deliveredRev follows even when no key changed.
+func (d *delivery[T]) advance(rev int64) {
+	d.mu.Lock()
+	if rev > d.queuedRev {
+		d.queuedRev = rev
+	}
+	d.mu.Unlock()
+	d.poke()
 }
 
 func (d *delivery[T]) poke() {
@@ -410,12 +603,16 @@ func (d *delivery[T]) run(ctx context.Context) {
 			batch := d.order
 			d.order = nil
 			clear(d.pending)
+			rev := d.queuedRev
 			d.mu.Unlock()
-			if len(batch) == 0 {
-				break
-			}
 			for _, k := range batch {
 				d.deliver(k)
+			}
+			// Every change up to rev was queued before the batch was
+			// taken, so it was in this batch or an earlier one.
+			d.deliveredRev.Store(rev)
+			if len(batch) == 0 {
+				break
 			}
 		}
 		if synced {
@@ -428,9 +625,15 @@ func (d *delivery[T]) run(ctx context.Context) {
 // deliver passes the key's current state, read at delivery time, so the
 // handler sees the latest value of a key that changed several times.
 func (d *delivery[T]) deliver(key string) {
-	if v, ok := d.get(key); ok {
+	v, ok, err := d.lookup(key)
+	switch {
+	case ok:
 		d.h.Upsert(key, v)
-		return
+	case err != nil:
+		if d.inv != nil {
+			d.inv.Invalid(key, err)
+		}
+	default:
+		d.h.Delete(key)
 	}
-	d.h.Delete(key)
 }

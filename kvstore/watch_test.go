@@ -204,13 +204,14 @@ func TestCache(t *testing.T) {
 	if err := c.Delete(ctx, prefix+"c"); err != nil {
 		t.Fatal(err)
 	}
-	// A valid key overwritten with a corrupt value leaves the cache.
+	// A valid key overwritten with a corrupt value keeps its last good
+	// value.
 	putAll(t, c, prefix, map[string]string{"a": "one"})
 	// A corrupt key made valid enters it.
 	putAll(t, c, prefix, map[string]string{"bad": "5"})
-	// A new corrupt key is skipped.
+	// A new corrupt key has no value.
 	putAll(t, c, prefix, map[string]string{"worse": "?"})
-	want := map[string]int{"b": 20, "d": 4, "bad": 5}
+	want := map[string]int{"a": 1, "b": 20, "d": 4, "bad": 5}
 	eventually(t, 10*time.Second, "cache follows the changes", func() error {
 		if st := cache.Stats(); st.Invalid != 3 {
 			return fmt.Errorf("%d invalid values seen, want 3", st.Invalid)
@@ -218,21 +219,21 @@ func TestCache(t *testing.T) {
 		return cacheHolds(cache, want)
 	})
 	eventually(t, 10*time.Second, "handler follows the changes", func() error {
-		return rec.has(map[string]string{"a": "-", "b": "20", "c": "-", "d": "4", "bad": "5"})
+		return rec.has(map[string]string{"a": "1", "b": "20", "c": "-", "d": "4", "bad": "5"})
 	})
 	if rec.seen("worse") {
 		t.Error("the handler was told about a key the decoder rejected")
 	}
 	st = cache.Stats()
-	if st.Invalid != 3 || st.Entries != 3 || st.Relists != 1 || st.Events < 6 {
-		t.Errorf("Stats() = %+v, want 3 invalid, 3 entries, 1 list, at least 6 events", st)
+	if st.Invalid != 3 || st.InvalidKeys != 2 || st.Entries != 4 || st.Relists != 1 || st.Events < 6 {
+		t.Errorf("Stats() = %+v, want 3 invalid values seen, 2 invalid keys now, 4 entries, 1 list, at least 6 events", st)
 	}
 	invalidMu.Lock()
 	if !maps.Equal(invalid, map[string]int{"bad": 1, "a": 1, "worse": 1}) {
 		t.Errorf("OnInvalid saw %v, want bad, a and worse once each", invalid)
 	}
 	invalidMu.Unlock()
-	if _, ok := cache.Get("outside"); ok || cache.Len() != 3 {
+	if _, ok := cache.Get("outside"); ok || cache.Len() != 4 {
 		t.Error("the cache holds a key beside its prefix")
 	}
 

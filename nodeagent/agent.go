@@ -67,6 +67,8 @@ type Agent struct {
 	svcC    atomic.Pointer[kvstore.Cache[service.Service]]
 	polC    atomic.Pointer[kvstore.Cache[*policy.Policy]]
 	ready   atomic.Bool // caches delivered, tables marked ready
+	// enforcedRev is the policy revision the node enforces (policyrev.go).
+	enforcedRev atomic.Int64
 	// started is set once Run has built the maps and reconcilers: Status
 	// reads them only after.
 	started atomic.Bool
@@ -272,7 +274,9 @@ func (a *Agent) runControl(ctx context.Context, g *errgroup.Group) error {
 	a.client.Store(client)
 	leaseFile := filepath.Join(a.cfg.StateDir, "lease")
 	resume := readLease(leaseFile)
-	session, err := kvstore.NewSession(ctx, client, kvstore.SessionConfig{TTL: a.cfg.LeaseTTL, Resume: resume})
+	session, err := kvstore.NewSession(ctx, client, kvstore.SessionConfig{
+		TTL: a.cfg.LeaseTTL, Resume: resume, Guard: a.guardedPrefixes(), OnRepair: a.logRepair,
+	})
 	if err != nil {
 		return fmt.Errorf("etcd session: %w", err)
 	}
@@ -299,6 +303,7 @@ func (a *Agent) runControl(ctx context.Context, g *errgroup.Group) error {
 	a.claimer.Store(claimer)
 	ids, err := allocator.New(allocator.Config{
 		Cluster: a.cfg.Cluster, ClusterID: identity.ClusterID(a.cfg.ClusterID), Node: a.cfg.Node, Filter: a.cfg.LabelFilter,
+		OnInvalid: a.identityInvalid,
 	}, client, session)
 	if err != nil {
 		return err
@@ -314,6 +319,7 @@ func (a *Agent) runControl(ctx context.Context, g *errgroup.Group) error {
 	g.Go(func() error { a.probeLoop(ctx); return nil })
 	g.Go(func() error { a.restoreEndpoints(ctx); return nil })
 	g.Go(func() error { a.publishUsageLoop(ctx); return nil })
+	g.Go(func() error { a.policyRevisionLoop(ctx); return nil })
 	// The API hands out pod IPs only once the allocator holds every IP the
 	// state files and etcd give this node's pods.
 	ips, err := a.openPodIPs(ctx, cidrs)
@@ -483,37 +489,23 @@ func (a *Agent) defaultPool(ctx context.Context) error {
 }
 
 func (a *Agent) startCaches(ctx context.Context, g *errgroup.Group) error {
-	client := a.client.Load()
-	onInvalid := func(what string) func(string, error) {
-		return func(key string, err error) {
-			a.log.Warn("skipping a corrupt etcd value", "cache", what, "key", key, "err", err)
-		}
-	}
-	nodesC, err := kvstore.NewCache(client, kvstore.CacheConfig[nodecidr.NodeRecord]{
-		Prefix: a.keys.NodesPrefix(), Decode: nodecidr.DecodeNodeRecord, OnInvalid: onInvalid("nodes"),
-	})
+	nodesC, err := newCache(a, cacheNodes, a.keys.NodesPrefix(), nodecidr.DecodeNodeRecord)
 	if err != nil {
 		return err
 	}
 	nodesC.Subscribe(nodeHandler{a.mirror})
-	epC, err := kvstore.NewCache(client, kvstore.CacheConfig[ipcache.Entry]{
-		Prefix: a.keys.EndpointsPrefix(), Decode: ipcache.Decode, OnInvalid: onInvalid("endpoints"),
-	})
+	epC, err := newCache(a, cacheEndpoints, a.keys.EndpointsPrefix(), ipcache.Decode)
 	if err != nil {
 		return err
 	}
 	epC.Subscribe(endpointHandler{a.mirror})
-	svcC, err := kvstore.NewCache(client, kvstore.CacheConfig[service.Service]{
-		Prefix: a.keys.ServicesPrefix(), Decode: service.Decode, OnInvalid: onInvalid("services"),
-	})
+	svcC, err := newCache(a, cacheServices, a.keys.ServicesPrefix(), service.Decode)
 	if err != nil {
 		return err
 	}
 	svcC.Subscribe(serviceHandler{a.mirror})
 	epC.Subscribe(namedPortHandler{a.pol})
-	polC, err := kvstore.NewCache(client, kvstore.CacheConfig[*policy.Policy]{
-		Prefix: a.keys.PoliciesPrefix(), Decode: decodePolicy, OnInvalid: onInvalid("policies"),
-	})
+	polC, err := newCache(a, cachePolicies, a.keys.PoliciesPrefix(), decodePolicy)
 	if err != nil {
 		return err
 	}

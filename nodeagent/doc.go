@@ -24,7 +24,23 @@
 //	ipam/cidrs, ipam/nodes node CIDR claims     this agent (package nodecidr); no lease
 //	ipam/pools/default     the default pool     the first agent of a cluster without pools
 //
-// It reads nodes/, endpoints/ and services/ (written by the control plane).
+// It reads nodes/, endpoints/, services/ and policies/ (services and
+// policies written by the control plane or meshctl) and identities/id/.
+//
+// Its node record and its endpoints are guarded (kvstore.SessionConfig.Guard):
+// changed, deleted or re-put without the lease by anyone else, they are
+// written back on the lease (selfrepair.go). The node record carries the
+// etcd revision up to which the node enforces the policies (policyrev.go).
+//
+// # Corrupt values
+//
+// A value the agent cannot decode never makes the datapath more
+// permissive than the last good state: the caches keep a key's last good
+// value, and for a key never seen valid the handlers isolate what it may
+// concern (a deny-all policy for its namespace, the unknown identity for an
+// endpoint's IP; services, nodes and identities are not installed). Every
+// invalid value is logged at Error, degrades the status (naming the key)
+// and is counted per cache; see invalid.go and docs/architecture.md.
 //
 // # Health and the datapath
 //
@@ -64,9 +80,11 @@
 // Run owns every goroutine through one errgroup and returns after all have
 // exited: one per reconciler, the gRPC server and its health updater, the
 // metrics server, and the control goroutine, which connects to etcd and
-// then starts the identity allocator, the three watch caches (each with
+// then starts the identity allocator, the four watch caches (each with
 // its delivery goroutine), the gossip join loop, the etcd probe, the
-// endpoint restorer and the usage publisher. Gossip callbacks and cache
+// endpoint restorer, the usage publisher and the policy revision
+// publisher. The etcd session owns its lease goroutine and, for the
+// guarded prefixes, a watch goroutine per prefix and a repairer. Gossip callbacks and cache
 // handlers never block: they update the mirror under its mutex, and the
 // tables only mark keys for their reconcilers.
 package nodeagent

@@ -100,16 +100,24 @@ var (
 	descWatchEvents = prometheus.NewDesc("meshplane_kvstore_watch_events_total", "etcd watch events applied, per cache.", []string{"cache"}, nil)
 	descWatchRelist = prometheus.NewDesc("meshplane_kvstore_watch_relists_total", "Full lists of a prefix (the first, and after compactions).", []string{"cache"}, nil)
 	descCacheSize   = prometheus.NewDesc("meshplane_kvstore_cache_entries", "Entries in a watch cache.", []string{"cache"}, nil)
-	descSessionUp   = prometheus.NewDesc("meshplane_kvstore_session_up", "1 while the agent holds its etcd lease and etcd answers, else 0.", nil, nil)
-	descSessionGen  = prometheus.NewDesc("meshplane_kvstore_session_generation", "Leases the agent's session has been granted (grows after each loss).", nil, nil)
-	descMembers     = prometheus.NewDesc("meshplane_gossip_members", "Gossip members as this node sees them, by state.", []string{"state"}, nil)
-	descPodIPs      = prometheus.NewDesc("meshplane_ipam_pod_ips", "Pod IPs of this node's CIDRs, by state.", []string{"state"}, nil)
-	descReady       = prometheus.NewDesc("meshplane_agent_ready", "1 when the agent is ok (synced, etcd reachable, maps written), else 0.", nil, nil)
+	descInvalidNow  = prometheus.NewDesc("meshplane_kvstore_cache_invalid_values",
+		"Keys of a watch cache's prefix whose etcd value the agent cannot decode now (the agent keeps the last good version or isolates what the key concerns; fix or delete the key).", []string{"cache"}, nil)
+	descInvalidSeen = prometheus.NewDesc("meshplane_kvstore_cache_invalid_values_total",
+		"Values of a watch cache's prefix the agent could not decode, ever.", []string{"cache"}, nil)
+	descRepairs = prometheus.NewDesc("meshplane_kvstore_session_repairs_total",
+		"The agent's own etcd keys (node record, endpoints) it wrote back after someone else changed or deleted them.", nil, nil)
+	descPolicyRev = prometheus.NewDesc("meshplane_policy_enforced_revision",
+		"The etcd revision up to which the node enforces the policies (0 until the agent is synced).", nil, nil)
+	descSessionUp  = prometheus.NewDesc("meshplane_kvstore_session_up", "1 while the agent holds its etcd lease and etcd answers, else 0.", nil, nil)
+	descSessionGen = prometheus.NewDesc("meshplane_kvstore_session_generation", "Leases the agent's session has been granted (grows after each loss).", nil, nil)
+	descMembers    = prometheus.NewDesc("meshplane_gossip_members", "Gossip members as this node sees them, by state.", []string{"state"}, nil)
+	descPodIPs     = prometheus.NewDesc("meshplane_ipam_pod_ips", "Pod IPs of this node's CIDRs, by state.", []string{"state"}, nil)
+	descReady      = prometheus.NewDesc("meshplane_agent_ready", "1 when the agent is ok (synced, etcd reachable, maps written), else 0.", nil, nil)
 )
 
 func (statusCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descMapEntries, descMapPending, descMapMax, descWatchEvents, descWatchRelist,
-		descCacheSize, descSessionUp, descSessionGen, descMembers, descPodIPs, descReady} {
+		descCacheSize, descInvalidNow, descInvalidSeen, descRepairs, descPolicyRev, descSessionUp, descSessionGen, descMembers, descPodIPs, descReady} {
 		ch <- d
 	}
 }
@@ -127,7 +135,11 @@ func (c statusCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descWatchEvents, prometheus.CounterValue, float64(cs.Events), cs.Name)
 		ch <- prometheus.MustNewConstMetric(descWatchRelist, prometheus.CounterValue, float64(cs.Relists), cs.Name)
 		ch <- prometheus.MustNewConstMetric(descCacheSize, g, float64(cs.Entries), cs.Name)
+		ch <- prometheus.MustNewConstMetric(descInvalidNow, g, float64(cs.InvalidNow), cs.Name)
+		ch <- prometheus.MustNewConstMetric(descInvalidSeen, prometheus.CounterValue, float64(cs.Invalid), cs.Name)
 	}
+	ch <- prometheus.MustNewConstMetric(descRepairs, prometheus.CounterValue, float64(st.Etcd.Repairs))
+	ch <- prometheus.MustNewConstMetric(descPolicyRev, g, float64(st.PolicyRevision))
 	up := 0.0
 	if st.Etcd.State == "connected" {
 		up = 1

@@ -2,6 +2,7 @@ package nodeagent
 
 import (
 	"net/netip"
+	"slices"
 	"sync"
 
 	"github.com/meshplane/meshplane/bpf"
@@ -39,6 +40,9 @@ type mirror struct {
 	services  map[string]service.Service
 	svcByNode map[string]map[string]struct{} // services with backends on a node
 	svcHeld   map[string]heldIDs             // IDs each service holds
+	// isolated are the IPs of endpoints/<ip> keys that never held a valid
+	// value: they have the unknown identity (see endpointHandler.Invalid).
+	isolated map[netip.Addr]struct{}
 
 	ipc        *projection[bpf.IPCacheKey, bpf.IPCacheValue]
 	svc        *projection[bpf.ServiceKey, bpf.ServiceValue]
@@ -84,6 +88,7 @@ func newMirror(local string, ipc *reconciler.Table[bpf.IPCacheKey, bpf.IPCacheVa
 		services:   make(map[string]service.Service),
 		svcByNode:  make(map[string]map[string]struct{}),
 		svcHeld:    make(map[string]heldIDs),
+		isolated:   make(map[netip.Addr]struct{}),
 		ipc:        newProjection(ipc),
 		svc:        newProjection(svc),
 		be:         newProjection(be),
@@ -231,6 +236,33 @@ func (m *mirror) refreshNodeLocked(name string) {
 	for ip, id := range m.epByNode[name] {
 		m.ipc.update(srcEndpoint+ip.String(), []kv[bpf.IPCacheKey, bpf.IPCacheValue]{m.endpointEntryLocked(ip, id, name)})
 	}
+	// Isolated IPs take their node address from the pod CIDR that
+	// covers them, which may have changed. There are few.
+	for ip := range m.isolated {
+		m.ipc.update(srcEndpoint+ip.String(), []kv[bpf.IPCacheKey, bpf.IPCacheValue]{m.isolatedEntryLocked(ip)})
+	}
+}
+
+// isolatedEntryLocked is the ipcache entry of an IP whose endpoints/ value
+// never decoded: the unknown identity (0), with the node address and
+// flag of the node whose pod CIDR covers it, as its pod CIDR entry would
+// route it. See endpointHandler.Invalid.
+func (m *mirror) isolatedEntryLocked(ip netip.Addr) kv[bpf.IPCacheKey, bpf.IPCacheValue] {
+	var nodeIP netip.Addr
+	flags := bpf.IPCacheFlags(0)
+	for name, r := range m.nodes {
+		if slices.ContainsFunc(r.PodCIDRs, func(p netip.Prefix) bool { return p.Contains(ip) }) {
+			nodeIP = m.nodeIPLocked(name, ip.Is4())
+			if name == m.local {
+				flags = bpf.IPCacheLocal
+			}
+			break
+		}
+	}
+	return kv[bpf.IPCacheKey, bpf.IPCacheValue]{
+		bpf.IPCacheKeyFor(netip.PrefixFrom(ip, ip.BitLen())),
+		bpf.IPCacheValueFor(uint32(identity.Unknown), nodeIP, flags),
+	}
 }
 
 func (m *mirror) endpointEntryLocked(ip netip.Addr, id identity.ID, node string) kv[bpf.IPCacheKey, bpf.IPCacheValue] {
@@ -254,6 +286,7 @@ func (h endpointHandler) Upsert(key string, e ipcache.Entry) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	ip := e.IP.Unmap()
+	delete(m.isolated, ip)
 	if old, ok := m.epNode[ip]; ok && old != e.Node {
 		delete(m.epByNode[old], ip)
 	}
@@ -276,6 +309,7 @@ func (h endpointHandler) Delete(key string) {
 		return
 	}
 	ip = ip.Unmap()
+	delete(m.isolated, ip)
 	if node, ok := m.epNode[ip]; ok {
 		delete(m.epByNode[node], ip)
 		if len(m.epByNode[node]) == 0 {
@@ -284,6 +318,34 @@ func (h endpointHandler) Delete(key string) {
 		delete(m.epNode, ip)
 	}
 	m.ipc.update(srcEndpoint+ip.String(), nil)
+}
+
+// Invalid is told about an endpoints/<ip> key whose value never decoded
+// (a key with a last good value keeps it and is not delivered). The IP is
+// in the key, so the agent can keep it from being taken for what covers
+// it (a pod CIDR's world entry, an ipBlock's CIDR identity): it gets an
+// ipcache entry with the unknown identity, 0. No policy entry names 0 as
+// a remote identity except "any remote" (a rule with no peers, which
+// allows everyone anyway): the engine never gives a selector or an
+// ipBlock identity 0, and the datapath's lookup for remote 0 finds only
+// the any-remote entries. So the IP matches no podSelector,
+// namespaceSelector or ipBlock rule: fail closed. A valid value replaces
+// the entry (Upsert), a delete removes it (Delete). A key that is not an
+// IP concerns no address: nothing is installed.
+func (h endpointHandler) Invalid(key string, _ error) {
+	ip, err := netip.ParseAddr(key)
+	if err != nil || ip.Zone() != "" {
+		return
+	}
+	ip = ip.Unmap()
+	m := h.m
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.epNode[ip]; ok {
+		return // a valid entry for the same IP under another spelling of the key
+	}
+	m.isolated[ip] = struct{}{}
+	m.ipc.update(srcEndpoint+ip.String(), []kv[bpf.IPCacheKey, bpf.IPCacheValue]{m.isolatedEntryLocked(ip)})
 }
 
 // --- services ---

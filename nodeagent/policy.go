@@ -287,7 +287,7 @@ func (h policyHandler) Upsert(_ string, p *policy.Policy) {
 }
 
 func (h policyHandler) Delete(key string) {
-	ns, name, ok := strings.Cut(key, "/")
+	ns, name, ok := policyKeyParts(key)
 	if !ok {
 		return
 	}
@@ -296,6 +296,32 @@ func (h policyHandler) Delete(key string) {
 	defer s.mu.Unlock()
 	s.applyLocked(s.eng.DeletePolicy(ns, name))
 	s.syncCIDRsLocked()
+}
+
+// Invalid is told about a policy key whose value never decoded (a key
+// with a last good version keeps it, and is not delivered). Whatever the
+// policy was, it could select only pods of its namespace: so the agent
+// enforces policy.DenyAll there, under the key's name, until a valid
+// value replaces it (Upsert) or the key is deleted (Delete). A key that
+// names no namespace was never written by meshplane and concerns no
+// pod: nothing is isolated (status and logs still report it).
+func (h policyHandler) Invalid(key string, _ error) {
+	ns, name, ok := policyKeyParts(key)
+	if !ok {
+		return
+	}
+	s := h.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.applyLocked(s.eng.SetPolicy(policy.DenyAll(ns, name)))
+	s.syncCIDRsLocked()
+}
+
+// policyKeyParts splits a policies/ key (relative to the prefix) into
+// namespace and name.
+func policyKeyParts(key string) (ns, name string, ok bool) {
+	ns, name, ok = strings.Cut(key, "/")
+	return ns, name, ok && ns != "" && name != ""
 }
 
 // decodePolicy parses a policies/<ns>/<name> value; the key must name it.

@@ -152,13 +152,14 @@ func (s *apiServer) Status(context.Context, *api.StatusRequest) (*api.StatusResp
 		State: st.State, Reasons: st.Reasons, UptimeSeconds: st.Uptime.Seconds(),
 		Etcd: &api.EtcdStatus{
 			Endpoints: st.Etcd.Endpoints, State: st.Etcd.State, LeaseId: st.Etcd.Lease, LastError: st.Etcd.LastError,
-			SessionGeneration: int64(st.Etcd.Generation), OwnedKeys: int64(st.Etcd.OwnedKeys),
+			SessionGeneration: int64(st.Etcd.Generation), OwnedKeys: int64(st.Etcd.OwnedKeys), Repairs: st.Etcd.Repairs,
 		},
 		Gossip: &api.GossipStatus{
 			Address: st.Gossip.Address, Alive: uint32(st.Gossip.Alive), Suspect: uint32(st.Gossip.Suspect),
 			Dead: uint32(st.Gossip.Dead), Left: uint32(st.Gossip.Left),
 		},
-		Ipam: &api.IPAMStatus{Used: uint64(st.IPAM.Used), Free: uint64(st.IPAM.Free), Unreferenced: uint64(st.IPAM.Unreferenced)},
+		Ipam:           &api.IPAMStatus{Used: uint64(st.IPAM.Used), Free: uint64(st.IPAM.Free), Unreferenced: uint64(st.IPAM.Unreferenced)},
+		PolicyRevision: st.PolicyRevision,
 	}
 	for _, p := range st.IPAM.PodCIDRs {
 		r.Ipam.PodCidrs = append(r.Ipam.PodCidrs, p.String())
@@ -171,10 +172,16 @@ func (s *apiServer) Status(context.Context, *api.StatusRequest) (*api.StatusResp
 		r.Ipam.Conflicts = append(r.Ipam.Conflicts, pc)
 	}
 	for _, c := range st.Caches {
-		r.Caches = append(r.Caches, &api.CacheStatus{
+		cs := &api.CacheStatus{
 			Name: c.Name, Prefix: c.Prefix, Entries: uint64(c.Entries), Synced: c.Synced,
-			Revision: c.Revision, Invalid: uint64(c.Invalid), Relists: uint64(c.Relists),
-		})
+			Revision: c.Revision, Invalid: uint64(c.Invalid), Relists: uint64(c.Relists), InvalidNow: uint64(c.InvalidNow),
+		}
+		for _, v := range c.InvalidValues {
+			cs.InvalidValues = append(cs.InvalidValues, &api.InvalidValue{
+				Key: v.Key, Reason: v.Reason, ModRevision: v.ModRevision, LastGood: v.LastGood, InForce: v.InForce,
+			})
+		}
+		r.Caches = append(r.Caches, cs)
 	}
 	for _, m := range st.Maps {
 		ms := &api.MapStatus{

@@ -9,6 +9,7 @@ import (
 
 	"github.com/meshplane/meshplane/health"
 	"github.com/meshplane/meshplane/kvstore"
+	"github.com/meshplane/meshplane/kvstore/allocator"
 	"github.com/meshplane/meshplane/kvstore/nodecidr"
 	"github.com/meshplane/meshplane/nodeagent/reconciler"
 )
@@ -28,6 +29,9 @@ type Status struct {
 	Caches []CacheStatus
 	Maps   []MapStatus
 	IPAM   IPAMStatus
+	// PolicyRevision is the etcd revision up to which the node enforces
+	// the policies (published in its node record; see policyrev.go).
+	PolicyRevision int64
 }
 
 // EtcdStatus is the etcd connection's state.
@@ -38,6 +42,9 @@ type EtcdStatus struct {
 	LastError  string
 	Generation int
 	OwnedKeys  int
+	// Repairs counts the agent's own keys (its node record, its
+	// endpoints) it wrote back after someone changed or deleted them.
+	Repairs int64
 }
 
 // GossipStatus counts gossip members by state.
@@ -48,12 +55,29 @@ type GossipStatus struct {
 
 // CacheStatus is one watch cache's state.
 type CacheStatus struct {
-	Name, Prefix     string
-	Entries          int
-	Synced           bool
-	Revision         int64
+	Name, Prefix string
+	Entries      int
+	Synced       bool
+	Revision     int64
+	// Invalid counts the invalid values the cache has seen; InvalidNow
+	// the keys whose value is invalid now, listed in InvalidValues.
 	Invalid, Relists int64
 	Events           int64
+	InvalidNow       int
+	InvalidValues    []InvalidValue
+}
+
+// InvalidValue is an etcd value the agent cannot decode, and what it
+// enforces instead.
+type InvalidValue struct {
+	Key         string // the full etcd key
+	Reason      string // what is wrong with the value
+	ModRevision int64
+	// LastGood is true when the key's last good value is in force.
+	LastGood bool
+	// InForce says what the agent enforces meanwhile: "the last good
+	// version", or, for a value never seen valid, what it isolated.
+	InForce string
 }
 
 // MapStatus is one pinned map and its reconciler.
@@ -99,6 +123,7 @@ func (a *Agent) Status() Status {
 		}
 	}
 	st.Caches = a.cacheStatus()
+	st.PolicyRevision = a.enforcedRev.Load()
 	if !a.started.Load() {
 		st.State = "starting"
 		st.Reasons = append(st.Reasons, "opening the pinned maps")
@@ -134,6 +159,9 @@ func (a *Agent) Status() Status {
 		if m.Pending > 0 && m.LastError != "" {
 			st.Reasons = append(st.Reasons, fmt.Sprintf("map %s: %d entries not written: %s", m.Name, m.Pending, m.LastError))
 		}
+	}
+	for _, cs := range st.Caches {
+		st.Reasons = append(st.Reasons, invalidReasons(cs)...)
 	}
 	if a.started.Load() {
 		st.Reasons = append(st.Reasons, a.dp.problems()...)
@@ -171,7 +199,7 @@ func (a *Agent) etcdStatus() EtcdStatus {
 	st.State = "connected"
 	if s := a.session.Load(); s != nil {
 		ss := s.State()
-		st.Lease, st.Generation, st.OwnedKeys = int64(ss.Lease), ss.Generation, s.Owned()
+		st.Lease, st.Generation, st.OwnedKeys, st.Repairs = int64(ss.Lease), ss.Generation, s.Owned(), s.Repairs()
 		if ss.Lease == 0 {
 			st.State = "reconnecting"
 			if ss.Err != nil {
@@ -189,24 +217,47 @@ func (a *Agent) etcdStatus() EtcdStatus {
 func (a *Agent) cacheStatus() []CacheStatus {
 	var out []CacheStatus
 	if c := a.nodesC.Load(); c != nil {
-		out = append(out, cacheStat("nodes", a.keys.NodesPrefix(), c))
+		out = append(out, cacheStat(cacheNodes, a.keys.NodesPrefix(), c))
 	}
 	if c := a.epC.Load(); c != nil {
-		out = append(out, cacheStat("endpoints", a.keys.EndpointsPrefix(), c))
+		out = append(out, cacheStat(cacheEndpoints, a.keys.EndpointsPrefix(), c))
 	}
 	if c := a.svcC.Load(); c != nil {
-		out = append(out, cacheStat("services", a.keys.ServicesPrefix(), c))
+		out = append(out, cacheStat(cacheServices, a.keys.ServicesPrefix(), c))
+	}
+	if c := a.polC.Load(); c != nil {
+		out = append(out, cacheStat(cachePolicies, a.keys.PoliciesPrefix(), c))
 	}
 	if ids := a.ids.Load(); ids != nil {
-		s := ids.Stats()
-		out = append(out, CacheStatus{Name: "identities", Prefix: a.keys.IdentityIDPrefix(), Entries: s.CacheEntries, Synced: true, Invalid: s.InvalidCached})
+		out = append(out, cacheStat(cacheIdentities, a.keys.IdentityIDPrefix(), identityCache{ids}))
 	}
 	return out
 }
 
-func cacheStat[T any](name, prefix string, c *kvstore.Cache[T]) CacheStatus {
+// watchCache is what the status reads of a watch cache.
+type watchCache interface {
+	Stats() kvstore.CacheStats
+	Synced() <-chan struct{}
+	Invalid() []kvstore.InvalidKey
+}
+
+// identityCache is the allocator's identity cache as a watchCache.
+type identityCache struct{ ids *allocator.Allocator }
+
+func (c identityCache) Stats() kvstore.CacheStats     { return c.ids.CacheStats() }
+func (c identityCache) Synced() <-chan struct{}       { return c.ids.Synced() }
+func (c identityCache) Invalid() []kvstore.InvalidKey { return c.ids.Invalid() }
+
+func cacheStat(name, prefix string, c watchCache) CacheStatus {
 	s := c.Stats()
-	cs := CacheStatus{Name: name, Prefix: prefix, Entries: s.Entries, Revision: s.Revision, Invalid: s.Invalid, Relists: s.Relists, Events: s.Events}
+	cs := CacheStatus{
+		Name: name, Prefix: prefix, Entries: s.Entries, Revision: s.Revision, Invalid: s.Invalid, Relists: s.Relists, Events: s.Events,
+		InvalidNow: s.InvalidKeys,
+	}
+	if s.InvalidKeys > 0 {
+		cs.InvalidValues = invalidValues(name, prefix, c.Invalid())
+		cs.InvalidNow = max(cs.InvalidNow, len(cs.InvalidValues))
+	}
 	select {
 	case <-c.Synced():
 		cs.Synced = true

@@ -53,6 +53,10 @@ type Config struct {
 	// once. Zero means 1: on a local etcd a second one measured no faster
 	// and collided more; over a long round trip, 2 can help.
 	MaxInFlight int
+	// OnInvalid, if set, is the identity cache's kvstore.CacheConfig
+	// OnInvalid: told about each identity value that does not decode
+	// (the cache keeps the last good labels). It must not block.
+	OnInvalid func(key string, err error)
 }
 
 func (c *Config) validate() error {
@@ -122,7 +126,7 @@ type Stats struct {
 	Restored      int64 // held identities deleted behind this node's back and re-created
 	Held          int   // label sets this node references now
 	CacheEntries  int   // identities of all nodes in the local cache
-	InvalidCached int64 // corrupt identity keys skipped by the cache
+	InvalidCached int64 // corrupt identity values the cache has seen (it keeps the last good labels)
 }
 
 // Identity is an allocated identity and its labels.
@@ -199,8 +203,9 @@ func New(cfg Config, client *kvstore.Client, session *kvstore.Session) (*Allocat
 		return nil, err
 	}
 	ids, err := kvstore.NewCache(client, kvstore.CacheConfig[labels.Set]{
-		Prefix: keys.IdentityIDPrefix(),
-		Decode: DecodeIdentity,
+		Prefix:    keys.IdentityIDPrefix(),
+		Decode:    DecodeIdentity,
+		OnInvalid: cfg.OnInvalid,
 	})
 	if err != nil {
 		return nil, err
@@ -421,6 +426,16 @@ func (a *Allocator) Delivered() <-chan struct{} { return a.ids.Delivered() }
 
 // WaitSynced waits until the identity cache holds etcd's state.
 func (a *Allocator) WaitSynced(ctx context.Context) error { return a.ids.WaitSynced(ctx) }
+
+// Synced is closed once the identity cache holds etcd's state.
+func (a *Allocator) Synced() <-chan struct{} { return a.ids.Synced() }
+
+// CacheStats returns the identity cache's counters.
+func (a *Allocator) CacheStats() kvstore.CacheStats { return a.ids.Stats() }
+
+// Invalid returns the identity keys whose value does not decode now (see
+// kvstore.Cache.Invalid); keys are IDs in decimal.
+func (a *Allocator) Invalid() []kvstore.InvalidKey { return a.ids.Invalid() }
 
 // Stats returns the allocator's counters.
 func (a *Allocator) Stats() Stats {

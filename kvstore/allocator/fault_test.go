@@ -180,3 +180,45 @@ func FuzzDecodeIdentity(f *testing.F) {
 		}
 	})
 }
+
+// TestCorruptIdentityKeepsLabels overwrites a held identity's value with
+// garbage: the cache keeps the last good labels (LookupID still answers),
+// lists the key as invalid, and the allocator does not take it for a
+// deleted identity (no restore). A real delete (of the ID and its label
+// index, as GC deletes them) is restored.
+func TestCorruptIdentityKeepsLabels(t *testing.T) {
+	t.Parallel()
+	cluster := etcdtest.Cluster(t)
+	keys := mustKeys(t, cluster)
+	c := srv.Client(t)
+	ctx := ctxT(t)
+	ag := startAgent(t, cluster, "n1", nil)
+	s := set(t, "k8s:app=kept")
+	id, err := ag.alloc.Allocate(ctx, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "cache holds the identity", func() bool { _, ok := ag.alloc.LookupID(id); return ok })
+	if err := c.Put(ctx, keys.IdentityID(id.String()), []byte("garbage")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the key is listed invalid", func() bool {
+		inv := ag.alloc.Invalid()
+		return len(inv) == 1 && inv[0].Key == id.String() && inv[0].LastGood
+	})
+	if got, ok := ag.alloc.LookupID(id); !ok || !got.Equal(s) {
+		t.Errorf("LookupID(%d) = %s, %v after the corrupt put; want the last good labels %s", id, got, ok, s)
+	}
+	if st := ag.alloc.Stats(); st.Restored != 0 || st.InvalidCached != 1 || ag.alloc.CacheStats().InvalidKeys != 1 {
+		t.Errorf("stats %+v, cache %+v: want no restore, 1 invalid value", st, ag.alloc.CacheStats())
+	}
+	for _, k := range []string{keys.IdentityLabels(s.Hash()), keys.IdentityID(id.String())} {
+		if err := c.Delete(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "the deleted identity is restored", func() bool {
+		got, ok := ag.alloc.LookupID(id)
+		return ok && got.Equal(s) && ag.alloc.Stats().Restored == 1 && len(ag.alloc.Invalid()) == 0
+	})
+}

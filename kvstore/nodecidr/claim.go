@@ -55,6 +55,13 @@ type NodeRecord struct {
 	Version string `json:"version,omitempty"`
 	// ClusterID is the cluster's numeric ID (1-255).
 	ClusterID int `json:"clusterID,omitempty"`
+	// PolicyRevision is the etcd revision up to which the node enforces
+	// the cluster's policies: every change under policies/ with a mod
+	// revision at or below it has gone through the node's policy engine
+	// and is written in its pinned maps. A policy whose mod revision is
+	// above it has not reached the node yet. 0: not known yet (or an agent
+	// too old to publish it). `meshctl policy list --agent` reads it.
+	PolicyRevision int64 `json:"policyRevision,omitempty"`
 }
 
 // DecodeNodeRecord parses the value of nodes/<node>; name is the key's
@@ -156,9 +163,17 @@ type Claimer struct {
 	cfg     Config
 	pools   *Pools
 
-	mu    sync.Mutex  // mu guards usage and info
-	usage []CIDRUsage // last published, kept in every record written
-	info  NodeRecord  // the agent's fields, kept in every record written
+	// wmu serialises the writes of the node record (register and the
+	// claim transaction), so that the last record built is the last one
+	// written and owned: publishers of different fields (usage, policy
+	// revision) never leave an older record in etcd, and the session's
+	// repair (kvstore.SessionConfig.Guard) never restores one.
+	wmu sync.Mutex
+
+	mu        sync.Mutex  // mu guards usage, policyRev and info
+	usage     []CIDRUsage // last published, kept in every record written
+	policyRev int64       // last published, kept in every record written
+	info      NodeRecord  // the agent's fields, kept in every record written
 }
 
 // NewClaimer returns a claimer for cfg.Node; session holds the node's lease.
@@ -246,10 +261,23 @@ func (c *Claimer) Publish(ctx context.Context, usage []CIDRUsage) error {
 	return c.register(ctx, idx.CIDRs)
 }
 
+// PublishPolicyRevision records in the node record the revision up to
+// which the node enforces the policies (NodeRecord.PolicyRevision).
+func (c *Claimer) PublishPolicyRevision(ctx context.Context, rev int64) error {
+	idx, _, err := c.index(ctx)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.policyRev = rev
+	c.mu.Unlock()
+	return c.register(ctx, idx.CIDRs)
+}
+
 // SetNodeInfo sets the agent's fields of the node record (IPs, gossip
 // address, labels, version, cluster ID) for every record written from now
-// on; Name, PodCIDRs and Usage in r are ignored. Call Register to write
-// them at once.
+// on; Name, PodCIDRs, Usage and PolicyRevision in r are ignored. Call
+// Register to write them at once.
 func (c *Claimer) SetNodeInfo(r NodeRecord) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -270,12 +298,14 @@ func (c *Claimer) record(cidrs []netip.Prefix) string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	r := c.info
-	r.Name, r.PodCIDRs, r.Usage = c.cfg.Node, cidrs, c.usage
+	r.Name, r.PodCIDRs, r.Usage, r.PolicyRevision = c.cfg.Node, cidrs, c.usage, c.policyRev
 	b, _ := json.Marshal(r)
 	return string(b)
 }
 
 func (c *Claimer) register(ctx context.Context, cidrs []netip.Prefix) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
 	b := c.record(cidrs)
 	if err := c.session.Put(ctx, c.keys.Node(c.cfg.Node), string(b)); err != nil {
 		return fmt.Errorf("register node %s: %w", c.cfg.Node, err)
@@ -324,7 +354,7 @@ func (c *Claimer) claim(ctx context.Context, f ipam.Family) (netip.Prefix, error
 		if err != nil {
 			return netip.Prefix{}, err
 		}
-		resp, err := c.claimTxn(ctx, pool, cand, idx, idxRev, snap.versionRev, lease)
+		resp, err := c.claimNode(ctx, pool, cand, idx, idxRev, snap.versionRev, lease)
 		if kvstore.IsLeaseNotFound(err) {
 			c.session.LeaseLost(lease, err)
 			continue
@@ -333,7 +363,6 @@ func (c *Claimer) claim(ctx context.Context, f ipam.Family) (netip.Prefix, error
 			return netip.Prefix{}, fmt.Errorf("claim %s for node %s: %w", cand, c.cfg.Node, err)
 		}
 		if resp.Succeeded {
-			c.session.Own(c.keys.Node(c.cfg.Node), c.record(append(idx.CIDRs, cand)), lease)
 			return cand, nil
 		}
 		// Which compare failed? The pools changed: read them again. The
@@ -363,11 +392,27 @@ func modRev(r *pb.ResponseOp) int64 {
 	return kvs[0].ModRevision
 }
 
-func (c *Claimer) claimTxn(ctx context.Context, pool string, cand netip.Prefix, idx NodeCIDRs, idxRev, versionRev int64, lease kvstore.LeaseID) (*clientv3.TxnResponse, error) {
+// claimNode runs the claim transaction, which also writes the node
+// record, and owns the record it wrote when it succeeds.
+func (c *Claimer) claimNode(ctx context.Context, pool string, cand netip.Prefix, idx NodeCIDRs, idxRev, versionRev int64, lease kvstore.LeaseID) (*clientv3.TxnResponse, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	key := c.keys.Node(c.cfg.Node)
+	// The transaction rewrites the owned node record: the session must
+	// not repair it back before Own records the new one.
+	defer c.session.Writing(key)()
+	record := c.record(append(slices.Clone(idx.CIDRs), cand))
+	resp, err := c.claimTxn(ctx, pool, cand, idx, idxRev, versionRev, lease, record)
+	if err == nil && resp.Succeeded {
+		c.session.Own(key, record, lease)
+	}
+	return resp, err
+}
+
+func (c *Claimer) claimTxn(ctx context.Context, pool string, cand netip.Prefix, idx NodeCIDRs, idxRev, versionRev int64, lease kvstore.LeaseID, record string) (*clientv3.TxnResponse, error) {
 	claim, _ := json.Marshal(Claim{Node: c.cfg.Node, Pool: pool})
 	next := NodeCIDRs{CIDRs: append(slices.Clone(idx.CIDRs), cand)}
 	index, _ := json.Marshal(next)
-	record := c.record(next.CIDRs)
 	ck, ik, vk := c.keys.IPAMCIDR(cand.String()), c.keys.IPAMNode(c.cfg.Node), c.keys.IPAMPoolsVersion()
 	return c.client.Etcd().Txn(ctx).If(
 		clientv3.Compare(clientv3.CreateRevision(ck), "=", 0),

@@ -54,6 +54,14 @@
 //   - A Table feeds one Reconciler (New enforces it): its set of changed
 //     keys can be handed out only once.
 //
+// # Knowing a change is installed
+//
+// Table.Seq counts the table's changes; Status.Applied is the Seq up to
+// which every change is in the Target (it advances after a round that
+// left nothing to retry). A writer that must know when its change is in
+// the kernel (the agent publishing which policy revision it enforces)
+// reads Seq after the change and waits until Applied reaches it.
+//
 // # Goroutines
 //
 // The package starts no goroutine. Reconciler.Run runs on its caller's

@@ -136,6 +136,9 @@ type Status struct {
 	// went in. It stays true.
 	Synced    bool
 	LastPrune time.Time // end of the latest full compare
+	// Applied is the table's Seq up to which every change is in the
+	// Target (0 until the first full compare succeeds).
+	Applied uint64
 }
 
 // Reconciler makes a Target equal to a Table, writing only the
@@ -160,8 +163,9 @@ type Reconciler[K comparable, V comparable] struct {
 	// that rounds do not allocate.
 	spare    map[K]change[V]
 	plan     plan[K, V]
-	needFull bool // the Target could not be read: compare all again
-	fullDone bool // a full compare has completed since Run started
+	needFull bool   // the Target could not be read: compare all again
+	fullDone bool   // a full compare has completed since Run started
+	taken    uint64 // the table's Seq at the last take: what a clean round has applied
 	delay    time.Duration
 	timer    *time.Timer
 	armed    bool // timer runs for a retry
@@ -284,7 +288,9 @@ func (r *Reconciler[K, V]) full() {
 	// The full compare supersedes every change and failed write so far.
 	clear(r.retry)
 	r.plan.reset()
-	r.plan.diff(r.table.snapshot(), r.installed)
+	desired, seq := r.table.snapshot()
+	r.taken = seq
+	r.plan.diff(desired, r.installed)
 	puts, dels, took, ok := r.apply()
 	r.fullDone = true
 	if ok {
@@ -298,7 +304,8 @@ func (r *Reconciler[K, V]) full() {
 
 // incremental writes the changes made to the table since the last round.
 func (r *Reconciler[K, V]) incremental() {
-	taken := r.table.takeDirty(r.spare)
+	taken, seq := r.table.takeDirty(r.spare)
+	r.taken = seq
 	r.plan.reset()
 	for k, c := range taken {
 		delete(r.retry, k)
@@ -412,6 +419,9 @@ func (r *Reconciler[K, V]) finish(puts, dels int, took time.Duration, failed boo
 	r.st.Deletes += int64(dels)
 	r.st.Installed = len(r.installed)
 	r.st.Pending = len(r.retry)
+	if synced {
+		r.st.Applied = r.taken
+	}
 	justSynced := synced && !r.st.Synced
 	if justSynced {
 		r.st.Synced = true

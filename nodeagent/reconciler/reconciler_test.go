@@ -722,3 +722,72 @@ func TestNewErrors(t *testing.T) {
 		}
 	})
 }
+
+// TestApplied checks Status().Applied against Table.Seq: it reaches the
+// table's Seq only once every change up to it is in the Target, and it
+// stays behind while a write is blocked or failing.
+func TestApplied(t *testing.T) {
+	f := newFake[uint32, uint64](nil)
+	var b blocker
+	f.beforePut = b.beforePut
+	var failing sync.Mutex
+	fail := false
+	f.failPut = func(int) error {
+		failing.Lock()
+		defer failing.Unlock()
+		if fail {
+			return errInjected
+		}
+		return nil
+	}
+	table := reconciler.NewTable[uint32, uint64]()
+	table.Set(1, 1) // before ready: the first full compare takes it
+	r := mustNew(t, table, f, testConfig())
+	start(t, r)
+	if a := r.Status().Applied; a != 0 {
+		t.Fatalf("Applied = %d before the first full compare", a)
+	}
+	table.MarkReady()
+	waitSynced(t, r)
+	applied := func(seq uint64) func() error {
+		return func() error {
+			if a := r.Status().Applied; a < seq {
+				return fmt.Errorf("Applied = %d, want %d", a, seq)
+			}
+			return nil
+		}
+	}
+	eventually(t, 5*time.Second, "the first change applied", applied(table.Seq()))
+
+	entered, release := b.arm()
+	table.Set(2, 2)
+	seq := table.Seq()
+	<-entered // the change is taken, the write in flight
+	if a := r.Status().Applied; a >= seq {
+		t.Errorf("Applied = %d while the change of Seq %d is being written", a, seq)
+	}
+	release()
+	eventually(t, 5*time.Second, "the written change applied", applied(seq))
+
+	failing.Lock()
+	fail = true
+	failing.Unlock()
+	table.Set(3, 3)
+	seq = table.Seq()
+	eventually(t, 5*time.Second, "the write fails", func() error {
+		if r.Status().Pending == 0 {
+			return errors.New("nothing pending")
+		}
+		return nil
+	})
+	if a := r.Status().Applied; a >= seq {
+		t.Errorf("Applied = %d while the change of Seq %d fails", a, seq)
+	}
+	failing.Lock()
+	fail = false
+	failing.Unlock()
+	eventually(t, 5*time.Second, "the retried change applied", applied(seq))
+	if err := equal(f, table); err != nil {
+		t.Error(err)
+	}
+}

@@ -30,6 +30,8 @@ type Table[K comparable, V comparable] struct {
 	// before that, the first full reconcile compares everything anyway.
 	dirty map[K]change[V]
 	ready bool
+	// seq counts the changes to desired (see Seq).
+	seq uint64
 
 	readyCh chan struct{} // closed by the first MarkReady
 	// wake is 1-buffered. A writer sends (without blocking) after making
@@ -65,6 +67,7 @@ func (t *Table[K, V]) Set(k K, v V) {
 		return
 	}
 	t.desired[k] = v
+	t.seq++
 	wake := t.markLocked(k, change[V]{val: v})
 	t.mu.Unlock()
 	if wake {
@@ -82,6 +85,7 @@ func (t *Table[K, V]) Delete(k K) {
 		return
 	}
 	delete(t.desired, k)
+	t.seq++
 	wake := t.markLocked(k, change[V]{del: true})
 	t.mu.Unlock()
 	if wake {
@@ -112,6 +116,16 @@ func (t *Table[K, V]) Get(k K) (V, bool) {
 	v, ok := t.desired[k]
 	t.mu.RUnlock()
 	return v, ok
+}
+
+// Seq returns the number of changes made to the table so far. Once a
+// Reconciler's Status().Applied reaches it, every one of those changes is
+// in the Target: a writer that wants to know when its change is installed
+// reads Seq after making it and waits for Applied.
+func (t *Table[K, V]) Seq() uint64 {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return t.seq
 }
 
 // Len returns the number of desired entries.
@@ -152,13 +166,14 @@ func (t *Table[K, V]) MarkReady() {
 }
 
 // takeDirty swaps the dirty set for spare, which must be empty, and
-// returns the changes the writers made since the last take.
-func (t *Table[K, V]) takeDirty(spare map[K]change[V]) map[K]change[V] {
+// returns the changes the writers made since the last take, and the
+// table's Seq with them.
+func (t *Table[K, V]) takeDirty(spare map[K]change[V]) (map[K]change[V], uint64) {
 	t.mu.Lock()
-	d := t.dirty
+	d, seq := t.dirty, t.seq
 	t.dirty = spare
 	t.mu.Unlock()
-	return d
+	return d, seq
 }
 
 func (t *Table[K, V]) dirtyLen() int {
@@ -173,9 +188,9 @@ func (t *Table[K, V]) dirtyLen() int {
 // every change after it is dirty again. Copying (about a millisecond for
 // 100,000 entries) keeps the lock short; comparing under it would hold
 // writers for the time of a lookup per entry, cache misses included.
-func (t *Table[K, V]) snapshot() map[K]V {
+func (t *Table[K, V]) snapshot() (map[K]V, uint64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	clear(t.dirty)
-	return maps.Clone(t.desired)
+	return maps.Clone(t.desired), t.seq
 }

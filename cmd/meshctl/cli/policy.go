@@ -15,6 +15,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/meshplane/meshplane/kvstore"
+	"github.com/meshplane/meshplane/kvstore/nodecidr"
 	"github.com/meshplane/meshplane/policy"
 )
 
@@ -133,30 +134,73 @@ type policyInfo struct {
 	EgressRules  *int `json:"egressRules"`
 	// Error says why the stored value is not a valid policy.
 	Error string `json:"error,omitempty"`
+
+	// With --agent: Revision is the key's mod revision; EnforcedBy the
+	// nodes whose enforced policy revision is at or above it (for an
+	// invalid value: the nodes that have seen it, which keep the last
+	// good version or deny the namespace), Pending the others.
+	Revision   int64    `json:"revision,omitempty"`
+	EnforcedBy []string `json:"enforcedBy,omitempty"`
+	Pending    []string `json:"pending,omitempty"`
+}
+
+// nodePolicyInfo is one node's enforced policy revision, as list --agent
+// prints it.
+type nodePolicyInfo struct {
+	Node string `json:"node"`
+	// PolicyRevision is the etcd revision up to which the node's agent
+	// enforces the policies (0: not known: the agent is not synced yet,
+	// or too old to publish it).
+	PolicyRevision int64 `json:"policyRevision"`
+	// Behind lists the policies (namespace/name) newer than that.
+	Behind []string `json:"behind,omitempty"`
+	// Error says why the node record is invalid.
+	Error string `json:"error,omitempty"`
+}
+
+// policyAgentReport is what list --agent -o json prints.
+type policyAgentReport struct {
+	Policies []policyInfo     `json:"policies"`
+	Nodes    []nodePolicyInfo `json:"nodes"`
 }
 
 func newPolicyListCmd(o *options) *cobra.Command {
 	var format, namespace string
+	var agents bool
 	cmd := &cobra.Command{
 		Use:   "list",
 		Short: "List the cluster's policies",
 		Long: `list prints the policies of every namespace, or of --namespace. INGRESS-RULES
 and EGRESS-RULES count the rules of each direction a policy enforces: 0 means
 it denies everything in that direction, "-" that it leaves it alone. Stored
-values that are not valid policies are listed with an ERROR column.`,
+values that are not valid policies are listed with an ERROR column: agents
+keep enforcing the last valid version of such a key, or, if they never saw
+one, deny every pod of its namespace, until it is fixed or deleted.
+
+With --agent, list also shows which nodes enforce each policy: every agent
+publishes in its node record the etcd revision up to which its maps hold the
+policies, and a policy is enforced by a node once that revision reaches the
+policy's own (REVISION). A second table lists each node's revision and the
+policies it does not enforce yet.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := checkFormat(format); err != nil {
 				return err
 			}
-			infos, err := o.listPolicies(cmd.Context(), namespace)
+			infos, nodes, err := o.listPolicies(cmd.Context(), namespace, agents)
 			if err != nil {
 				return err
 			}
 			if format == formatJSON {
+				if agents {
+					return writeJSON(o.stdout, policyAgentReport{Policies: infos, Nodes: nodes})
+				}
 				return writeJSON(o.stdout, infos)
 			}
 			header := []string{"NAMESPACE", "NAME", "KIND", "SELECTOR", "INGRESS-RULES", "EGRESS-RULES"}
+			if agents {
+				header = append(header, "REVISION", "NODES")
+			}
 			bad := false
 			for _, in := range infos {
 				bad = bad || in.Error != ""
@@ -173,15 +217,36 @@ values that are not valid policies are listed with an ERROR column.`,
 				case in.Selector == "":
 					row[3] = "<all>"
 				}
+				if agents {
+					row = append(row, strconv.FormatInt(in.Revision, 10), enforcedCell(in, len(nodes)))
+				}
 				if bad {
 					row = append(row, orDash(in.Error))
 				}
 				t.row(row...)
 			}
+			if err := t.flush(); err != nil || !agents {
+				return err
+			}
+			fmt.Fprintln(o.stdout)
+			t = newTable(o.stdout, "NODE", "POLICY-REVISION", "BEHIND")
+			for _, n := range nodes {
+				rev, behind := strconv.FormatInt(n.PolicyRevision, 10), strconv.Itoa(len(n.Behind))
+				switch {
+				case n.Error != "":
+					rev, behind = "-", "unknown: invalid node record: "+n.Error
+				case n.PolicyRevision == 0:
+					rev, behind = "-", "unknown: the agent has not published its revision (starting, or older than this meshctl)"
+				case len(n.Behind) > 0:
+					behind += " (" + strings.Join(n.Behind, ", ") + ")"
+				}
+				t.row(n.Node, rev, behind)
+			}
 			return t.flush()
 		},
 	}
 	cmd.Flags().StringVarP(&namespace, "namespace", "n", "", "list only this namespace's policies (default: every namespace)")
+	cmd.Flags().BoolVar(&agents, "agent", false, "also show which nodes' agents enforce each policy (from the node records)")
 	addOutputFlag(cmd, &format)
 	return cmd
 }
@@ -200,13 +265,76 @@ func ruleCount(n *int) string {
 	return strconv.Itoa(*n)
 }
 
-// listPolicies reads the stored policies, sorted by key.
-func (o *options) listPolicies(ctx context.Context, namespace string) (_ []policyInfo, err error) {
+// enforcedCell is the NODES cell of list --agent: how many of n nodes
+// enforce the policy, and which do not yet.
+func enforcedCell(in policyInfo, n int) string {
+	cell := fmt.Sprintf("%d/%d", len(in.EnforcedBy), n)
+	if in.Error != "" {
+		cell = "invalid value seen by " + cell + " (they keep the last valid version, or deny the namespace)"
+	}
+	if len(in.Pending) > 0 {
+		cell += " (pending: " + strings.Join(in.Pending, ", ") + ")"
+	}
+	return cell
+}
+
+// listPolicies reads the stored policies, sorted by key, and with agents
+// the nodes' enforced revisions, setting each policy's Revision,
+// EnforcedBy and Pending.
+func (o *options) listPolicies(ctx context.Context, namespace string, agents bool) (_ []policyInfo, _ []nodePolicyInfo, err error) {
 	client, err := o.connect(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer closeClient(client, &err)
+	infos, revs, err := o.readPolicies(ctx, client, namespace)
+	if err != nil || !agents {
+		return infos, nil, err
+	}
+	nodes, err := o.readNodePolicyRevisions(ctx, client)
+	if err != nil {
+		return nil, nil, err
+	}
+	for i := range infos {
+		infos[i].Revision = revs[i]
+		for j, n := range nodes {
+			if n.Error == "" && n.PolicyRevision >= revs[i] {
+				infos[i].EnforcedBy = append(infos[i].EnforcedBy, n.Node)
+				continue
+			}
+			infos[i].Pending = append(infos[i].Pending, n.Node)
+			if n.Error == "" && n.PolicyRevision > 0 {
+				nodes[j].Behind = append(nodes[j].Behind, infos[i].Namespace+"/"+infos[i].Name)
+			}
+		}
+	}
+	return infos, nodes, nil
+}
+
+// readNodePolicyRevisions reads every node record's enforced policy
+// revision, sorted by node.
+func (o *options) readNodePolicyRevisions(ctx context.Context, client *kvstore.Client) ([]nodePolicyInfo, error) {
+	prefix := o.keys().NodesPrefix()
+	kvs, _, err := client.List(ctx, prefix)
 	if err != nil {
 		return nil, err
 	}
-	defer closeClient(client, &err)
+	out := make([]nodePolicyInfo, 0, len(kvs))
+	for _, kv := range kvs {
+		name := strings.TrimPrefix(kv.Key, prefix)
+		r, err := nodecidr.DecodeNodeRecord(name, kv.Value)
+		if err != nil {
+			out = append(out, nodePolicyInfo{Node: name, Error: strings.ReplaceAll(err.Error(), "\n", "; ")})
+			continue
+		}
+		out = append(out, nodePolicyInfo{Node: name, PolicyRevision: r.PolicyRevision})
+	}
+	return out, nil
+}
+
+// readPolicies reads the stored policies, sorted by key, and their mod
+// revisions.
+func (o *options) readPolicies(ctx context.Context, client *kvstore.Client, namespace string) ([]policyInfo, []int64, error) {
 	keys := o.keys()
 	prefix := keys.PoliciesPrefix()
 	if namespace != "" {
@@ -214,10 +342,12 @@ func (o *options) listPolicies(ctx context.Context, namespace string) (_ []polic
 	}
 	kvs, _, err := client.List(ctx, prefix)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	out := make([]policyInfo, 0, len(kvs))
+	revs := make([]int64, 0, len(kvs))
 	for _, kv := range kvs {
+		revs = append(revs, kv.ModRevision)
 		ns, name, _ := strings.Cut(strings.TrimPrefix(kv.Key, keys.PoliciesPrefix()), "/")
 		in := policyInfo{Namespace: ns, Name: name}
 		p, err := policy.Decode(kv.Value)
@@ -239,7 +369,7 @@ func (o *options) listPolicies(ctx context.Context, namespace string) (_ []polic
 		}
 		out = append(out, in)
 	}
-	return out, nil
+	return out, revs, nil
 }
 
 // policyName resolves NAME or NAMESPACE/NAME and --namespace to a

@@ -162,6 +162,9 @@ func printStatus(w io.Writer, st *api.StatusResponse, format string) error {
 	}
 	if e := st.Etcd; e != nil {
 		fmt.Fprintf(w, "etcd:     %s to %s, lease %x (generation %d), %d keys owned", e.State, strings.Join(e.Endpoints, ","), e.LeaseId, e.SessionGeneration, e.OwnedKeys)
+		if e.Repairs > 0 {
+			fmt.Fprintf(w, ", %d rewritten after a change behind the agent's back", e.Repairs)
+		}
 		if e.LastError != "" {
 			fmt.Fprintf(w, ", last error: %s", e.LastError)
 		}
@@ -180,13 +183,30 @@ func printStatus(w io.Writer, st *api.StatusResponse, format string) error {
 		}
 		fmt.Fprintln(w)
 	}
+	if st.PolicyRevision > 0 {
+		fmt.Fprintf(w, "Policies: enforced up to etcd revision %d\n", st.PolicyRevision)
+	}
 	fmt.Fprintln(w)
-	t := newTable(w, "CACHE", "ENTRIES", "SYNCED", "REVISION", "RELISTS", "INVALID")
+	// INVALID is how many keys hold a value the agent cannot decode now;
+	// SEEN how many such values it has seen.
+	t := newTable(w, "CACHE", "ENTRIES", "SYNCED", "REVISION", "RELISTS", "INVALID", "SEEN")
+	var invalid []*api.InvalidValue
 	for _, c := range st.Caches {
-		t.row(c.Name, fmt.Sprint(c.Entries), fmt.Sprint(c.Synced), fmt.Sprint(c.Revision), fmt.Sprint(c.Relists), fmt.Sprint(c.Invalid))
+		t.row(c.Name, fmt.Sprint(c.Entries), fmt.Sprint(c.Synced), fmt.Sprint(c.Revision), fmt.Sprint(c.Relists), fmt.Sprint(c.InvalidNow), fmt.Sprint(c.Invalid))
+		invalid = append(invalid, c.InvalidValues...)
 	}
 	if err := t.flush(); err != nil {
 		return err
+	}
+	if len(invalid) > 0 {
+		fmt.Fprintln(w)
+		t = newTable(w, "INVALID KEY", "REVISION", "IN FORCE", "REASON")
+		for _, v := range invalid {
+			t.row(v.Key, fmt.Sprint(v.ModRevision), v.InForce, v.Reason)
+		}
+		if err := t.flush(); err != nil {
+			return err
+		}
 	}
 	fmt.Fprintln(w)
 	t = newTable(w, "MAP", "DESIRED", "INSTALLED", "MAX", "PENDING", "SYNCED", "ERRORS", "LAST ERROR")
