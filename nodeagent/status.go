@@ -7,7 +7,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/meshplane/meshplane/health"
 	"github.com/meshplane/meshplane/kvstore"
 	"github.com/meshplane/meshplane/kvstore/nodecidr"
 	"github.com/meshplane/meshplane/nodeagent/reconciler"
@@ -40,10 +39,15 @@ type EtcdStatus struct {
 	OwnedKeys  int
 }
 
-// GossipStatus counts gossip members by state.
+// GossipStatus counts gossip members by state (health.Stats).
 type GossipStatus struct {
-	Address                    string
-	Alive, Suspect, Dead, Left int
+	Address                                              string
+	Alive, Suspect, Dead, Left, Unresponsive, Restarting int
+	// HealthScore is this agent's Lifeguard awareness (0: healthy).
+	HealthScore int
+	// UnconfirmedDeaths counts deaths gossip declared that the direct
+	// check contradicted.
+	UnconfirmedDeaths uint64
 }
 
 // CacheStatus is one watch cache's state.
@@ -77,18 +81,12 @@ func (a *Agent) Status() Status {
 	}
 	st.Etcd = a.etcdStatus()
 	if g := a.gossip.Load(); g != nil {
-		st.Gossip.Address = g.LocalAddr().String()
-		for _, m := range g.Members() {
-			switch m.State {
-			case health.Alive:
-				st.Gossip.Alive++
-			case health.Suspect:
-				st.Gossip.Suspect++
-			case health.Dead:
-				st.Gossip.Dead++
-			case health.Left:
-				st.Gossip.Left++
-			}
+		gs := g.Stats()
+		st.Gossip = GossipStatus{
+			Address: g.LocalAddr().String(),
+			Alive:   gs.Alive, Suspect: gs.Suspect, Dead: gs.Dead, Left: gs.Left,
+			Unresponsive: gs.Unresponsive, Restarting: gs.Restarting,
+			HealthScore: gs.HealthScore, UnconfirmedDeaths: gs.UnconfirmedDeaths,
 		}
 	}
 	st.Caches = a.cacheStatus()
@@ -206,7 +204,7 @@ func cacheStat[T any](name, prefix string, c *kvstore.Cache[T]) CacheStatus {
 // NodeInfo is a node as `meshctl node list` shows it.
 type NodeInfo struct {
 	nodecidr.NodeRecord
-	Health      string // alive, suspect, dead, left, unknown
+	Health      string // alive, suspect, unresponsive, restarting, dead, left, unknown
 	HealthSince time.Time
 	Registered  bool
 	Local       bool

@@ -127,13 +127,15 @@ func (o *options) benchGossip(ctx context.Context, cfg benchGossipConfig) (rep b
 		return rep, fmt.Errorf("bench gossip: key: %w", err)
 	}
 	base := health.Config{
-		BindAddr:       "127.0.0.1",
-		Keys:           [][]byte{key},
-		Meta:           health.Meta{Cluster: "bench-" + randomSuffix(6)},
-		ProbeInterval:  cfg.probeInterval,
-		ProbeTimeout:   cfg.probeTimeout,
-		GossipInterval: cfg.gossipInterval,
-		SuspicionMult:  cfg.suspicionMult,
+		BindAddr: "127.0.0.1",
+		Keys:     [][]byte{key},
+		Meta:     health.Meta{Cluster: "bench-" + randomSuffix(6)},
+		Timing: health.Timing{
+			ProbeInterval:  cfg.probeInterval,
+			ProbeTimeout:   cfg.probeTimeout,
+			GossipInterval: cfg.gossipInterval,
+			SuspicionMult:  cfg.suspicionMult,
+		},
 	}
 	check := base
 	check.Name = benchGossipName(0)
