@@ -23,6 +23,7 @@ const (
 	DefaultGossipInterval          = 100 * time.Millisecond
 	DefaultSuspicionMult           = 4
 	DefaultSuspicionMaxTimeoutMult = 6
+	DefaultAwarenessMaxMultiplier  = 4
 	DefaultRestartGrace            = 2 * time.Minute
 	DefaultCheckTimeout            = time.Second
 	DefaultDeadRetention           = 10 * time.Minute
@@ -36,10 +37,6 @@ const (
 	// a random other (memberlist scales it up above 32 members), which heals
 	// what gossip missed (memberlist's default is 30 s).
 	pushPullInterval = 15 * time.Second
-
-	// awarenessMaxMultiplier is Lifeguard's limit on stretching the probe
-	// interval of a member that finds itself slow (memberlist's default).
-	awarenessMaxMultiplier = 8
 
 	// maxRecheck is the longest wait between two checks of a member that
 	// stays unresponsive or restarting (see doc.go, "Confirmation").
@@ -82,6 +79,15 @@ type Timing struct {
 	// confirmations and use the shortest timeout. Zero means
 	// DefaultSuspicionMaxTimeoutMult (6).
 	SuspicionMaxTimeoutMult int
+	// AwarenessMaxMultiplier is Lifeguard's bound on stretching the probe
+	// interval of a member that finds itself slow: its health score stays
+	// below it, and each point adds one ProbeInterval to the interval (and
+	// to the probe's deadline). A member whose probes fail without another
+	// member to blame it on (a cluster of two: nobody sends nacks) raises
+	// its own score, so a crash there slows the detection of the next one;
+	// the bound caps that (doc.go, "Tuning"). 1 disables the stretching.
+	// Zero means DefaultAwarenessMaxMultiplier (4; memberlist's is 8).
+	AwarenessMaxMultiplier int
 	// CheckTimeout bounds the direct check of a member memberlist declared
 	// dead: a TCP handshake with its gossip port. A handshake (the node's
 	// kernel answers, so only the agent is slow) keeps the member
@@ -130,6 +136,7 @@ func (t Timing) Validate() error {
 	}{
 		{"SuspicionMult", "suspicion multiplier", t.SuspicionMult},
 		{"SuspicionMaxTimeoutMult", "suspicion max timeout multiplier", t.SuspicionMaxTimeoutMult},
+		{"AwarenessMaxMultiplier", "awareness max multiplier", t.AwarenessMaxMultiplier},
 	} {
 		if f.v < 0 || f.v > maxMult {
 			return &TimingError{f.field, fmt.Sprintf("%s %d is out of range (negative or too large): use 1-%d, or 0 for the default", f.what, f.v, maxMult)}
@@ -159,6 +166,9 @@ func (t Timing) WithDefaults() Timing {
 	}
 	if t.SuspicionMaxTimeoutMult == 0 {
 		t.SuspicionMaxTimeoutMult = DefaultSuspicionMaxTimeoutMult
+	}
+	if t.AwarenessMaxMultiplier == 0 {
+		t.AwarenessMaxMultiplier = DefaultAwarenessMaxMultiplier
 	}
 	return t
 }

@@ -154,7 +154,7 @@ func (g *Gossip) suspected(name string) {
 	g.mu.Lock()
 	ml := g.ml
 	g.mu.Unlock()
-	score := awarenessMaxMultiplier - 1
+	score := g.cfg.AwarenessMaxMultiplier - 1
 	if ml != nil {
 		score = ml.GetHealthScore()
 	}

@@ -228,7 +228,7 @@ func (g *Gossip) memberlistConfig() *memberlist.Config {
 	mc.GossipInterval = c.GossipInterval
 	mc.SuspicionMult = c.SuspicionMult
 	mc.SuspicionMaxTimeoutMult = c.SuspicionMaxTimeoutMult
-	mc.AwarenessMaxMultiplier = awarenessMaxMultiplier
+	mc.AwarenessMaxMultiplier = c.AwarenessMaxMultiplier
 	mc.RetransmitMult = retransmitMult
 	mc.PushPullInterval = pushPullInterval
 	// memberlist compresses every packet (LZW, with a fresh 16 KB table each

@@ -104,8 +104,8 @@ func TestGossipTiming(t *testing.T) {
 	want := health.Timing{
 		ProbeInterval: health.DefaultProbeInterval, ProbeTimeout: health.DefaultProbeTimeout,
 		GossipInterval: health.DefaultGossipInterval, SuspicionMult: health.DefaultSuspicionMult,
-		SuspicionMaxTimeoutMult: health.DefaultSuspicionMaxTimeoutMult,
-		CheckTimeout:            health.DefaultCheckTimeout, RestartGrace: health.DefaultRestartGrace,
+		SuspicionMaxTimeoutMult: health.DefaultSuspicionMaxTimeoutMult, AwarenessMaxMultiplier: health.DefaultAwarenessMaxMultiplier,
+		CheckTimeout: health.DefaultCheckTimeout, RestartGrace: health.DefaultRestartGrace,
 	}
 	if cfg.Gossip != want || cfg.LeaveOnShutdown {
 		t.Errorf("defaults: %+v, leave on shutdown %v; want %+v and false", cfg.Gossip, cfg.LeaveOnShutdown, want)
@@ -132,6 +132,7 @@ func TestGossipTiming(t *testing.T) {
 		{[]string{"--gossip-check-timeout", "2h"}, []string{"--gossip-check-timeout", "too long"}},
 		{[]string{"--gossip-suspicion-mult", "1000"}, []string{"--gossip-suspicion-mult", "1-100"}},
 		{[]string{"--gossip-suspicion-max-mult", "-2"}, []string{"--gossip-suspicion-max-mult", "1-100"}},
+		{[]string{"--gossip-awareness-max-mult", "101"}, []string{"--gossip-awareness-max-mult", "1-100"}},
 		{[]string{"--gossip-probe-interval", "5"}, []string{"--gossip-probe-interval", "missing unit"}},
 	} {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
