@@ -79,14 +79,15 @@ type Timing struct {
 	// confirmations and use the shortest timeout. Zero means
 	// DefaultSuspicionMaxTimeoutMult (6).
 	SuspicionMaxTimeoutMult int
-	// AwarenessMaxMultiplier is Lifeguard's bound on stretching the probe
-	// interval of a member that finds itself slow: its health score stays
-	// below it, and each point adds one ProbeInterval to the interval (and
-	// to the probe's deadline). A member whose probes fail without another
-	// member to blame it on (a cluster of two: nobody sends nacks) raises
-	// its own score, so a crash there slows the detection of the next one;
-	// the bound caps that (doc.go, "Tuning"). 1 disables the stretching.
-	// Zero means DefaultAwarenessMaxMultiplier (4; memberlist's is 8).
+	// AwarenessMaxMultiplier is Lifeguard's bound on stretching the probes
+	// of a member that finds itself slow: its health score stays below it,
+	// and each point adds one ProbeInterval to a probe's deadline (so to
+	// the time a failing probe takes). A member whose probes fail with no
+	// other member to blame it on (a cluster of two: nobody sends nacks)
+	// raises its own score, so a crash there slows the detection of the
+	// next one; the bound caps that (doc.go, "Tuning"). 1 disables the
+	// stretching. Zero means DefaultAwarenessMaxMultiplier (4; memberlist's
+	// is 8).
 	AwarenessMaxMultiplier int
 	// CheckTimeout bounds the direct check of a member memberlist declared
 	// dead: a TCP handshake with its gossip port. A handshake (the node's

@@ -94,7 +94,7 @@ func newFlagSet(f *flags, stderr io.Writer) *pflag.FlagSet {
 	fs.DurationVar(&f.gossip.GossipInterval, "gossip-interval", health.DefaultGossipInterval, "how often gossip sends queued messages to random nodes")
 	fs.IntVar(&f.gossip.SuspicionMult, "gossip-suspicion-mult", health.DefaultSuspicionMult, "a suspect that does not refute within mult × max(1, log10(nodes)) × probe interval is declared dead (longer without confirmations)")
 	fs.IntVar(&f.gossip.SuspicionMaxTimeoutMult, "gossip-suspicion-max-mult", health.DefaultSuspicionMaxTimeoutMult, "how much longer a suspicion nobody confirms may last, as a multiple of the shortest (Lifeguard)")
-	fs.IntVar(&f.gossip.AwarenessMaxMultiplier, "gossip-awareness-max-mult", health.DefaultAwarenessMaxMultiplier, "how far a node that finds itself slow stretches its probe interval, as a multiple (Lifeguard; 1: never)")
+	fs.IntVar(&f.gossip.AwarenessMaxMultiplier, "gossip-awareness-max-mult", health.DefaultAwarenessMaxMultiplier, "how far a node that finds itself slow stretches its probes' deadlines, as a multiple of the probe interval (Lifeguard; 1: never)")
 	fs.DurationVar(&f.gossip.CheckTimeout, "gossip-check-timeout", health.DefaultCheckTimeout, "how long the direct TCP check of a node gossip declared dead waits for the node's answer")
 	fs.DurationVar(&f.gossip.RestartGrace, "gossip-restart-grace", health.DefaultRestartGrace, "how long a node that announced a restart keeps its routes and backends on the other nodes")
 	fs.BoolVar(&f.leaveOnShutdown, "leave-on-shutdown", false, "on SIGTERM, leave the cluster for good (the other nodes remove this node's routes and backends at once) instead of announcing a restart")
