@@ -9,7 +9,9 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -411,4 +413,38 @@ func (r trafficResult) check(t *testing.T) {
 	if r.longError != nil {
 		t.Errorf("the long-lived connection broke: %v", r.longError)
 	}
+}
+
+// TestAgentGossipFlags runs the mesh-agent binary with bad gossip timings:
+// it must exit 2 before touching anything, with a message that names the
+// flag and says what to use; and the lab's agents accept good ones.
+func TestAgentGossipFlags(t *testing.T) {
+	requireRoot(t)
+	_, agent := binaries()
+	base := []string{"--node-name", "n1", "--node-ip", "10.0.0.1", "--gossip-insecure", "--state-dir", t.TempDir(), "--bpffs", t.TempDir()}
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--gossip-probe-timeout", "400ms"}, "--gossip-probe-timeout: probe timeout 400ms is not shorter than the probe interval 300ms"},
+		{[]string{"--gossip-restart-grace", "-5s"}, "--gossip-restart-grace: restart grace -5s is negative"},
+		{[]string{"--gossip-check-timeout", "90s"}, "--gossip-check-timeout"},
+		{[]string{"--gossip-suspicion-mult", "0.5"}, "--gossip-suspicion-mult"},
+	} {
+		t.Run(strings.Join(tt.args, "="), func(t *testing.T) {
+			cmd := exec.Command(agent, append(slices.Clone(base), tt.args...)...)
+			out, err := cmd.CombinedOutput()
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != 2 {
+				t.Fatalf("mesh-agent %v: %v, want exit status 2; output:\n%s", tt.args, err, out)
+			}
+			if !strings.Contains(string(out), tt.want) {
+				t.Errorf("mesh-agent %v said %q, want it to say %q", tt.args, out, tt.want)
+			}
+		})
+	}
+	// Good values reach running agents: a lab whose agents probe more
+	// slowly and keep a restarting node for 10s still comes up.
+	l := startHealthLab(t, "--gossip-probe-interval=400ms", "--gossip-probe-timeout=200ms", "--gossip-restart-grace=10s")
+	waitHealth(t, l, "n1", "n2", "alive")
 }

@@ -267,7 +267,7 @@ func (f *flags) config() (nodeagent.Config, slog.Level, error) {
 	if err := cfg.Validate(); err != nil {
 		var te *health.TimingError
 		if errors.As(err, &te) {
-			return cfg, 0, fmt.Errorf("--%s: %w", timingFlags[te.Field], err)
+			return cfg, 0, fmt.Errorf("%w: --%s: %s", nodeagent.ErrConfig, timingFlags[te.Field], te.Msg)
 		}
 		return cfg, 0, err
 	}
