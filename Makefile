@@ -36,6 +36,7 @@ bench: build
 	$(BIN)/meshctl bench propagation --agents 1 --entries 100000 --state-dir $$(mktemp -d)
 	$(BIN)/meshctl bench gossip --members 50
 	$(BIN)/meshctl bench datapath --rounds 3
+	$(BIN)/meshctl bench health --nodes 3,2 --duration 3m --crashes 20 --pauses 5 --restarts 10
 
 lint:
 	@command -v golangci-lint >/dev/null || $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)

@@ -305,14 +305,26 @@ func (x *EtcdStatus) GetRepairs() int64 {
 }
 
 type GossipStatus struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Address       string                 `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
-	Alive         uint32                 `protobuf:"varint,2,opt,name=alive,proto3" json:"alive,omitempty"`
-	Suspect       uint32                 `protobuf:"varint,3,opt,name=suspect,proto3" json:"suspect,omitempty"`
-	Dead          uint32                 `protobuf:"varint,4,opt,name=dead,proto3" json:"dead,omitempty"`
-	Left          uint32                 `protobuf:"varint,5,opt,name=left,proto3" json:"left,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Address string                 `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
+	Alive   uint32                 `protobuf:"varint,2,opt,name=alive,proto3" json:"alive,omitempty"`
+	Suspect uint32                 `protobuf:"varint,3,opt,name=suspect,proto3" json:"suspect,omitempty"`
+	Dead    uint32                 `protobuf:"varint,4,opt,name=dead,proto3" json:"dead,omitempty"`
+	Left    uint32                 `protobuf:"varint,5,opt,name=left,proto3" json:"left,omitempty"`
+	// unresponsive members: declared dead by gossip, but their node answers
+	// TCP on the gossip port (the agent is stalled); they keep their routes.
+	Unresponsive uint32 `protobuf:"varint,140,opt,name=unresponsive,proto3" json:"unresponsive,omitempty"`
+	// restarting members: announced a restart and are not back yet; they
+	// keep their routes for the restart grace.
+	Restarting uint32 `protobuf:"varint,141,opt,name=restarting,proto3" json:"restarting,omitempty"`
+	// health_score is this agent's Lifeguard awareness of its own health:
+	// 0 is healthy; each point stretches its probe interval.
+	HealthScore uint32 `protobuf:"varint,142,opt,name=health_score,json=healthScore,proto3" json:"health_score,omitempty"`
+	// unconfirmed_deaths counts deaths gossip declared that the direct
+	// check contradicted (the member became unresponsive, not dead).
+	UnconfirmedDeaths uint64 `protobuf:"varint,143,opt,name=unconfirmed_deaths,json=unconfirmedDeaths,proto3" json:"unconfirmed_deaths,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *GossipStatus) Reset() {
@@ -376,6 +388,34 @@ func (x *GossipStatus) GetDead() uint32 {
 func (x *GossipStatus) GetLeft() uint32 {
 	if x != nil {
 		return x.Left
+	}
+	return 0
+}
+
+func (x *GossipStatus) GetUnresponsive() uint32 {
+	if x != nil {
+		return x.Unresponsive
+	}
+	return 0
+}
+
+func (x *GossipStatus) GetRestarting() uint32 {
+	if x != nil {
+		return x.Restarting
+	}
+	return 0
+}
+
+func (x *GossipStatus) GetHealthScore() uint32 {
+	if x != nil {
+		return x.HealthScore
+	}
+	return 0
+}
+
+func (x *GossipStatus) GetUnconfirmedDeaths() uint64 {
+	if x != nil {
+		return x.UnconfirmedDeaths
 	}
 	return 0
 }
@@ -967,7 +1007,8 @@ type Node struct {
 	PodCidrs      []string               `protobuf:"bytes,3,rep,name=pod_cidrs,json=podCidrs,proto3" json:"pod_cidrs,omitempty"`
 	GossipAddress string                 `protobuf:"bytes,4,opt,name=gossip_address,json=gossipAddress,proto3" json:"gossip_address,omitempty"`
 	// health is the gossip state as this agent sees it: "alive", "suspect",
-	// "dead", "left" or "unknown" (not in gossip).
+	// "unresponsive", "restarting", "dead", "left" or "unknown" (not in
+	// gossip). Only dead and left nodes lose their routes and backends.
 	Health            string            `protobuf:"bytes,5,opt,name=health,proto3" json:"health,omitempty"`
 	HealthSinceUnixMs int64             `protobuf:"varint,6,opt,name=health_since_unix_ms,json=healthSinceUnixMs,proto3" json:"health_since_unix_ms,omitempty"`
 	Version           string            `protobuf:"bytes,7,opt,name=version,proto3" json:"version,omitempty"`
@@ -2409,13 +2450,19 @@ const file_agent_proto_rawDesc = "" +
 	"\x12session_generation\x18\x05 \x01(\x03R\x11sessionGeneration\x12\x1d\n" +
 	"\n" +
 	"owned_keys\x18\x06 \x01(\x03R\townedKeys\x12\x18\n" +
-	"\arepairs\x18d \x01(\x03R\arepairs\"\x80\x01\n" +
+	"\arepairs\x18d \x01(\x03R\arepairs\"\x9a\x02\n" +
 	"\fGossipStatus\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x14\n" +
 	"\x05alive\x18\x02 \x01(\rR\x05alive\x12\x18\n" +
 	"\asuspect\x18\x03 \x01(\rR\asuspect\x12\x12\n" +
 	"\x04dead\x18\x04 \x01(\rR\x04dead\x12\x12\n" +
-	"\x04left\x18\x05 \x01(\rR\x04left\"\xa5\x02\n" +
+	"\x04left\x18\x05 \x01(\rR\x04left\x12#\n" +
+	"\funresponsive\x18\x8c\x01 \x01(\rR\funresponsive\x12\x1f\n" +
+	"\n" +
+	"restarting\x18\x8d\x01 \x01(\rR\n" +
+	"restarting\x12\"\n" +
+	"\fhealth_score\x18\x8e\x01 \x01(\rR\vhealthScore\x12.\n" +
+	"\x12unconfirmed_deaths\x18\x8f\x01 \x01(\x04R\x11unconfirmedDeaths\"\xa5\x02\n" +
 	"\vCacheStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06prefix\x18\x02 \x01(\tR\x06prefix\x12\x18\n" +

@@ -35,9 +35,10 @@ func spread(t *testing.T, l *lab.Lab, from, svc string, port uint16, n int) map[
 // TestServiceBackends checks ClusterIP translation: new connections spread
 // evenly over the backends (replies come back from the frontend, or the
 // probe would fail), a deleted backend gets no new connection once its
-// deletion returns, and a backend whose node gossip declares dead stops
-// receiving new connections while its pod still runs, until the node is
-// back.
+// deletion returns, and a backend whose node gossip declares dead (its
+// agent crashed: a graceful stop is a restart, which keeps the backends,
+// TestGracefulRestartKeepsBackends) stops receiving new connections while
+// its pod still runs, until the node is back.
 func TestServiceBackends(t *testing.T) {
 	l := startLab(t)
 	const (
@@ -51,11 +52,11 @@ func TestServiceBackends(t *testing.T) {
 		t.Fatalf("60 connections to the service: %v; want both backends, each at least 12", got)
 	}
 
-	// The node of web-2 dies as far as gossip can tell: its agent stops
+	// The node of web-2 dies as far as gossip can tell: its agent crashes
 	// and no longer answers probes. Its pod still runs and would answer.
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if err := l.StopAgent(ctx, "c1", "n2"); err != nil {
+	if err := l.KillAgent(ctx, "c1", "n2"); err != nil {
 		t.Fatal(err)
 	}
 	waitHealth(t, l, "n1", "n2", "dead")

@@ -11,23 +11,22 @@ import (
 	"github.com/hashicorp/memberlist"
 )
 
-// Defaults of Config. doc.go explains how they were chosen.
+// Defaults of Config and Timing. doc.go explains how they were chosen.
 const (
 	// DefaultBindPort is the gossip port agents use unless told otherwise
 	// (memberlist's and Serf's customary port). Config.BindPort zero picks a
 	// free port instead.
 	DefaultBindPort = 7946
 
-	DefaultProbeInterval  = 300 * time.Millisecond
-	DefaultProbeTimeout   = 150 * time.Millisecond
-	DefaultGossipInterval = 100 * time.Millisecond
-	DefaultSuspicionMult  = 4
-	DefaultDeadRetention  = 10 * time.Minute
-
-	// suspicionMaxTimeoutMult bounds how long a suspicion nobody else
-	// confirms may last, as a multiple of the minimum (Lifeguard: a member
-	// that one slow prober accuses gets this much longer to refute).
-	suspicionMaxTimeoutMult = 6
+	DefaultProbeInterval           = 300 * time.Millisecond
+	DefaultProbeTimeout            = 150 * time.Millisecond
+	DefaultGossipInterval          = 100 * time.Millisecond
+	DefaultSuspicionMult           = 4
+	DefaultSuspicionMaxTimeoutMult = 6
+	DefaultAwarenessMaxMultiplier  = 4
+	DefaultRestartGrace            = 2 * time.Minute
+	DefaultCheckTimeout            = time.Second
+	DefaultDeadRetention           = 10 * time.Minute
 
 	// retransmitMult: each member retransmits a message it learns
 	// retransmitMult × ceil(log10(members+1)) times (memberlist's default
@@ -39,10 +38,160 @@ const (
 	// what gossip missed (memberlist's default is 30 s).
 	pushPullInterval = 15 * time.Second
 
-	// awarenessMaxMultiplier is Lifeguard's limit on stretching the probe
-	// interval of a member that finds itself slow (memberlist's default).
-	awarenessMaxMultiplier = 8
+	// maxRecheck is the longest wait between two checks of a member that
+	// stays unresponsive or restarting (see doc.go, "Confirmation").
+	maxRecheck = 5 * time.Second
 )
+
+// Limits of Timing, so that a typo (a missing unit, an extra zero) is an
+// error rather than a failure detector that never fires.
+const (
+	maxInterval     = time.Minute
+	maxMult         = 100
+	maxRestartGrace = 24 * time.Hour
+)
+
+// Timing is the failure detector's timing: memberlist's probes and
+// suspicion (SWIM with Lifeguard), and what this package adds on top,
+// the direct check of a member declared dead and the grace of a member
+// that announced a restart. Every zero field means its default; doc.go
+// ("Tuning") has the arithmetic behind the defaults.
+type Timing struct {
+	// ProbeInterval is how often the member probes another one. Zero
+	// means DefaultProbeInterval (300ms).
+	ProbeInterval time.Duration
+	// ProbeTimeout is how long a direct probe waits for its ack before
+	// asking other members to probe too; less than ProbeInterval. Zero
+	// means DefaultProbeTimeout (150ms).
+	ProbeTimeout time.Duration
+	// GossipInterval is how often the member sends queued messages to
+	// random others. Zero means DefaultGossipInterval (100ms).
+	GossipInterval time.Duration
+	// SuspicionMult scales the suspicion timeout: a suspect that does not
+	// refute within SuspicionMult × max(1, log10(members)) × ProbeInterval
+	// (more without confirmations from other members) is declared dead by
+	// memberlist. Zero means DefaultSuspicionMult (4).
+	SuspicionMult int
+	// SuspicionMaxTimeoutMult is Lifeguard's bound on a suspicion that no
+	// other member confirms, as a multiple of the shortest timeout: a
+	// member that one, perhaps slow, prober accuses gets that much longer
+	// to refute. Clusters of fewer than SuspicionMult members expect no
+	// confirmations and use the shortest timeout. Zero means
+	// DefaultSuspicionMaxTimeoutMult (6).
+	SuspicionMaxTimeoutMult int
+	// AwarenessMaxMultiplier is Lifeguard's bound on stretching the probes
+	// of a member that finds itself slow: its health score stays below it,
+	// and each point adds one ProbeInterval to a probe's deadline (so to
+	// the time a failing probe takes). A member whose probes fail with no
+	// other member to blame it on (a cluster of two: nobody sends nacks)
+	// raises its own score, so a crash there slows the detection of the
+	// next one; the bound caps that (doc.go, "Tuning"). 1 disables the
+	// stretching. Zero means DefaultAwarenessMaxMultiplier (4; memberlist's
+	// is 8).
+	AwarenessMaxMultiplier int
+	// CheckTimeout bounds the direct check of a member memberlist declared
+	// dead: a TCP handshake with its gossip port. A handshake (the node's
+	// kernel answers, so only the agent is slow) keeps the member
+	// Unresponsive; a reset or no answer within CheckTimeout makes it
+	// Dead. Zero means DefaultCheckTimeout (1s).
+	CheckTimeout time.Duration
+	// RestartGrace is how long a member that announced a restart
+	// (AnnounceRestart) stays Restarting before it is Dead, unless it
+	// comes back first or its node stops answering at all. Zero means
+	// DefaultRestartGrace (2m).
+	RestartGrace time.Duration
+}
+
+// TimingError is a Timing field Validate refuses.
+type TimingError struct {
+	// Field is the Timing field's name, such as "ProbeTimeout".
+	Field string
+	// Msg says what is wrong and what to use.
+	Msg string
+}
+
+func (e *TimingError) Error() string { return "gossip timing: " + e.Msg }
+
+// Validate checks t. Its errors are *TimingError.
+func (t Timing) Validate() error {
+	for _, f := range []struct {
+		field, what string
+		v, max      time.Duration
+	}{
+		{"ProbeInterval", "probe interval", t.ProbeInterval, maxInterval},
+		{"ProbeTimeout", "probe timeout", t.ProbeTimeout, maxInterval},
+		{"GossipInterval", "gossip interval", t.GossipInterval, maxInterval},
+		{"CheckTimeout", "check timeout", t.CheckTimeout, maxInterval},
+		{"RestartGrace", "restart grace", t.RestartGrace, maxRestartGrace},
+	} {
+		switch {
+		case f.v < 0:
+			return &TimingError{f.field, fmt.Sprintf("%s %s is negative: use a positive duration up to %s, or 0 for the default", f.what, f.v, f.max)}
+		case f.v > f.max:
+			return &TimingError{f.field, fmt.Sprintf("%s %s is too long: use at most %s, or 0 for the default", f.what, f.v, f.max)}
+		}
+	}
+	for _, f := range []struct {
+		field, what string
+		v           int
+	}{
+		{"SuspicionMult", "suspicion multiplier", t.SuspicionMult},
+		{"SuspicionMaxTimeoutMult", "suspicion max timeout multiplier", t.SuspicionMaxTimeoutMult},
+		{"AwarenessMaxMultiplier", "awareness max multiplier", t.AwarenessMaxMultiplier},
+	} {
+		if f.v < 0 || f.v > maxMult {
+			return &TimingError{f.field, fmt.Sprintf("%s %d is out of range (negative or too large): use 1-%d, or 0 for the default", f.what, f.v, maxMult)}
+		}
+	}
+	t = t.WithDefaults()
+	if t.ProbeTimeout >= t.ProbeInterval {
+		return &TimingError{"ProbeTimeout", fmt.Sprintf("probe timeout %s is not shorter than the probe interval %s", t.ProbeTimeout, t.ProbeInterval)}
+	}
+	return nil
+}
+
+// WithDefaults returns t with every zero field set to its default.
+func (t Timing) WithDefaults() Timing {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	def(&t.ProbeInterval, DefaultProbeInterval)
+	def(&t.ProbeTimeout, DefaultProbeTimeout)
+	def(&t.GossipInterval, DefaultGossipInterval)
+	def(&t.CheckTimeout, DefaultCheckTimeout)
+	def(&t.RestartGrace, DefaultRestartGrace)
+	if t.SuspicionMult == 0 {
+		t.SuspicionMult = DefaultSuspicionMult
+	}
+	if t.SuspicionMaxTimeoutMult == 0 {
+		t.SuspicionMaxTimeoutMult = DefaultSuspicionMaxTimeoutMult
+	}
+	if t.AwarenessMaxMultiplier == 0 {
+		t.AwarenessMaxMultiplier = DefaultAwarenessMaxMultiplier
+	}
+	return t
+}
+
+// SuspicionTimeouts returns how long a suspect in a cluster of that many
+// members has to refute before memberlist declares it dead, as memberlist
+// computes it: shortest = SuspicionMult × max(1, log10(members)) ×
+// ProbeInterval, when SuspicionMult-2 other members confirmed the
+// suspicion; longest = SuspicionMaxTimeoutMult × shortest, when nobody
+// did (Lifeguard: a suspicion only one, perhaps slow, member holds gets
+// longer). In a cluster of fewer than SuspicionMult members memberlist
+// expects no confirmations and every suspicion lasts the shortest: then
+// longest is shortest too. Zero fields mean their defaults.
+func (t Timing) SuspicionTimeouts(members int) (shortest, longest time.Duration) {
+	t = t.WithDefaults()
+	scale := math.Max(1, math.Log10(math.Max(1, float64(members))))
+	shortest = time.Duration(float64(t.SuspicionMult) * scale * float64(t.ProbeInterval))
+	if members-2 < t.SuspicionMult-2 {
+		return shortest, shortest
+	}
+	return shortest, time.Duration(t.SuspicionMaxTimeoutMult) * shortest
+}
 
 // Config configures a Gossip. It is passed by value; New calls Validate.
 // Fields documented as optional mean their default when zero.
@@ -81,28 +230,21 @@ type Config struct {
 	// UpdateMeta changes it later (but not Meta.Cluster).
 	Meta Meta
 
-	// ProbeInterval is how often the member probes another one. Optional:
-	// zero means DefaultProbeInterval.
-	ProbeInterval time.Duration
-	// ProbeTimeout is how long a direct probe waits for its ack before
-	// asking IndirectChecks other members to probe too; less than
-	// ProbeInterval. Optional: zero means DefaultProbeTimeout.
-	ProbeTimeout time.Duration
-	// GossipInterval is how often the member sends queued messages to
-	// random others. Optional: zero means DefaultGossipInterval.
-	GossipInterval time.Duration
-	// SuspicionMult scales the suspicion timeout: a suspect that does not
-	// refute within SuspicionMult × max(1, log10(members)) × ProbeInterval
-	// (more without confirmations from other members) is declared dead.
-	// Optional: zero means DefaultSuspicionMult.
-	SuspicionMult int
+	// Timing is the failure detector's timing; zero fields mean their
+	// defaults.
+	Timing
+
 	// DeadRetention is how long a dead or left member stays in Members after
 	// it changed last. Optional: zero means DefaultDeadRetention.
 	DeadRetention time.Duration
 
 	// Notify, when set, receives every member's state after each change:
-	// join (Alive), suspicion (Suspect), death (Dead), leave (Left), a
+	// join (Alive), suspicion (Suspect), a death memberlist declared that
+	// the direct check did not confirm (Unresponsive), an announced
+	// restart (Restarting), a confirmed death (Dead), a leave (Left), a
 	// return to Alive, and meta and address updates, this member included.
+	// Only Dead and Left (State.Down) mean the member is gone: act on
+	// those, and treat the others as in the cluster.
 	// One goroutine owned by the Gossip calls it, never concurrently. Changes
 	// of one member are coalesced while Notify runs, so a slow Notify sees
 	// the latest state of each member, not a backlog; it may miss a state
@@ -153,28 +295,13 @@ func (c Config) Validate() error {
 	if len(c.Meta.Cluster) > memberlist.LabelMaxSize-len(labelPrefix) {
 		return fmt.Errorf("gossip config: cluster name %q is too long for a gossip label", c.Meta.Cluster)
 	}
-	if c.ProbeInterval < 0 || c.ProbeTimeout < 0 || c.GossipInterval < 0 || c.DeadRetention < 0 || c.SuspicionMult < 0 {
-		return errors.New("gossip config: negative interval, timeout, retention or suspicion multiplier: use a positive value, or zero for the default")
+	if c.DeadRetention < 0 {
+		return errors.New("gossip config: negative dead retention: use a positive value, or zero for the default")
 	}
-	c = c.WithDefaults()
-	if c.ProbeTimeout >= c.ProbeInterval {
-		return fmt.Errorf("gossip config: probe timeout %s is not shorter than the probe interval %s", c.ProbeTimeout, c.ProbeInterval)
+	if err := c.Timing.Validate(); err != nil {
+		return err
 	}
 	return nil
-}
-
-// SuspicionTimeouts returns how long a suspect in a cluster of that many
-// members has to refute before it is declared dead, as memberlist computes
-// it: shortest = SuspicionMult × max(1, log10(members)) × ProbeInterval,
-// when SuspicionMult-2 other members confirmed the suspicion; longest =
-// suspicionMaxTimeoutMult × shortest, when nobody did (Lifeguard: a
-// suspicion only one, perhaps slow, member holds gets longer). Zero fields
-// mean their defaults.
-func (c Config) SuspicionTimeouts(members int) (shortest, longest time.Duration) {
-	c = c.WithDefaults()
-	scale := math.Max(1, math.Log10(math.Max(1, float64(members))))
-	shortest = time.Duration(float64(c.SuspicionMult) * scale * float64(c.ProbeInterval))
-	return shortest, suspicionMaxTimeoutMult * shortest
 }
 
 // labelPrefix starts the memberlist label of a cluster's packets.
@@ -182,18 +309,7 @@ const labelPrefix = "meshplane/"
 
 // WithDefaults returns c with every zero optional field set to its default.
 func (c Config) WithDefaults() Config {
-	if c.ProbeInterval == 0 {
-		c.ProbeInterval = DefaultProbeInterval
-	}
-	if c.ProbeTimeout == 0 {
-		c.ProbeTimeout = DefaultProbeTimeout
-	}
-	if c.GossipInterval == 0 {
-		c.GossipInterval = DefaultGossipInterval
-	}
-	if c.SuspicionMult == 0 {
-		c.SuspicionMult = DefaultSuspicionMult
-	}
+	c.Timing = c.Timing.WithDefaults()
 	if c.DeadRetention == 0 {
 		c.DeadRetention = DefaultDeadRetention
 	}

@@ -38,6 +38,10 @@ func TestConfigValidate(t *testing.T) {
 		{"negative mult", func(c *Config) { c.SuspicionMult = -1 }, "negative"},
 		{"timeout above interval", func(c *Config) { c.ProbeTimeout = time.Second }, "not shorter"},
 		{"timeout equals interval", func(c *Config) { c.ProbeInterval, c.ProbeTimeout = time.Second, time.Second }, "not shorter"},
+		{"negative grace", func(c *Config) { c.RestartGrace = -time.Second }, "restart grace -1s is negative"},
+		{"long check timeout", func(c *Config) { c.CheckTimeout = time.Hour }, "check timeout 1h0m0s is too long"},
+		{"huge max mult", func(c *Config) { c.SuspicionMaxTimeoutMult = 101 }, "1-100"},
+		{"negative retention", func(c *Config) { c.DeadRetention = -time.Second }, "retention"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c := ok
@@ -64,11 +68,52 @@ func TestConfigValidate(t *testing.T) {
 	}
 }
 
+func TestTimingError(t *testing.T) {
+	t.Parallel()
+	err := Config{Name: "n", BindAddr: "127.0.0.1", Insecure: true, Timing: Timing{ProbeInterval: 100 * time.Millisecond}}.Validate()
+	var te *TimingError
+	if !errors.As(err, &te) || te.Field != "ProbeTimeout" {
+		t.Fatalf("Validate = %v, want a TimingError about ProbeTimeout", err)
+	}
+	if err := (Timing{}).Validate(); err != nil {
+		t.Errorf("zero Timing: %v", err)
+	}
+}
+
+func TestSuspicionTimeouts(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		members           int
+		shortest, longest time.Duration
+	}{
+		// Fewer than SuspicionMult members: no confirmations are expected,
+		// every suspicion lasts the shortest (doc.go, "Small clusters").
+		{2, 1200 * time.Millisecond, 1200 * time.Millisecond},
+		{3, 1200 * time.Millisecond, 1200 * time.Millisecond},
+		{4, 1200 * time.Millisecond, 7200 * time.Millisecond},
+		{100, 2400 * time.Millisecond, 14400 * time.Millisecond},
+	} {
+		s, l := Timing{}.SuspicionTimeouts(tt.members)
+		if s != tt.shortest || l != tt.longest {
+			t.Errorf("%d members: %s, %s; want %s, %s", tt.members, s, l, tt.shortest, tt.longest)
+		}
+	}
+}
+
 func TestStateString(t *testing.T) {
 	t.Parallel()
-	for s, want := range map[State]string{Alive: "alive", Suspect: "suspect", Dead: "dead", Left: "left", 0: "unknown(0)"} {
+	for s, want := range map[State]string{Alive: "alive", Suspect: "suspect", Dead: "dead", Left: "left",
+		Unresponsive: "unresponsive", Restarting: "restarting", 0: "unknown(0)"} {
 		if s.String() != want {
 			t.Errorf("%d: %q, want %q", int(s), s, want)
 		}
+	}
+	for _, s := range []State{Alive, Suspect, Unresponsive, Restarting} {
+		if s.Down() {
+			t.Errorf("%s is down", s)
+		}
+	}
+	if !Dead.Down() || !Left.Down() {
+		t.Error("dead or left is not down")
 	}
 }

@@ -48,7 +48,8 @@ func (d delegate) NotifyAlive(n *memberlist.Node) error {
 	return nil
 }
 
-// observe records what an event delegate callback said about n.
+// observe records what an event delegate callback said about n: Alive
+// for a join or an update, Dead for memberlist's death or leave.
 func (g *Gossip) observe(n *memberlist.Node, st State) {
 	var (
 		meta    Meta
@@ -58,7 +59,7 @@ func (g *Gossip) observe(n *memberlist.Node, st State) {
 	if st != Dead {
 		meta, flags, metaErr = decodeMeta(n.Meta)
 	} else if _, f, err := decodeMeta(n.Meta); err == nil {
-		flags = f // the leave announcement may come with the death
+		flags = f // the announcement may come with the death
 	}
 	now := time.Now()
 	g.mu.Lock()
@@ -72,15 +73,35 @@ func (g *Gossip) observe(n *memberlist.Node, st State) {
 	switch {
 	case st == Dead:
 		// n.Meta is the last meta memberlist had, already recorded.
-		if e.leaving || flags&flagLeaving != 0 {
-			e.leaving = true
+		e.mlDown = true
+		e.leaving = e.leaving || flags&flagLeaving != 0
+		e.restarting = e.restarting || flags&flagRestarting != 0
+		switch {
+		case e.leaving:
 			st = Left
+		case e.restarting:
+			st = Restarting
+		case e.m.State == 0 || e.m.State.Down():
+			// Never seen in the cluster, or gone already: nothing to check.
+			st = Dead
+		default:
+			// A death memberlist declared: Dead only once the check
+			// confirms it; until then the member keeps its state.
+			g.wantCheckLocked(e)
+			g.mu.Unlock()
+			return
 		}
 	case metaErr != nil:
 		g.metaErrors++
-		e.m.Meta, e.leaving = Meta{}, false
+		e.m.Meta, e.leaving, e.restarting, e.mlDown = Meta{}, false, false, false
+		e.check = check{gen: e.check.gen + 1}
 	default:
-		e.m.Meta, e.leaving = meta, flags&flagLeaving != 0
+		e.m.Meta, e.mlDown = meta, false
+		e.leaving, e.restarting = flags&flagLeaving != 0, flags&flagRestarting != 0
+		e.check = check{gen: e.check.gen + 1} // back: no check under way applies
+		if e.restarting {
+			st = Restarting // the announcement: it is about to stop
+		}
 	}
 	g.setStateLocked(e, st, now)
 	g.queueLocked(n.Name)
@@ -92,8 +113,8 @@ func (g *Gossip) observe(n *memberlist.Node, st State) {
 
 // heardAlive handles an alive message about n, which may be stale. It ends
 // a suspicion this member holds (memberlist sends no event when a suspect
-// refutes), and turns Dead into Left when the message is the leave
-// announcement that arrived after the death.
+// refutes), and turns a death (declared, or being checked) into Left or
+// Restarting when the message is the announcement that arrived after it.
 func (g *Gossip) heardAlive(n *memberlist.Node) {
 	addr := addrPort(n)
 	g.mu.Lock()
@@ -102,16 +123,23 @@ func (g *Gossip) heardAlive(n *memberlist.Node) {
 	if e == nil || e.m.Addr != addr {
 		return // new, or on another address: NotifyJoin follows if accepted
 	}
-	switch e.m.State {
-	case Suspect:
-		g.setStateLocked(e, Alive, time.Now())
+	_, flags, err := decodeMeta(n.Meta)
+	if err != nil {
+		flags = 0
+	}
+	now := time.Now()
+	switch {
+	case e.mlDown && flags&flagLeaving != 0:
+		e.leaving = true
+		g.setStateLocked(e, Left, now)
 		g.queueLocked(n.Name)
-	case Dead:
-		if _, flags, err := decodeMeta(n.Meta); err == nil && flags&flagLeaving != 0 {
-			e.leaving = true
-			g.setStateLocked(e, Left, time.Now())
-			g.queueLocked(n.Name)
-		}
+	case e.mlDown && flags&flagRestarting != 0 && e.m.State != Restarting:
+		e.restarting = true
+		g.setStateLocked(e, Restarting, now)
+		g.queueLocked(n.Name)
+	case !e.mlDown && e.m.State == Suspect:
+		g.setStateLocked(e, Alive, now)
+		g.queueLocked(n.Name)
 	}
 }
 
@@ -126,7 +154,7 @@ func (g *Gossip) suspected(name string) {
 	g.mu.Lock()
 	ml := g.ml
 	g.mu.Unlock()
-	score := awarenessMaxMultiplier - 1
+	score := g.cfg.AwarenessMaxMultiplier - 1
 	if ml != nil {
 		score = ml.GetHealthScore()
 	}
@@ -134,7 +162,7 @@ func (g *Gossip) suspected(name string) {
 	now := time.Now()
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if e := g.members[name]; e != nil && e.m.State == Alive && now.Sub(e.changed) > window {
+	if e := g.members[name]; e != nil && e.m.State == Alive && !e.mlDown && now.Sub(e.changed) > window {
 		g.setStateLocked(e, Suspect, now)
 		g.queueLocked(name)
 	}
@@ -151,12 +179,16 @@ func (g *Gossip) entryLocked(name string) *entry {
 
 // setStateLocked moves e to st. A member seen for the first time keeps a
 // zero changed time: no probe of it can predate it.
+//
+// A change ends the check under way, if any (its result is dropped), and
+// starts the checks of the new state afresh.
 func (g *Gossip) setStateLocked(e *entry, st State, now time.Time) {
 	if e.m.State != st {
 		if e.m.State != 0 {
 			e.changed = now
 		}
 		e.m.State, e.m.Since = st, now
+		e.check = check{gen: e.check.gen + 1}
 	}
 }
 
@@ -229,7 +261,8 @@ func (g *Gossip) next() (Member, bool) {
 
 // sweep ends suspicions that outlived memberlist's longest suspicion
 // timeout (the member was not declared dead, so it refuted and the alive
-// message that said so was missed) and forgets dead and left members after
+// message that said so was missed), ends restarts that outlived
+// RestartGrace (Dead), and forgets dead and left members after
 // DeadRetention.
 func (g *Gossip) sweep(now time.Time) {
 	g.mu.Lock()
@@ -237,8 +270,12 @@ func (g *Gossip) sweep(now time.Time) {
 	g.pruneLocked(now)
 	limit := g.maxSuspicionLocked()
 	for name, e := range g.members {
-		if e.m.State == Suspect && now.Sub(e.m.Since) > limit {
+		switch {
+		case e.m.State == Suspect && !e.mlDown && now.Sub(e.m.Since) > limit:
 			g.setStateLocked(e, Alive, now)
+			g.queueLocked(name)
+		case e.m.State == Restarting && e.mlDown && now.Sub(e.m.Since) > g.cfg.RestartGrace:
+			g.setStateLocked(e, Dead, now)
 			g.queueLocked(name)
 		}
 	}

@@ -32,19 +32,37 @@ var (
 // State is a member's state as this member sees it.
 type State int
 
-// States of a member. Alive and Suspect members are in the cluster (a
-// suspect may still refute); Dead and Left ones are not.
+// States of a member (doc.go, "States"). Dead and Left members are gone
+// (State.Down); Alive, Suspect, Unresponsive and Restarting ones are in
+// the cluster, and what depends on them stays.
 const (
 	// Alive: the member answers probes, or refuted the last suspicion.
 	Alive State = iota + 1
-	// Suspect: this member's probe of it failed; it is declared dead unless
-	// it refutes within the suspicion timeout. Informational: act on Dead.
+	// Suspect: this member's probe of it failed; memberlist declares it
+	// dead unless it refutes within the suspicion timeout. Informational.
 	Suspect
-	// Dead: the cluster declared it dead (it did not refute a suspicion).
+	// Dead: memberlist declared it dead (it did not refute a suspicion)
+	// and the direct check confirmed it: its node refused the connection
+	// (nothing listens: the agent is gone) or did not answer at all; or
+	// it announced a restart and did not come back in time.
 	Dead
-	// Left: it left gracefully (Leave).
+	// Left: it left for good (Leave).
 	Left
+	// Unresponsive: memberlist declared it dead, but its node completes a
+	// TCP handshake on its gossip port: the node is up and the process
+	// holds its sockets, only it does not gossip (paused, starved of CPU,
+	// hung). It is checked again until it refutes (Alive) or its node
+	// stops answering (Dead).
+	Unresponsive
+	// Restarting: it announced a restart (AnnounceRestart) and has not
+	// come back yet. It turns Dead after Timing.RestartGrace, or sooner if
+	// its node stops answering TCP at all (the node went down).
+	Restarting
 )
+
+// Down reports whether a member in state s is gone: Dead or Left. The
+// routes and services that depend on a member should go only then.
+func (s State) Down() bool { return s == Dead || s == Left }
 
 func (s State) String() string {
 	switch s {
@@ -56,6 +74,10 @@ func (s State) String() string {
 		return "dead"
 	case Left:
 		return "left"
+	case Unresponsive:
+		return "unresponsive"
+	case Restarting:
+		return "restarting"
 	}
 	return "unknown(" + strconv.Itoa(int(s)) + ")"
 }
@@ -76,10 +98,14 @@ type Member struct {
 // Stats are counts for gauges and for meshctl.
 type Stats struct {
 	// Members by state, this member included.
-	Alive, Suspect, Dead, Left int
+	Alive, Suspect, Dead, Left, Unresponsive, Restarting int
 	// MetaErrors counts metas received that did not decode: their members
 	// are tracked with an empty Meta.
 	MetaErrors uint64
+	// UnconfirmedDeaths counts deaths memberlist declared that the direct
+	// check did not confirm (the member became Unresponsive instead of
+	// Dead): each one a removal that did not happen.
+	UnconfirmedDeaths uint64
 	// HealthScore is memberlist's Lifeguard awareness of this member's own
 	// health: 0 is healthy; each point stretches its probe interval by one
 	// more ProbeInterval, because it is likely the slow one.
@@ -97,10 +123,11 @@ type Gossip struct {
 	local netip.AddrPort
 	log   *slog.Logger
 
-	wake chan struct{} // capacity 1: changes are queued for Notify
-	done chan struct{} // closed by Close: stops run
-	wg   sync.WaitGroup
-	once sync.Once
+	wake      chan struct{} // capacity 1: changes are queued for Notify
+	checkWake chan struct{} // capacity 1: a check is wanted
+	done      chan struct{} // closed by Close: stops run, checker and checks
+	wg        sync.WaitGroup
+	once      sync.Once
 
 	// lifeMu guards closed. Calls that use memberlist hold it for reading,
 	// so that Close (which takes it for writing) never shuts memberlist down
@@ -110,22 +137,28 @@ type Gossip struct {
 
 	// mu guards the fields below. memberlist's callbacks take it (with
 	// memberlist's own lock held): nothing under mu calls into memberlist.
-	mu         sync.Mutex
-	members    map[string]*entry
-	queue      []string        // names whose change Notify has not seen, oldest first
-	queued     map[string]bool // the names in queue
-	self       Meta            // this member's meta
-	meta       []byte          // self encoded, with flagLeaving after Leave
-	left       bool
-	metaErrors uint64
+	mu          sync.Mutex
+	members     map[string]*entry
+	queue       []string        // names whose change Notify has not seen, oldest first
+	queued      map[string]bool // the names in queue
+	self        Meta            // this member's meta
+	flags       byte            // flagLeaving after Leave, flagRestarting after AnnounceRestart
+	meta        []byte          // self encoded with flags
+	left        bool
+	metaErrors  uint64
+	unconfirmed uint64
+	checking    int // checks under way
 }
 
 // entry is a member in the table.
 type entry struct {
-	m         Member
-	leaving   bool      // its last meta announced a leave
-	changed   time.Time // last change of state or address after the first
-	delivered Member    // what Notify last got (State zero: nothing yet)
+	m          Member
+	leaving    bool      // its last meta announced a leave
+	restarting bool      // its last meta announced a restart
+	mlDown     bool      // memberlist declared it dead or left, and it has not come back
+	changed    time.Time // last change of state or address after the first
+	delivered  Member    // what Notify last got (State zero: nothing yet)
+	check      check
 }
 
 // New starts a member: it binds the UDP and TCP sockets and starts probing
@@ -152,14 +185,15 @@ func New(cfg Config) (*Gossip, error) {
 		}
 	}
 	g := &Gossip{
-		cfg:     cfg,
-		log:     cfg.Logger,
-		wake:    make(chan struct{}, 1),
-		done:    make(chan struct{}),
-		members: make(map[string]*entry),
-		queued:  make(map[string]bool),
-		self:    cfg.Meta,
-		meta:    meta,
+		cfg:       cfg,
+		log:       cfg.Logger,
+		wake:      make(chan struct{}, 1),
+		checkWake: make(chan struct{}, 1),
+		done:      make(chan struct{}),
+		members:   make(map[string]*entry),
+		queued:    make(map[string]bool),
+		self:      cfg.Meta,
+		meta:      meta,
 	}
 	if !cfg.Insecure {
 		if g.ring, err = memberlist.NewKeyring(keys[1:], keys[0]); err != nil {
@@ -174,8 +208,9 @@ func New(cfg Config) (*Gossip, error) {
 	g.ml = ml // under mu for suspected, which memberlist may call already
 	g.mu.Unlock()
 	g.local = addrPort(ml.LocalNode())
-	g.wg.Add(1)
+	g.wg.Add(2)
 	go g.run()
+	go g.checker()
 	return g, nil
 }
 
@@ -192,8 +227,8 @@ func (g *Gossip) memberlistConfig() *memberlist.Config {
 	mc.ProbeTimeout = c.ProbeTimeout
 	mc.GossipInterval = c.GossipInterval
 	mc.SuspicionMult = c.SuspicionMult
-	mc.SuspicionMaxTimeoutMult = suspicionMaxTimeoutMult
-	mc.AwarenessMaxMultiplier = awarenessMaxMultiplier
+	mc.SuspicionMaxTimeoutMult = c.SuspicionMaxTimeoutMult
+	mc.AwarenessMaxMultiplier = c.AwarenessMaxMultiplier
 	mc.RetransmitMult = retransmitMult
 	mc.PushPullInterval = pushPullInterval
 	// memberlist compresses every packet (LZW, with a fresh 16 KB table each
@@ -327,8 +362,8 @@ func (g *Gossip) joinOne(seed string) error {
 }
 
 // Members returns every member this one knows, itself included, sorted by
-// name: alive and suspect ones, and dead and left ones for DeadRetention
-// after their last change.
+// name: those in the cluster (alive, suspect, unresponsive, restarting),
+// and dead and left ones for DeadRetention after their last change.
 func (g *Gossip) Members() []Member {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -392,6 +427,54 @@ func (g *Gossip) UpdateMeta(m Meta, timeout time.Duration) error {
 	return nil
 }
 
+// AnnounceRestart tells the others that this member is about to stop and
+// will come back under the same name (an agent's graceful shutdown: a
+// restart or an upgrade), and leaves memberlist's cluster: the others
+// report it Restarting instead of Left or Dead and keep what depends on it
+// for their Timing.RestartGrace. It waits up to timeout (positive) for the
+// announcement and the leave to go out; Close should follow. Like Leave,
+// it ends this Gossip's membership (later calls return ErrLeft).
+//
+// The announcement is a meta carrying a restart flag, and the leave is
+// memberlist's, sent only once memberlist has retransmitted the meta in
+// full: memberlist queues one message per member, so the leave would
+// replace a meta still being retransmitted, and a member that missed the
+// meta would read a plain departure. The leave (rather than a silent stop)
+// spares the others the probes and suspicions of a member that is gone,
+// and lets it come back at once even on another address (memberlist
+// refuses a live member's new address until it is declared dead).
+func (g *Gossip) AnnounceRestart(timeout time.Duration) error {
+	if timeout <= 0 {
+		return fmt.Errorf("gossip: announce restart: timeout %s: use a positive timeout", timeout)
+	}
+	g.lifeMu.RLock()
+	defer g.lifeMu.RUnlock()
+	if g.closed {
+		return ErrClosed
+	}
+	g.mu.Lock()
+	if g.left {
+		g.mu.Unlock()
+		return ErrLeft
+	}
+	g.left = true
+	g.flags = flagRestarting
+	g.meta, _ = g.self.encode(g.flags) // encoded before: cannot fail
+	g.mu.Unlock()
+	deadline := time.Now().Add(timeout)
+	var errs []error
+	if err := g.ml.UpdateNode(timeout * 2 / 3); err != nil {
+		errs = append(errs, err)
+	}
+	if err := g.ml.Leave(max(time.Until(deadline), time.Millisecond)); err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("gossip: announce restart: %w", err)
+	}
+	return nil
+}
+
 // SetKeys replaces the keyring at run time: keys[0] becomes the primary,
 // the others are accepted. A rotation runs in three steps, each on every
 // member before the next: add the new key ([old, new]), make it primary
@@ -445,7 +528,8 @@ func (g *Gossip) Leave(timeout time.Duration) error {
 		return nil
 	}
 	g.left = true
-	g.meta, _ = g.self.encode(flagLeaving) // encoded before: cannot fail
+	g.flags = flagLeaving
+	g.meta, _ = g.self.encode(g.flags) // encoded before: cannot fail
 	g.mu.Unlock()
 	// memberlist's own leave (a death announced by the member itself) looks
 	// to the others like any death; the meta carrying flagLeaving, sent
@@ -460,8 +544,10 @@ func (g *Gossip) Leave(timeout time.Duration) error {
 }
 
 // Close stops the member without leaving: to the others it looks like a
-// crash, and they declare it dead. It returns after its goroutines and any
-// Notify call have returned (memberlist's own goroutines stop shortly
+// crash, and they declare it dead once their check finds its port closed,
+// unless AnnounceRestart came first (then it is Restarting). It returns
+// after its goroutines, its checks under way and any Notify call have
+// returned (memberlist's own goroutines stop shortly
 // after: memberlist offers no way to wait for them). Calling it again does
 // nothing.
 func (g *Gossip) Close() error {
@@ -483,7 +569,7 @@ func (g *Gossip) Stats() Stats {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.pruneLocked(time.Now())
-	s := Stats{MetaErrors: g.metaErrors, HealthScore: score}
+	s := Stats{MetaErrors: g.metaErrors, UnconfirmedDeaths: g.unconfirmed, HealthScore: score}
 	for _, e := range g.members {
 		switch e.m.State {
 		case Alive:
@@ -494,6 +580,10 @@ func (g *Gossip) Stats() Stats {
 			s.Dead++
 		case Left:
 			s.Left++
+		case Unresponsive:
+			s.Unresponsive++
+		case Restarting:
+			s.Restarting++
 		}
 	}
 	return s

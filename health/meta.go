@@ -21,7 +21,7 @@ const (
 
 // metaVersion is the version of the encoding this package writes.
 //
-// Layout of version 1 (all integers one byte):
+// Layout of versions 1 and 2 (all integers one byte):
 //
 //	version  flags
 //	len(Cluster) Cluster
@@ -29,15 +29,32 @@ const (
 //	len(NodeIPs)  { family(4|6) address(4|16 bytes) }...
 //	len(PodCIDRs) { family(4|6) address(4|16 bytes) bits }...
 //
-// A later version may only append fields and define flags: a decoder of
-// version 1 reads the fields it knows from a newer encoding and ignores the
-// rest, so agents of different versions understand each other during an
-// upgrade. In version 1 itself, unknown flags and trailing bytes are errors.
-const metaVersion = 1
+// A later version may only append fields and define flags: a decoder
+// reads the fields it knows from a newer encoding and ignores the rest, so
+// agents of different versions understand each other during an upgrade.
+// In a version the decoder knows, unknown flags and trailing bytes are
+// errors. Version 2 defines flagRestarting; a decoder of version 1 ignores
+// it (and so treats a restarting member as it did before: dead).
+const metaVersion = 2
 
-// flagLeaving marks the meta a member sends just before it leaves, so that
-// the others report Left, not Dead (memberlist does not tell them which).
-const flagLeaving = 1 << 0
+// Flags of the meta.
+const (
+	// flagLeaving marks the meta a member sends just before it leaves, so
+	// that the others report Left, not Dead (memberlist does not tell them
+	// which). Version 1.
+	flagLeaving = 1 << 0
+	// flagRestarting marks the meta a member sends just before it stops to
+	// restart (AnnounceRestart): the others report Restarting. Version 2.
+	flagRestarting = 1 << 1
+)
+
+// knownFlags are the flags each version defines.
+func knownFlags(version byte) byte {
+	if version == 1 {
+		return flagLeaving
+	}
+	return flagLeaving | flagRestarting
+}
 
 // ErrMeta is wrapped by every error about an undecodable or invalid Meta.
 var ErrMeta = errors.New("invalid gossip meta")
@@ -151,8 +168,9 @@ func decodeMeta(b []byte) (Meta, byte, error) {
 	if version == 0 {
 		return Meta{}, 0, fmt.Errorf("%w: version 0", ErrMeta)
 	}
-	if version == metaVersion && flags&^flagLeaving != 0 {
-		return Meta{}, 0, fmt.Errorf("%w: unknown flags %#x", ErrMeta, flags&^flagLeaving)
+	known := knownFlags(version)
+	if version <= metaVersion && flags&^known != 0 {
+		return Meta{}, 0, fmt.Errorf("%w: unknown flags %#x in version %d", ErrMeta, flags&^known, version)
 	}
 	var m Meta
 	m.Cluster = d.string()
@@ -177,7 +195,7 @@ func decodeMeta(b []byte) (Meta, byte, error) {
 	if d.err != nil {
 		return Meta{}, 0, d.err
 	}
-	if version == metaVersion && len(d.b) > 0 {
+	if version <= metaVersion && len(d.b) > 0 {
 		return Meta{}, 0, fmt.Errorf("%w: %d trailing bytes", ErrMeta, len(d.b))
 	}
 	// The same rules as for what we send, so that what we accept we could
@@ -185,7 +203,7 @@ func decodeMeta(b []byte) (Meta, byte, error) {
 	if err := m.Validate(); err != nil {
 		return Meta{}, 0, err
 	}
-	return m, flags & flagLeaving, nil
+	return m, flags & known, nil
 }
 
 // metaDecoder reads fields off b; after the first error every read returns

@@ -20,7 +20,7 @@ func TestMetaRoundTrip(t *testing.T) {
 			Version:  "v1.0.0-ünïcode",
 		},
 	} {
-		for _, flags := range []byte{0, flagLeaving} {
+		for _, flags := range []byte{0, flagLeaving, flagRestarting} {
 			b, err := m.encode(flags)
 			if err != nil {
 				t.Fatalf("encode %+v: %v", m, err)
@@ -30,6 +30,12 @@ func TestMetaRoundTrip(t *testing.T) {
 				t.Fatalf("decode(encode(%+v)) = %+v, %d, %v", m, got, gotFlags, err)
 			}
 		}
+	}
+	// Version 1, what agents before flagRestarting send, still decodes.
+	b1, _ := Meta{Cluster: "c", Version: "v0"}.encode(flagLeaving)
+	b1[0] = 1
+	if got, flags, err := decodeMeta(b1); err != nil || got.Cluster != "c" || flags != flagLeaving {
+		t.Errorf("version 1: %+v, %d, %v", got, flags, err)
 	}
 	// A newer version with a field appended still decodes.
 	b, _ := Meta{Cluster: "c", Version: "v9"}.encode(0)
@@ -77,7 +83,8 @@ func TestMetaErrors(t *testing.T) {
 		{"empty", nil},
 		{"one byte", []byte{1}},
 		{"version 0", []byte{0, 0, 0, 0, 0, 0}},
-		{"unknown flag", []byte{1, 2, 0, 0, 0, 0}},
+		{"unknown flag", []byte{2, 4, 0, 0, 0, 0}},
+		{"restarting in version 1", []byte{1, flagRestarting, 0, 0, 0, 0}},
 		{"truncated", good[:len(good)-1]},
 		{"trailing", append(bytes.Clone(good), 0)},
 		{"bad family", []byte{1, 0, 0, 0, 1, 5, 1, 2, 3, 4, 0}},
@@ -99,6 +106,10 @@ func FuzzDecodeMeta(f *testing.F) {
 			PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.1.5.0/24"), netip.MustParsePrefix("fd00::/64")}},
 	} {
 		b, _ := m.encode(flagLeaving)
+		f.Add(b)
+		b, _ = m.encode(flagRestarting)
+		f.Add(b)
+		b[0] = 1
 		f.Add(b)
 	}
 	f.Add([]byte{2, 0xff, 0, 0, 0, 0, 9, 9})

@@ -1,8 +1,8 @@
 // Package lab runs clusters of meshplane on one machine: nodes and pods as
 // network namespaces, real agents, real eBPF, real packets. It is what
 // `meshctl lab` and the demo run, and what end-to-end tests and the
-// datapath benchmark (lab/labbench) build on (Up, Probe, AddPod,
-// StopAgent, ...).
+// datapath and health benchmarks (lab/labbench, lab/healthbench) build on
+// (Up, Probe, AddPod, StopAgent, KillAgent, PauseAgent, ...).
 //
 // # What a lab is
 //

@@ -589,9 +589,8 @@ func (a *Agent) usage() []nodecidr.CIDRUsage {
 func (a *Agent) shutdown() error {
 	var errs []error
 	if g := a.gossip.Load(); g != nil {
-		// No Leave: a restart must not look like a departure. Others see
-		// the node suspect only if the restart outlasts the probe timeouts.
-		errs = append(errs, g.Close())
+		// A restart must not look like a departure, nor like a crash.
+		errs = append(errs, a.closeGossip(g))
 	}
 	if ips := a.ips.Load(); ips != nil {
 		errs = append(errs, ips.Close())

@@ -231,9 +231,11 @@ func sameBackends(got []netip.AddrPort, want ...string) error {
 }
 
 // TestAgentsMirrorAndGossip runs three agents on one etcd: entries written
-// in etcd reach every agent's maps; an agent that dies is seen dead by the
-// others, which take its routes and backends out; it comes back when the
-// agent does.
+// in etcd reach every agent's maps; an agent that stops gracefully is read
+// as restarting by the others, which keep its routes and backends; one that
+// leaves for good is read as left, and they take its routes and backends
+// out; they come back when the agent does. (A crash, SIGKILL, needs a
+// process of its own: e2e's TestCrashRemovesBackends.)
 func TestAgentsMirrorAndGossip(t *testing.T) {
 	t.Parallel()
 	cluster := etcdtest.Cluster(t)
@@ -301,13 +303,52 @@ func TestAgentsMirrorAndGossip(t *testing.T) {
 		})
 	}
 
-	// Agent 2 dies: the others see it dead and take out its route and
-	// backend; its address and its pods' identities stay.
+	// Agent 2 stops gracefully, as for a restart or an upgrade: the others
+	// read it as restarting and keep its route and backend.
 	dead := agents[2]
 	dead.stop()
 	for _, ta := range agents[:2] {
 		m := ipcacheOf(t, ta.cfg.Node)
-		eventually(t, 15*time.Second, ta.cfg.Node+" drops the dead node's route and backend", func() error {
+		eventually(t, 15*time.Second, ta.cfg.Node+" reads the stopped node as restarting", func() error {
+			if h := healthOf(ta, dead.cfg.Node); h != "restarting" {
+				return fmt.Errorf("health %s", h)
+			}
+			return nil
+		})
+		if err := hasIPCache(m, cidrOf2(dead), identity.World, nodeIP(2)); err != nil {
+			t.Errorf("%s during the restart: %v", ta.cfg.Node, err)
+		}
+		got, err := serviceBackends(t, ta.cfg.Node, fe, 6)
+		if err == nil {
+			err = sameBackends(got, podOn0.String(), podOn2.String())
+		}
+		if err != nil {
+			t.Errorf("%s during the restart: %v", ta.cfg.Node, err)
+		}
+	}
+	leaver := dead.cfg
+	leaver.LeaveOnShutdown = true // for its next stop
+	agents[2] = startAgent(t, leaver)
+	agents[2].waitOK(t)
+	for _, ta := range agents[:2] {
+		eventually(t, 15*time.Second, ta.cfg.Node+" reads the restarted node as alive", func() error {
+			if h := healthOf(ta, dead.cfg.Node); h != "alive" {
+				return fmt.Errorf("health %s", h)
+			}
+			return nil
+		})
+	}
+
+	// Agent 2 leaves for good: the others take out its route and backend;
+	// its address and its pods' identities stay.
+	dead = agents[2]
+	dead.stop()
+	for _, ta := range agents[:2] {
+		m := ipcacheOf(t, ta.cfg.Node)
+		eventually(t, 15*time.Second, ta.cfg.Node+" drops the departed node's route and backend", func() error {
+			if h := healthOf(ta, dead.cfg.Node); h != "left" {
+				return fmt.Errorf("health %s", h)
+			}
 			if err := lacksIPCache(m, cidrOf2(dead)); err != nil {
 				return err
 			}
@@ -347,6 +388,16 @@ func TestAgentsMirrorAndGossip(t *testing.T) {
 			t.Errorf("node %s: health %s, registered %v; want alive and registered", n.Name, n.Health, n.Registered)
 		}
 	}
+}
+
+// healthOf is node's health as ta's agent reads it.
+func healthOf(ta *testAgent, node string) string {
+	for _, n := range ta.a.Nodes() {
+		if n.Name == node {
+			return n.Health
+		}
+	}
+	return "(not listed)"
 }
 
 // cidrOf2 is the pod CIDR a stopped agent held (from its node record).

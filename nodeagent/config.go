@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/meshplane/meshplane/health"
 	"github.com/meshplane/meshplane/identity"
 	"github.com/meshplane/meshplane/ipam"
 	"github.com/meshplane/meshplane/kvstore"
@@ -89,9 +90,17 @@ type Config struct {
 	GossipKeys [][]byte
 	// GossipInsecure allows gossip without keys (a test or a lab).
 	GossipInsecure bool
-	// GossipTuning, if set, replaces the health package's timing defaults
-	// (tests and benchmarks).
-	GossipTuning *GossipTuning
+	// Gossip is the failure detector's timing (probes, suspicion, the
+	// direct check of a node declared dead, the grace of a node that
+	// announced a restart); zero fields mean package health's defaults
+	// (health/doc.go, "Tuning").
+	Gossip health.Timing
+	// LeaveOnShutdown makes a graceful shutdown (the end of Run's context,
+	// SIGTERM) a departure for good: the other nodes take this node's
+	// routes and service backends out at once. Otherwise (the default) the
+	// agent announces a restart, and the others keep them for their
+	// Gossip.RestartGrace while it is away.
+	LeaveOnShutdown bool
 
 	// APISocket is the unix socket of the gRPC API. Zero means
 	// DefaultAPISocket.
@@ -126,12 +135,6 @@ type Config struct {
 
 	// Logger receives the agent's logs. Nil discards them.
 	Logger *slog.Logger
-}
-
-// GossipTuning overrides gossip timing; zero fields keep the defaults.
-type GossipTuning struct {
-	ProbeInterval, ProbeTimeout, GossipInterval time.Duration
-	SuspicionMult                               int
 }
 
 // Validate checks the configuration without touching the system, and
@@ -192,6 +195,9 @@ func (c *Config) Validate() error {
 	}
 	if len(c.GossipKeys) == 0 && !c.GossipInsecure {
 		return fmt.Errorf("%w: no gossip key: pass --gossip-key-file (create one with 'head -c 32 /dev/urandom | base64'), or --gossip-insecure for a lab", ErrConfig)
+	}
+	if err := c.Gossip.Validate(); err != nil {
+		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	for i, k := range c.GossipKeys {
 		if n := len(k); n != 16 && n != 24 && n != 32 {

@@ -45,11 +45,18 @@
 // # Health and the datapath
 //
 // etcd is not the failure detector: the lease is long (LeaseTTL, 5m). A node
-// that gossip declares dead (or that left) has its routes (the ipcache
-// entries of its pod CIDRs) and its service backends taken out of this
-// node's maps within seconds, and put back when it is alive again. Its own
-// addresses and its pods' IP-to-identity entries stay: identity is not
-// reachability.
+// that gossip declares dead (confirmed by a direct check, health/doc.go) or
+// that left has its routes (the ipcache entries of its pod CIDRs) and its
+// service backends taken out of this node's maps within seconds, and put
+// back when it is alive again. A node that is unresponsive (its agent
+// stalled, its kernel answering) or restarting keeps them: its datapath, in
+// the kernel, still forwards. Its own addresses and its pods'
+// IP-to-identity entries always stay: identity is not reachability.
+//
+// A graceful shutdown (the end of Run's context: SIGTERM) announces a
+// restart in gossip, so the other nodes read this node as restarting and
+// keep its routes for their restart grace (Config.Gossip.RestartGrace);
+// with Config.LeaveOnShutdown it leaves for good instead.
 //
 // # Restarts and outages
 //

@@ -2,6 +2,7 @@ package nodeagent
 
 import (
 	"context"
+	"log/slog"
 	"net/netip"
 	"time"
 
@@ -24,19 +25,46 @@ func (a *Agent) startGossip() (*health.Gossip, error) {
 		Keys:     a.cfg.GossipKeys,
 		Insecure: a.cfg.GossipInsecure,
 		Meta:     health.Meta{Cluster: a.cfg.Cluster, Version: Version},
+		Timing:   a.cfg.Gossip,
 		Logger:   a.log.With("subsys", "gossip"),
 		Notify: func(m health.Member) {
 			if m.Name == a.cfg.Node {
 				return
 			}
-			a.log.Info("node health", "node", m.Name, "state", m.State.String(), "addr", m.Addr)
+			level := slog.LevelInfo
+			if m.State == health.Unresponsive {
+				// A death gossip declared that the node's kernel
+				// contradicts: its agent is stalled or starved.
+				level = slog.LevelWarn
+			}
+			a.log.Log(context.Background(), level, "node health", "node", m.Name, "state", m.State.String(), "addr", m.Addr)
 			a.mirror.setHealth(m.Name, m.State)
 		},
 	}
-	if t := a.cfg.GossipTuning; t != nil {
-		cfg.ProbeInterval, cfg.ProbeTimeout, cfg.GossipInterval, cfg.SuspicionMult = t.ProbeInterval, t.ProbeTimeout, t.GossipInterval, t.SuspicionMult
-	}
 	return health.New(cfg)
+}
+
+// gossipAnnounceTimeout bounds how long a graceful shutdown waits for its
+// restart announcement or leave to go out.
+const gossipAnnounceTimeout = 2 * time.Second
+
+// closeGossip ends this node's gossip on a graceful shutdown. By default
+// it announces a restart first, so the other nodes read this node as
+// restarting and keep its routes and backends for their restart grace;
+// with LeaveOnShutdown it leaves for good, and they take them out at once.
+func (a *Agent) closeGossip(g *health.Gossip) error {
+	if a.cfg.LeaveOnShutdown {
+		if err := g.Leave(gossipAnnounceTimeout); err != nil {
+			a.log.Warn("gossip leave not confirmed; the other nodes may see this node dead instead of left", "err", err)
+		} else {
+			a.log.Info("left the cluster's gossip for good")
+		}
+	} else if err := g.AnnounceRestart(gossipAnnounceTimeout); err != nil {
+		a.log.Warn("restart announcement not confirmed; nodes that missed it see this node dead until it is back", "err", err)
+	} else {
+		a.log.Info("announced a restart to the cluster's gossip")
+	}
+	return g.Close()
 }
 
 // joinLoop joins gossip through the node records in etcd: there is no

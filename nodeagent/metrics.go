@@ -108,16 +108,18 @@ var (
 		"The agent's own etcd keys (node record, endpoints) it wrote back after someone else changed or deleted them.", nil, nil)
 	descPolicyRev = prometheus.NewDesc("meshplane_policy_enforced_revision",
 		"The etcd revision up to which the node enforces the policies (0 until the agent is synced).", nil, nil)
-	descSessionUp  = prometheus.NewDesc("meshplane_kvstore_session_up", "1 while the agent holds its etcd lease and etcd answers, else 0.", nil, nil)
-	descSessionGen = prometheus.NewDesc("meshplane_kvstore_session_generation", "Leases the agent's session has been granted (grows after each loss).", nil, nil)
-	descMembers    = prometheus.NewDesc("meshplane_gossip_members", "Gossip members as this node sees them, by state.", []string{"state"}, nil)
-	descPodIPs     = prometheus.NewDesc("meshplane_ipam_pod_ips", "Pod IPs of this node's CIDRs, by state.", []string{"state"}, nil)
-	descReady      = prometheus.NewDesc("meshplane_agent_ready", "1 when the agent is ok (synced, etcd reachable, maps written), else 0.", nil, nil)
+	descSessionUp   = prometheus.NewDesc("meshplane_kvstore_session_up", "1 while the agent holds its etcd lease and etcd answers, else 0.", nil, nil)
+	descSessionGen  = prometheus.NewDesc("meshplane_kvstore_session_generation", "Leases the agent's session has been granted (grows after each loss).", nil, nil)
+	descMembers     = prometheus.NewDesc("meshplane_gossip_members", "Gossip members as this node sees them, by state (alive, suspect, unresponsive, restarting, dead, left).", []string{"state"}, nil)
+	descHealthScore = prometheus.NewDesc("meshplane_gossip_health_score", "This agent's Lifeguard awareness of its own health: 0 is healthy; each point stretches its probe interval (it is likely the slow one).", nil, nil)
+	descUnconfirmed = prometheus.NewDesc("meshplane_gossip_unconfirmed_deaths_total", "Deaths gossip declared that the direct check contradicted (the node answered TCP on its gossip port): removals that did not happen.", nil, nil)
+	descPodIPs      = prometheus.NewDesc("meshplane_ipam_pod_ips", "Pod IPs of this node's CIDRs, by state.", []string{"state"}, nil)
+	descReady       = prometheus.NewDesc("meshplane_agent_ready", "1 when the agent is ok (synced, etcd reachable, maps written), else 0.", nil, nil)
 )
 
 func (statusCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descMapEntries, descMapPending, descMapMax, descWatchEvents, descWatchRelist,
-		descCacheSize, descInvalidNow, descInvalidSeen, descRepairs, descPolicyRev, descSessionUp, descSessionGen, descMembers, descPodIPs, descReady} {
+		descCacheSize, descInvalidNow, descInvalidSeen, descRepairs, descPolicyRev, descSessionUp, descSessionGen, descMembers, descHealthScore, descUnconfirmed, descPodIPs, descReady} {
 		ch <- d
 	}
 }
@@ -146,9 +148,12 @@ func (c statusCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descSessionUp, g, up)
 	ch <- prometheus.MustNewConstMetric(descSessionGen, prometheus.CounterValue, float64(st.Etcd.Generation))
-	for state, n := range map[string]int{"alive": st.Gossip.Alive, "suspect": st.Gossip.Suspect, "dead": st.Gossip.Dead, "left": st.Gossip.Left} {
+	for state, n := range map[string]int{"alive": st.Gossip.Alive, "suspect": st.Gossip.Suspect, "dead": st.Gossip.Dead, "left": st.Gossip.Left,
+		"unresponsive": st.Gossip.Unresponsive, "restarting": st.Gossip.Restarting} {
 		ch <- prometheus.MustNewConstMetric(descMembers, g, float64(n), state)
 	}
+	ch <- prometheus.MustNewConstMetric(descHealthScore, g, float64(st.Gossip.HealthScore))
+	ch <- prometheus.MustNewConstMetric(descUnconfirmed, prometheus.CounterValue, float64(st.Gossip.UnconfirmedDeaths))
 	ch <- prometheus.MustNewConstMetric(descPodIPs, g, float64(st.IPAM.Used), "used")
 	ch <- prometheus.MustNewConstMetric(descPodIPs, g, float64(st.IPAM.Free), "free")
 	ready := 0.0

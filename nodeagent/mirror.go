@@ -20,7 +20,9 @@ import (
 //
 // A node that gossip declares dead (or that left) loses its routes (the
 // ipcache entries of its pod CIDRs) and its service backends here; they
-// come back when it is alive again. Its own addresses and its pods' IPs
+// come back when it is alive again. Dead means confirmed (health/doc.go):
+// a node whose agent is stalled (unresponsive) or restarting keeps them,
+// since its datapath, in the kernel, still forwards. Its own addresses and its pods' IPs
 // keep their identities: identity is not reachability.
 //
 // The handlers are called from the caches' delivery goroutines and from
@@ -186,7 +188,7 @@ func (h nodeHandler) Delete(name string) {
 func (m *mirror) setHealth(name string, s health.State) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	down := s == health.Dead || s == health.Left
+	down := s.Down() // unresponsive and restarting nodes keep theirs
 	if m.down[name] == down {
 		return
 	}

@@ -157,6 +157,8 @@ func (s *apiServer) Status(context.Context, *api.StatusRequest) (*api.StatusResp
 		Gossip: &api.GossipStatus{
 			Address: st.Gossip.Address, Alive: uint32(st.Gossip.Alive), Suspect: uint32(st.Gossip.Suspect),
 			Dead: uint32(st.Gossip.Dead), Left: uint32(st.Gossip.Left),
+			Unresponsive: uint32(st.Gossip.Unresponsive), Restarting: uint32(st.Gossip.Restarting),
+			HealthScore: uint32(st.Gossip.HealthScore), UnconfirmedDeaths: st.Gossip.UnconfirmedDeaths,
 		},
 		Ipam:           &api.IPAMStatus{Used: uint64(st.IPAM.Used), Free: uint64(st.IPAM.Free), Unreferenced: uint64(st.IPAM.Unreferenced)},
 		PolicyRevision: st.PolicyRevision,

@@ -7,7 +7,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/meshplane/meshplane/health"
 	"github.com/meshplane/meshplane/kvstore"
 	"github.com/meshplane/meshplane/kvstore/allocator"
 	"github.com/meshplane/meshplane/kvstore/nodecidr"
@@ -47,10 +46,15 @@ type EtcdStatus struct {
 	Repairs int64
 }
 
-// GossipStatus counts gossip members by state.
+// GossipStatus counts gossip members by state (health.Stats).
 type GossipStatus struct {
-	Address                    string
-	Alive, Suspect, Dead, Left int
+	Address                                              string
+	Alive, Suspect, Dead, Left, Unresponsive, Restarting int
+	// HealthScore is this agent's Lifeguard awareness (0: healthy).
+	HealthScore int
+	// UnconfirmedDeaths counts deaths gossip declared that the direct
+	// check contradicted.
+	UnconfirmedDeaths uint64
 }
 
 // CacheStatus is one watch cache's state.
@@ -108,18 +112,12 @@ func (a *Agent) Status() Status {
 	}
 	st.Etcd = a.etcdStatus()
 	if g := a.gossip.Load(); g != nil {
-		st.Gossip.Address = g.LocalAddr().String()
-		for _, m := range g.Members() {
-			switch m.State {
-			case health.Alive:
-				st.Gossip.Alive++
-			case health.Suspect:
-				st.Gossip.Suspect++
-			case health.Dead:
-				st.Gossip.Dead++
-			case health.Left:
-				st.Gossip.Left++
-			}
+		gs := g.Stats()
+		st.Gossip = GossipStatus{
+			Address: g.LocalAddr().String(),
+			Alive:   gs.Alive, Suspect: gs.Suspect, Dead: gs.Dead, Left: gs.Left,
+			Unresponsive: gs.Unresponsive, Restarting: gs.Restarting,
+			HealthScore: gs.HealthScore, UnconfirmedDeaths: gs.UnconfirmedDeaths,
 		}
 	}
 	st.Caches = a.cacheStatus()
@@ -269,7 +267,7 @@ func cacheStat(name, prefix string, c watchCache) CacheStatus {
 // NodeInfo is a node as `meshctl node list` shows it.
 type NodeInfo struct {
 	nodecidr.NodeRecord
-	Health      string // alive, suspect, dead, left, unknown
+	Health      string // alive, suspect, unresponsive, restarting, dead, left, unknown
 	HealthSince time.Time
 	Registered  bool
 	Local       bool

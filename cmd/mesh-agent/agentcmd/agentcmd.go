@@ -21,6 +21,7 @@ import (
 	"github.com/spf13/pflag"
 	"sigs.k8s.io/yaml"
 
+	"github.com/meshplane/meshplane/health"
 	"github.com/meshplane/meshplane/ipam"
 	"github.com/meshplane/meshplane/kvstore"
 	"github.com/meshplane/meshplane/nodeagent"
@@ -49,6 +50,8 @@ type flags struct {
 	gossipPort                int
 	gossipKeyFile             string
 	gossipInsecure            bool
+	gossip                    health.Timing
+	leaveOnShutdown           bool
 	apiSocket                 string
 	apiSocketGroup            int
 	metricsAddr               string
@@ -90,6 +93,15 @@ func newFlagSet(f *flags, stderr io.Writer) *pflag.FlagSet {
 	fs.IntVar(&f.gossipPort, "gossip-port", nodeagent.DefaultGossipPort, "gossip TCP and UDP port")
 	fs.StringVar(&f.gossipKeyFile, "gossip-key-file", "", "the cluster's gossip keyring: base64 keys, one per line, first used to send")
 	fs.BoolVar(&f.gossipInsecure, "gossip-insecure", false, "gossip without a key (labs only: anyone who reaches the port can join)")
+	fs.DurationVar(&f.gossip.ProbeInterval, "gossip-probe-interval", health.DefaultProbeInterval, "how often gossip probes another node")
+	fs.DurationVar(&f.gossip.ProbeTimeout, "gossip-probe-timeout", health.DefaultProbeTimeout, "how long a direct probe waits before asking other nodes to probe too; less than --gossip-probe-interval")
+	fs.DurationVar(&f.gossip.GossipInterval, "gossip-interval", health.DefaultGossipInterval, "how often gossip sends queued messages to random nodes")
+	fs.IntVar(&f.gossip.SuspicionMult, "gossip-suspicion-mult", health.DefaultSuspicionMult, "a suspect that does not refute within mult × max(1, log10(nodes)) × probe interval is declared dead (longer without confirmations)")
+	fs.IntVar(&f.gossip.SuspicionMaxTimeoutMult, "gossip-suspicion-max-mult", health.DefaultSuspicionMaxTimeoutMult, "how much longer a suspicion nobody confirms may last, as a multiple of the shortest (Lifeguard)")
+	fs.IntVar(&f.gossip.AwarenessMaxMultiplier, "gossip-awareness-max-mult", health.DefaultAwarenessMaxMultiplier, "how far a node that finds itself slow stretches its probes' deadlines, as a multiple of the probe interval (Lifeguard; 1: never)")
+	fs.DurationVar(&f.gossip.CheckTimeout, "gossip-check-timeout", health.DefaultCheckTimeout, "how long the direct TCP check of a node gossip declared dead waits for the node's answer")
+	fs.DurationVar(&f.gossip.RestartGrace, "gossip-restart-grace", health.DefaultRestartGrace, "how long a node that announced a restart keeps its routes and backends on the other nodes")
+	fs.BoolVar(&f.leaveOnShutdown, "leave-on-shutdown", false, "on SIGTERM, leave the cluster for good (the other nodes remove this node's routes and backends at once) instead of announcing a restart")
 	fs.StringVar(&f.apiSocket, "api-socket", nodeagent.DefaultAPISocket, "unix socket of the agent's gRPC API")
 	fs.IntVar(&f.apiSocketGroup, "api-socket-group", -1, "group ID allowed to use the API socket (mode 0660); -1: only the agent's user (0600)")
 	fs.StringVar(&f.metricsAddr, "metrics-address", "127.0.0.1:9962", "host:port of the Prometheus endpoint; empty disables it")
@@ -208,6 +220,7 @@ func (f *flags) config() (nodeagent.Config, slog.Level, error) {
 		IPCacheMax: f.ipcacheMax, EndpointsMax: f.endpointsMax, PolicyMax: f.policyMax,
 		ServicesMax: f.servicesMax, BackendsMax: f.backendsMax, CIDRMax: f.cidrMax,
 		GossipPort: f.gossipPort, GossipInsecure: f.gossipInsecure, NoDefaultPool: f.noDefaultPool,
+		Gossip: f.gossip, LeaveOnShutdown: f.leaveOnShutdown,
 		APISocket: f.apiSocket, APISocketGroup: f.apiSocketGroup, MetricsAddr: f.metricsAddr,
 		PruneInterval:      f.pruneInterval,
 		Datapath:           f.datapath,
@@ -257,9 +270,25 @@ func (f *flags) config() (nodeagent.Config, slog.Level, error) {
 		cfg.GossipKeys = keys
 	}
 	if err := cfg.Validate(); err != nil {
+		var te *health.TimingError
+		if errors.As(err, &te) {
+			return cfg, 0, fmt.Errorf("%w: --%s: %s", nodeagent.ErrConfig, timingFlags[te.Field], te.Msg)
+		}
 		return cfg, 0, err
 	}
 	return cfg, level, nil
+}
+
+// timingFlags names the flag of each health.Timing field, for errors.
+var timingFlags = map[string]string{
+	"ProbeInterval":           "gossip-probe-interval",
+	"ProbeTimeout":            "gossip-probe-timeout",
+	"GossipInterval":          "gossip-interval",
+	"SuspicionMult":           "gossip-suspicion-mult",
+	"SuspicionMaxTimeoutMult": "gossip-suspicion-max-mult",
+	"AwarenessMaxMultiplier":  "gossip-awareness-max-mult",
+	"CheckTimeout":            "gossip-check-timeout",
+	"RestartGrace":            "gossip-restart-grace",
 }
 
 // Main runs mesh-agent with args until ctx ends, logging to stderr, and

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshplane/meshplane/health"
 	"github.com/meshplane/meshplane/nodeagent"
 )
 
@@ -121,6 +122,63 @@ func TestLoadIPBlockOption(t *testing.T) {
 			}
 			if cfg.IPBlockOutsideOnly != tc.outsideOnly || cfg.CIDRMax != 1000 {
 				t.Errorf("IPBlockOutsideOnly = %v, CIDRMax = %d; want %v, 1000", cfg.IPBlockOutsideOnly, cfg.CIDRMax, tc.outsideOnly)
+			}
+		})
+	}
+}
+
+// TestGossipTiming checks the failure detector's flags: their defaults are
+// health's, every source reaches the Config, and a bad value is an error
+// that names the flag.
+func TestGossipTiming(t *testing.T) {
+	base := []string{"--node-ip", "10.0.0.1", "--node-name", "n1", "--gossip-insecure"}
+	cfg, _, err := Load(append([]string{"--state-dir", t.TempDir()}, base...), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := health.Timing{
+		ProbeInterval: health.DefaultProbeInterval, ProbeTimeout: health.DefaultProbeTimeout,
+		GossipInterval: health.DefaultGossipInterval, SuspicionMult: health.DefaultSuspicionMult,
+		SuspicionMaxTimeoutMult: health.DefaultSuspicionMaxTimeoutMult, AwarenessMaxMultiplier: health.DefaultAwarenessMaxMultiplier,
+		CheckTimeout: health.DefaultCheckTimeout, RestartGrace: health.DefaultRestartGrace,
+	}
+	if cfg.Gossip != want || cfg.LeaveOnShutdown {
+		t.Errorf("defaults: %+v, leave on shutdown %v; want %+v and false", cfg.Gossip, cfg.LeaveOnShutdown, want)
+	}
+
+	file := writeFile(t, "agent.yaml", "gossip-probe-interval: 500ms\ngossip-suspicion-max-mult: 8\n")
+	t.Setenv("MESHPLANE_GOSSIP_RESTART_GRACE", "30s")
+	cfg, _, err = Load(append([]string{"--state-dir", t.TempDir(), "--config", file, "--gossip-check-timeout", "2s", "--leave-on-shutdown"}, base...), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g := cfg.Gossip; g.ProbeInterval != 500*time.Millisecond || g.SuspicionMaxTimeoutMult != 8 || g.RestartGrace != 30*time.Second ||
+		g.CheckTimeout != 2*time.Second || !cfg.LeaveOnShutdown {
+		t.Errorf("from file, env and flags: %+v, leave on shutdown %v", g, cfg.LeaveOnShutdown)
+	}
+
+	for _, tt := range []struct {
+		args []string
+		want []string // all in the error
+	}{
+		{[]string{"--gossip-probe-timeout", "400ms"}, []string{"--gossip-probe-timeout", "not shorter than the probe interval 300ms"}},
+		{[]string{"--gossip-probe-interval", "100ms"}, []string{"--gossip-probe-timeout", "not shorter"}},
+		{[]string{"--gossip-restart-grace", "-1s"}, []string{"--gossip-restart-grace", "negative"}},
+		{[]string{"--gossip-check-timeout", "2h"}, []string{"--gossip-check-timeout", "too long"}},
+		{[]string{"--gossip-suspicion-mult", "1000"}, []string{"--gossip-suspicion-mult", "1-100"}},
+		{[]string{"--gossip-suspicion-max-mult", "-2"}, []string{"--gossip-suspicion-max-mult", "1-100"}},
+		{[]string{"--gossip-awareness-max-mult", "101"}, []string{"--gossip-awareness-max-mult", "1-100"}},
+		{[]string{"--gossip-probe-interval", "5"}, []string{"--gossip-probe-interval", "missing unit"}},
+	} {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			_, _, err := Load(append(append([]string{"--state-dir", t.TempDir()}, base...), tt.args...), io.Discard)
+			if err == nil {
+				t.Fatal("no error")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("Load() = %v, want it to say %q", err, w)
+				}
 			}
 		})
 	}

@@ -5,18 +5,16 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"os"
-	"os/exec"
 	"runtime"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/meshplane/meshplane/health"
+	"github.com/meshplane/meshplane/lab/cpuload"
 )
 
 type benchGossipConfig struct {
@@ -45,6 +43,7 @@ type benchGossipReport struct {
 	LoadMaxStallMS   float64 `json:"load_max_stall_ms"`
 	SettleS          float64 `json:"settle_s"`
 	FalsePositives   int     `json:"false_positives"`
+	FalseUnresp      int     `json:"false_unresponsive"`
 	FalseSuspects    int     `json:"false_suspects"`
 	DetectFirstS     float64 `json:"detect_first_s"`
 	DetectP50S       float64 `json:"detect_p50_s"`
@@ -72,8 +71,10 @@ Phase 1, false positives: for --load-duration it keeps every CPU busy with
 2 × NumCPU busy-looping /bin/sh processes (killed when the phase ends, and
 ending by themselves if meshctl dies), then waits until every member sees
 every member alive again (settle_s). false_suspects counts the members
-some member suspected in that time, false_positives those some member
-declared dead (or left). load_max_stall_ms is the longest this process
+some member suspected in that time, false_unresponsive those memberlist
+declared dead but whose port the direct check found open (their routes
+would stay), false_positives those some member reported dead (confirmed)
+or left. load_max_stall_ms is the longest this process
 could not run at all in that time (a 10 ms ticker's worst lateness): all
 members live in it, so a stall longer than the probe interval fails every
 probe under way at once. load_steal_pct is the CPU time the hypervisor
@@ -127,13 +128,15 @@ func (o *options) benchGossip(ctx context.Context, cfg benchGossipConfig) (rep b
 		return rep, fmt.Errorf("bench gossip: key: %w", err)
 	}
 	base := health.Config{
-		BindAddr:       "127.0.0.1",
-		Keys:           [][]byte{key},
-		Meta:           health.Meta{Cluster: "bench-" + randomSuffix(6)},
-		ProbeInterval:  cfg.probeInterval,
-		ProbeTimeout:   cfg.probeTimeout,
-		GossipInterval: cfg.gossipInterval,
-		SuspicionMult:  cfg.suspicionMult,
+		BindAddr: "127.0.0.1",
+		Keys:     [][]byte{key},
+		Meta:     health.Meta{Cluster: "bench-" + randomSuffix(6)},
+		Timing: health.Timing{
+			ProbeInterval:  cfg.probeInterval,
+			ProbeTimeout:   cfg.probeTimeout,
+			GossipInterval: cfg.gossipInterval,
+			SuspicionMult:  cfg.suspicionMult,
+		},
 	}
 	check := base
 	check.Name = benchGossipName(0)
@@ -177,20 +180,20 @@ func (o *options) benchGossip(ctx context.Context, cfg benchGossipConfig) (rep b
 	fmt.Fprintf(o.stderr, "bench: phase 1: %d busy processes for %s\n", procs, cfg.load)
 	obs.setPhase(phaseLoad)
 	stalls := startStallMeter()
-	cpu0 := readCPUTimes()
+	cpu0 := cpuload.ReadCPUTimes()
 	loadStart := time.Now()
 	if err := runLoad(ctx, procs, cfg.load); err != nil {
 		stalls.stop()
 		return rep, err
 	}
 	loadTime := time.Since(loadStart)
-	busy, steal := cpu0.pctUntil(readCPUTimes())
+	busy, steal := cpu0.PctUntil(cpuload.ReadCPUTimes())
 	settle, err := waitConverged(ctx, members, cfg.members, 60*time.Second)
 	maxStall := stalls.stop()
 	if err != nil {
 		return rep, fmt.Errorf("bench gossip: after the load: %w", err)
 	}
-	suspects, deads := obs.setPhase(phaseDetect)
+	suspects, unresp, deads := obs.setPhase(phaseDetect)
 
 	// Phase 2: detection.
 	fmt.Fprintf(o.stderr, "bench: phase 2: stopping %d members\n", cfg.kill)
@@ -238,6 +241,7 @@ func (o *options) benchGossip(ctx context.Context, cfg benchGossipConfig) (rep b
 		LoadMaxStallMS:   round(ms(maxStall), 1),
 		SettleS:          round(settle.Seconds(), 3),
 		FalsePositives:   deads,
+		FalseUnresp:      unresp,
 		FalseSuspects:    suspects,
 		DetectFirstS:     round(first.Seconds(), 3),
 		DetectP50S:       round(percentile(pairs, 50).Seconds(), 3),
@@ -274,81 +278,20 @@ func waitConverged(ctx context.Context, members []*health.Gossip, n int, limit t
 	}
 }
 
-// loadScript spins the CPU, checking every few hundred milliseconds that
-// its parent (meshctl) still runs, so that it ends by itself if meshctl is
-// killed before it can stop it.
-const loadScript = `while kill -0 $PPID 2>/dev/null; do i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done; done`
-
 // runLoad keeps procs busy-looping processes running for d, then kills them
 // (by PID) and reaps them.
 func runLoad(ctx context.Context, procs int, d time.Duration) (err error) {
-	var cmds []*exec.Cmd
-	defer func() {
-		for _, c := range cmds {
-			if kerr := c.Process.Kill(); kerr != nil && !errors.Is(kerr, os.ErrProcessDone) {
-				err = errors.Join(err, fmt.Errorf("bench gossip: stop load process %d: %w", c.Process.Pid, kerr))
-			}
-			_ = c.Wait() // killed: the exit status says so
-		}
-	}()
-	for range procs {
-		c := exec.Command("/bin/sh", "-c", loadScript)
-		if err := c.Start(); err != nil {
-			return fmt.Errorf("bench gossip: start load: %w", err)
-		}
-		cmds = append(cmds, c)
+	l, err := cpuload.Start(procs)
+	if err != nil {
+		return fmt.Errorf("bench gossip: %w", err)
 	}
+	defer func() { err = errors.Join(err, l.Stop()) }()
 	select {
 	case <-ctx.Done():
 		return fmt.Errorf("bench gossip: %w", ctx.Err())
 	case <-time.After(d):
 	}
 	return nil
-}
-
-// cpuTimes are the jiffies of the "cpu" line of /proc/stat; zero where
-// there is none.
-type cpuTimes struct{ busy, steal, total uint64 }
-
-func readCPUTimes() cpuTimes {
-	b, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		return cpuTimes{}
-	}
-	line, _, _ := strings.Cut(string(b), "\n")
-	fields := strings.Fields(line)
-	if len(fields) < 5 || fields[0] != "cpu" {
-		return cpuTimes{}
-	}
-	var t cpuTimes
-	// user nice system idle iowait irq softirq steal [guest guest_nice,
-	// which user already counts]
-	for i, f := range fields[1:min(len(fields), 9)] {
-		v, err := strconv.ParseUint(f, 10, 64)
-		if err != nil {
-			return cpuTimes{}
-		}
-		t.total += v
-		switch i {
-		case 3, 4: // idle, iowait
-		case 7:
-			t.steal += v
-		default:
-			t.busy += v
-		}
-	}
-	return t
-}
-
-// pctUntil is the share of CPU time spent busy in this machine, and stolen
-// from it by its hypervisor, between t and later, in percent; -1 if
-// /proc/stat could not be read.
-func (t cpuTimes) pctUntil(later cpuTimes) (busy, steal float64) {
-	if t.total == 0 || later.total <= t.total {
-		return -1, -1
-	}
-	d := float64(later.total - t.total)
-	return 100 * float64(later.busy-t.busy) / d, 100 * float64(later.steal-t.steal) / d
 }
 
 // stallMeter measures how late a 10 ms ticker in this process fires: the
@@ -400,6 +343,7 @@ type gossipObserver struct {
 	mu       sync.Mutex
 	phase    int
 	suspects map[string]bool                 // suspected in phaseLoad
+	unresp   map[string]bool                 // unresponsive in phaseLoad
 	deads    map[string]bool                 // dead or left in phaseLoad
 	deadAt   map[string]map[string]time.Time // in phaseDetect: member → observer → when first seen dead
 }
@@ -407,6 +351,7 @@ type gossipObserver struct {
 func newGossipObserver() *gossipObserver {
 	return &gossipObserver{
 		suspects: make(map[string]bool),
+		unresp:   make(map[string]bool),
 		deads:    make(map[string]bool),
 		deadAt:   make(map[string]map[string]time.Time),
 	}
@@ -420,6 +365,8 @@ func (b *gossipObserver) notifier(observer string) func(health.Member) {
 		switch {
 		case b.phase == phaseLoad && m.State == health.Suspect:
 			b.suspects[m.Name] = true
+		case b.phase == phaseLoad && m.State == health.Unresponsive:
+			b.unresp[m.Name] = true
 		case b.phase == phaseLoad && (m.State == health.Dead || m.State == health.Left):
 			b.deads[m.Name] = true
 		case b.phase == phaseDetect && m.State == health.Dead:
@@ -435,13 +382,13 @@ func (b *gossipObserver) notifier(observer string) func(health.Member) {
 	}
 }
 
-// setPhase moves to phase and returns how many members were suspected and
-// declared dead in the phase before.
-func (b *gossipObserver) setPhase(phase int) (suspects, deads int) {
+// setPhase moves to phase and returns how many members were suspected,
+// unresponsive and dead in the phase before.
+func (b *gossipObserver) setPhase(phase int) (suspects, unresp, deads int) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.phase = phase
-	return len(b.suspects), len(b.deads)
+	return len(b.suspects), len(b.unresp), len(b.deads)
 }
 
 // missing describes a killed member some live member has not seen dead

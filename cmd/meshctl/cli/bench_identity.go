@@ -27,7 +27,7 @@ func newBenchCmd(o *options) *cobra.Command {
 		Short: "Measure meshplane against a real etcd",
 	}
 	cmd.AddCommand(newBenchIdentityCmd(o), newBenchIPAMCmd(o), newBenchGossipCmd(o))
-	cmd.AddCommand(newBenchPropagationCmd(o), newBenchDatapathCmd(o))
+	cmd.AddCommand(newBenchPropagationCmd(o), newBenchDatapathCmd(o), newBenchHealthCmd(o))
 	return cmd
 }
 

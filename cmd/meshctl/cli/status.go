@@ -171,7 +171,8 @@ func printStatus(w io.Writer, st *api.StatusResponse, format string) error {
 		fmt.Fprintln(w)
 	}
 	if g := st.Gossip; g != nil {
-		fmt.Fprintf(w, "Gossip:   %s: %d alive, %d suspect, %d dead, %d left\n", g.Address, g.Alive, g.Suspect, g.Dead, g.Left)
+		fmt.Fprintf(w, "Gossip:   %s: %d alive, %d suspect, %d unresponsive, %d restarting, %d dead, %d left (health score %d, %d unconfirmed deaths)\n",
+			g.Address, g.Alive, g.Suspect, g.Unresponsive, g.Restarting, g.Dead, g.Left, g.HealthScore, g.UnconfirmedDeaths)
 	}
 	if ip := st.Ipam; ip != nil {
 		fmt.Fprintf(w, "IPAM:     %s: %d pod IPs used, %d free", orNone(ip.PodCidrs), ip.Used, ip.Free)
