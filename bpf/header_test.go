@@ -52,10 +52,7 @@ func headerStructs(t *testing.T) map[string][]string {
 // in the same order, and, compiled for the BPF target, every member's
 // offset and size and the struct's size those of the Go type.
 func TestHeaderLayouts(t *testing.T) {
-	clang, err := exec.LookPath("clang")
-	if err != nil {
-		t.Skip("clang is not installed: cannot compile the datapath's header")
-	}
+	clang := findClang(t, "cannot compile the datapath's header")
 	header := headerStructs(t)
 	docs := docStructs(t)
 	abs, err := filepath.Abs(headerPath)

@@ -40,7 +40,8 @@ type testAgent struct {
 // agentConfig returns the config of node i of a test cluster.
 func agentConfig(t *testing.T, s *etcdtest.Server, cluster string, i int) nodeagent.Config {
 	t.Helper()
-	name := fmt.Sprintf("node%d-%d", i, nodeSeq.Add(1))
+	// The pid keeps names apart from other test processes sharing the bpffs.
+	name := fmt.Sprintf("node%d-%d-%d", i, os.Getpid(), nodeSeq.Add(1))
 	dir := t.TempDir()
 	cfg := nodeagent.Config{
 		Node: name, Cluster: cluster, ClusterID: 1,

@@ -104,7 +104,7 @@ func TestAgentStateDirLock(t *testing.T) {
 		node func(nodeagent.Config) string
 	}{
 		{"same node", func(c nodeagent.Config) string { return c.Node }},
-		{"another node", func(nodeagent.Config) string { return fmt.Sprintf("phantom-%d", nodeSeq.Add(1)) }},
+		{"another node", func(nodeagent.Config) string { return fmt.Sprintf("phantom-%d-%d", os.Getpid(), nodeSeq.Add(1)) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			second := agentConfig(t, srv, cluster, 2)
