@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"testing"
@@ -41,6 +42,21 @@ func mustRun(t *testing.T, args ...string) string {
 		t.Fatalf("meshctl %s: %v (stderr: %s)", strings.Join(args, " "), err, errOut)
 	}
 	return out
+}
+
+// TestIdentityAllocateTooManyLabels: the label set limits hold where
+// label sets enter, with the limit in the message.
+func TestIdentityAllocateTooManyLabels(t *testing.T) {
+	t.Parallel()
+	g := inCluster(t)
+	ls := make([]string, labels.MaxSetLabels+1)
+	for i := range ls {
+		ls[i] = fmt.Sprintf("k8s:key-%d=v", i)
+	}
+	_, _, err := meshctl(t, append(g, "identity", "allocate", "--labels", strings.Join(ls, ","))...)
+	if !errors.Is(err, labels.ErrTooLarge) || !strings.Contains(err.Error(), "at most 128") {
+		t.Fatalf("allocate with %d labels: %v, want ErrTooLarge naming the limit", len(ls), err)
+	}
 }
 
 func TestIdentityAllocateListGet(t *testing.T) {
