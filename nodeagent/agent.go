@@ -113,6 +113,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		Dir: a.cfg.BPFFS, Node: a.cfg.Node,
 		IPCacheMax: a.cfg.IPCacheMax, EndpointsMax: a.cfg.EndpointsMax, PolicyMax: a.cfg.PolicyMax,
 		ServicesMax: a.cfg.ServicesMax, BackendsMax: a.cfg.BackendsMax,
+		SizeNames: mapSizeFlags,
 	}
 	maps, err := bpf.OpenMaps(bcfg)
 	if err != nil {

@@ -487,7 +487,8 @@ func TestAgentEtcdOutage(t *testing.T) {
 
 // TestAgentMapFull gives the ipcache room for fewer entries than etcd
 // holds: the agent reports the full map, installs what fits, and recovers
-// when entries go away.
+// when entries go away. The message names the flag an operator raises,
+// not a Go field.
 func TestAgentMapFull(t *testing.T) {
 	t.Parallel()
 	cluster := etcdtest.Cluster(t)
@@ -510,6 +511,9 @@ func TestAgentMapFull(t *testing.T) {
 		}
 		for _, ms := range st.Maps {
 			if ms.Name == "ipcache" && ms.Pending > 0 && strings.Contains(ms.LastError, "full") {
+				if !strings.Contains(ms.LastError, "raise --bpf-ipcache-max") || strings.Contains(ms.LastError, "Config.") {
+					return fmt.Errorf("map full message %q does not name --bpf-ipcache-max", ms.LastError)
+				}
 				return nil
 			}
 		}
