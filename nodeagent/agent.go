@@ -610,11 +610,7 @@ func readLease(path string) kvstore.LeaseID {
 }
 
 func writeLease(path string, lease kvstore.LeaseID) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(strconv.FormatInt(int64(lease), 16)+"\n"), 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return writeFileAtomic(path, []byte(strconv.FormatInt(int64(lease), 16)+"\n"), 0o600)
 }
 
 // --- endpointDeps ---
