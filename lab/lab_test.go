@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // requireLab skips a test that needs to build a lab (root, bpffs) where it
@@ -548,5 +550,23 @@ func TestUpExternalEtcdRefused(t *testing.T) {
 	}
 	if ns, _ := listLabNetns(name); len(ns) != 0 {
 		t.Fatalf("Up left namespaces %v", ns)
+	}
+}
+
+// TestCheckHostMountsBPFFS: the lab (and so the demo) mounts a bpffs
+// where its BPFFS has none, instead of failing with "no bpffs".
+func TestCheckHostMountsBPFFS(t *testing.T) {
+	requireLab(t)
+	dir := filepath.Join(t.TempDir(), "bpffs")
+	t.Cleanup(func() {
+		for unix.Unmount(dir, unix.MNT_DETACH) == nil {
+		}
+	})
+	if err := checkHost(Options{BPFFS: dir}); err != nil {
+		t.Fatalf("checkHost on a directory without bpffs: %v", err)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil || st.Type != unix.BPF_FS_MAGIC {
+		t.Fatalf("%s is not a bpffs after checkHost (%v)", dir, err)
 	}
 }

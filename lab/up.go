@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/meshplane/meshplane/api"
+	"github.com/meshplane/meshplane/bpf"
 	"github.com/meshplane/meshplane/kvstore"
 	"github.com/meshplane/meshplane/kvstore/nodecidr"
 )
@@ -256,15 +257,15 @@ func (l *Lab) up(ctx context.Context) error {
 	return l.save()
 }
 
-// checkHost checks what Up needs of the machine before it changes
-// anything.
+// checkHost checks what Up needs of the machine before it makes anything
+// of the lab, and sets up what it can: a bpffs at o.BPFFS, mounted as the
+// agent would. What it cannot do it says plainly.
 func checkHost(o Options) error {
 	if os.Geteuid() != 0 {
-		return fmt.Errorf("%w: the lab needs root (network namespaces, eBPF)", os.ErrPermission)
+		return fmt.Errorf("%w: the lab needs root (network namespaces, eBPF): run it with sudo", os.ErrPermission)
 	}
-	var fs unix.Statfs_t
-	if err := unix.Statfs(o.BPFFS, &fs); err != nil || fs.Type != unix.BPF_FS_MAGIC {
-		return fmt.Errorf("no bpffs at %s: mount it with: mount -t bpf bpf %s", o.BPFFS, o.BPFFS)
+	if _, err := bpf.MountFS(o.BPFFS); err != nil {
+		return fmt.Errorf("lab: %w", err)
 	}
 	return nil
 }

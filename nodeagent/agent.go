@@ -106,7 +106,7 @@ func New(cfg Config) (*Agent, error) {
 // node record and the node's ipcache entries stay while the agent
 // restarts.
 func (a *Agent) Run(ctx context.Context) (err error) {
-	if err := bpf.CheckSupport(a.cfg.BPFFS); err != nil {
+	if err := a.setupBPFFS(); err != nil {
 		return err
 	}
 	bcfg := bpf.Config{
