@@ -36,17 +36,25 @@ type tooLargeError struct{ msg string }
 func (e *tooLargeError) Error() string   { return e.msg }
 func (e *tooLargeError) Unwrap() []error { return []error{ErrInvalid, ErrTooLarge} }
 
-const trimLabels = "drop the labels that do not describe the workload, or exclude them with a label filter"
+const trimLabels = "drop the labels that do not describe the workload (an identity names a workload, not one pod)"
 
 // checkLimits reports whether the canonical set s is within the limits.
 func checkLimits(s Set) error {
-	switch n := s.Len(); {
-	case n > MaxSetLabels:
-		return &tooLargeError{fmt.Sprintf("label set has %d labels; at most %d (labels.MaxSetLabels) make one identity: %s", n, MaxSetLabels, trimLabels)}
+	switch {
+	case s.Len() > MaxSetLabels:
+		return tooManyLabels(s.Len())
 	case len(s.String()) > MaxSetBytes:
-		return &tooLargeError{fmt.Sprintf("label set is %d bytes; at most %d (labels.MaxSetBytes) make one identity: %s", len(s.String()), MaxSetBytes, trimLabels)}
+		return tooManyBytes(len(s.String()))
 	}
 	return nil
+}
+
+func tooManyLabels(n int) error {
+	return &tooLargeError{fmt.Sprintf("label set has %d labels; at most %d make one identity: %s", n, MaxSetLabels, trimLabels)}
+}
+
+func tooManyBytes(n int) error {
+	return &tooLargeError{fmt.Sprintf("label set is %d bytes; at most %d make one identity: %s", n, MaxSetBytes, trimLabels)}
 }
 
 // Set is an immutable, canonical set of labels: sorted by (Source, Key) in
@@ -77,7 +85,7 @@ func compareLabels(a, b Label) int {
 func NewSet(ls ...Label) (Set, error) {
 	if len(ls) > 4*MaxSetLabels {
 		// Far over the limit: say so before validating them all.
-		return Set{}, &tooLargeError{fmt.Sprintf("label set has %d labels; at most %d (labels.MaxSetLabels) make one identity: %s", len(ls), MaxSetLabels, trimLabels)}
+		return Set{}, tooManyLabels(len(ls))
 	}
 	for _, l := range ls {
 		if err := l.Validate(); err != nil {
@@ -153,10 +161,10 @@ func ParseSet(s string) (Set, error) {
 	}
 	if n := strings.Count(s, ",") + 1; n > 4*MaxSetLabels {
 		// Far over the limit: say so before parsing it.
-		return Set{}, &tooLargeError{fmt.Sprintf("label set has %d labels; at most %d (labels.MaxSetLabels) make one identity: %s", n, MaxSetLabels, trimLabels)}
+		return Set{}, tooManyLabels(n)
 	}
 	if len(s) > 4*MaxSetBytes {
-		return Set{}, &tooLargeError{fmt.Sprintf("label set is %d bytes; at most %d (labels.MaxSetBytes) make one identity: %s", len(s), MaxSetBytes, trimLabels)}
+		return Set{}, tooManyBytes(len(s))
 	}
 	ls := make([]Label, 0, strings.Count(s, ",")+1)
 	i := 0
