@@ -62,7 +62,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	}
 	if !cfg.Embedded() {
 		if err := preflight(ctx, cfg, tlsCfg); err != nil {
-			return nil, fmt.Errorf("connect %s: %w", cfg, err)
+			return nil, fmt.Errorf("connect: %w", err)
 		}
 	}
 	ecfg := clientv3.Config{
