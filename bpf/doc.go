@@ -73,7 +73,9 @@
 //
 //   - ErrNotSupported: bpffs is not mounted at Config.Dir, the process lacks
 //     CAP_BPF (or root), or the kernel lacks a map type or operation.
-//     CheckSupport says which.
+//     CheckSupport says which. MountFS mounts a bpffs where there is none,
+//     as Cilium's agent does (this package owns bpffs), and says what it
+//     cannot do: mount without CAP_SYS_ADMIN, or on a kernel without bpffs.
 //   - ErrIncompatible: a pinned map is not what this version wants (above),
 //     or OpenPinned's key or value type does not fit the map.
 //   - ErrMapFull: a write needed a new entry in a full map (the kernel's

@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"os"
@@ -94,6 +95,17 @@ type Config struct {
 	// the datapath's flow events to the agent: a power of two and a
 	// multiple of the page size. Zero means DefaultFlowRingBytes (1 MiB).
 	FlowRingBytes int
+
+	// SizeNames name the settings that size the maps as an operator sets
+	// them (the agent passes its flags, "--bpf-policy-max"), for the
+	// ErrMapFull message. An empty name means the Config field
+	// ("Config.PolicyMax").
+	SizeNames SizeNames
+}
+
+// SizeNames name the setting of each map's maximum number of entries.
+type SizeNames struct {
+	IPCache, Endpoints, Policy, Services, Backends, CIDR string
 }
 
 // Validate reports what is wrong with c, if anything.
@@ -200,7 +212,7 @@ type mapDef struct {
 	typ   ebpf.MapType
 	flags uint32
 	max   int
-	knob  string // the Config field that sizes it
+	knob  string // the setting that sizes it, as errors name it
 }
 
 // mapDefs returns the definitions of the agent's maps for c (with
@@ -208,12 +220,14 @@ type mapDef struct {
 // the datapath's lookups never wait on an allocation and the memory is
 // claimed when the agent starts rather than when the node is busy.
 func (c Config) mapDefs() (ipcache, endpoints, policy, services, backends, cidr mapDef) {
-	return mapDef{IPCacheMapName, ebpf.LPMTrie, unix.BPF_F_NO_PREALLOC, c.IPCacheMax, "IPCacheMax"},
-		mapDef{EndpointsMapName, ebpf.Hash, 0, c.EndpointsMax, "EndpointsMax"},
-		mapDef{PolicyMapName, ebpf.LPMTrie, unix.BPF_F_NO_PREALLOC, c.PolicyMax, "PolicyMax"},
-		mapDef{ServicesMapName, ebpf.Hash, 0, c.ServicesMax, "ServicesMax"},
-		mapDef{BackendsMapName, ebpf.Hash, 0, c.BackendsMax, "BackendsMax"},
-		mapDef{CIDRMapName, ebpf.LPMTrie, unix.BPF_F_NO_PREALLOC, c.CIDRMax, "CIDRMax"}
+	knob := func(name, field string) string { return cmp.Or(name, "Config."+field) }
+	n := c.SizeNames
+	return mapDef{IPCacheMapName, ebpf.LPMTrie, unix.BPF_F_NO_PREALLOC, c.IPCacheMax, knob(n.IPCache, "IPCacheMax")},
+		mapDef{EndpointsMapName, ebpf.Hash, 0, c.EndpointsMax, knob(n.Endpoints, "EndpointsMax")},
+		mapDef{PolicyMapName, ebpf.LPMTrie, unix.BPF_F_NO_PREALLOC, c.PolicyMax, knob(n.Policy, "PolicyMax")},
+		mapDef{ServicesMapName, ebpf.Hash, 0, c.ServicesMax, knob(n.Services, "ServicesMax")},
+		mapDef{BackendsMapName, ebpf.Hash, 0, c.BackendsMax, knob(n.Backends, "BackendsMax")},
+		mapDef{CIDRMapName, ebpf.LPMTrie, unix.BPF_F_NO_PREALLOC, c.CIDRMax, knob(n.CIDR, "CIDRMax")}
 }
 
 // OpenMaps opens the agent's maps pinned in cfg.PinDir(), creating and
@@ -304,7 +318,7 @@ func openMap[K, V comparable](dir string, d mapDef) (*Map[K, V], error) {
 		return nil, err
 	}
 	path := filepath.Join(dir, d.name)
-	fullHint := fmt.Sprintf("Config.%s; the larger map replaces the pinned one (%s) only after that pin is deleted on a drained node", d.knob, path)
+	fullHint := fmt.Sprintf("%s; the larger map replaces the pinned one (%s) only after that pin is deleted on a drained node", d.knob, path)
 	return newMap[K, V](em, d.name, path, fullHint)
 }
 

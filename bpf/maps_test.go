@@ -288,3 +288,19 @@ func TestCheckSupport(t *testing.T) {
 		}
 	}
 }
+
+// TestMapFullNamesSizeSetting: a full map's error names the setting the
+// caller gave for it (the agent's flag), not a Go field.
+func TestMapFullNamesSizeSetting(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.PolicyMax = 2
+	cfg.SizeNames = SizeNames{Policy: "--bpf-policy-max"}
+	ms := openMaps(t, cfg)
+	var err error
+	for port := uint16(1); port <= 3 && err == nil; port++ {
+		err = ms.Policy.Put(PolicyLookupKey(5, Ingress, 65793, ProtoTCP, port), PolicyValue{Verdict: Allow, Cookie: 1})
+	}
+	if !errors.Is(err, ErrMapFull) || !strings.Contains(err.Error(), "raise --bpf-policy-max;") || strings.Contains(err.Error(), "Config.") {
+		t.Fatalf("Put into a full policy map = %v; want ErrMapFull naming --bpf-policy-max", err)
+	}
+}

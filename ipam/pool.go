@@ -77,6 +77,49 @@ const (
 	MaxIPv6MaskSize = 125
 )
 
+// unusable are the ranges that cannot hold pod addresses: a pod there
+// could not be reached, or would not be unicast. Private (RFC 1918,
+// unique-local), shared (100.64.0.0/10), documentation, benchmarking and
+// class E (240.0.0.0/4 but its broadcast address) ranges are unicast and
+// allowed; GKE, for one, lets pods use class E.
+var unusable = []struct {
+	prefix netip.Prefix
+	what   string
+}{
+	{netip.MustParsePrefix("0.0.0.0/8"), `the "this network" range (0.0.0.0 is the unspecified address)`},
+	{netip.MustParsePrefix("127.0.0.0/8"), "the loopback range"},
+	{netip.MustParsePrefix("169.254.0.0/16"), "the link-local range"},
+	{netip.MustParsePrefix("224.0.0.0/4"), "the multicast range"},
+	{netip.MustParsePrefix("255.255.255.255/32"), "the limited broadcast address"},
+	{netip.MustParsePrefix("::/128"), "the unspecified address"},
+	{netip.MustParsePrefix("::1/128"), "the loopback address"},
+	{netip.MustParsePrefix("::ffff:0:0/96"), "the IPv4-mapped range"},
+	{netip.MustParsePrefix("64:ff9b::/96"), "the NAT64 range (translated to IPv4 by NAT64 gateways)"},
+	{netip.MustParsePrefix("fe80::/10"), "the link-local range"},
+	{netip.MustParsePrefix("ff00::/8"), "the multicast range"},
+}
+
+// checkUsable reports a pool CIDR that overlaps a range pods cannot use.
+func checkUsable(pool string, c netip.Prefix) error {
+	for _, u := range unusable {
+		if !c.Overlaps(u.prefix) {
+			continue
+		}
+		var rel string
+		switch {
+		case c == u.prefix:
+			rel = "is"
+		case c.Bits() < u.prefix.Bits():
+			rel = "contains " + u.prefix.String() + ","
+		default:
+			rel = "is inside " + u.prefix.String() + ","
+		}
+		return fmt.Errorf("%w: pool %s: %s %s %s, which cannot hold pod addresses; use a private range such as %s or, for IPv6, a unique-local one in fd00::/8",
+			ErrInvalidPool, pool, c, rel, u.what, DefaultIPv4)
+	}
+	return nil
+}
+
 var poolNameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
 
 // CIDRs returns the pool's CIDRs of family f and their node mask size.
@@ -128,6 +171,9 @@ func (p Pool) Validate() error {
 			}
 			if c.Masked() != c {
 				return fmt.Errorf("%w: pool %s: %s has host bits set; did you mean %s?", ErrInvalidPool, p.Name, c, c.Masked())
+			}
+			if err := checkUsable(p.Name, c); err != nil {
+				return err
 			}
 			if mask <= c.Bits() || mask > maxMask || mask > bits {
 				return fmt.Errorf("%w: pool %s: %s mask size /%d does not fit %s: use a size between /%d and /%d",

@@ -3,6 +3,7 @@ package ipam
 import (
 	"errors"
 	"net/netip"
+	"strings"
 	"testing"
 )
 
@@ -127,4 +128,60 @@ func FuzzPool(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestPoolUnusableRanges: ranges that cannot hold pod addresses are
+// refused, naming the range and why; unusual but unicast ones are not.
+func TestPoolUnusableRanges(t *testing.T) {
+	tests := []struct {
+		cidr string
+		mask int
+		want string // "" for allowed
+	}{
+		{"0.0.0.0/0", 24, "0.0.0.0/0 contains 0.0.0.0/8, the \"this network\" range"},
+		{"0.0.0.0/8", 24, "0.0.0.0/8 is the \"this network\" range"},
+		{"127.0.0.0/8", 24, "127.0.0.0/8 is the loopback range"},
+		{"127.1.0.0/16", 24, "127.1.0.0/16 is inside 127.0.0.0/8, the loopback range"},
+		{"96.0.0.0/3", 24, "96.0.0.0/3 contains 127.0.0.0/8, the loopback range"},
+		{"169.254.0.0/16", 24, "link-local"},
+		{"224.0.0.0/4", 24, "multicast"},
+		{"239.1.0.0/16", 24, "multicast"},
+		{"240.0.0.0/4", 24, "255.255.255.255/32, the limited broadcast address"},
+		{"::/0", 112, "::/0 contains ::/128, the unspecified address"},
+		{"::/64", 112, "unspecified"},
+		{"::1/128", 125, "loopback"},
+		{"64:ff9b::/96", 120, "NAT64"},
+		{"fe80::/10", 112, "link-local"},
+		{"fe80::/64", 112, "link-local"},
+		{"ff00::/8", 112, "multicast"},
+		{"ff02::/16", 112, "multicast"},
+		// Private, shared, documentation and class E ranges are unicast.
+		{"10.0.0.0/8", 24, ""},
+		{"100.64.0.0/10", 24, ""},
+		{"192.0.2.0/24", 26, ""},
+		{"198.18.0.0/15", 24, ""},
+		{"240.0.0.0/5", 24, ""},
+		{"2001:db8::/32", 112, ""},
+		{"fd00::/8", 112, ""},
+		{"2600::/12", 112, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.cidr, func(t *testing.T) {
+			c := netip.MustParsePrefix(tt.cidr)
+			p := Pool{Name: "p", IPv4: []netip.Prefix{c}, IPv4MaskSize: tt.mask}
+			if c.Addr().Is6() {
+				p = Pool{Name: "p", IPv6: []netip.Prefix{c}, IPv6MaskSize: tt.mask}
+			}
+			err := p.Validate()
+			if tt.want == "" {
+				if err != nil {
+					t.Fatalf("Validate() = %v, want it allowed", err)
+				}
+				return
+			}
+			if !errors.Is(err, ErrInvalidPool) || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Validate() = %v, want ErrInvalidPool saying %q", err, tt.want)
+			}
+		})
+	}
 }

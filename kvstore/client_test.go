@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -183,25 +184,27 @@ func TestNewCredentials(t *testing.T) {
 	}
 
 	tests := []struct {
-		name     string
-		password string
-		want     error
+		name, user, password string
+		want                 error
+		msg                  string
 	}{
-		{"wrong password", "guess", kvstore.ErrAuth},
-		{"right password", "agent-password", nil},
+		{"wrong password", "agent", "guess", kvstore.ErrAuth, "check --etcd-user and the password"},
+		// etcd's own answer is "user name is empty".
+		{"no user", "", "", kvstore.ErrAuth, "requires authentication: pass --etcd-user and a password (env MESHPLANE_ETCD_PASSWORD or --etcd-password-file)"},
+		{"right password", "agent", "agent-password", nil, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := srv.Config()
-			cfg.Username, cfg.Password = "agent", tt.password
+			cfg.Username, cfg.Password = tt.user, tt.password
 			c, err := kvstore.New(testContext(t), cfg)
 			if tt.want != nil {
 				if err == nil {
 					_ = c.Close()
 					t.Fatalf("New() succeeded, want an error wrapping %v", tt.want)
 				}
-				if !errors.Is(err, tt.want) {
-					t.Fatalf("New() = %v, want an error wrapping %v", err, tt.want)
+				if !errors.Is(err, tt.want) || !strings.Contains(err.Error(), tt.msg) {
+					t.Fatalf("New() = %v, want an error wrapping %v saying %q", err, tt.want, tt.msg)
 				}
 				return
 			}

@@ -22,8 +22,13 @@ type Config struct {
 	// endpoint is https://, in which case the system roots are used.
 	CAFile, CertFile, KeyFile string
 
-	// Username and Password authenticate to etcd's RBAC. Empty means no auth.
+	// Username and Password authenticate to etcd's RBAC. Empty means no
+	// auth. Neither ever appears in an error or in String.
 	Username, Password string
+	// PasswordFile, if set, is a file whose first line is the password (a
+	// trailing newline is not part of it); it goes with Username and
+	// without Password.
+	PasswordFile string
 
 	// DialTimeout bounds connecting to etcd and the first request that
 	// proves it answers. Zero means DefaultDialTimeout.
@@ -58,13 +63,25 @@ func (c Config) Validate() error {
 	for _, ep := range c.Endpoints {
 		u, err := url.Parse(ep)
 		if err != nil || u.Host == "" && u.Path == "" {
-			return fmt.Errorf("%w: endpoint %q is not a URL: write it as http(s)://host:port or unix:///path", ErrConfig, ep)
+			return fmt.Errorf("%w: endpoint %q is not a URL: write it as http(s)://host:port or unix:///path", ErrConfig, RedactEndpoint(ep))
 		}
 		switch u.Scheme {
 		case "http", "https", "unix", "unixs":
 		default:
-			return fmt.Errorf("%w: endpoint %q: scheme %q is not one of http, https, unix, unixs", ErrConfig, ep, u.Scheme)
+			return fmt.Errorf("%w: endpoint %q: scheme %q is not one of http, https, unix, unixs", ErrConfig, RedactEndpoint(ep), u.Scheme)
 		}
+		if u.User != nil {
+			// etcd's client ignores them: refuse rather than connect
+			// without the credentials the URL seems to give.
+			return fmt.Errorf("%w: endpoint %s carries credentials, which etcd clients do not use: write it without them, and pass --etcd-user and the password in MESHPLANE_ETCD_PASSWORD or --etcd-password-file",
+				ErrConfig, RedactEndpoint(ep))
+		}
+	}
+	if c.Password != "" && c.PasswordFile != "" {
+		return fmt.Errorf("%w: a password and a password file were both given: keep one (the file)", ErrConfig)
+	}
+	if c.PasswordFile != "" && c.Username == "" {
+		return fmt.Errorf("%w: a password file was given without a user name (--etcd-user)", ErrConfig)
 	}
 	if (c.CertFile == "") != (c.KeyFile == "") {
 		return fmt.Errorf("%w: a client certificate needs both --etcd-cert and --etcd-key", ErrConfig)
@@ -99,5 +116,29 @@ func (c Config) String() string {
 	if c.Embedded() {
 		return "embedded etcd in " + c.withDefaults().StateDir
 	}
-	return "etcd at " + strings.Join(c.Endpoints, ",")
+	eps := make([]string, len(c.Endpoints))
+	for i, ep := range c.Endpoints {
+		eps[i] = RedactEndpoint(ep)
+	}
+	return "etcd at " + strings.Join(eps, ",")
+}
+
+// RedactEndpoint returns an endpoint URL fit for messages and logs: a
+// password in it is replaced by "xxxxx", also when the URL does not parse.
+func RedactEndpoint(ep string) string {
+	if u, err := url.Parse(ep); err == nil {
+		return u.Redacted()
+	}
+	scheme, rest, ok := strings.Cut(ep, "://")
+	if !ok {
+		scheme, rest = "", ep
+	} else {
+		scheme += "://"
+	}
+	at := strings.LastIndexByte(rest, '@')
+	if at < 0 {
+		return ep
+	}
+	user, _, _ := strings.Cut(rest[:at], ":")
+	return scheme + user + ":xxxxx" + rest[at:]
 }

@@ -8,7 +8,15 @@
 //     this process with its data in a state directory (the one-machine
 //     default). New proves that etcd answers within the dial timeout and
 //     turns failures into errors that wrap ErrUnavailable, ErrAuth or
-//     ErrConfig and say what to check.
+//     ErrConfig and say what to check. Before the etcd client dials, New
+//     connects to each endpoint once itself (preflight), so that what no
+//     retry fixes is reported at once: nothing listening, a failed TLS
+//     handshake (told apart by the crypto/tls and crypto/x509 error types),
+//     http:// to an etcd that speaks TLS and https:// to one that does not.
+//     Without a user it reads one key, as etcdctl endpoint health does, so
+//     an etcd with auth on says so. A password (Password, PasswordFile, or
+//     one inside an endpoint URL, which Validate refuses) never appears in
+//     an error or in Config.String (RedactEndpoint).
 //   - Session: one lease per agent with keepalive. Keys the agent owns ride
 //     on it; when the lease is lost, a new one is granted and every owned
 //     key is written again, in transactions of up to 128 puts. Under the

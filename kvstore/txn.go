@@ -176,6 +176,9 @@ func wrapErr(err error) error {
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 		return err
 	}
+	if isUserEmpty(err) {
+		return fmt.Errorf("%w: etcd requires authentication: pass --etcd-user and a password (env MESHPLANE_ETCD_PASSWORD or --etcd-password-file): %w", ErrAuth, err)
+	}
 	if isUnavailable(err) {
 		return fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // requireLab skips a test that needs to build a lab (root, bpffs) where it
@@ -508,5 +510,63 @@ func assertGone(t *testing.T, name, dir string, pids []int) {
 	}
 	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("run dir %s left (%v)", dir, err)
+	}
+}
+
+// TestUpExternalEtcdRefused: a cluster whose external etcd refuses
+// connections fails Up at once, before anything is made, with a message
+// that names the etcd, not after the 90 s an agent or etcd gets to be
+// ready.
+func TestUpExternalEtcdRefused(t *testing.T) {
+	requireLab(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep := "http://" + ln.Addr().String()
+	_ = ln.Close()
+	name := uniqueName(t)
+	topo, err := ParseTopology(fmt.Appendf(nil, smallTopology+"    etcd: {endpoints: [%q]}\n", name, ep))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Binaries that do nothing: whatever Up would start exits at once (the
+	// test binary itself would run the tests again).
+	dir := t.TempDir()
+	o := Options{RunDir: dir, Meshctl: "/bin/true", Agent: "/bin/true"}
+	t.Cleanup(func() { _ = Down(context.Background(), name, o) })
+	done := make(chan error, 1)
+	go func() { _, err := Up(context.Background(), topo, o); done <- err }()
+	select {
+	case err = <-done:
+	case <-time.After(time.Minute):
+		t.Fatal("Up with a refusing external etcd still runs after a minute")
+	}
+	if err == nil || !strings.Contains(err.Error(), "cluster c1: external etcd") || !strings.Contains(err.Error(), "connection refused") {
+		t.Fatalf("Up with a refusing external etcd: %v", err)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+		t.Fatalf("Up left %v in the run dir", entries)
+	}
+	if ns, _ := listLabNetns(name); len(ns) != 0 {
+		t.Fatalf("Up left namespaces %v", ns)
+	}
+}
+
+// TestCheckHostMountsBPFFS: the lab (and so the demo) mounts a bpffs
+// where its BPFFS has none, instead of failing with "no bpffs".
+func TestCheckHostMountsBPFFS(t *testing.T) {
+	requireLab(t)
+	dir := filepath.Join(t.TempDir(), "bpffs")
+	t.Cleanup(func() {
+		for unix.Unmount(dir, unix.MNT_DETACH) == nil {
+		}
+	})
+	if err := checkHost(Options{BPFFS: dir}); err != nil {
+		t.Fatalf("checkHost on a directory without bpffs: %v", err)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil || st.Type != unix.BPF_FS_MAGIC {
+		t.Fatalf("%s is not a bpffs after checkHost (%v)", dir, err)
 	}
 }

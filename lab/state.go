@@ -142,10 +142,12 @@ func (s *state) save() error {
 	}
 	path := filepath.Join(s.Dir, stateFile)
 	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return fmt.Errorf("write lab state: %w", err)
+	err = os.WriteFile(tmp, b, 0o600)
+	if err == nil {
+		err = os.Rename(tmp, path)
 	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err != nil {
+		_ = os.Remove(tmp) // a failed write leaves no temporary file
 		return fmt.Errorf("write lab state: %w", err)
 	}
 	return nil

@@ -483,7 +483,10 @@ func (c *Cluster) validateEtcd(at string) error {
 	for i, ep := range c.Etcd.Endpoints {
 		u, err := url.Parse(ep)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "unix") || (u.Host == "" && u.Path == "") {
-			return topoErr(fmt.Sprintf("%s.endpoints[%d]", at, i), "%q: use http://host:port or unix:///path (the lab proxies etcd into the node namespaces as plain bytes, so no TLS)", ep)
+			return topoErr(fmt.Sprintf("%s.endpoints[%d]", at, i), "%q: use http://host:port or unix:///path (the lab proxies etcd into the node namespaces as plain bytes, so no TLS)", kvstore.RedactEndpoint(ep))
+		}
+		if u.User != nil {
+			return topoErr(fmt.Sprintf("%s.endpoints[%d]", at, i), "%s: the lab's etcd takes no credentials: write the URL without them", kvstore.RedactEndpoint(ep))
 		}
 	}
 	return nil

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/meshplane/meshplane/api"
+	"github.com/meshplane/meshplane/bpf"
 	"github.com/meshplane/meshplane/kvstore"
 	"github.com/meshplane/meshplane/kvstore/nodecidr"
 )
@@ -159,6 +160,9 @@ func Up(ctx context.Context, t *Topology, o Options) (_ *Lab, err error) {
 	if err := checkFree(topo.Name, dir); err != nil {
 		return nil, err
 	}
+	if err := checkExternalEtcds(ctx, topo); err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(o.RunDir, 0o755); err != nil {
 		return nil, fmt.Errorf("run dir: %w", err)
 	}
@@ -253,15 +257,35 @@ func (l *Lab) up(ctx context.Context) error {
 	return l.save()
 }
 
-// checkHost checks what Up needs of the machine before it changes
-// anything.
+// checkHost checks what Up needs of the machine before it makes anything
+// of the lab, and sets up what it can: a bpffs at o.BPFFS, mounted as the
+// agent would. What it cannot do it says plainly.
 func checkHost(o Options) error {
 	if os.Geteuid() != 0 {
-		return fmt.Errorf("%w: the lab needs root (network namespaces, eBPF)", os.ErrPermission)
+		return fmt.Errorf("%w: the lab needs root (network namespaces, eBPF): run it with sudo", os.ErrPermission)
 	}
-	var fs unix.Statfs_t
-	if err := unix.Statfs(o.BPFFS, &fs); err != nil || fs.Type != unix.BPF_FS_MAGIC {
-		return fmt.Errorf("no bpffs at %s: mount it with: mount -t bpf bpf %s", o.BPFFS, o.BPFFS)
+	if _, err := bpf.MountFS(o.BPFFS); err != nil {
+		return fmt.Errorf("lab: %w", err)
+	}
+	return nil
+}
+
+// checkExternalEtcds connects to every cluster's external etcd, from here,
+// before anything is made: one that refuses, or does not answer within a
+// few seconds, fails Up at once, naming it. Otherwise the failure would
+// show only as the lab's etcd proxy never getting ready (readyTimeout).
+func checkExternalEtcds(ctx context.Context, topo *Topology) error {
+	for _, c := range topo.Clusters {
+		if c.Etcd == nil {
+			continue
+		}
+		client, err := kvstore.New(ctx, kvstore.Config{Endpoints: c.Etcd.Endpoints, DialTimeout: 5 * time.Second})
+		if err != nil {
+			return fmt.Errorf("cluster %s: external etcd: %w", c.Name, err)
+		}
+		if err := client.Close(); err != nil {
+			return fmt.Errorf("cluster %s: external etcd: %w", c.Name, err)
+		}
 	}
 	return nil
 }

@@ -42,6 +42,15 @@
 // because a workload needs at least one label. A Set is safe to copy and to
 // share between goroutines.
 //
+// # Limits
+//
+// A set holds at most MaxSetLabels (128) labels and its canonical form is
+// at most MaxSetBytes (16 KiB): NewSet, FromMap and ParseSet refuse a
+// larger one with an error wrapping ErrTooLarge and ErrInvalid that names
+// the limit. Every agent keeps every identity's set in memory and etcd
+// stores each twice, so one oversized pod must not cost the whole cluster.
+// The limits apply before the filter: they bound what a caller may send.
+//
 // # Filter
 //
 // A Filter excludes labels by exact key or key prefix, optionally limited

@@ -4,10 +4,58 @@ import (
 	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
 )
+
+// Limits on one label set, and so on one security identity: every agent
+// keeps every identity of the cluster (up to 65,280, more in a mesh) in
+// memory, and etcd stores each under two keys. Kubernetes itself bounds
+// labels only by the object size (etcd's 1.5 MiB request limit); real
+// workloads carry a few dozen labels with their namespace's, so these
+// bounds are far above any pod and far below what would hurt a node.
+const (
+	// MaxSetLabels is the most labels one set may hold (pod labels,
+	// namespace labels and the ones meshplane adds, together).
+	MaxSetLabels = 128
+	// MaxSetBytes is the longest canonical form (String) of one set.
+	MaxSetBytes = 16 << 10
+)
+
+// ErrTooLarge is wrapped (with ErrInvalid) by the error for a label set
+// over MaxSetLabels or MaxSetBytes.
+var ErrTooLarge = errors.New("label set too large")
+
+// tooLargeError names the limit a set broke; it unwraps to ErrInvalid and
+// ErrTooLarge.
+type tooLargeError struct{ msg string }
+
+func (e *tooLargeError) Error() string   { return e.msg }
+func (e *tooLargeError) Unwrap() []error { return []error{ErrInvalid, ErrTooLarge} }
+
+const trimLabels = "drop the labels that do not describe the workload (an identity names a workload, not one pod)"
+
+// checkLimits reports whether the canonical set s is within the limits.
+func checkLimits(s Set) error {
+	switch {
+	case s.Len() > MaxSetLabels:
+		return tooManyLabels(s.Len())
+	case len(s.String()) > MaxSetBytes:
+		return tooManyBytes(len(s.String()))
+	}
+	return nil
+}
+
+func tooManyLabels(n int) error {
+	return &tooLargeError{fmt.Sprintf("label set has %d labels; at most %d make one identity: %s", n, MaxSetLabels, trimLabels)}
+}
+
+func tooManyBytes(n int) error {
+	return &tooLargeError{fmt.Sprintf("label set is %d bytes; at most %d make one identity: %s", n, MaxSetBytes, trimLabels)}
+}
 
 // Set is an immutable, canonical set of labels: sorted by (Source, Key) in
 // byte order, with at most one label per (Source, Key). The zero Set is the
@@ -32,8 +80,13 @@ func compareLabels(a, b Label) int {
 
 // NewSet validates ls and returns them as a canonical Set. Labels repeated
 // with the same value are collapsed; two labels with the same source and key
-// but different values are an error. NewSet() returns the empty Set.
+// but different values are an error, and so is a set over MaxSetLabels or
+// MaxSetBytes (ErrTooLarge). NewSet() returns the empty Set.
 func NewSet(ls ...Label) (Set, error) {
+	if len(ls) > 4*MaxSetLabels {
+		// Far over the limit: say so before validating them all.
+		return Set{}, tooManyLabels(len(ls))
+	}
 	for _, l := range ls {
 		if err := l.Validate(); err != nil {
 			return Set{}, err
@@ -55,7 +108,11 @@ func canonical(ls []Label) (Set, error) {
 		}
 		out = append(out, l)
 	}
-	return newSorted(out), nil
+	set := newSorted(out)
+	if err := checkLimits(set); err != nil {
+		return Set{}, err
+	}
+	return set, nil
 }
 
 // newSorted wraps labels that are already valid, sorted and unique.
@@ -96,10 +153,18 @@ func MustNewSet(ls ...Label) Set {
 // ParseSet parses a comma-separated list of labels such as
 // "k8s:app=web,k8s:tier=front". Space around items is trimmed; items may be
 // in any order. An empty string or an empty item is an error: a workload
-// needs at least one label.
+// needs at least one label. A set over MaxSetLabels or MaxSetBytes is an
+// error too (ErrTooLarge).
 func ParseSet(s string) (Set, error) {
 	if strings.TrimSpace(s) == "" {
 		return Set{}, invalidf("label set %q is empty; a workload needs at least one label, e.g. k8s:app=web", s)
+	}
+	if n := strings.Count(s, ",") + 1; n > 4*MaxSetLabels {
+		// Far over the limit: say so before parsing it.
+		return Set{}, tooManyLabels(n)
+	}
+	if len(s) > 4*MaxSetBytes {
+		return Set{}, tooManyBytes(len(s))
 	}
 	ls := make([]Label, 0, strings.Count(s, ",")+1)
 	i := 0
@@ -119,7 +184,11 @@ func ParseSet(s string) (Set, error) {
 	// writes to etcd, read back by every agent): sorted, unique and without
 	// spaces or "=" before an empty value, so it is its own canonical form.
 	if isCanonical(s, ls) {
-		return Set{d: &setData{labels: ls, str: s}}, nil
+		set := Set{d: &setData{labels: ls, str: s}}
+		if err := checkLimits(set); err != nil {
+			return Set{}, err
+		}
+		return set, nil
 	}
 	return canonical(ls)
 }

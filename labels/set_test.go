@@ -369,3 +369,73 @@ func TestHasSource(t *testing.T) {
 		t.Error("empty set has a source")
 	}
 }
+
+// TestSetLimits holds the bounds on one label set: a 10,000-label request
+// once stored a 730 KB identity in etcd.
+func TestSetLimits(t *testing.T) {
+	many := func(n int) []Label {
+		ls := make([]Label, n)
+		for i := range ls {
+			ls[i] = Label{Source: "k8s", Key: fmt.Sprintf("key-%05d", i), Value: "v"}
+		}
+		return ls
+	}
+	// Labels of the longest kind: a 253-character prefix, a 63-character
+	// name and a 63-character value.
+	long := func(n int) []Label {
+		prefix := strings.Repeat(strings.Repeat("a", 62)+".", 4)[:252] + "b"
+		ls := make([]Label, n)
+		for i := range ls {
+			ls[i] = Label{Source: "k8s", Key: fmt.Sprintf("%s/%s%05d", prefix, strings.Repeat("n", 58), i), Value: strings.Repeat("v", 63)}
+		}
+		return ls
+	}
+	join := func(ls []Label) string {
+		parts := make([]string, len(ls))
+		for i, l := range ls {
+			parts[i] = l.String()
+		}
+		return strings.Join(parts, ",")
+	}
+	if _, err := NewSet(many(MaxSetLabels)...); err != nil {
+		t.Fatalf("NewSet(%d labels) = %v, want it allowed", MaxSetLabels, err)
+	}
+	if _, err := ParseSet(join(many(MaxSetLabels))); err != nil {
+		t.Fatalf("ParseSet(%d labels) = %v, want it allowed", MaxSetLabels, err)
+	}
+	tests := []struct {
+		name    string
+		ls      []Label
+		wantMsg string
+	}{
+		{"10,000 labels", many(10000), "10000 labels; at most 128"},
+		{"one label too many", many(MaxSetLabels + 1), "129 labels; at most 128"},
+		{"too many bytes", long(MaxSetLabels), "bytes; at most 16384"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for _, f := range []struct {
+				name string
+				make func() (Set, error)
+			}{
+				{"NewSet", func() (Set, error) { return NewSet(tt.ls...) }},
+				{"ParseSet", func() (Set, error) { return ParseSet(join(tt.ls)) }},
+				{"FromMap", func() (Set, error) {
+					m := make(map[string]string)
+					for _, l := range tt.ls {
+						m[l.Key] = l.Value
+					}
+					return FromMap("k8s", m)
+				}},
+			} {
+				_, err := f.make()
+				if !errors.Is(err, ErrTooLarge) || !errors.Is(err, ErrInvalid) {
+					t.Fatalf("%s = %v, want an error wrapping ErrTooLarge and ErrInvalid", f.name, err)
+				}
+				if !strings.Contains(err.Error(), tt.wantMsg) {
+					t.Fatalf("%s = %q, want it to say %q", f.name, err, tt.wantMsg)
+				}
+			}
+		})
+	}
+}

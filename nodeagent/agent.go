@@ -119,13 +119,14 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		return err
 	}
 	defer func() { err = errors.Join(err, lock.Close()) }()
-	if err := bpf.CheckSupport(a.cfg.BPFFS); err != nil {
+	if err := a.setupBPFFS(); err != nil {
 		return err
 	}
 	bcfg := bpf.Config{
 		Dir: a.cfg.BPFFS, Node: a.cfg.Node,
 		IPCacheMax: a.cfg.IPCacheMax, EndpointsMax: a.cfg.EndpointsMax, PolicyMax: a.cfg.PolicyMax,
 		ServicesMax: a.cfg.ServicesMax, BackendsMax: a.cfg.BackendsMax, CIDRMax: a.cfg.CIDRMax,
+		SizeNames: mapSizeFlags,
 	}
 	maps, err := bpf.OpenMaps(bcfg)
 	if err != nil {
@@ -617,11 +618,7 @@ func readLease(path string) kvstore.LeaseID {
 }
 
 func writeLease(path string, lease kvstore.LeaseID) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(strconv.FormatInt(int64(lease), 16)+"\n"), 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return writeFileAtomic(path, []byte(strconv.FormatInt(int64(lease), 16)+"\n"), 0o600)
 }
 
 // --- endpointDeps ---

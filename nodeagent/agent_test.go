@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/meshplane/meshplane/bpf"
 	"github.com/meshplane/meshplane/bpf/bpftest"
 	"github.com/meshplane/meshplane/identity"
@@ -539,7 +541,8 @@ func TestAgentEtcdOutage(t *testing.T) {
 
 // TestAgentMapFull gives the ipcache room for fewer entries than etcd
 // holds: the agent reports the full map, installs what fits, and recovers
-// when entries go away.
+// when entries go away. The message names the flag an operator raises,
+// not a Go field.
 func TestAgentMapFull(t *testing.T) {
 	t.Parallel()
 	cluster := etcdtest.Cluster(t)
@@ -562,6 +565,9 @@ func TestAgentMapFull(t *testing.T) {
 		}
 		for _, ms := range st.Maps {
 			if ms.Name == "ipcache" && ms.Pending > 0 && strings.Contains(ms.LastError, "full") {
+				if !strings.Contains(ms.LastError, "raise --bpf-ipcache-max") || strings.Contains(ms.LastError, "Config.") {
+					return fmt.Errorf("map full message %q does not name --bpf-ipcache-max", ms.LastError)
+				}
 				return nil
 			}
 		}
@@ -579,4 +585,28 @@ func TestAgentMapFull(t *testing.T) {
 		}
 	}
 	ta.waitOK(t)
+}
+
+// TestAgentMountsBPFFS: an agent whose --bpffs has no bpffs mounts one
+// there, as Cilium's agent does, instead of failing with "no bpffs".
+func TestAgentMountsBPFFS(t *testing.T) {
+	t.Parallel()
+	bpftest.Require(t)
+	cluster := etcdtest.Cluster(t)
+	cfg := agentConfig(t, srv, cluster, 1)
+	cfg.Datapath = nodeagent.DatapathNone
+	cfg.BPFFS = filepath.Join(t.TempDir(), "bpffs")
+	t.Cleanup(func() {
+		for unix.Unmount(cfg.BPFFS, unix.MNT_DETACH) == nil {
+		}
+	})
+	ta := startAgent(t, cfg) // stopped before the unmount: cleanups run last in, first out
+	ta.waitOK(t)
+	var st unix.Statfs_t
+	if err := unix.Statfs(cfg.BPFFS, &st); err != nil || st.Type != unix.BPF_FS_MAGIC {
+		t.Fatalf("%s is not a bpffs after the agent started (%v)", cfg.BPFFS, err)
+	}
+	if _, err := os.Stat(filepath.Join(cfg.BPFFS, "meshplane", cfg.Node, bpf.IPCacheMapName)); err != nil {
+		t.Fatalf("the agent's maps are not pinned on the new bpffs: %v", err)
+	}
 }

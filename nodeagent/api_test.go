@@ -23,6 +23,7 @@ import (
 	"github.com/meshplane/meshplane/ipcache"
 	"github.com/meshplane/meshplane/kvstore"
 	"github.com/meshplane/meshplane/kvstore/etcdtest"
+	"github.com/meshplane/meshplane/nodeagent"
 )
 
 // TestAPI drives the agent's gRPC API over its unix socket: health,
@@ -34,6 +35,7 @@ func TestAPI(t *testing.T) {
 	client := srv.Client(t)
 	cfg := agentConfig(t, srv, cluster, 1)
 	cfg.MetricsAddr = freeAddr(t)
+	cfg.Datapath = nodeagent.DatapathNone // the veth (ifindex 42) is made up
 	ta := startAgent(t, cfg)
 	ta.waitOK(t)
 	resp, err := http.Get("http://" + cfg.MetricsAddr + "/metrics")

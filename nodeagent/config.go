@@ -62,7 +62,8 @@ type Config struct {
 	// BPFFS is the bpffs mount; maps are pinned under
 	// <BPFFS>/meshplane/<Node>/. Zero means DefaultBPFFS.
 	BPFFS string
-	// Map sizes (max entries); zero means package bpf's defaults.
+	// Map sizes (max entries); zero means package bpf's defaults. A full
+	// map's error names mesh-agent's flag for it (mapSizeFlags).
 	IPCacheMax, EndpointsMax, PolicyMax, ServicesMax, BackendsMax, CIDRMax int
 
 	// NodeIPs are the node's own addresses: the targets of other nodes'

@@ -13,7 +13,12 @@
 //     per map writes only the difference (package nodeagent/reconciler).
 //   - Gives local pods their IPs (package podip) and identities (package
 //     allocator) through AddEndpoint, the CNI path, and publishes them in
-//     etcd (endpoints/<ip>) on its lease.
+//     etcd (endpoints/<ip>) on its lease. AddEndpoint checks the request
+//     and the node (the ifindex is an interface of the agent's namespace,
+//     the MACs are unicast, the netns is a network namespace) before it
+//     allocates anything (ErrInvalidEndpoint, InvalidArgument); a repeat
+//     for a pod it has is an idempotent success when identical and
+//     ErrEndpointExists (FailedPrecondition), naming what differs, when not.
 //   - Serves a gRPC API on a unix socket and Prometheus metrics.
 //
 // # Keys (under /meshplane/v1/<cluster>/)

@@ -27,6 +27,11 @@ import (
 // ErrInvalidEndpoint is wrapped by AddEndpoint's input errors.
 var ErrInvalidEndpoint = errors.New("invalid endpoint")
 
+// ErrEndpointExists is wrapped when AddEndpoint is repeated for a pod the
+// agent has, with other labels, ports or interface: an endpoint keeps its
+// identity and interface while it lives.
+var ErrEndpointExists = errors.New("endpoint exists")
+
 // EndpointSpec is what the CNI plugin asks for: a pod to give addresses
 // and an identity, and to install in the datapath.
 type EndpointSpec struct {
@@ -113,10 +118,66 @@ func (s EndpointSpec) validate() error {
 			continue
 		}
 		if hw, err := net.ParseMAC(m); err != nil || len(hw) != 6 {
-			return fmt.Errorf("%w: MAC %q: use six colon-separated hex bytes", ErrInvalidEndpoint, m)
+			return fmt.Errorf("%w: MAC %q of %s: use six colon-separated hex bytes", ErrInvalidEndpoint, m, s.owner())
 		}
 	}
 	return nil
+}
+
+// validateNew checks what a new endpoint must satisfy beyond validate
+// (which also checks the state files of endpoints made by older
+// versions, so it stays as lenient as they were).
+func (s EndpointSpec) validateNew() error {
+	for _, m := range []struct{ what, mac string }{{"MAC", s.MAC}, {"node MAC", s.NodeMAC}} {
+		hw, err := net.ParseMAC(m.mac)
+		switch {
+		case m.mac == "" || err != nil:
+		case hw[0]&1 != 0:
+			return fmt.Errorf("%w: %s %q of %s is a multicast address: pass the unicast address of the veth's end", ErrInvalidEndpoint, m.what, m.mac, s.owner())
+		case slices.Equal(hw, make(net.HardwareAddr, len(hw))):
+			return fmt.Errorf("%w: %s %q of %s is all zeros: pass the address of the veth's end", ErrInvalidEndpoint, m.what, m.mac, s.owner())
+		}
+	}
+	if s.Netns != "" && !filepath.IsAbs(s.Netns) {
+		return fmt.Errorf("%w: netns %q of %s: not an absolute path: pass the pod's network namespace file (e.g. /var/run/netns/cni-...)", ErrInvalidEndpoint, s.Netns, s.owner())
+	}
+	return nil
+}
+
+// differences names the fields in which o differs from s, in the words
+// of the API.
+func (s EndpointSpec) differences(o EndpointSpec) []string {
+	var out []string
+	add := func(differ bool, what string) {
+		if differ {
+			out = append(out, what)
+		}
+	}
+	sameMAC := func(a, b string) bool {
+		ha, erra := net.ParseMAC(a)
+		hb, errb := net.ParseMAC(b)
+		if erra != nil || errb != nil {
+			return a == b
+		}
+		return slices.Equal(ha, hb)
+	}
+	add(!maps.Equal(s.Labels, o.Labels), "labels")
+	add(!maps.Equal(s.NamespaceLabels, o.NamespaceLabels), "namespace labels")
+	add(!slices.Equal(s.Ports, o.Ports), "ports")
+	add(s.ContainerID != o.ContainerID, "container ID")
+	add(s.Netns != o.Netns, "netns")
+	add(s.IfIndex != o.IfIndex, "ifindex")
+	add(!sameMAC(s.MAC, o.MAC), "MAC")
+	add(!sameMAC(s.NodeMAC, o.NodeMAC), "node MAC")
+	return out
+}
+
+// joinWords joins "a", "a and b", "a, b and c".
+func joinWords(ws []string) string {
+	if len(ws) < 2 {
+		return strings.Join(ws, "")
+	}
+	return strings.Join(ws[:len(ws)-1], ", ") + " and " + ws[len(ws)-1]
 }
 
 // labelSet is the pod's identity label set: its labels, its namespace,
@@ -154,6 +215,9 @@ type endpoints struct {
 // map, its policy, its programs) and take it out. They are called with
 // endpoints.mu held, so one pod's steps stay in order.
 type endpointHooks interface {
+	// check reports what the node says against a new endpoint (an
+	// interface that does not exist), as an ErrInvalidEndpoint error.
+	check(spec EndpointSpec) error
 	installed(ep *Endpoint, set labels.Set)
 	removed(ep *Endpoint)
 }
@@ -170,6 +234,14 @@ func newEndpoints(dir, cluster string, filter *labels.Filter, hooks endpointHook
 func (e *endpoints) load() error {
 	if err := os.MkdirAll(e.dir, 0o700); err != nil {
 		return fmt.Errorf("endpoint state: %w", err)
+	}
+	// Temporary files are what a crash in the middle of a save leaves:
+	// the state file they were for is whole, old or new.
+	for _, pattern := range []string{"*.tmp", ".*.tmp"} {
+		tmps, _ := filepath.Glob(filepath.Join(e.dir, pattern))
+		for _, f := range tmps {
+			_ = os.Remove(f)
+		}
 	}
 	files, err := filepath.Glob(filepath.Join(e.dir, "*.json"))
 	if err != nil {
@@ -231,25 +303,8 @@ func (e *endpoints) save(ep *Endpoint) error {
 	if err != nil {
 		return err
 	}
-	p := e.path(ep.owner())
-	tmp := p + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	err = writeFileAtomicThen(e.path(ep.owner()), b, 0o600, func() { afterStep("add:state-tmp", ep.owner(), netip.Addr{}) })
 	if err != nil {
-		return fmt.Errorf("endpoint state: %w", err)
-	}
-	if _, err := f.Write(b); err != nil {
-		_ = f.Close()
-		return fmt.Errorf("endpoint state: %w", err)
-	}
-	if err := f.Sync(); err != nil {
-		_ = f.Close()
-		return fmt.Errorf("endpoint state: %w", err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("endpoint state: %w", err)
-	}
-	afterStep("add:state-tmp", ep.owner(), netip.Addr{})
-	if err := os.Rename(tmp, p); err != nil {
 		return fmt.Errorf("endpoint state: %w", err)
 	}
 	return nil
@@ -275,6 +330,9 @@ func (e *endpoints) add(ctx context.Context, d endpointDeps, spec EndpointSpec) 
 	if err := spec.validate(); err != nil {
 		return Endpoint{}, err
 	}
+	if err := spec.validateNew(); err != nil {
+		return Endpoint{}, err
+	}
 	set, err := spec.labelSet(e.cluster, e.filter)
 	if err != nil {
 		return Endpoint{}, err
@@ -282,10 +340,18 @@ func (e *endpoints) add(ctx context.Context, d endpointDeps, spec EndpointSpec) 
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if ep, ok := e.byKey[spec.owner()]; ok {
-		if ep.IfIndex == spec.IfIndex && ep.MAC == spec.MAC && ep.NodeMAC == spec.NodeMAC && maps.Equal(ep.Labels, spec.Labels) {
+		diff := ep.differences(spec)
+		if len(diff) == 0 {
 			return *ep, nil
 		}
-		return Endpoint{}, fmt.Errorf("%w: %s exists with another interface or labels: delete it first", ErrInvalidEndpoint, spec.owner())
+		// Relabelling a live endpoint (a new identity, swapped in the
+		// ipcache and the maps) comes with the control plane; until then a
+		// change is refused, never dropped.
+		return Endpoint{}, fmt.Errorf("%w: %s exists with other %s: an endpoint keeps its identity and interface while it lives; delete it (CNI DEL), then add it again",
+			ErrEndpointExists, spec.owner(), joinWords(diff))
+	}
+	if err := e.hooks.check(spec); err != nil {
+		return Endpoint{}, err
 	}
 	var undo []func()
 	defer func() {

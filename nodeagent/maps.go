@@ -17,3 +17,10 @@ func endpointValue(ep *Endpoint) bpf.EndpointValue {
 	}
 	return v
 }
+
+// mapSizeFlags are mesh-agent's flags for the map sizes, which a full
+// map's error tells the operator to raise.
+var mapSizeFlags = bpf.SizeNames{
+	IPCache: "--bpf-ipcache-max", Endpoints: "--bpf-endpoints-max", Policy: "--bpf-policy-max",
+	Services: "--bpf-services-max", Backends: "--bpf-backends-max", CIDR: "--bpf-cidr-max",
+}

@@ -63,21 +63,25 @@ func (a *Agent) serveAPI(ctx context.Context, g *errgroup.Group) (*apiServer, er
 		return nil, fmt.Errorf("API socket: %w", err)
 	}
 	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	// fail closes the listener and removes the socket file: a failed start
+	// leaves no temporary socket behind.
+	fail := func(what string, err error) (*apiServer, error) {
+		_ = ln.Close()
+		_ = os.Remove(tmp)
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
 	mode := os.FileMode(0o600)
 	if a.cfg.APISocketGroup >= 0 {
 		mode = 0o660
 		if err := os.Chown(tmp, -1, a.cfg.APISocketGroup); err != nil {
-			_ = ln.Close()
-			return nil, fmt.Errorf("API socket group %d: %w", a.cfg.APISocketGroup, err)
+			return fail(fmt.Sprintf("API socket group %d", a.cfg.APISocketGroup), err)
 		}
 	}
 	if err := os.Chmod(tmp, mode); err != nil {
-		_ = ln.Close()
-		return nil, fmt.Errorf("API socket: %w", err)
+		return fail("API socket", err)
 	}
 	if err := os.Rename(tmp, path); err != nil {
-		_ = ln.Close()
-		return nil, fmt.Errorf("API socket: %w", err)
+		return fail("API socket", err)
 	}
 	s := &apiServer{a: a, grpc: grpc.NewServer(), health: health.NewServer(), path: path}
 	api.RegisterAgentServer(s.grpc, s)
@@ -134,6 +138,8 @@ func toStatus(err error) error {
 		return nil
 	case errors.Is(err, ErrInvalidEndpoint):
 		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, ErrEndpointExists):
+		return status.Error(codes.FailedPrecondition, err.Error())
 	case errors.Is(err, context.Canceled):
 		return status.Error(codes.Canceled, err.Error())
 	case errors.Is(err, context.DeadlineExceeded):

@@ -43,6 +43,17 @@
 // as JSON, the value stored in etcd; Decode reads it back, strictly, and
 // Decode(Encode(p)) equals p. Manifest writes the YAML a user would write.
 //
+// # Limits
+//
+// Parse, Decode, Validate and Encode bound what one policy may hold and
+// expand to (MaxInputBytes, MaxPolicyBytes, MaxRules, MaxPeers, MaxPorts,
+// MaxExcepts, MaxSelectorTerms, MaxValues) and, above all, MaxEntries: the
+// entries one policy makes on each endpoint it selects, counting one
+// identity per peer (each rule's peers times its ports, a port range as the
+// aligned blocks the datapath stores). A policy over a limit is invalid,
+// with a *FieldError naming the limit; one written to etcd by hand is then
+// an invalid value to the agents, never expanded.
+//
 // # Identity labels
 //
 // Selectors match the label sets of security identities (package labels),

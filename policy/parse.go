@@ -23,6 +23,9 @@ import (
 //
 // The policies are validated and defaulted (see Policy).
 func Parse(data []byte) ([]*Policy, error) {
+	if len(data) > MaxInputBytes {
+		return nil, inputLimit(len(data))
+	}
 	var (
 		out   []*Policy
 		all   []*FieldError
@@ -51,6 +54,13 @@ func Parse(data []byte) ([]*Policy, error) {
 			if len(ps.list) == 0 {
 				p = canonical(p)
 				p.validate(&ps)
+			}
+			if len(ps.list) == 0 {
+				b, err := json.Marshal(p)
+				if err != nil {
+					return nil, fmt.Errorf("%w: document %d: %w", ErrInvalid, docNo, err)
+				}
+				sizeLimit(&ps, len(b))
 			}
 			if len(ps.list) > 0 {
 				ps.locate(name, docNo, item.path)
@@ -229,6 +239,9 @@ func apiVersionOf(kind string) string {
 // Decode reads a policy in the JSON form Encode writes (the value stored
 // in etcd), validates and defaults it. Unknown fields are errors.
 func Decode(data []byte) (*Policy, error) {
+	if len(data) > MaxPolicyBytes {
+		return nil, fmt.Errorf("%w: stored policy is %d bytes; at most %d make one policy: delete the key, or apply it again split into several policies", ErrInvalid, len(data), MaxPolicyBytes)
+	}
 	var v any
 	if err := decodeJSON(data, &v); err != nil {
 		return nil, fmt.Errorf("%w: not JSON: %w", ErrInvalid, err)
@@ -264,7 +277,17 @@ func (p *Policy) Encode() ([]byte, error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
-	return json.Marshal(c)
+	b, err := json.Marshal(c)
+	if err != nil {
+		return nil, err
+	}
+	var ps problems
+	sizeLimit(&ps, len(b))
+	ps.locate(displayKey(c), 0, "")
+	if err := joinProblems(ps.list); err != nil {
+		return nil, err
+	}
+	return b, nil
 }
 
 // Manifest returns the policy as a YAML document a user would write (with

@@ -125,6 +125,7 @@ func (p *Policy) validate(ps *problems) {
 		validatePorts(ps, field(path, "ports"), r.Ports)
 		validatePeers(ps, field(path, "to"), r.To, mesh)
 	}
+	p.validateLimits(ps)
 }
 
 func validatePorts(ps *problems, path string, ports []Port) {

@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -36,6 +37,7 @@ type flags struct {
 	endpoints                 []string
 	caFile, certFile, keyFile string
 	user, password            string
+	passwordFile              string
 	dialTimeout, leaseTTL     time.Duration
 	stateDir, bpffs           string
 	ipcacheMax, endpointsMax  int
@@ -72,7 +74,8 @@ func newFlagSet(f *flags, stderr io.Writer) *pflag.FlagSet {
 	fs.StringVar(&f.certFile, "etcd-cert", "", "client certificate for etcd")
 	fs.StringVar(&f.keyFile, "etcd-key", "", "client key for etcd")
 	fs.StringVar(&f.user, "etcd-user", "", "etcd user name")
-	fs.StringVar(&f.password, "etcd-password", "", "etcd password; prefer MESHPLANE_ETCD_PASSWORD")
+	fs.StringVar(&f.password, "etcd-password", "", "etcd password; other users of the machine can read it: prefer MESHPLANE_ETCD_PASSWORD or --etcd-password-file")
+	fs.StringVar(&f.passwordFile, "etcd-password-file", "", "file whose first line is the etcd password (mode 0600)")
 	fs.DurationVar(&f.dialTimeout, "etcd-dial-timeout", kvstore.DefaultDialTimeout, "how long to wait for etcd to answer")
 	fs.DurationVar(&f.leaseTTL, "lease-ttl", nodeagent.DefaultLeaseTTL, "TTL of the node's etcd lease (gossip, not the lease, detects dead nodes)")
 	fs.StringVar(&f.stateDir, "state-dir", "", "the node's state: pod IPs, endpoints (default /var/lib/meshplane/<node>)")
@@ -124,13 +127,44 @@ func envName(flag string) string {
 // Load parses args, then fills flags not given from the environment, then
 // from the config file, and returns the agent's Config.
 func Load(args []string, stderr io.Writer) (nodeagent.Config, slog.Level, error) {
+	l, err := load(args, stderr)
+	return l.cfg, l.level, err
+}
+
+// loaded is what load returns: the Config, the log level, and warnings
+// about the configuration for Main to log once it has a logger.
+type loaded struct {
+	cfg      nodeagent.Config
+	level    slog.Level
+	warnings []warning
+}
+
+// warning is something about the configuration an operator should fix,
+// though the agent can run with it.
+type warning struct {
+	msg   string // static
+	attrs []any  // slog key-value pairs
+}
+
+func (w warning) String() string {
+	return strings.TrimSpace(fmt.Sprintln(append([]any{w.msg}, w.attrs...)...))
+}
+
+func load(args []string, stderr io.Writer) (loaded, error) {
 	var f flags
 	fs := newFlagSet(&f, stderr)
 	if err := fs.Parse(args); err != nil {
-		return nodeagent.Config{}, 0, err
+		return loaded{}, err
 	}
 	if fs.NArg() > 0 {
-		return nodeagent.Config{}, 0, fmt.Errorf("unexpected argument %q: mesh-agent takes only flags", fs.Arg(0))
+		return loaded{}, fmt.Errorf("unexpected argument %q: mesh-agent takes only flags", fs.Arg(0))
+	}
+	var warnings []warning
+	if fs.Changed("etcd-password") {
+		// Asked before the environment fills the flag: only the command
+		// line is visible to other users (ps, /proc/<pid>/cmdline).
+		warnings = append(warnings, warning{"--etcd-password on the command line: every user of this machine can read it",
+			[]any{"fix", "pass it in MESHPLANE_ETCD_PASSWORD or a file named by --etcd-password-file"}})
 	}
 	var errs []error
 	fs.VisitAll(func(fl *pflag.Flag) {
@@ -144,14 +178,27 @@ func Load(args []string, stderr io.Writer) (nodeagent.Config, slog.Level, error)
 		}
 	})
 	if err := errors.Join(errs...); err != nil {
-		return nodeagent.Config{}, 0, err
+		return loaded{}, err
 	}
 	if f.configFile != "" {
 		if err := applyFile(fs, f.configFile); err != nil {
-			return nodeagent.Config{}, 0, err
+			return loaded{}, err
 		}
 	}
-	return f.config()
+	cfg, level, err := f.config()
+	if err != nil {
+		return loaded{}, err
+	}
+	for _, s := range []struct{ what, path string }{{"gossip key file", f.gossipKeyFile}, {"etcd password file", f.passwordFile}} {
+		if s.path == "" {
+			continue
+		}
+		if fi, err := os.Stat(s.path); err == nil && fi.Mode().Perm()&0o077 != 0 {
+			warnings = append(warnings, warning{s.what + " is readable by other users",
+				[]any{"path", s.path, "mode", fmt.Sprintf("%04o", fi.Mode().Perm()), "fix", "chmod 600 " + s.path}})
+		}
+	}
+	return loaded{cfg: cfg, level: level, warnings: warnings}, nil
 }
 
 // applyFile sets the flags the file names that neither the command line
@@ -214,7 +261,7 @@ func (f *flags) config() (nodeagent.Config, slog.Level, error) {
 		Node: f.node, Cluster: f.cluster, ClusterID: f.clusterID,
 		Etcd: kvstore.Config{
 			Endpoints: f.endpoints, CAFile: f.caFile, CertFile: f.certFile, KeyFile: f.keyFile,
-			Username: f.user, Password: f.password, DialTimeout: f.dialTimeout,
+			Username: f.user, Password: f.password, PasswordFile: f.passwordFile, DialTimeout: f.dialTimeout,
 		},
 		LeaseTTL: f.leaseTTL, StateDir: f.stateDir, BPFFS: f.bpffs,
 		IPCacheMax: f.ipcacheMax, EndpointsMax: f.endpointsMax, PolicyMax: f.policyMax,
@@ -262,6 +309,15 @@ func (f *flags) config() (nodeagent.Config, slog.Level, error) {
 		}
 		cfg.GossipAddr = ip
 	}
+	if cfg.APISocket != "" {
+		// Absolute, so the socket is the same file whatever directory the
+		// agent runs in, and clients dial it by a full path.
+		abs, err := filepath.Abs(cfg.APISocket)
+		if err != nil {
+			return cfg, 0, fmt.Errorf("--api-socket %q: %w", cfg.APISocket, err)
+		}
+		cfg.APISocket = abs
+	}
 	if f.gossipKeyFile != "" {
 		keys, err := nodeagent.ReadKeyFile(f.gossipKeyFile)
 		if err != nil {
@@ -294,7 +350,7 @@ var timingFlags = map[string]string{
 // Main runs mesh-agent with args until ctx ends, logging to stderr, and
 // returns the exit code.
 func Main(ctx context.Context, args []string, stderr io.Writer) int {
-	cfg, level, err := Load(args, stderr)
+	l, err := load(args, stderr)
 	if errors.Is(err, pflag.ErrHelp) {
 		return 0
 	}
@@ -302,7 +358,11 @@ func Main(ctx context.Context, args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "mesh-agent:", err)
 		return 2
 	}
-	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	cfg := l.cfg
+	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: l.level}))
+	for _, w := range l.warnings {
+		cfg.Logger.Warn(w.msg, w.attrs...)
+	}
 	a, err := nodeagent.New(cfg)
 	if err != nil {
 		fmt.Fprintln(stderr, "mesh-agent:", err)

@@ -183,3 +183,71 @@ func TestGossipTiming(t *testing.T) {
 		})
 	}
 }
+
+// TestLoadWarnings: a password on the command line and secret files that
+// other users can read earn a warning (the password itself never appears);
+// the environment and private files do not.
+func TestLoadWarnings(t *testing.T) {
+	key := base64.StdEncoding.EncodeToString([]byte("0123456789abcdef0123456789abcdef"))
+	private := writeFile(t, "key", key+"\n")
+	open := writeFile(t, "open-key", key+"\n")
+	pwPrivate := writeFile(t, "pw", "s3cret-pw\n")
+	pwOpen := writeFile(t, "open-pw", "s3cret-pw\n")
+	for _, f := range []string{open, pwOpen} {
+		if err := os.Chmod(f, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	base := []string{"--node-ip", "10.0.0.1", "--node-name", "n1", "--etcd-endpoints", "http://127.0.0.1:2379", "--etcd-user", "agent"}
+	tests := []struct {
+		name string
+		args []string
+		env  string
+		want []string // substrings, one per warning; none for no warning
+	}{
+		{"password flag", []string{"--etcd-password", "s3cret-pw", "--gossip-key-file", private}, "",
+			[]string{"--etcd-password on the command line"}},
+		{"password from the environment", []string{"--gossip-key-file", private}, "s3cret-pw", nil},
+		{"private password file", []string{"--etcd-password-file", pwPrivate, "--gossip-key-file", private}, "", nil},
+		{"open password file", []string{"--etcd-password-file", pwOpen, "--gossip-key-file", private}, "",
+			[]string{"etcd password file is readable by other users"}},
+		{"open gossip key file", []string{"--gossip-key-file", open}, "",
+			[]string{"gossip key file is readable by other users"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.env != "" {
+				t.Setenv("MESHPLANE_ETCD_PASSWORD", tt.env)
+			}
+			l, err := load(append(append([]string{"--state-dir", t.TempDir()}, base...), tt.args...), io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(l.warnings) != len(tt.want) {
+				t.Fatalf("warnings %v, want %d", l.warnings, len(tt.want))
+			}
+			for i, w := range l.warnings {
+				msg := w.String()
+				if !strings.Contains(msg, tt.want[i]) || strings.Contains(msg, "s3cret-pw") {
+					t.Errorf("warning %q, want it to say %q and not the password", msg, tt.want[i])
+				}
+			}
+		})
+	}
+	if _, err := load(append([]string{"--state-dir", t.TempDir(), "--gossip-insecure", "--etcd-password", "a", "--etcd-password-file", pwPrivate}, base...), io.Discard); err == nil {
+		t.Fatal("a password flag and a password file were both accepted")
+	}
+}
+
+// TestLoadRelativeSocket: a relative --api-socket is made absolute, so
+// that it names the same file whatever the agent's working directory.
+func TestLoadRelativeSocket(t *testing.T) {
+	cfg, _, err := Load([]string{"--state-dir", t.TempDir(), "--node-ip", "10.0.0.1", "--node-name", "n1", "--gossip-insecure", "--api-socket", "run/agent.sock"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wd, _ := os.Getwd()
+	if want := filepath.Join(wd, "run/agent.sock"); cfg.APISocket != want {
+		t.Fatalf("APISocket = %q, want %q", cfg.APISocket, want)
+	}
+}

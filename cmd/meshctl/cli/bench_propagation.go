@@ -161,6 +161,9 @@ func benchIP(base [4]byte, i int) netip.Addr {
 
 func (o *options) benchPropagation(ctx context.Context, cfg benchPropConfig) (rep benchPropReport, err error) {
 	rep.Agents, rep.Entries, rep.Writes = cfg.agents, cfg.entries, cfg.writes
+	if _, err := bpf.MountFS(nodeagent.DefaultBPFFS); err != nil {
+		return rep, fmt.Errorf("bench propagation needs eBPF maps (run as root): %w", err)
+	}
 	if err := bpf.CheckSupport(nodeagent.DefaultBPFFS); err != nil {
 		return rep, fmt.Errorf("bench propagation needs eBPF maps (run as root): %w", err)
 	}

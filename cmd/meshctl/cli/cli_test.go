@@ -5,7 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -41,6 +44,21 @@ func mustRun(t *testing.T, args ...string) string {
 		t.Fatalf("meshctl %s: %v (stderr: %s)", strings.Join(args, " "), err, errOut)
 	}
 	return out
+}
+
+// TestIdentityAllocateTooManyLabels: the label set limits hold where
+// label sets enter, with the limit in the message.
+func TestIdentityAllocateTooManyLabels(t *testing.T) {
+	t.Parallel()
+	g := inCluster(t)
+	ls := make([]string, labels.MaxSetLabels+1)
+	for i := range ls {
+		ls[i] = fmt.Sprintf("k8s:key-%d=v", i)
+	}
+	_, _, err := meshctl(t, append(g, "identity", "allocate", "--labels", strings.Join(ls, ","))...)
+	if !errors.Is(err, labels.ErrTooLarge) || !strings.Contains(err.Error(), "at most 128") {
+		t.Fatalf("allocate with %d labels: %v, want ErrTooLarge naming the limit", len(ls), err)
+	}
 }
 
 func TestIdentityAllocateListGet(t *testing.T) {
@@ -313,5 +331,43 @@ func TestEnvironmentDefaults(t *testing.T) {
 	t.Setenv("MESHPLANE_ETCD_DIAL_TIMEOUT", "soon")
 	if _, _, err := meshctl(t, "identity", "list"); err == nil || !strings.Contains(err.Error(), "MESHPLANE_ETCD_DIAL_TIMEOUT") {
 		t.Fatalf("bad MESHPLANE_ETCD_DIAL_TIMEOUT: %v", err)
+	}
+}
+
+// TestPasswordWarnings: a password on the command line, or in a file
+// other users can read, earns a warning that never shows the password.
+func TestPasswordWarnings(t *testing.T) {
+	t.Parallel()
+	g := inCluster(t)
+	open := filepath.Join(t.TempDir(), "pw")
+	if err := os.WriteFile(open, []byte("s3cret-pw\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	private := filepath.Join(t.TempDir(), "pw")
+	if err := os.WriteFile(private, []byte("s3cret-pw\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		args []string
+		want string // "" for no warning
+	}{
+		{"flag", []string{"--etcd-user", "agent", "--etcd-password", "s3cret-pw"}, "--etcd-password on the command line"},
+		{"open file", []string{"--etcd-user", "agent", "--etcd-password-file", open}, "is readable by other users"},
+		{"private file", []string{"--etcd-user", "agent", "--etcd-password-file", private}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, stderr, err := meshctl(t, append(append(g, tt.args...), "identity", "list")...)
+			if err != nil {
+				t.Fatalf("identity list: %v", err)
+			}
+			if strings.Contains(stderr, "s3cret-pw") || (tt.want == "") != (stderr == "") || !strings.Contains(stderr, tt.want) {
+				t.Fatalf("stderr %q, want a warning saying %q (and never the password)", stderr, tt.want)
+			}
+		})
+	}
+	if _, _, err := meshctl(t, append(g, "--etcd-user", "agent", "--etcd-password", "a", "--etcd-password-file", private, "identity", "list")...); !errors.Is(err, kvstore.ErrConfig) {
+		t.Fatalf("a password flag and a password file: %v, want ErrConfig", err)
 	}
 }

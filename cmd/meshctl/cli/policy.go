@@ -23,6 +23,11 @@ import (
 // operations in one transaction, so that an apply is all-or-nothing.
 const maxApply = 128
 
+// maxApplyBytes bounds the keys and values one apply writes: etcd refuses
+// a request over its --max-request-bytes (1.5 MiB by default) with a bare
+// "request is too large", so apply refuses first, with room to spare.
+const maxApplyBytes = 1 << 20
+
 func newPolicyCmd(o *options) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "policy",
@@ -46,7 +51,7 @@ func newPolicyApplyCmd(o *options) *cobra.Command {
 NetworkPolicy, a MeshNetworkPolicy or a List of them, and writes them all in
 one etcd transaction, replacing policies of the same namespace and name.
 Every document is checked first: if any is invalid, nothing is written. At
-most 128 policies go in one apply.`,
+most 128 policies, 1 MiB of input and 1 MiB as stored go in one apply.`,
 		Example: `  meshctl policy apply -f allow-web.yaml
   kubectl get networkpolicy -A -o yaml | meshctl policy apply -f -`,
 		Args: cobra.NoArgs,
@@ -64,6 +69,9 @@ most 128 policies go in one apply.`,
 					inputName(file), len(ps), maxApply)
 			}
 			if err := o.applyPolicies(cmd.Context(), ps); err != nil {
+				if errors.Is(err, errApplyTooLarge) {
+					return fmt.Errorf("%s: nothing applied: %w", inputName(file), err)
+				}
 				return err
 			}
 			for _, p := range ps {
@@ -77,18 +85,22 @@ most 128 policies go in one apply.`,
 	return cmd
 }
 
-// readInput reads a file, or standard input for "-".
+// readInput reads a file, or standard input for "-": at most one byte
+// more than policy.MaxInputBytes, so that an oversized input is refused by
+// Parse without being held in memory whole.
 func readInput(cmd *cobra.Command, file string) ([]byte, error) {
-	if file == "-" {
-		data, err := io.ReadAll(cmd.InOrStdin())
+	r := cmd.InOrStdin()
+	if file != "-" {
+		f, err := os.Open(file)
 		if err != nil {
-			return nil, fmt.Errorf("read standard input: %w", err)
+			return nil, fmt.Errorf("-f: %w", err)
 		}
-		return data, nil
+		defer func() { _ = f.Close() }()
+		r = f
 	}
-	data, err := os.ReadFile(file)
+	data, err := io.ReadAll(io.LimitReader(r, policy.MaxInputBytes+1))
 	if err != nil {
-		return nil, fmt.Errorf("-f: %w", err)
+		return nil, fmt.Errorf("read %s: %w", inputName(file), err)
 	}
 	return data, nil
 }
@@ -100,16 +112,26 @@ func inputName(file string) string {
 	return file
 }
 
+// errApplyTooLarge is wrapped when the policies of one apply do not fit
+// one transaction.
+var errApplyTooLarge = errors.New("policies too large for one apply")
+
 // applyPolicies writes the policies in one transaction.
 func (o *options) applyPolicies(ctx context.Context, ps []*policy.Policy) (err error) {
 	keys := o.keys()
 	kvs := make([]kvstore.KeyValue, 0, len(ps))
+	size := 0
 	for _, p := range ps {
 		b, err := p.Encode()
 		if err != nil {
 			return err
 		}
 		kvs = append(kvs, kvstore.KeyValue{Key: keys.Policy(p.Namespace, p.Name), Value: b})
+		size += len(kvs[len(kvs)-1].Key) + len(b)
+	}
+	if size > maxApplyBytes {
+		return fmt.Errorf("%w: the %d policies are %d bytes as stored; at most %d bytes go in one apply (one etcd transaction): split the file",
+			errApplyTooLarge, len(ps), size, maxApplyBytes)
 	}
 	client, err := o.connect(ctx)
 	if err != nil {

@@ -279,3 +279,35 @@ func TestPolicyName(t *testing.T) {
 		})
 	}
 }
+
+// TestPolicyApplyLimits: a file over the input limit, or policies that
+// would not fit one etcd request, are refused whole with a message that
+// names the limit, not etcd's "request is too large".
+func TestPolicyApplyLimits(t *testing.T) {
+	t.Parallel()
+	g := inCluster(t)
+	cluster := g[3]
+	huge := policyFile + "# " + strings.Repeat("x", policy.MaxInputBytes) + "\n"
+	_, _, err := meshctl(t, append(g, "policy", "apply", "-f", writeFile(t, "huge.yaml", huge))...)
+	if !errors.Is(err, policy.ErrInvalid) || !strings.Contains(err.Error(), "at most 1048576 bytes") {
+		t.Fatalf("apply of a %d-byte file: %v, want ErrInvalid naming the limit", len(huge), err)
+	}
+
+	// Each policy is small; together they are more than one request holds
+	// (their stored form spells out the default protocol of every port).
+	var many strings.Builder
+	ports := strings.TrimSuffix(strings.Repeat("{port: 1}, ", 1000), ", ")
+	for i := range 80 {
+		fmt.Fprintf(&many, "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p%d}\nspec: {podSelector: {}, ingress: [{ports: [%s]}]}\n", i, ports)
+	}
+	if many.Len() > policy.MaxInputBytes {
+		t.Fatalf("test input is %d bytes, over the input limit", many.Len())
+	}
+	_, _, err = meshctl(t, append(g, "policy", "apply", "-f", writeFile(t, "many.yaml", many.String()))...)
+	if err == nil || !strings.Contains(err.Error(), "nothing applied") || !strings.Contains(err.Error(), "at most 1048576 bytes go in one apply") {
+		t.Fatalf("apply of policies too large for one transaction: %v", err)
+	}
+	if got := storedPolicies(t, cluster); len(got) != 0 {
+		t.Fatalf("a refused apply wrote %v", got)
+	}
+}

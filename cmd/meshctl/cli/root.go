@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -26,7 +25,8 @@ type options struct {
 	endpoints                 string // comma-separated
 	caFile, certFile, keyFile string
 	user, password            string
-	envPassword               string // MESHPLANE_ETCD_PASSWORD, used when --etcd-password is empty
+	passwordFile              string
+	envPassword               string // MESHPLANE_ETCD_PASSWORD, used when neither --etcd-password nor --etcd-password-file is given
 	dialTimeout               time.Duration
 	clusterName               string
 	clusterID                 int
@@ -52,8 +52,12 @@ Without --etcd-endpoints, meshctl starts an embedded etcd with its data in
 --state-dir; that directory must not be in use by a running agent.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
-		PersistentPreRunE: func(*cobra.Command, []string) error {
-			return o.validate()
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			if err := o.validate(); err != nil {
+				return err
+			}
+			o.warn(cmd)
+			return nil
 		},
 	}
 	root.SetOut(stdout)
@@ -78,7 +82,9 @@ func (o *options) addFlags(fs *pflag.FlagSet) {
 	// The password from the environment is not made the flag's default,
 	// which --help would print.
 	o.envPassword = env.str("MESHPLANE_ETCD_PASSWORD", "")
-	fs.StringVar(&o.password, "etcd-password", "", "etcd password; prefer the environment variable (env MESHPLANE_ETCD_PASSWORD)")
+	fs.StringVar(&o.password, "etcd-password", "", "etcd password; other users of the machine can read it: prefer MESHPLANE_ETCD_PASSWORD or --etcd-password-file")
+	fs.StringVar(&o.passwordFile, "etcd-password-file", env.str("MESHPLANE_ETCD_PASSWORD_FILE", ""),
+		"file whose first line is the etcd password, mode 0600 (env MESHPLANE_ETCD_PASSWORD_FILE)")
 	fs.DurationVar(&o.dialTimeout, "etcd-dial-timeout", env.duration("MESHPLANE_ETCD_DIAL_TIMEOUT", kvstore.DefaultDialTimeout),
 		"how long to wait for etcd to answer (env MESHPLANE_ETCD_DIAL_TIMEOUT)")
 	fs.StringVar(&o.clusterName, "cluster-name", env.str("MESHPLANE_CLUSTER_NAME", "default"), "name of the cluster: its key prefix in etcd (env MESHPLANE_CLUSTER_NAME)")
@@ -160,6 +166,19 @@ func (o *options) validate() error {
 	return o.etcdConfig().Validate()
 }
 
+// warn prints to stderr what in the global flags an operator should fix,
+// though the command can run with it. The password itself is never shown.
+func (o *options) warn(cmd *cobra.Command) {
+	if f := cmd.Flags().Lookup("etcd-password"); f != nil && f.Changed {
+		fmt.Fprintln(o.stderr, "meshctl: warning: --etcd-password on the command line: every user of this machine can read it (ps, shell history); pass it in MESHPLANE_ETCD_PASSWORD or a file named by --etcd-password-file")
+	}
+	if o.passwordFile != "" {
+		if fi, err := os.Stat(o.passwordFile); err == nil && fi.Mode().Perm()&0o077 != 0 {
+			fmt.Fprintf(o.stderr, "meshctl: warning: etcd password file %s is readable by other users (mode %04o): chmod 600 %s\n", o.passwordFile, fi.Mode().Perm(), o.passwordFile)
+		}
+	}
+}
+
 // validateNode checks --node-name, for the commands that write references.
 func (o *options) validateNode() error {
 	if err := allocator.ValidateNodeName(o.nodeName); err != nil {
@@ -178,17 +197,23 @@ func (o *options) endpointList() []string {
 	return eps
 }
 
-// etcdConfig is the kvstore configuration the global flags describe.
+// etcdConfig is the kvstore configuration the global flags describe. The
+// environment's password counts only when no flag names one.
 func (o *options) etcdConfig() kvstore.Config {
+	password := o.password
+	if password == "" && o.passwordFile == "" {
+		password = o.envPassword
+	}
 	return kvstore.Config{
-		Endpoints:   o.endpointList(),
-		CAFile:      o.caFile,
-		CertFile:    o.certFile,
-		KeyFile:     o.keyFile,
-		Username:    o.user,
-		Password:    cmp.Or(o.password, o.envPassword),
-		DialTimeout: o.dialTimeout,
-		StateDir:    o.stateDir,
+		Endpoints:    o.endpointList(),
+		CAFile:       o.caFile,
+		CertFile:     o.certFile,
+		KeyFile:      o.keyFile,
+		Username:     o.user,
+		Password:     password,
+		PasswordFile: o.passwordFile,
+		DialTimeout:  o.dialTimeout,
+		StateDir:     o.stateDir,
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -47,7 +48,13 @@ func dialAgent(ctx context.Context, f agentFlags) (api.AgentClient, func(), erro
 	if _, err := os.Stat(f.socket); err != nil {
 		return nil, nil, fmt.Errorf("no agent API at %s (%w): is mesh-agent running on this node? pass --agent-socket to point at its --api-socket", f.socket, errors.Unwrap(err))
 	}
-	conn, err := grpc.NewClient("unix://"+f.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	// gRPC's unix:// takes an absolute path only ("unix://rel/x" reads
+	// "rel" as an authority): make a relative one absolute.
+	path, err := filepath.Abs(f.socket)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--agent-socket %s: %w", f.socket, err)
+	}
+	conn, err := grpc.NewClient("unix://"+path, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return nil, nil, fmt.Errorf("agent API %s: %w", f.socket, err)
 	}

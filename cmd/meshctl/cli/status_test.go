@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -106,6 +107,19 @@ func TestAgentCommands(t *testing.T) {
 	}
 	for _, m := range []string{"endpoints", "policy", "cidr"} {
 		mustRun(t, "bpf", m, "list", "--agent-socket", sock, "-o", "json")
+	}
+	// A relative --agent-socket works (it once failed with "invalid
+	// authority").
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rel, err := filepath.Rel(wd, sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, _, err := meshctl(t, "status", "--agent-socket", rel); err != nil || !strings.Contains(out, node) {
+		t.Errorf("status --agent-socket %s = %q, %v; want the agent's status", rel, out, err)
 	}
 	if _, _, err := meshctl(t, "status", "--agent-socket", filepath.Join(dir, "nope.sock")); err == nil || !strings.Contains(err.Error(), "is mesh-agent running") {
 		t.Errorf("status without an agent = %v, want a clear error", err)
