@@ -523,29 +523,19 @@ func (a *Agent) startCaches(ctx context.Context, g *errgroup.Group) error {
 }
 
 // restoreEndpoints re-takes, after a restart, what the local endpoints
-// hold in etcd: their identity references and ipcache entries. Both are on
-// the lease, which a restart normally resumes; this covers a lease that
-// expired while the agent was down.
+// hold in etcd (endpoints.restore): their identity references and ipcache
+// entries.
 func (a *Agent) restoreEndpoints(ctx context.Context) {
 	for _, ep := range a.eps.list() {
-		set, err := ep.labelSet(a.cfg.Cluster, a.cfg.LabelFilter)
-		if err != nil {
-			continue
-		}
-		id, err := a.allocateIdentity(ctx, set)
+		res, err := a.eps.restore(ctx, a, ep.owner())
 		if err != nil {
 			if ctx.Err() == nil {
-				a.log.Error("cannot restore an endpoint's identity", "endpoint", ep.owner(), "err", err)
+				a.log.Error("cannot restore an endpoint's identity or ipcache entries", "endpoint", ep.owner(), "err", err)
 			}
 			continue
 		}
-		if id != ep.Identity {
-			a.log.Warn("endpoint's identity changed while the agent was down", "endpoint", ep.owner(), "old", ep.Identity, "new", id)
-		}
-		for _, ip := range ep.IPs {
-			if err := a.publish(ctx, ipcache.Entry{IP: ip, Identity: id, Namespace: ep.Namespace, Pod: ep.Pod, Ports: ep.namedPorts()}); err != nil && ctx.Err() == nil {
-				a.log.Error("cannot restore an endpoint's ipcache entry", "endpoint", ep.owner(), "ip", ip, "err", err)
-			}
+		if res.restored && res.old != res.new {
+			a.log.Warn("endpoint's identity changed while the agent was down; it takes the new one", "endpoint", ep.owner(), "old", res.old, "new", res.new)
 		}
 	}
 }
@@ -628,7 +618,7 @@ func (a *Agent) families() []ipam.Family { return a.cfg.Families }
 func (a *Agent) allocateIP(owner string, f ipam.Family) (netip.Addr, netip.Prefix, error) {
 	ips := a.ips.Load()
 	if ips == nil {
-		return netip.Addr{}, netip.Prefix{}, errors.New("pod IPs are not available yet: the agent has not reached etcd")
+		return netip.Addr{}, netip.Prefix{}, fmt.Errorf("pod IPs: %w", ErrNotReady)
 	}
 	if err := a.beforeAllocate(ips, owner); err != nil {
 		return netip.Addr{}, netip.Prefix{}, err
@@ -673,7 +663,7 @@ func (a *Agent) releaseIPs(owner string) error {
 func (a *Agent) allocateIdentity(ctx context.Context, set labels.Set) (identity.ID, error) {
 	ids := a.ids.Load()
 	if ids == nil {
-		return 0, errors.New("identities are not available yet: the agent has not reached etcd")
+		return 0, fmt.Errorf("identities: %w", ErrNotReady)
 	}
 	return ids.Allocate(ctx, set)
 }
@@ -698,7 +688,7 @@ func (a *Agent) unpublish(ctx context.Context, ip netip.Addr) error {
 // ADD path). It is idempotent per namespace and pod.
 func (a *Agent) AddEndpoint(ctx context.Context, spec EndpointSpec) (Endpoint, error) {
 	if a.session.Load() == nil || a.ids.Load() == nil || a.ips.Load() == nil {
-		return Endpoint{}, errors.New("the agent is still starting: it has not reached etcd; retry")
+		return Endpoint{}, ErrNotReady
 	}
 	return a.eps.add(ctx, a, spec)
 }
@@ -707,7 +697,7 @@ func (a *Agent) AddEndpoint(ctx context.Context, spec EndpointSpec) (Endpoint, e
 // an error.
 func (a *Agent) DeleteEndpoint(ctx context.Context, namespace, pod string) error {
 	if a.session.Load() == nil || a.ips.Load() == nil {
-		return errors.New("the agent is still starting: it has not reached etcd; retry")
+		return ErrNotReady
 	}
 	return a.eps.remove(ctx, a, namespace, pod)
 }

@@ -24,6 +24,11 @@ import (
 	"github.com/meshplane/meshplane/policy"
 )
 
+// ErrNotReady is returned by AddEndpoint and DeleteEndpoint (and wrapped
+// by what they need) until the agent has reached etcd and holds every pod
+// IP its records give its pods: the caller (the CNI plugin) retries.
+var ErrNotReady = errors.New("the agent is still starting: it has not reached etcd or restored its pods yet; retry")
+
 // ErrInvalidEndpoint is wrapped by AddEndpoint's input errors.
 var ErrInvalidEndpoint = errors.New("invalid endpoint")
 
@@ -208,7 +213,13 @@ type endpoints struct {
 
 	mu    sync.Mutex
 	byKey map[string]*Endpoint // mu guards: by owner
-	ids   *idAllocator[string]
+	// referenced is the endpoints whose identity reference this run of
+	// the agent holds (mu guards): taken by add, or by restore for an
+	// endpoint loaded from its state file. Only those are released by
+	// remove, so a DEL that comes before the restore releases nothing it
+	// does not hold, and the restore skips an endpoint already gone.
+	referenced map[string]bool
+	ids        *idAllocator[string]
 }
 
 // endpointHooks put a local endpoint into the datapath (the endpoints
@@ -225,7 +236,8 @@ type endpointHooks interface {
 func newEndpoints(dir, cluster string, filter *labels.Filter, hooks endpointHooks) *endpoints {
 	return &endpoints{
 		dir: dir, cluster: cluster, filter: filter, hooks: hooks,
-		byKey: make(map[string]*Endpoint), ids: newIDAllocator[string]("endpoint", 65535),
+		byKey: make(map[string]*Endpoint), referenced: make(map[string]bool),
+		ids: newIDAllocator[string]("endpoint", 65535),
 	}
 }
 
@@ -383,7 +395,11 @@ func (e *endpoints) add(ctx context.Context, d endpointDeps, spec EndpointSpec) 
 	if err != nil {
 		return Endpoint{}, fmt.Errorf("identity for %s: %w", spec.owner(), err)
 	}
-	undo = append(undo, func() { _ = d.releaseIdentity(set) })
+	e.referenced[spec.owner()] = true
+	undo = append(undo, func() {
+		delete(e.referenced, spec.owner())
+		_ = d.releaseIdentity(set)
+	})
 	afterStep("add:identity", spec.owner(), netip.Addr{})
 	if err := e.save(ep); err != nil {
 		return Endpoint{}, err
@@ -424,10 +440,11 @@ func (e *endpoints) remove(ctx context.Context, d endpointDeps, namespace, pod s
 		}
 		afterStep("remove:unpublished", owner, ip)
 	}
-	if set, err := ep.labelSet(e.cluster, e.filter); err == nil {
+	if set, err := ep.labelSet(e.cluster, e.filter); err == nil && e.referenced[owner] {
 		errs = append(errs, d.releaseIdentity(set))
 		afterStep("remove:identity", owner, netip.Addr{})
 	}
+	delete(e.referenced, owner)
 	errs = append(errs, d.releaseIPs(owner))
 	afterStep("remove:released", owner, netip.Addr{})
 	if err := os.Remove(e.path(owner)); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -438,4 +455,54 @@ func (e *endpoints) remove(ctx context.Context, d endpointDeps, namespace, pod s
 	delete(e.byKey, owner)
 	e.ids.release(owner)
 	return errors.Join(errs...)
+}
+
+// restoreResult is what restore did for one endpoint.
+type restoreResult struct {
+	restored bool        // the endpoint was there and had no reference yet
+	old, new identity.ID // its identity before and after
+}
+
+// restore re-takes, after a restart, what the endpoint of owner holds in
+// etcd: its identity reference, and its ipcache entries with that
+// identity. Both are on the agent's lease, which a restart normally
+// resumes; this covers a lease that expired while the agent was down. An
+// identity that changed meanwhile (its ID was garbage-collected and taken
+// by other labels) is given to the endpoint in its state file and the
+// datapath too. It runs under mu, like add and remove, so that a DEL of
+// the same pod waits for it or comes first (and then there is nothing to
+// restore).
+func (e *endpoints) restore(ctx context.Context, d endpointDeps, owner string) (restoreResult, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	ep, ok := e.byKey[owner]
+	if !ok || e.referenced[owner] {
+		return restoreResult{}, nil
+	}
+	set, err := ep.labelSet(e.cluster, e.filter)
+	if err != nil {
+		return restoreResult{}, err
+	}
+	id, err := d.allocateIdentity(ctx, set)
+	if err != nil {
+		return restoreResult{}, fmt.Errorf("identity for %s: %w", owner, err)
+	}
+	e.referenced[owner] = true
+	res := restoreResult{restored: true, old: ep.Identity, new: id}
+	if id != ep.Identity {
+		next := *ep
+		next.Identity = id
+		if err := e.save(&next); err != nil {
+			return res, err
+		}
+		*ep = next
+		e.hooks.installed(ep, set)
+	}
+	var errs []error
+	for _, ip := range ep.IPs {
+		if err := d.publish(ctx, ipcache.Entry{IP: ip, Identity: id, Namespace: ep.Namespace, Pod: ep.Pod, Ports: ep.namedPorts()}); err != nil {
+			errs = append(errs, fmt.Errorf("publish %s of %s: %w", ip, owner, err))
+		}
+	}
+	return res, errors.Join(errs...)
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -375,4 +376,52 @@ func TestAgentPodIPConflicts(t *testing.T) {
 	if st := ta.a.Status(); len(st.IPAM.Conflicts) != 0 || st.IPAM.Unreferenced != 0 {
 		t.Errorf("after a restart: conflicts %v, %d unreferenced", conflictIPs(st.IPAM.Conflicts), st.IPAM.Unreferenced)
 	}
+}
+
+// TestAgentDeleteRightAfterRestart: a CNI DEL that reaches a restarted
+// agent before it has re-taken the pod's identity reference succeeds, and
+// neither it nor the restore that follows leaves a reference behind (the
+// DEL used to fail with "this node holds no reference to it", and a
+// restore after it re-took a reference nobody would release).
+func TestAgentDeleteRightAfterRestart(t *testing.T) {
+	t.Parallel()
+	cluster := etcdtest.Cluster(t)
+	keys, _ := kvstore.NewKeys(cluster)
+	client := srv.Client(t)
+	cfg := agentConfig(t, srv, cluster, 1)
+	cfg.Datapath = nodeagent.DatapathNone
+	ta := startAgent(t, cfg)
+	ta.waitOK(t)
+	pods := addPods(t, ta, 0, 8)
+	ta.stop()
+
+	ta = startAgent(t, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for owner := range pods {
+		ns, pod, _ := strings.Cut(owner, "/")
+		for {
+			err := ta.a.DeleteEndpoint(ctx, ns, pod)
+			if err == nil {
+				break
+			}
+			if !errors.Is(err, nodeagent.ErrNotReady) || ctx.Err() != nil {
+				t.Fatalf("DeleteEndpoint(%s) right after the restart: %v", owner, err)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	ta.waitOK(t)
+	eventually(t, 10*time.Second, "no identity reference of the node is left", func() error {
+		kvs, _, err := client.List(ctx, keys.IdentityRefsPrefix())
+		if err != nil {
+			return err
+		}
+		for _, kv := range kvs {
+			if strings.HasSuffix(kv.Key, "/"+cfg.Node) {
+				return fmt.Errorf("%s is left", kv.Key)
+			}
+		}
+		return nil
+	})
 }

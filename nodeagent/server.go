@@ -146,6 +146,8 @@ func toStatus(err error) error {
 		return status.Error(codes.DeadlineExceeded, err.Error())
 	case errors.Is(err, bpf.ErrMapFull):
 		return status.Error(codes.ResourceExhausted, err.Error())
+	case errors.Is(err, ErrNotReady):
+		return status.Error(codes.Unavailable, err.Error())
 	default:
 		return status.Error(codes.Unavailable, err.Error())
 	}
