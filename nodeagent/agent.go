@@ -318,7 +318,6 @@ func (a *Agent) runControl(ctx context.Context, g *errgroup.Group) error {
 	}
 	g.Go(func() error { a.joinLoop(ctx); return nil })
 	g.Go(func() error { a.probeLoop(ctx); return nil })
-	g.Go(func() error { a.restoreEndpoints(ctx); return nil })
 	g.Go(func() error { a.publishUsageLoop(ctx); return nil })
 	g.Go(func() error { a.policyRevisionLoop(ctx); return nil })
 	// The API hands out pod IPs only once the allocator holds every IP the
@@ -328,6 +327,9 @@ func (a *Agent) runControl(ctx context.Context, g *errgroup.Group) error {
 		return err
 	}
 	a.ips.Store(ips)
+	// Only then are the pods' etcd entries written again: the reconcile
+	// above reads them as this node's records as they were.
+	g.Go(func() error { a.restoreEndpoints(ctx); return nil })
 
 	// The tables fed from etcd may prune only once every cache has handed
 	// its first list to the mirror: before that, an entry missing from
