@@ -447,32 +447,36 @@ func (g *Gossip) AnnounceRestart(timeout time.Duration) error {
 	if timeout <= 0 {
 		return fmt.Errorf("gossip: announce restart: timeout %s: use a positive timeout", timeout)
 	}
+	metaErr, err := g.depart(flagRestarting, timeout, timeout*2/3, ErrLeft)
+	if err := errors.Join(metaErr, err); err != nil {
+		return fmt.Errorf("gossip: announce restart: %w", err)
+	}
+	return nil
+}
+
+// depart announces flags in this member's meta, waiting up to metaWait for
+// the broadcast to be sent in full (metaErr: it was not, but still
+// spreads), then runs memberlist's leave until timeout is up (err). A
+// member that already departed gets again (nil for Leave, ErrLeft for
+// AnnounceRestart).
+func (g *Gossip) depart(flags byte, timeout, metaWait time.Duration, again error) (metaErr, err error) {
 	g.lifeMu.RLock()
 	defer g.lifeMu.RUnlock()
 	if g.closed {
-		return ErrClosed
+		return nil, ErrClosed
 	}
 	g.mu.Lock()
 	if g.left {
 		g.mu.Unlock()
-		return ErrLeft
+		return nil, again
 	}
 	g.left = true
-	g.flags = flagRestarting
+	g.flags = flags
 	g.meta, _ = g.self.encode(g.flags) // encoded before: cannot fail
 	g.mu.Unlock()
 	deadline := time.Now().Add(timeout)
-	var errs []error
-	if err := g.ml.UpdateNode(timeout * 2 / 3); err != nil {
-		errs = append(errs, err)
-	}
-	if err := g.ml.Leave(max(time.Until(deadline), time.Millisecond)); err != nil {
-		errs = append(errs, err)
-	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("gossip: announce restart: %w", err)
-	}
-	return nil
+	metaErr = g.ml.UpdateNode(metaWait)
+	return metaErr, g.ml.Leave(max(time.Until(deadline), time.Millisecond))
 }
 
 // SetKeys replaces the keyring at run time: keys[0] becomes the primary,
@@ -517,27 +521,11 @@ func (g *Gossip) Leave(timeout time.Duration) error {
 	if timeout <= 0 {
 		return fmt.Errorf("gossip: leave: timeout %s: use a positive timeout", timeout)
 	}
-	g.lifeMu.RLock()
-	defer g.lifeMu.RUnlock()
-	if g.closed {
-		return ErrClosed
-	}
-	g.mu.Lock()
-	if g.left {
-		g.mu.Unlock()
-		return nil
-	}
-	g.left = true
-	g.flags = flagLeaving
-	g.meta, _ = g.self.encode(g.flags) // encoded before: cannot fail
-	g.mu.Unlock()
 	// memberlist's own leave (a death announced by the member itself) looks
 	// to the others like any death; the meta carrying flagLeaving, sent
 	// first, tells them apart. Best effort: a member that hears of the
 	// death first still turns it into Left when the meta arrives.
-	deadline := time.Now().Add(timeout)
-	_ = g.ml.UpdateNode(timeout / 2)
-	if err := g.ml.Leave(max(time.Until(deadline), time.Millisecond)); err != nil {
+	if _, err := g.depart(flagLeaving, timeout, timeout/2, nil); err != nil {
 		return fmt.Errorf("gossip: leave: %w", err)
 	}
 	return nil
