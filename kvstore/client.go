@@ -120,7 +120,7 @@ func classify(cfg Config, op string, err error) error {
 	case err == nil:
 		return nil
 	case isUserEmpty(err):
-		return fmt.Errorf("%s %s: %w: etcd requires authentication: pass --etcd-user and a password (env MESHPLANE_ETCD_PASSWORD or --etcd-password-file)", op, cfg, ErrAuth)
+		return fmt.Errorf("%s %s: %w: %s", op, cfg, ErrAuth, needsUser)
 	case errors.Is(err, rpctypes.ErrAuthFailed), errors.Is(err, rpctypes.ErrGRPCAuthFailed),
 		errors.Is(err, rpctypes.ErrPermissionDenied), errors.Is(err, rpctypes.ErrGRPCPermissionDenied),
 		errors.Is(err, rpctypes.ErrInvalidAuthToken), errors.Is(err, rpctypes.ErrGRPCInvalidAuthToken):
@@ -136,6 +136,9 @@ func classify(cfg Config, op string, err error) error {
 	}
 	return fmt.Errorf("%s %s: %w: %w", op, cfg, ErrUnavailable, err)
 }
+
+// needsUser is what to do when etcd refuses a client without a user.
+const needsUser = "etcd requires authentication: pass --etcd-user and a password (env MESHPLANE_ETCD_PASSWORD or --etcd-password-file)"
 
 // isUserEmpty reports whether etcd refused a request for want of a user:
 // its auth is on and the client has no credentials.

@@ -142,7 +142,7 @@ func TestCacheNeverValidKey(t *testing.T) {
 	putAll(t, c, prefix, map[string]string{"listed": "?"})
 	var cache *kvstore.Cache[int]
 	cache, err := kvstore.NewCache(c, kvstore.CacheConfig[int]{Prefix: prefix, Decode: decodeInt,
-		OnInvalid: func(key string, err error) {
+		OnInvalid: func(k kvstore.InvalidKey) {
 			// The change is applied before OnInvalid runs: it may read
 			// the cache.
 			if len(cache.Invalid()) == 0 {
@@ -150,7 +150,7 @@ func TestCacheNeverValidKey(t *testing.T) {
 			}
 			mu.Lock()
 			defer mu.Unlock()
-			reported[key]++
+			reported[k.Key]++
 		}})
 	if err != nil {
 		t.Fatal(err)
@@ -216,10 +216,10 @@ func TestCacheInvalidAcrossRelist(t *testing.T) {
 	var mu sync.Mutex
 	reported := map[string]int{}
 	cache, err := kvstore.NewCache(c, kvstore.CacheConfig[int]{Prefix: prefix, Decode: decodeInt, RetryInterval: 10 * time.Millisecond,
-		OnInvalid: func(key string, _ error) {
+		OnInvalid: func(k kvstore.InvalidKey) {
 			mu.Lock()
 			defer mu.Unlock()
-			reported[key]++
+			reported[k.Key]++
 		}})
 	if err != nil {
 		t.Fatal(err)

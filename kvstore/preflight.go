@@ -167,7 +167,7 @@ func checkTLS(ctx context.Context, cfg Config, tlsCfg *tls.Config, u *url.URL, c
 			// A plain etcd closes the connection on a TLS hello: ask it
 			// in HTTP/2.
 			if plainHTTP2(ctx, u.Host) {
-				return fmt.Errorf("%w: the etcd at %s does not speak TLS: use http://%s, or give etcd a certificate", ErrConfig, RedactEndpoint(u.String()), u.Host)
+				return notTLSError(u)
 			}
 		}
 		return tlsError(cfg, c, u, err)
@@ -197,6 +197,11 @@ func isRemoteAlert(err error) bool {
 	return errors.As(err, &op) && op.Op == "remote error"
 }
 
+// notTLSError says that the https:// endpoint u answers without TLS.
+func notTLSError(u *url.URL) error {
+	return fmt.Errorf("%w: the etcd at %s does not speak TLS: use http://%s, or give etcd a certificate", ErrConfig, RedactEndpoint(u.String()), u.Host)
+}
+
 // tlsError says what a failed TLS handshake means.
 func tlsError(cfg Config, c *tls.Config, u *url.URL, err error) error {
 	ep := RedactEndpoint(u.String())
@@ -208,7 +213,7 @@ func tlsError(cfg Config, c *tls.Config, u *url.URL, err error) error {
 	)
 	switch {
 	case errors.As(err, &header):
-		return fmt.Errorf("%w: the etcd at %s does not speak TLS: use http://%s, or give etcd a certificate", ErrConfig, ep, u.Host)
+		return notTLSError(u)
 	case errors.As(err, &authority) && cfg.CAFile == "":
 		return fmt.Errorf("%w: the certificate of the etcd at %s is not signed by a CA this machine trusts: pass the CA that signed it with --etcd-ca (%w)", ErrAuth, ep, err)
 	case errors.As(err, &authority):

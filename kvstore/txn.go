@@ -177,7 +177,7 @@ func wrapErr(err error) error {
 		return err
 	}
 	if isUserEmpty(err) {
-		return fmt.Errorf("%w: etcd requires authentication: pass --etcd-user and a password (env MESHPLANE_ETCD_PASSWORD or --etcd-password-file): %w", ErrAuth, err)
+		return fmt.Errorf("%w: %s: %w", ErrAuth, needsUser, err)
 	}
 	if isUnavailable(err) {
 		return fmt.Errorf("%w: %w", ErrUnavailable, err)

@@ -70,8 +70,8 @@ type CacheConfig[T any] struct {
 	// value (a list after a compaction does not report an unchanged one
 	// again). It is called from the watch goroutine after the cache has
 	// applied the change, so it may read the cache (Get, Invalid); it must
-	// not block.
-	OnInvalid func(key string, err error)
+	// not block. LastGood says whether a last good value stays in force.
+	OnInvalid func(InvalidKey)
 	// RetryInterval is the first pause after a failed list; it doubles up
 	// to 5s. Zero means 100ms.
 	RetryInterval time.Duration
@@ -137,13 +137,6 @@ type entry[T any] struct {
 type invalidEntry struct {
 	err    error
 	modRev int64
-}
-
-// report is an invalid value to count and hand to OnInvalid once the
-// cache's lock is released.
-type report struct {
-	key string
-	err error
 }
 
 // NewCache returns a cache of the prefix in cfg; Run starts it.
@@ -361,14 +354,15 @@ func (c *Cache[T]) relist(ctx context.Context) error {
 	c.rev, c.changeRev = rev, rev
 	c.mu.Unlock()
 
-	var reports []report
+	var reports []InvalidKey
 	var changed []string
 	for k, inv := range freshInvalid {
 		if prev, ok := oldInvalid[k]; ok && prev.modRev == inv.modRev {
 			continue // reported before
 		}
-		reports = append(reports, report{k, inv.err})
-		if _, good := fresh[k]; !good {
+		_, good := fresh[k]
+		reports = append(reports, InvalidKey{Key: k, Err: inv.err, ModRevision: inv.modRev, LastGood: good})
+		if !good {
 			changed = append(changed, k) // never valid: InvalidHandler
 		}
 	}
@@ -444,7 +438,7 @@ func (c *Cache[T]) watch(ctx context.Context) bool {
 
 func (c *Cache[T]) apply(events []*clientv3.Event, rev int64) {
 	changed := make([]string, 0, len(events))
-	var reports []report
+	var reports []InvalidKey
 	c.mu.Lock()
 	for _, ev := range events {
 		key := string(ev.Kv.Key[len(c.cfg.Prefix):])
@@ -455,11 +449,12 @@ func (c *Cache[T]) apply(events []*clientv3.Event, rev int64) {
 				// Never drop or replace the last good value: record the
 				// key as invalid; only a key with no value is delivered
 				// (to InvalidHandlers).
+				_, good := c.entries[key]
 				if prev, ok := c.invalid[key]; !ok || prev.modRev != ev.Kv.ModRevision {
-					reports = append(reports, report{key, err})
+					reports = append(reports, InvalidKey{Key: key, Err: err, ModRevision: ev.Kv.ModRevision, LastGood: good})
 				}
 				c.invalid[key] = invalidEntry{err: err, modRev: ev.Kv.ModRevision}
-				if _, good := c.entries[key]; !good {
+				if !good {
 					changed = append(changed, key)
 				}
 				continue
@@ -494,13 +489,13 @@ func (c *Cache[T]) apply(events []*clientv3.Event, rev int64) {
 	}
 }
 
-func (c *Cache[T]) reportInvalid(reports []report) {
+func (c *Cache[T]) reportInvalid(reports []InvalidKey) {
 	c.invalidSeen.Add(int64(len(reports)))
 	if c.cfg.OnInvalid == nil {
 		return
 	}
 	for _, r := range reports {
-		c.cfg.OnInvalid(r.key, r.err)
+		c.cfg.OnInvalid(r)
 	}
 }
 

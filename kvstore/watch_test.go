@@ -160,13 +160,13 @@ func TestCache(t *testing.T) {
 	cache, err := kvstore.NewCache(c, kvstore.CacheConfig[int]{
 		Prefix: prefix,
 		Decode: decodeInt,
-		OnInvalid: func(key string, err error) {
+		OnInvalid: func(k kvstore.InvalidKey) {
 			invalidMu.Lock()
 			defer invalidMu.Unlock()
-			if err == nil {
+			if k.Err == nil {
 				panic("OnInvalid without an error")
 			}
-			invalid[key]++
+			invalid[k.Key]++
 		},
 	})
 	if err != nil {

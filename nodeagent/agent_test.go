@@ -63,6 +63,18 @@ func agentConfig(t *testing.T, s *etcdtest.Server, cluster string, i int) nodeag
 	return cfg
 }
 
+// mapsOnly returns the config of node 1 of a new test cluster with the
+// "none" datapath (the maps only, no programs), the cluster's etcd client
+// and its keys.
+func mapsOnly(t *testing.T) (nodeagent.Config, *kvstore.Client, kvstore.Keys) {
+	t.Helper()
+	cluster := etcdtest.Cluster(t)
+	keys, _ := kvstore.NewKeys(cluster)
+	cfg := agentConfig(t, srv, cluster, 1)
+	cfg.Datapath = nodeagent.DatapathNone
+	return cfg, srv.Client(t), keys
+}
+
 func startAgent(t *testing.T, cfg nodeagent.Config) *testAgent {
 	t.Helper()
 	bpftest.Require(t)

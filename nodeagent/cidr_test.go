@@ -13,9 +13,6 @@ import (
 
 	"github.com/meshplane/meshplane/bpf"
 	"github.com/meshplane/meshplane/identity"
-	"github.com/meshplane/meshplane/kvstore"
-	"github.com/meshplane/meshplane/kvstore/etcdtest"
-	"github.com/meshplane/meshplane/nodeagent"
 )
 
 // cidrMapOf reads a node's installed CIDR map.
@@ -75,11 +72,7 @@ func sortPrefixes(ps []netip.Prefix) []netip.Prefix {
 // ipcache keeps the CIDR identities.
 func TestAgentCIDRMap(t *testing.T) {
 	t.Parallel()
-	cluster := etcdtest.Cluster(t)
-	keys, _ := kvstore.NewKeys(cluster)
-	client := srv.Client(t)
-	cfg := agentConfig(t, srv, cluster, 1)
-	cfg.Datapath = nodeagent.DatapathNone
+	cfg, client, keys := mapsOnly(t)
 	ta := startAgent(t, cfg)
 	ta.waitOK(t)
 
@@ -207,11 +200,7 @@ spec:
 // says so naming the flag, and the map is filled once the policies fit.
 func TestAgentCIDRMapFull(t *testing.T) {
 	t.Parallel()
-	cluster := etcdtest.Cluster(t)
-	keys, _ := kvstore.NewKeys(cluster)
-	client := srv.Client(t)
-	cfg := agentConfig(t, srv, cluster, 1)
-	cfg.Datapath = nodeagent.DatapathNone
+	cfg, client, keys := mapsOnly(t)
 	cfg.CIDRMax = 2
 	ta := startAgent(t, cfg)
 	ta.waitOK(t)

@@ -412,11 +412,7 @@ spec:
 // to world or a CIDR identity.
 func TestAgentCorruptMirrorValues(t *testing.T) {
 	t.Parallel()
-	cluster := etcdtest.Cluster(t)
-	keys, _ := kvstore.NewKeys(cluster)
-	client := srv.Client(t)
-	cfg := agentConfig(t, srv, cluster, 1)
-	cfg.Datapath = nodeagent.DatapathNone
+	cfg, client, keys := mapsOnly(t)
 	ta := startAgent(t, cfg)
 	ta.waitOK(t)
 	m := ipcacheOf(t, cfg.Node)

@@ -77,6 +77,12 @@ func (s EndpointSpec) namedPorts() []ipcache.NamedPort {
 	return out
 }
 
+// ipcacheEntry is what the node publishes for the pod's ip with identity
+// id (the node fills in itself).
+func (s EndpointSpec) ipcacheEntry(ip netip.Addr, id identity.ID) ipcache.Entry {
+	return ipcache.Entry{IP: ip, Identity: id, Namespace: s.Namespace, Pod: s.Pod, Ports: s.namedPorts()}
+}
+
 // Endpoint is a local pod as the agent keeps it: the spec plus what it
 // was given. It is stored in StateDir/endpoints/<namespace>_<pod>.json, so
 // a restarted agent knows its pods without etcd.
@@ -249,11 +255,11 @@ func (e *endpoints) load() error {
 	}
 	// Temporary files are what a crash in the middle of a save leaves:
 	// the state file they were for is whole, old or new.
-	for _, pattern := range []string{"*.tmp", ".*.tmp"} {
-		tmps, _ := filepath.Glob(filepath.Join(e.dir, pattern))
-		for _, f := range tmps {
-			_ = os.Remove(f)
-		}
+	// (filepath's * matches a leading dot too: writeFileAtomic's
+	// ".<name>.<random>.tmp" is among them.)
+	tmps, _ := filepath.Glob(filepath.Join(e.dir, "*.tmp"))
+	for _, f := range tmps {
+		_ = os.Remove(f)
 	}
 	files, err := filepath.Glob(filepath.Join(e.dir, "*.json"))
 	if err != nil {
@@ -330,8 +336,8 @@ type endpointDeps interface {
 	releaseIdentity(set labels.Set) error
 	publish(ctx context.Context, e ipcache.Entry) error
 	unpublish(ctx context.Context, ip netip.Addr) error
-	// forgetPod releases what the agent holds of a deleted pod besides
-	// its endpoint (reconcile_ips.go).
+	// forgetPod deletes the etcd entries that name a deleted pod at IPs
+	// its endpoint does not list (reconcile_ips.go).
 	forgetPod(ctx context.Context, owner string) error
 	families() []ipam.Family
 }
@@ -407,7 +413,7 @@ func (e *endpoints) add(ctx context.Context, d endpointDeps, spec EndpointSpec) 
 	afterStep("add:state", spec.owner(), netip.Addr{})
 	undo = append(undo, func() { _ = os.Remove(e.path(spec.owner())) })
 	for _, ip := range ep.IPs {
-		if err := d.publish(ctx, ipcache.Entry{IP: ip, Identity: ep.Identity, Namespace: spec.Namespace, Pod: spec.Pod, Ports: spec.namedPorts()}); err != nil {
+		if err := d.publish(ctx, spec.ipcacheEntry(ip, ep.Identity)); err != nil {
 			return Endpoint{}, fmt.Errorf("publish %s of %s: %w", ip, spec.owner(), err)
 		}
 		undo = append(undo, func() { _ = d.unpublish(context.WithoutCancel(ctx), ip) })
@@ -428,7 +434,7 @@ func (e *endpoints) remove(ctx context.Context, d endpointDeps, namespace, pod s
 	if !ok {
 		// No endpoint, but the pod may still hold an IP (an ADD that
 		// crashed before its state file) or etcd entries.
-		return d.forgetPod(ctx, owner)
+		return errors.Join(d.releaseIPs(owner), d.forgetPod(ctx, owner))
 	}
 	// The datapath first, so no new traffic is classified with the old
 	// identity; then etcd; the IPs last (they go into quarantine).
@@ -500,7 +506,7 @@ func (e *endpoints) restore(ctx context.Context, d endpointDeps, owner string) (
 	}
 	var errs []error
 	for _, ip := range ep.IPs {
-		if err := d.publish(ctx, ipcache.Entry{IP: ip, Identity: id, Namespace: ep.Namespace, Pod: ep.Pod, Ports: ep.namedPorts()}); err != nil {
+		if err := d.publish(ctx, ep.ipcacheEntry(ip, id)); err != nil {
 			errs = append(errs, fmt.Errorf("publish %s of %s: %w", ip, owner, err))
 		}
 	}

@@ -69,35 +69,20 @@ func inForce(cache, key string, lastGood bool) string {
 // newCache makes one of the agent's watch caches: its invalid values are
 // logged at Error with what the agent enforces instead.
 func newCache[T any](a *Agent, name, prefix string, decode kvstore.Decoder[T]) (*kvstore.Cache[T], error) {
-	var c *kvstore.Cache[T]
-	c, err := kvstore.NewCache(a.client.Load(), kvstore.CacheConfig[T]{
+	return kvstore.NewCache(a.client.Load(), kvstore.CacheConfig[T]{
 		Prefix: prefix, Decode: decode,
-		// Called after the cache applied the value: Get tells whether
-		// a last good value is in force.
-		OnInvalid: func(key string, err error) {
-			_, lastGood := c.Get(key)
-			a.logInvalid(name, prefix, key, err, lastGood)
-		},
+		OnInvalid: func(k kvstore.InvalidKey) { a.logInvalid(name, prefix, k) },
 	})
-	return c, err
 }
 
 // identityInvalid is the identity allocator's OnInvalid.
-func (a *Agent) identityInvalid(key string, err error) {
-	lastGood := false
-	if ids := a.ids.Load(); ids != nil {
-		for _, k := range ids.Invalid() {
-			if k.Key == key {
-				lastGood = k.LastGood
-			}
-		}
-	}
-	a.logInvalid(cacheIdentities, a.keys.IdentityIDPrefix(), key, err, lastGood)
+func (a *Agent) identityInvalid(k kvstore.InvalidKey) {
+	a.logInvalid(cacheIdentities, a.keys.IdentityIDPrefix(), k)
 }
 
-func (a *Agent) logInvalid(cache, prefix, key string, err error, lastGood bool) {
+func (a *Agent) logInvalid(cache, prefix string, k kvstore.InvalidKey) {
 	a.log.Error("etcd holds a value the agent cannot decode; fix or delete the key",
-		"cache", cache, "key", prefix+key, "err", err, "inForce", inForce(cache, key, lastGood))
+		"cache", cache, "key", prefix+k.Key, "err", k.Err, "inForce", inForce(cache, k.Key, k.LastGood))
 }
 
 // maxInvalidListed caps the invalid values one cache lists in the status

@@ -11,7 +11,6 @@ import (
 
 	"github.com/meshplane/meshplane/bpf"
 	"github.com/meshplane/meshplane/kvstore"
-	"github.com/meshplane/meshplane/kvstore/etcdtest"
 	"github.com/meshplane/meshplane/nodeagent"
 )
 
@@ -90,11 +89,7 @@ func (s snapshot) diff(t *testing.T, after snapshot) {
 // record and registered a phantom node on that lease).
 func TestAgentStateDirLock(t *testing.T) {
 	t.Parallel()
-	cluster := etcdtest.Cluster(t)
-	keys, _ := kvstore.NewKeys(cluster)
-	client := srv.Client(t)
-	cfg := agentConfig(t, srv, cluster, 1)
-	cfg.Datapath = nodeagent.DatapathNone
+	cfg, client, keys := mapsOnly(t)
 	ta := startAgent(t, cfg)
 	ta.waitOK(t)
 	addPods(t, ta, 0, 2)
@@ -107,7 +102,7 @@ func TestAgentStateDirLock(t *testing.T) {
 		{"another node", func(nodeagent.Config) string { return fmt.Sprintf("phantom-%d-%d", os.Getpid(), nodeSeq.Add(1)) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			second := agentConfig(t, srv, cluster, 2)
+			second := agentConfig(t, srv, cfg.Cluster, 2)
 			second.Node = tc.node(cfg)
 			t.Cleanup(func() { _ = bpf.RemovePins(bpf.Config{Node: second.Node}) })
 			second.StateDir = cfg.StateDir

@@ -40,7 +40,7 @@ func newMetrics(a *Agent) *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.00005, 4, 10),
 		}, []string{"map"}),
 	}
-	m.reg.MustRegister(m.ops, m.errs, m.reconcile, statusCollector{a}, datapathCollector{a}, podIPCollector{a},
+	m.reg.MustRegister(m.ops, m.errs, m.reconcile, statusCollector{a}, datapathCollector{a},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -108,18 +108,22 @@ var (
 		"The agent's own etcd keys (node record, endpoints) it wrote back after someone else changed or deleted them.", nil, nil)
 	descPolicyRev = prometheus.NewDesc("meshplane_policy_enforced_revision",
 		"The etcd revision up to which the node enforces the policies (0 until the agent is synced).", nil, nil)
-	descSessionUp   = prometheus.NewDesc("meshplane_kvstore_session_up", "1 while the agent holds its etcd lease and etcd answers, else 0.", nil, nil)
-	descSessionGen  = prometheus.NewDesc("meshplane_kvstore_session_generation", "Leases the agent's session has been granted (grows after each loss).", nil, nil)
-	descMembers     = prometheus.NewDesc("meshplane_gossip_members", "Gossip members as this node sees them, by state (alive, suspect, unresponsive, restarting, dead, left).", []string{"state"}, nil)
-	descHealthScore = prometheus.NewDesc("meshplane_gossip_health_score", "This agent's Lifeguard awareness of its own health: 0 is healthy; each point stretches its probe interval (it is likely the slow one).", nil, nil)
-	descUnconfirmed = prometheus.NewDesc("meshplane_gossip_unconfirmed_deaths_total", "Deaths gossip declared that the direct check contradicted (the node answered TCP on its gossip port): removals that did not happen.", nil, nil)
-	descPodIPs      = prometheus.NewDesc("meshplane_ipam_pod_ips", "Pod IPs of this node's CIDRs, by state.", []string{"state"}, nil)
-	descReady       = prometheus.NewDesc("meshplane_agent_ready", "1 when the agent is ok (synced, etcd reachable, maps written), else 0.", nil, nil)
+	descSessionUp      = prometheus.NewDesc("meshplane_kvstore_session_up", "1 while the agent holds its etcd lease and etcd answers, else 0.", nil, nil)
+	descSessionGen     = prometheus.NewDesc("meshplane_kvstore_session_generation", "Leases the agent's session has been granted (grows after each loss).", nil, nil)
+	descMembers        = prometheus.NewDesc("meshplane_gossip_members", "Gossip members as this node sees them, by state (alive, suspect, unresponsive, restarting, dead, left).", []string{"state"}, nil)
+	descHealthScore    = prometheus.NewDesc("meshplane_gossip_health_score", "This agent's Lifeguard awareness of its own health: 0 is healthy; each point stretches its probe interval (it is likely the slow one).", nil, nil)
+	descUnconfirmed    = prometheus.NewDesc("meshplane_gossip_unconfirmed_deaths_total", "Deaths gossip declared that the direct check contradicted (the node answered TCP on its gossip port): removals that did not happen.", nil, nil)
+	descPodIPs         = prometheus.NewDesc("meshplane_ipam_pod_ips", "Pod IPs of this node's CIDRs, by state.", []string{"state"}, nil)
+	descPodIPConflicts = prometheus.NewDesc("meshplane_ipam_pod_ip_conflicts",
+		"Pod IPs this node's records give to more than one pod (kept allocated; a person must delete the wrong pods).", nil, nil)
+	descPodIPUnreferenced = prometheus.NewDesc("meshplane_ipam_unreferenced_pod_ips",
+		"Pod IPs allocated to pods with no state file or etcd entry (kept allocated until CNI garbage collection).", nil, nil)
+	descReady = prometheus.NewDesc("meshplane_agent_ready", "1 when the agent is ok (synced, etcd reachable, maps written), else 0.", nil, nil)
 )
 
 func (statusCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descMapEntries, descMapPending, descMapMax, descWatchEvents, descWatchRelist,
-		descCacheSize, descInvalidNow, descInvalidSeen, descRepairs, descPolicyRev, descSessionUp, descSessionGen, descMembers, descHealthScore, descUnconfirmed, descPodIPs, descReady} {
+		descCacheSize, descInvalidNow, descInvalidSeen, descRepairs, descPolicyRev, descSessionUp, descSessionGen, descMembers, descHealthScore, descUnconfirmed, descPodIPs, descPodIPConflicts, descPodIPUnreferenced, descReady} {
 		ch <- d
 	}
 }
@@ -156,6 +160,8 @@ func (c statusCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descUnconfirmed, prometheus.CounterValue, float64(st.Gossip.UnconfirmedDeaths))
 	ch <- prometheus.MustNewConstMetric(descPodIPs, g, float64(st.IPAM.Used), "used")
 	ch <- prometheus.MustNewConstMetric(descPodIPs, g, float64(st.IPAM.Free), "free")
+	ch <- prometheus.MustNewConstMetric(descPodIPConflicts, g, float64(len(st.IPAM.Conflicts)))
+	ch <- prometheus.MustNewConstMetric(descPodIPUnreferenced, g, float64(st.IPAM.Unreferenced))
 	ready := 0.0
 	if st.State == "ok" {
 		ready = 1

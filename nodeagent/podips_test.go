@@ -103,11 +103,7 @@ func TestAgentPodIPsSurviveTheJournal(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			cluster := etcdtest.Cluster(t)
-			keys, _ := kvstore.NewKeys(cluster)
-			client := srv.Client(t)
-			cfg := agentConfig(t, srv, cluster, 1)
-			cfg.Datapath = nodeagent.DatapathNone
+			cfg, client, keys := mapsOnly(t)
 			ta := startAgent(t, cfg)
 			ta.waitOK(t)
 			pods := addPods(t, ta, 0, 5)
@@ -385,11 +381,7 @@ func TestAgentPodIPConflicts(t *testing.T) {
 // restore after it re-took a reference nobody would release).
 func TestAgentDeleteRightAfterRestart(t *testing.T) {
 	t.Parallel()
-	cluster := etcdtest.Cluster(t)
-	keys, _ := kvstore.NewKeys(cluster)
-	client := srv.Client(t)
-	cfg := agentConfig(t, srv, cluster, 1)
-	cfg.Datapath = nodeagent.DatapathNone
+	cfg, client, keys := mapsOnly(t)
 	ta := startAgent(t, cfg)
 	ta.waitOK(t)
 	pods := addPods(t, ta, 0, 8)

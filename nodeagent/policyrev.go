@@ -32,9 +32,8 @@ type policyRevTarget struct {
 	seqs map[string]uint64 // by reconciler name
 }
 
-// policyRevTables are the reconcilers whose maps enforce policy.
-var policyRevTables = []string{"policy", "endpoints", "ipcache"}
-
+// policyTableSeqs are the Seqs of the tables whose maps enforce policy,
+// by reconciler name.
 func (a *Agent) policyTableSeqs() map[string]uint64 {
 	return map[string]uint64{"policy": a.polT.Seq(), "endpoints": a.epT.Seq(), "ipcache": a.ipcT.Seq()}
 }
@@ -85,10 +84,10 @@ func (a *Agent) policyRevisionLoop(ctx context.Context) {
 	}
 }
 
-// appliedSeqs are the Seqs the policy-enforcing reconcilers have applied;
-// a reconciler that is not synced yet has applied nothing.
+// appliedSeqs are the Seqs the reconcilers have applied, by name; a
+// reconciler that is not synced yet has applied nothing.
 func (a *Agent) appliedSeqs() map[string]uint64 {
-	out := make(map[string]uint64, len(policyRevTables))
+	out := make(map[string]uint64, len(a.recs))
 	for _, r := range a.recs {
 		st := r.status()
 		if st.Synced {

@@ -11,8 +11,6 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/meshplane/meshplane/ipam/podip"
 	"github.com/meshplane/meshplane/ipcache"
 )
@@ -121,6 +119,22 @@ func (c *ipConflict) public() IPConflict {
 	}
 	return out
 }
+
+// placeholder is the owner that holds c's IP for none of its pods.
+func (c *ipConflict) placeholder() string { return conflictOwner + c.addr.String() }
+
+// holdForNone makes the placeholder hold c's IP.
+func (c *ipConflict) holdForNone(ips *podip.Allocator) error {
+	if err := ips.Reserve(c.placeholder(), c.addr); err != nil {
+		return err
+	}
+	c.holder = c.placeholder()
+	return nil
+}
+
+// journalGives is a claim's source when the journal gives its pod another
+// IP of the family.
+func journalGives(held netip.Addr) string { return "journal gives it " + held.String() }
 
 // ipRecord is one record's claim: owner holds addr, says source.
 type ipRecord struct {
@@ -241,11 +255,11 @@ func (a *Agent) reconcilePodIPs(ips *podip.Allocator, records []ipRecord) error 
 				case err == nil:
 					c.holder = cl.owner
 				case errors.As(err, &ce):
-					if err := ips.Reserve(conflictOwner+addr.String(), addr); err != nil {
+					if err := c.holdForNone(ips); err != nil {
 						return err
 					}
-					c.holder, conflict = conflictOwner+addr.String(), true
-					c.journal[cl.owner] = "journal gives it " + ce.Held.String()
+					conflict = true
+					c.journal[cl.owner] = journalGives(ce.Held)
 				default:
 					return err
 				}
@@ -255,12 +269,11 @@ func (a *Agent) reconcilePodIPs(ips *podip.Allocator, records []ipRecord) error 
 				// cl.owner holds another IP of the family, and addr is
 				// nobody's: hold it for none of them.
 				conflict = true
-				c.journal[cl.owner] = "journal gives it " + ce.Held.String()
+				c.journal[cl.owner] = journalGives(ce.Held)
 				if c.holder == "" {
-					if err := ips.Reserve(conflictOwner+addr.String(), addr); err != nil {
+					if err := c.holdForNone(ips); err != nil {
 						return err
 					}
-					c.holder = conflictOwner + addr.String()
 				}
 			default:
 				return err
@@ -345,7 +358,6 @@ func (a *Agent) releasePodIPs(ips *podip.Allocator, owner string) error {
 // one pod is left that can hold it. While two pods or more are left, the
 // IP stays held, by a placeholder if its holder just released it.
 func (st *podIPState) settleLocked(ips *podip.Allocator, c *ipConflict) (bool, error) {
-	placeholder := conflictOwner + c.addr.String()
 	if len(c.claims) == 0 {
 		if isPlaceholder(c.holder) {
 			if err := ips.Release(c.holder); err != nil {
@@ -362,10 +374,9 @@ func (st *podIPState) settleLocked(ips *podip.Allocator, c *ipConflict) (bool, e
 	}
 	if len(parties) > 1 {
 		if c.holder == "" {
-			if err := ips.Reserve(placeholder, c.addr); err != nil {
+			if err := c.holdForNone(ips); err != nil {
 				return false, err
 			}
-			c.holder = placeholder
 		}
 		return false, nil
 	}
@@ -377,8 +388,8 @@ func (st *podIPState) settleLocked(ips *podip.Allocator, c *ipConflict) (bool, e
 	if c.holder == p {
 		return true, nil
 	}
-	if c.holder == placeholder {
-		if err := ips.Release(placeholder); err != nil {
+	if c.holder == c.placeholder() {
+		if err := ips.Release(c.holder); err != nil {
 			return false, err
 		}
 		c.holder = ""
@@ -390,39 +401,31 @@ func (st *podIPState) settleLocked(ips *podip.Allocator, c *ipConflict) (bool, e
 		c.holder = p
 		return true, nil
 	case errors.As(err, &ce) && ce.Holder == p:
-		c.journal[p] = "journal gives it " + ce.Held.String()
-		if err := ips.Reserve(placeholder, c.addr); err != nil {
+		c.journal[p] = journalGives(ce.Held)
+		if err := c.holdForNone(ips); err != nil {
 			return false, err
 		}
-		c.holder = placeholder
 		return false, nil
 	default:
 		// Keep it held whatever failed.
-		if rerr := ips.Reserve(placeholder, c.addr); rerr == nil {
-			c.holder = placeholder
-		}
+		_ = c.holdForNone(ips)
 		return false, err
 	}
 }
 
-// forgetPod is the end of a DEL of owner: what the allocator or etcd still
-// hold of it besides its endpoint (which remove took care of, if there
-// was one) goes too. That is the IPs of an ADD that crashed before its
-// state file was written, and etcd entries that name the pod at IPs its
-// state file does not list (records that disagreed on start). It runs
-// under the endpoints' lock, so no ADD of the same pod interleaves.
+// forgetPod is the end of a DEL of owner: the etcd entries that name the
+// pod at IPs its state file does not list (records that disagreed on
+// start) go too; its IPs, those of its endpoint and those of an ADD that
+// crashed before its state file was written, are released by releaseIPs.
+// It runs under the endpoints' lock, so no ADD of the same pod
+// interleaves.
 func (a *Agent) forgetPod(ctx context.Context, owner string) error {
-	ips := a.ips.Load()
-	if ips == nil {
-		return nil
-	}
-	err := a.releasePodIPs(ips, owner)
 	st := &a.podIPs
 	st.mu.Lock()
 	extra := st.etcdOnly[owner]
 	delete(st.etcdOnly, owner)
 	st.mu.Unlock()
-	errs := []error{err}
+	var errs []error
 	for _, ip := range extra {
 		// Only while the entry still names the pod.
 		if e, ok := a.epC.Load().Get(ipcache.KeyOf(ip)); ok && e.Node == a.cfg.Node && e.Namespace+"/"+e.Pod == owner {
@@ -482,23 +485,4 @@ func conflictReasons(cs []IPConflict) []string {
 		out = append(out, c.String())
 	}
 	return out
-}
-
-var (
-	descPodIPConflicts    = prometheus.NewDesc("meshplane_ipam_pod_ip_conflicts", "Pod IPs this node's records give to more than one pod (kept allocated; a person must delete the wrong pods).", nil, nil)
-	descPodIPUnreferenced = prometheus.NewDesc("meshplane_ipam_unreferenced_pod_ips", "Pod IPs allocated to pods with no state file or etcd entry (kept allocated until CNI garbage collection).", nil, nil)
-)
-
-// podIPCollector exports the reconcile's findings.
-type podIPCollector struct{ a *Agent }
-
-func (podIPCollector) Describe(ch chan<- *prometheus.Desc) {
-	ch <- descPodIPConflicts
-	ch <- descPodIPUnreferenced
-}
-
-func (c podIPCollector) Collect(ch chan<- prometheus.Metric) {
-	conflicts, unreferenced := c.a.podIPs.problems()
-	ch <- prometheus.MustNewConstMetric(descPodIPConflicts, prometheus.GaugeValue, float64(len(conflicts)))
-	ch <- prometheus.MustNewConstMetric(descPodIPUnreferenced, prometheus.GaugeValue, float64(unreferenced))
 }

@@ -8,8 +8,6 @@ import (
 	"time"
 
 	"github.com/meshplane/meshplane/ipcache"
-	"github.com/meshplane/meshplane/kvstore"
-	"github.com/meshplane/meshplane/kvstore/etcdtest"
 	"github.com/meshplane/meshplane/kvstore/nodecidr"
 	"github.com/meshplane/meshplane/nodeagent"
 )
@@ -21,11 +19,7 @@ import (
 // endpoint it deletes itself stays deleted.
 func TestAgentRepairsOwnKeys(t *testing.T) {
 	t.Parallel()
-	cluster := etcdtest.Cluster(t)
-	keys, _ := kvstore.NewKeys(cluster)
-	client := srv.Client(t)
-	cfg := agentConfig(t, srv, cluster, 1)
-	cfg.Datapath = nodeagent.DatapathNone
+	cfg, client, keys := mapsOnly(t)
 	cfg.MetricsAddr = freeAddr(t)
 	logs := newLogRecorder()
 	cfg.Logger = slog.New(logs)

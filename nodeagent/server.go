@@ -146,9 +146,7 @@ func toStatus(err error) error {
 		return status.Error(codes.DeadlineExceeded, err.Error())
 	case errors.Is(err, bpf.ErrMapFull):
 		return status.Error(codes.ResourceExhausted, err.Error())
-	case errors.Is(err, ErrNotReady):
-		return status.Error(codes.Unavailable, err.Error())
-	default:
+	default: // ErrNotReady and etcd's trouble: the caller retries
 		return status.Error(codes.Unavailable, err.Error())
 	}
 }

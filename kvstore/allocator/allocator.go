@@ -56,7 +56,7 @@ type Config struct {
 	// OnInvalid, if set, is the identity cache's kvstore.CacheConfig
 	// OnInvalid: told about each identity value that does not decode
 	// (the cache keeps the last good labels). It must not block.
-	OnInvalid func(key string, err error)
+	OnInvalid func(kvstore.InvalidKey)
 }
 
 func (c *Config) validate() error {

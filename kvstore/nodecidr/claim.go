@@ -251,27 +251,19 @@ func (c *Claimer) ClaimMore(ctx context.Context, f ipam.Family) (netip.Prefix, e
 // Publish records the node's pod IP usage in its node record, for
 // `meshctl ipam nodes` and pool exhaustion warnings.
 func (c *Claimer) Publish(ctx context.Context, usage []CIDRUsage) error {
-	idx, _, err := c.index(ctx)
-	if err != nil {
-		return err
-	}
 	c.mu.Lock()
 	c.usage = slices.Clone(usage)
 	c.mu.Unlock()
-	return c.register(ctx, idx.CIDRs)
+	return c.Register(ctx)
 }
 
 // PublishPolicyRevision records in the node record the revision up to
 // which the node enforces the policies (NodeRecord.PolicyRevision).
 func (c *Claimer) PublishPolicyRevision(ctx context.Context, rev int64) error {
-	idx, _, err := c.index(ctx)
-	if err != nil {
-		return err
-	}
 	c.mu.Lock()
 	c.policyRev = rev
 	c.mu.Unlock()
-	return c.register(ctx, idx.CIDRs)
+	return c.Register(ctx)
 }
 
 // SetNodeInfo sets the agent's fields of the node record (IPs, gossip
