@@ -111,7 +111,8 @@ const lpmTrail = 16
 //
 // A key's value is read right after the key, but reported only once the
 // next step shows that the key was still there (the kernel walked on from
-// it instead of restarting): an LPM lookup of a key deleted in between
+// it instead of restarting, which restartedAt tells apart even when the
+// restart lands after it): an LPM lookup of a key deleted in between
 // would return the value of a shorter prefix.
 func (m *Map[K, V]) walkLPM(values bool, fn func(K, V) bool) error {
 	var (
@@ -146,7 +147,11 @@ func (m *Map[K, V]) walkLPM(values bool, fn func(K, V) bool) error {
 			// if it was still there.
 			pending = false
 			if end || lpmLess(keyBytes(&last), keyBytes(&next)) {
-				if !fn(last, pendingV) {
+				gone, err := m.restartedAt(end, &next)
+				if err != nil {
+					return err
+				}
+				if !gone && !fn(last, pendingV) {
 					return nil
 				}
 			}
@@ -200,6 +205,27 @@ func (m *Map[K, V]) walkLPM(values bool, fn func(K, V) bool) error {
 		behind = next
 		cursor = &behind
 	}
+}
+
+// restartedAt tells, after a step from the pending key (last) that seems
+// to walk on (next comes after it, or end), whether the kernel restarted
+// instead because last was deleted: a restart lands on the trie's first
+// key, and that is after last when every key before it is gone too (the
+// deleter works in walk order, as the reconciler's batches do), or the
+// trie is empty (end). The step walked on from a key still there only if
+// next is not the first key: that key comes after last, and last, being
+// there, would be first or come before it. A deleted key's lookup returned
+// a shorter prefix's value, so its value must not be reported.
+func (m *Map[K, V]) restartedAt(end bool, next *K) (bool, error) {
+	var first K
+	err := m.do(func(em *ebpf.Map) error { return em.NextKey(nil, &first) })
+	switch {
+	case errors.Is(err, ebpf.ErrKeyNotExist):
+		return true, nil // empty: last is gone
+	case err != nil:
+		return false, fmt.Errorf("first key: %w", err)
+	}
+	return !end && first == *next, nil
 }
 
 // keyBytes returns k's memory: its C layout, because layoutSize proved K
