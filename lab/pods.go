@@ -352,13 +352,12 @@ func (l *Lab) writeServices(ctx context.Context, cluster string) error {
 	if err != nil {
 		return err
 	}
-	for _, svc := range svcs {
-		b, err := json.Marshal(svc)
-		if err != nil {
-			return fmt.Errorf("encode service %s: %w", svc.Key(), err)
-		}
-		if err := client.Put(ctx, keys.Service(svc.Namespace, svc.Name), b); err != nil {
-			return fmt.Errorf("cluster %s: write service %s: %w", cluster, svc.Key(), err)
+	// One transaction per MaxTxnOps services: agents see them all at once
+	// in any lab topology of a sane size.
+	store := kvstore.ServiceStore(client, keys)
+	for chunk := range slices.Chunk(svcs, kvstore.MaxTxnOps) {
+		if err := store.PutAll(ctx, chunk); err != nil {
+			return fmt.Errorf("cluster %s: write services: %w", cluster, err)
 		}
 	}
 	return nil
