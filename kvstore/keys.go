@@ -24,8 +24,12 @@ const Root = "/meshplane/v1/"
 //	<root><cluster>/endpoints/<ip>                  ipcache entry (JSON)     the hosting node's session lease
 //	<root><cluster>/services/<namespace>/<name>     service (JSON)           no lease; written by the control plane
 //	<root><cluster>/policies/<namespace>/<name>     policy (JSON)            no lease; written by meshctl policy apply or the control plane
+//	<root><cluster>/leader/<name>/<lease>           candidate (its value)    the candidate's own election lease (Campaign)
 //
 // <cidr> is the CIDR with '/' written as '_' (10.192.3.0_24).
+//
+// <lease> is the candidate's lease ID in hex; the candidate whose key has
+// the lowest create revision leads (see Campaign).
 //
 // <hash> is labels.Set.Hash() of the canonical label set. References are
 // keyed by the label hash, not the ID, so that an agent that loses the race
@@ -134,3 +138,11 @@ func (k Keys) PoliciesPrefix() string { return k.base + "policies/" }
 func (k Keys) Policy(namespace, name string) string {
 	return k.PoliciesPrefix() + namespace + "/" + name
 }
+
+// LeadersPrefix is the prefix of the cluster's leader elections.
+func (k Keys) LeadersPrefix() string { return k.base + "leader/" }
+
+// Leader is the prefix of one election (name: "controlplane"), which
+// Campaign and Leader take: each candidate's key is Leader(name) + "/" +
+// its lease in hex.
+func (k Keys) Leader(name string) string { return k.LeadersPrefix() + name }
