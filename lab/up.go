@@ -33,7 +33,7 @@ const (
 	DefaultRunDir = "/run/meshplane-lab"
 	// DefaultBPFFS is the bpffs mount; a lab's pins go under
 	// <BPFFS>/mp-<lab>/<cluster>/meshplane/<node>/.
-	DefaultBPFFS = "/sys/fs/bpf"
+	DefaultBPFFS = bpf.DefaultDir
 )
 
 // How long the lab waits for its processes. Every wait also ends with its

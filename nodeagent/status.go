@@ -9,7 +9,7 @@ import (
 
 	"github.com/meshplane/meshplane/kvstore"
 	"github.com/meshplane/meshplane/kvstore/allocator"
-	"github.com/meshplane/meshplane/kvstore/nodecidr"
+	"github.com/meshplane/meshplane/node"
 	"github.com/meshplane/meshplane/nodeagent/reconciler"
 )
 
@@ -266,7 +266,7 @@ func cacheStat(name, prefix string, c watchCache) CacheStatus {
 
 // NodeInfo is a node as `meshctl node list` shows it.
 type NodeInfo struct {
-	nodecidr.NodeRecord
+	node.Record
 	Health      string // alive, suspect, unresponsive, restarting, dead, left, unknown
 	HealthSince time.Time
 	Registered  bool
@@ -277,8 +277,8 @@ type NodeInfo struct {
 func (a *Agent) Nodes() []NodeInfo {
 	byName := make(map[string]*NodeInfo)
 	if c := a.nodesC.Load(); c != nil {
-		c.Range(func(name string, r nodecidr.NodeRecord) bool {
-			byName[name] = &NodeInfo{NodeRecord: r, Registered: true, Health: "unknown"}
+		c.Range(func(name string, r node.Record) bool {
+			byName[name] = &NodeInfo{Record: r, Registered: true, Health: "unknown"}
 			return true
 		})
 	}
@@ -286,7 +286,7 @@ func (a *Agent) Nodes() []NodeInfo {
 		for _, m := range g.Members() {
 			n := byName[m.Name]
 			if n == nil {
-				n = &NodeInfo{NodeRecord: nodecidr.NodeRecord{Name: m.Name, GossipAddr: m.Addr.String()}}
+				n = &NodeInfo{Record: node.Record{Name: m.Name, GossipAddr: m.Addr.String()}}
 				byName[m.Name] = n
 			}
 			n.Health, n.HealthSince = strings.ToLower(m.State.String()), m.Since
