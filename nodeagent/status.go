@@ -13,12 +13,25 @@ import (
 	"github.com/meshplane/meshplane/nodeagent/reconciler"
 )
 
+// The agent's states (Status.State), as the API and metrics report them.
+const (
+	// StateStarting: Run has not yet reached every part (etcd, the
+	// caches' first lists, the maps, gossip).
+	StateStarting = "starting"
+	// StateOK: every part works.
+	StateOK = "ok"
+	// StateDegraded: the agent runs, but something is wrong; Reasons say
+	// what.
+	StateDegraded = "degraded"
+)
+
 // Status is the agent's health, as `meshctl status` shows it.
 type Status struct {
 	Node, Cluster string
 	ClusterID     int
 	Version       string
-	// State is "starting", "ok" or "degraded"; Reasons say why not ok.
+	// State is StateStarting, StateOK or StateDegraded; Reasons say why
+	// not ok.
 	State   string
 	Reasons []string
 	Uptime  time.Duration
@@ -123,7 +136,7 @@ func (a *Agent) Status() Status {
 	st.Caches = a.cacheStatus()
 	st.PolicyRevision = a.enforcedRev.Load()
 	if !a.started.Load() {
-		st.State = "starting"
+		st.State = StateStarting
 		st.Reasons = append(st.Reasons, "opening the pinned maps")
 		return st
 	}
@@ -141,14 +154,14 @@ func (a *Agent) Status() Status {
 
 	switch {
 	case !a.ready.Load():
-		st.State = "starting"
+		st.State = StateStarting
 		if st.Etcd.State != "connected" {
 			st.Reasons = append(st.Reasons, "waiting for etcd: "+st.Etcd.LastError)
 		} else {
 			st.Reasons = append(st.Reasons, "loading cluster state from etcd")
 		}
 	default:
-		st.State = "ok"
+		st.State = StateOK
 		if st.Etcd.State != "connected" {
 			st.Reasons = append(st.Reasons, fmt.Sprintf("etcd %s: %s (the datapath keeps its last state)", st.Etcd.State, st.Etcd.LastError))
 		}
@@ -171,8 +184,8 @@ func (a *Agent) Status() Status {
 			st.Reasons = append(st.Reasons, p)
 		}
 	}
-	if st.State == "ok" && len(st.Reasons) > 0 {
-		st.State = "degraded"
+	if st.State == StateOK && len(st.Reasons) > 0 {
+		st.State = StateDegraded
 	}
 	return st
 }

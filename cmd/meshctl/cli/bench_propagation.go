@@ -138,7 +138,7 @@ func (ba *benchAgent) stop() error {
 func (ba *benchAgent) waitSynced(ctx context.Context, want int, since time.Time) (time.Duration, error) {
 	for {
 		st := ba.a.Status()
-		if st.State == "ok" {
+		if st.State == nodeagent.StateOK {
 			for _, m := range st.Maps {
 				if m.Name == "ipcache" && m.Synced && m.Pending == 0 && m.Installed >= want {
 					return time.Since(since), nil
