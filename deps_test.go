@@ -79,7 +79,7 @@ var importRules = []importRule{
 	// one: health adapts memberlist's *log.Logger to slog.
 	{"log", under("cmd", "health"),
 		"log through an injected *slog.Logger"},
-	{"log/slog", under("cmd", "nodeagent", "controlplane", "clustermesh", "health"),
+	{"log/slog", under(append([]string{"cmd", "health"}, daemons...)...),
 		"library packages never log"},
 
 	// Daemons: cmd/ wires them; they never import each other, except that
