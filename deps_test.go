@@ -154,10 +154,15 @@ func TestDaemonDeps(t *testing.T) {
 		if err != nil {
 			t.Fatalf("go list -deps %v: %v", roots, err)
 		}
+		var linked []string
 		for dep := range strings.SplitSeq(strings.TrimSpace(string(out)), "\n") {
 			if matches(b.dep, dep) {
-				t.Errorf("%v link %s: %s", b.roots, dep, b.why)
+				linked = append(linked, dep)
 			}
+		}
+		if len(linked) > 0 {
+			// Which import brings it in: go list -deps -f '{{.ImportPath}}: {{.Imports}}'.
+			t.Errorf("%v link %d packages of %s (%s, ...): %s", roots, len(linked), b.dep, linked[0], b.why)
 		}
 	}
 }
