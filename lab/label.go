@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -88,7 +89,7 @@ func (l *Lab) LabelPod(ctx context.Context, ref string, ch LabelChange) (Pod, er
 	}
 	p := pod.Pod{Namespace: ps.Namespace, Name: ps.Name, Node: ps.Node, Labels: next}
 	for _, port := range ps.Ports {
-		p.Ports = append(p.Ports, pod.Port{Name: port.Name, Port: uint16(port.Port), Protocol: service.Protocol(port.Protocol).Number()})
+		p.Ports = append(p.Ports, pod.Port{Name: port.Name, Port: uint16(port.Port), Protocol: service.Protocol(cmp.Or(port.Protocol, string(service.TCP))).Number()})
 	}
 	b, err := p.Encode()
 	if err != nil {
@@ -178,6 +179,40 @@ func (l *Lab) LabelNamespace(ctx context.Context, ref string, ch LabelChange) er
 		return err
 	}
 	return l.waitSynced(ctx, c.Name, nil)
+}
+
+// writeMetadata writes a new pod's metadata and its namespace's, as the
+// control plane does before the kubelet's CNI ADD.
+func (l *Lab) writeMetadata(ctx context.Context, c *Cluster, node string, spec PodSpec) error {
+	p := pod.Pod{Namespace: spec.Namespace, Name: spec.Name, Node: node, Labels: spec.Labels}
+	for _, port := range spec.Ports {
+		p.Ports = append(p.Ports, pod.Port{Name: port.Name, Port: uint16(port.Port), Protocol: service.Protocol(cmp.Or(port.Protocol, string(service.TCP))).Number()})
+	}
+	n := pod.Namespace{Name: spec.Namespace}
+	l.mu.Lock()
+	for _, x := range c.Namespaces {
+		if x.Name == spec.Namespace {
+			n.Labels = maps.Clone(x.Labels)
+		}
+	}
+	l.mu.Unlock()
+	pb, err := p.Encode()
+	if err != nil {
+		return fmt.Errorf("%w: pod %s/%s/%s: %w", ErrLabel, c.Name, spec.Namespace, spec.Name, err)
+	}
+	nb, err := n.Encode()
+	if err != nil {
+		return fmt.Errorf("%w: namespace %s: %w", ErrLabel, n.Name, err)
+	}
+	return l.withEtcd(ctx, c.Name, func(client *kvstore.Client, keys kvstore.Keys) error {
+		if err := client.Put(ctx, keys.Namespace(n.Name), nb); err != nil {
+			return fmt.Errorf("cluster %s: write namespace %s: %w", c.Name, n.Name, err)
+		}
+		if err := client.Put(ctx, keys.Pod(node, p.Namespace, p.Name), pb); err != nil {
+			return fmt.Errorf("cluster %s: write pod %s/%s: %w", c.Name, p.Namespace, p.Name, err)
+		}
+		return nil
+	})
 }
 
 // findNamespace resolves "<namespace>" or "<cluster>/<namespace>". mu is
