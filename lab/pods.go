@@ -161,6 +161,12 @@ func (l *Lab) addPod(ctx context.Context, c *Cluster, ns *nodeState, spec PodSpe
 	for _, port := range spec.Ports {
 		req.Ports = append(req.Ports, &api.ContainerPort{Name: port.Name, Port: uint32(port.Port), Protocol: port.Protocol})
 	}
+	// The pod's and its namespace's metadata, where the control plane
+	// writes them: the agent takes the labels from there (a pod without
+	// labels waits for them).
+	if err := l.writeMetadata(ctx, c, ns.Name, spec); err != nil {
+		return ps, err
+	}
 	client, closeFn, err := dialAgent(ns.AgentSocket)
 	if err != nil {
 		return ps, err
