@@ -26,6 +26,8 @@ func TestImportBoundaries(t *testing.T) {
 		}, "labels and identity are pure"},
 		{"github.com/cilium/ebpf", func(p string) bool { return strings.HasPrefix(p, mod+"bpf") },
 			"only bpf/ imports cilium/ebpf"},
+		{"k8s.io/client-go", func(p string) bool { return strings.HasPrefix(p, mod+"controlplane/k8s") },
+			"only controlplane/k8s imports client-go (tests may)"},
 		{"github.com/hashicorp/memberlist", func(p string) bool { return strings.HasPrefix(p, mod+"health") },
 			"only health/ imports memberlist"},
 		// The standard logger only where a dependency demands one: health
