@@ -58,6 +58,8 @@ fuzz:
 	.ci/fuzz-target ./policy/ 'FuzzParse$$' $(FUZZTIME)
 	.ci/fuzz-target ./policy/ 'FuzzDecode$$' $(FUZZTIME)
 	.ci/fuzz-target ./lab/ 'FuzzParseTopology' $(FUZZTIME)
+	.ci/fuzz-target ./pod/ 'FuzzDecode$$' $(FUZZTIME)
+	.ci/fuzz-target ./pod/ 'FuzzDecodeNamespace' $(FUZZTIME)
 
 ## generate: the gRPC code in api/ (protoc from Debian's protobuf-compiler
 ## 3.21.12; the plugins are pinned in go.mod's tool block) and the datapath's
