@@ -36,7 +36,7 @@ func TestImportBoundaries(t *testing.T) {
 		// Daemons log (through an injected slog.Logger); library packages
 		// return errors and never log.
 		{"log/slog", func(p string) bool {
-			for _, d := range []string{"cmd/", "nodeagent", "health"} {
+			for _, d := range []string{"cmd/", "nodeagent", "controlplane", "health"} {
 				if strings.HasPrefix(p, mod+d) {
 					return true
 				}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/meshplane/meshplane/pod"
 	"github.com/meshplane/meshplane/policy"
 	"github.com/meshplane/meshplane/service"
 )
@@ -76,9 +77,17 @@ type Source interface {
 // provide the kind: the control plane leaves its prefix alone (the lab, for
 // example, leaves policies to meshctl policy apply).
 //
-// Pods, Namespaces and Nodes arrive with their model packages (pod/,
-// node/); their Listers follow the same contract.
+// Nodes arrive with their model package (node/); its Lister follows the
+// same contract.
 type Kinds struct {
+	// Pods are keyed "<namespace>/<name>" (pod.Pod.Owner); the etcd key
+	// adds the node (pods/<node>/<namespace>/<name>). A pod not yet
+	// scheduled (no node yet) or one that has finished has no value (ok
+	// false): the agent needs the metadata before the CNI call, so an IP is
+	// not required.
+	Pods Lister[pod.Pod]
+	// Namespaces are keyed by name.
+	Namespaces Lister[pod.Namespace]
 	// Services are keyed "<namespace>/<name>"; build each value with
 	// service.Build so that every source translates the same way.
 	Services Lister[service.Service]
