@@ -70,11 +70,11 @@ type reconciler[T any] struct {
 	k      Kind
 	lister Lister[T]
 	// open returns the kind's store with the term's fence.
-	open     func(t *term) store[T]
-	codec    codec[T]
-	q        *queue
-	m        *metrics
-	cfg      *Config
+	open  func(t *term) store[T]
+	codec codec[T]
+	q     *queue
+	m     *metrics
+	cfg   *Config
 
 	// store is the current term's store.
 	store store[T]
