@@ -195,19 +195,27 @@ func (s Service) Validate() error {
 }
 
 // Decode parses and validates the value of services/<namespace>/<name>;
-// key is "<namespace>/<name>", which the value must match.
+// key ("<namespace>/<name>") names the value in errors. That the key names
+// the value is checked by the store's codec (kvstore.ServiceCodec), once
+// for every model.
 func Decode(key string, value []byte) (Service, error) {
 	var s Service
 	if err := json.Unmarshal(value, &s); err != nil {
 		return s, fmt.Errorf("%w: service %s: %w", ErrInvalid, key, err)
 	}
-	if key != s.Namespace+"/"+s.Name {
-		return s, fmt.Errorf("%w: service key %s holds %s/%s", ErrInvalid, key, s.Namespace, s.Name)
-	}
 	if err := s.Validate(); err != nil {
 		return s, err
 	}
 	return s, nil
+}
+
+// Encode returns the stored form of a valid service (JSON), which Decode
+// reads back.
+func (s Service) Encode() ([]byte, error) {
+	if err := s.Validate(); err != nil {
+		return nil, err
+	}
+	return json.Marshal(s)
 }
 
 // Key is the key of s relative to the services/ prefix.
