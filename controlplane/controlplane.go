@@ -15,6 +15,8 @@ import (
 type leadership interface {
 	// Context ends when the term ends: lost, resigned, or its session gone.
 	Context() context.Context
+	// Condition is true while the term lasts: every write carries it.
+	Condition() kvstore.Condition
 	// Resign ends the term, so that another replica takes over at once.
 	Resign(ctx context.Context) error
 }

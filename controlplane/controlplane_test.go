@@ -199,9 +199,16 @@ func TestSync(t *testing.T) {
 		}
 		return ""
 	})
-	svcB, _ := encodeService(testService("web", "10.0.0.1", "10.0.0.2"))
+	svcB, _ := service.Service.Encode(testService("web", "10.0.0.1", "10.0.0.2"))
 	h.holds(h.keys.ServicesPrefix(), map[string][]byte{"default/web": svcB})
 	before := h.revs(h.keys.PodsPrefix())
+	txns := map[int64]bool{}
+	for _, rev := range before {
+		txns[rev] = true
+	}
+	if want := (n + maxTxnOps - 1) / maxTxnOps; len(txns) != want {
+		t.Errorf("the first sync wrote %d pods in %d transactions, want %d", n, len(txns), want)
+	}
 
 	// A notification with no change, then a change, then a move to
 	// another node, a deletion and a service change.
@@ -216,7 +223,7 @@ func TestSync(t *testing.T) {
 	src.services.set("default/web", testService("web", "10.0.0.2"), nil)
 
 	h.holds(h.keys.PodsPrefix(), wantPods(t, src.pods))
-	svcB, _ = encodeService(testService("web", "10.0.0.2"))
+	svcB, _ = service.Service.Encode(testService("web", "10.0.0.2"))
 	h.holds(h.keys.ServicesPrefix(), map[string][]byte{"default/web": svcB})
 	after := h.revs(h.keys.PodsPrefix())
 	changed := map[string]bool{p1.Key(): true, p2.Key(): true}
@@ -316,7 +323,7 @@ spec: {podSelector: {}, policyTypes: [Ingress]}
 	}
 	other := testService("web", "10.0.0.1")
 	src.services.set("default/web", other, nil)
-	sb, _ := encodeService(other)
+	sb, _ := service.Service.Encode(other)
 	h.holds(h.keys.ServicesPrefix(), map[string][]byte{"default/web": sb})
 	h.holds(h.keys.PoliciesPrefix(), map[string][]byte{"default/deny": b})
 }

@@ -2,76 +2,93 @@ package controlplane
 
 import (
 	"context"
-	"strings"
+	"errors"
 
 	"github.com/meshplane/meshplane/kvstore"
 	"github.com/meshplane/meshplane/pod"
-	"github.com/meshplane/meshplane/policy"
-	"github.com/meshplane/meshplane/service"
 )
 
-// TEMPORARY until kvstore.Store and kvstore.Campaign land: unfenced
-// writes, one key at a time, and a leadership that never ends.
-
-type clientStore[T any] struct {
-	c      *kvstore.Client
-	prefix string
-	decode func(key string, value []byte) (T, error)
-	codec  codec[T]
+// fenced is a kind's kvstore.Store whose writes carry the term's fence:
+// a write after the term ended changes nothing and returns ErrNotLeader.
+type fenced[T any] struct {
+	s     *kvstore.Store[T]
+	fence kvstore.Condition
 }
 
-func (s clientStore[T]) List(ctx context.Context) ([]stored[T], error) {
-	kvs, _, err := s.c.List(ctx, s.prefix)
+func (f fenced[T]) List(ctx context.Context) ([]stored[T], error) {
+	items, _, err := f.s.List(ctx)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]stored[T], 0, len(kvs))
-	for _, kv := range kvs {
-		k := strings.TrimPrefix(kv.Key, s.prefix)
-		v, err := s.decode(k, kv.Value)
-		out = append(out, stored[T]{Key: k, Value: v, Err: err})
+	out := make([]stored[T], len(items))
+	for i, it := range items {
+		out[i] = stored[T]{Key: it.Key, Value: it.Value, Err: it.Err}
 	}
 	return out, nil
 }
 
-func (s clientStore[T]) Txn(ctx context.Context, puts []T, deletes []string) error {
-	for _, v := range puts {
-		b, err := s.codec.encode(v)
-		if err != nil {
-			return err
-		}
-		if err := s.c.Put(ctx, s.prefix+s.codec.key(v), b); err != nil {
-			return err
-		}
+func (f fenced[T]) Txn(ctx context.Context, puts []T, deletes []string) error {
+	err := f.s.Txn(ctx, puts, deletes, kvstore.WithCondition(f.fence))
+	if errors.Is(err, kvstore.ErrConditionFailed) {
+		return errors.Join(ErrNotLeader, err)
 	}
-	for _, k := range deletes {
-		if err := s.c.Delete(ctx, s.prefix+k); err != nil {
-			return err
-		}
-	}
-	return nil
+	return err
 }
 
-type foreverLeader struct{ ctx context.Context }
+func open[T any](s *kvstore.Store[T]) func(*term) store[T] {
+	return func(t *term) store[T] { return fenced[T]{s: s, fence: t.lead.Condition()} }
+}
 
-func (l foreverLeader) Context() context.Context   { return l.ctx }
-func (foreverLeader) Resign(context.Context) error { return nil }
+// The codecs of the kinds whose etcd side kvstore does not (yet) own.
+var (
+	podStoreCodec = kvstore.Codec[pod.Pod]{
+		Decode: kvstore.CheckKey(pod.Decode, pod.Pod.Key),
+		Encode: pod.Pod.Encode,
+		Key:    pod.Pod.Key,
+	}
+	namespaceStoreCodec = kvstore.Codec[pod.Namespace]{
+		Decode: kvstore.CheckKey(pod.DecodeNamespace, pod.Namespace.Key),
+		Encode: pod.Namespace.Encode,
+		Key:    pod.Namespace.Key,
+	}
+)
 
+// bindEtcd makes the stores of every kind.
 func (cp *ControlPlane) bindEtcd() {
 	c, k := cp.cfg.Client, cp.keys
 	cp.stores = stores{
-		pods: func(*term) store[pod.Pod] {
-			return clientStore[pod.Pod]{c, k.PodsPrefix(), pod.Decode, podCodec}
-		},
-		namespaces: func(*term) store[pod.Namespace] {
-			return clientStore[pod.Namespace]{c, k.NamespacesPrefix(), pod.DecodeNamespace, namespaceCodec}
-		},
-		services: func(*term) store[service.Service] {
-			return clientStore[service.Service]{c, k.ServicesPrefix(), service.Decode, serviceCodec}
-		},
-		policies: func(*term) store[*policy.Policy] {
-			return clientStore[*policy.Policy]{c, k.PoliciesPrefix(), func(_ string, b []byte) (*policy.Policy, error) { return policy.Decode(b) }, policyCodec}
-		},
+		pods:       open(kvstore.NewStore(c, k.PodsPrefix(), podStoreCodec)),
+		namespaces: open(kvstore.NewStore(c, k.NamespacesPrefix(), namespaceStoreCodec)),
+		services:   open(kvstore.ServiceStore(c, k)),
+		policies:   open(kvstore.PolicyStore(c, k)),
 	}
-	cp.campaign = func(ctx context.Context) (leadership, error) { return foreverLeader{ctx}, nil }
+	cp.campaign = cp.campaignTemporary
+}
+
+// TEMPORARY until kvstore.Campaign lands: a leadership that never ends,
+// fenced by a key of its own.
+type foreverLeader struct {
+	ctx   context.Context
+	fence kvstore.Condition
+}
+
+func (l foreverLeader) Context() context.Context     { return l.ctx }
+func (l foreverLeader) Condition() kvstore.Condition { return l.fence }
+func (foreverLeader) Resign(context.Context) error   { return nil }
+
+func (cp *ControlPlane) campaignTemporary(ctx context.Context) (leadership, error) {
+	key := cp.keys.Prefix() + "controlplane/leader-temporary"
+	kv, err := cp.cfg.Client.Create(ctx, key, []byte(cp.cfg.Name))
+	if errors.Is(err, kvstore.ErrConflict) {
+		err = nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	got, _, err := cp.cfg.Client.Get(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	_ = kv
+	return foreverLeader{ctx: ctx, fence: kvstore.KeyCreatedAt(key, got.ModRevision)}, nil
 }

@@ -1,7 +1,6 @@
 package controlplane
 
 import (
-	"encoding/json"
 	"strings"
 
 	"github.com/meshplane/meshplane/pod"
@@ -31,16 +30,9 @@ var (
 		encode: pod.Pod.Encode,
 	}
 	namespaceCodec = codec[pod.Namespace]{key: pod.Namespace.Key, object: sameKey, encode: pod.Namespace.Encode}
-	serviceCodec   = codec[service.Service]{key: service.Service.Key, object: sameKey, encode: encodeService}
+	serviceCodec   = codec[service.Service]{key: service.Service.Key, object: sameKey, encode: service.Service.Encode}
 	policyCodec    = codec[*policy.Policy]{key: (*policy.Policy).Key, object: sameKey, encode: (*policy.Policy).Encode}
 )
-
-func encodeService(s service.Service) ([]byte, error) {
-	if err := s.Validate(); err != nil {
-		return nil, err
-	}
-	return json.Marshal(s)
-}
 
 // reconcilers are one per kind the source provides, each with its queue
 // from qs.
