@@ -152,3 +152,38 @@ func (cp *ControlPlane) lead(ctx context.Context, rs []kindReconciler, kinds Kin
 	}
 	return nil
 }
+
+// SyncOnce makes etcd match the source once, without a daemon: it
+// campaigns (waiting while another replica leads), runs one full resync of
+// every kind the source provides (writing the difference, deleting what is
+// gone), and resigns. It is for callers that own the desired state and
+// change it in steps, such as the lab. The source's Run is not called; it
+// must be synced already. Not safe for concurrent use with Run on the
+// same ControlPlane.
+func (cp *ControlPlane) SyncOnce(ctx context.Context) error {
+	if err := cp.cfg.Source.WaitSynced(ctx); err != nil {
+		return fmt.Errorf("source: %w", err)
+	}
+	rs := newReconcilers(cp.cfg.Source.Kinds(), cp.stores, cp.queues, cp.m, &cp.cfg)
+	l, err := cp.campaign(ctx)
+	if err != nil {
+		return fmt.Errorf("sync: campaign: %w", err)
+	}
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		_ = l.Resign(rctx)
+	}()
+	t := &term{lead: l}
+	tctx, cancel := context.WithCancel(l.Context())
+	defer cancel()
+	stop := context.AfterFunc(ctx, cancel)
+	defer stop()
+	var errs []error
+	for _, r := range rs {
+		if err := r.resyncTerm(tctx, t); err != nil {
+			errs = append(errs, fmt.Errorf("sync %s: %w", r.kind(), err))
+		}
+	}
+	return errors.Join(errs...)
+}

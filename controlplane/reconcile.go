@@ -62,6 +62,8 @@ type kindReconciler interface {
 	// runTerm reconciles during one term as leader, until ctx ends or a
 	// write finds the term over.
 	runTerm(ctx context.Context, t *term) error
+	// resyncTerm runs one full resync in the term and returns.
+	resyncTerm(ctx context.Context, t *term) error
 }
 
 // reconciler writes one kind's desired state into etcd. Its state is owned
@@ -91,6 +93,12 @@ type reconciler[T any] struct {
 
 func newReconciler[T any](k Kind, l Lister[T], open func(*term) store[T], c codec[T], q *queue, m *metrics, cfg *Config) *reconciler[T] {
 	return &reconciler[T]{k: k, lister: l, open: open, codec: c, q: q, m: m, cfg: cfg}
+}
+
+func (r *reconciler[T]) resyncTerm(ctx context.Context, t *term) error {
+	r.store = r.open(t)
+	defer func() { r.store = nil }()
+	return r.resync(ctx)
 }
 
 func (r *reconciler[T]) runTerm(ctx context.Context, t *term) error {

@@ -70,6 +70,14 @@ func Build(spec Spec, eps []Endpoint) (Service, error) {
 		InternalTrafficPolicy: spec.InternalTrafficPolicy,
 		ExternalTrafficPolicy: spec.ExternalTrafficPolicy,
 	}
+	names := make(map[string]bool, len(spec.Ports))
+	for _, port := range spec.Ports {
+		if names[port.Name] {
+			return Service{}, fmt.Errorf("%w: build service %s/%s: port name %q is used twice: name every port of a service with several, each differently (endpoints are matched to ports by name)",
+				ErrInvalid, spec.Namespace, spec.Name, port.Name)
+		}
+		names[port.Name] = true
+	}
 	if svc.SessionAffinity == AffinityClientIP && svc.AffinityTimeout == 0 {
 		svc.AffinityTimeout = DefaultAffinityTimeout
 	}

@@ -96,6 +96,11 @@ func TestBuildInvalid(t *testing.T) {
 	if !errors.Is(err, ErrInvalid) {
 		t.Fatalf("Build(bad) = %v, want ErrInvalid", err)
 	}
+	_, err = Build(Spec{Namespace: "default", Name: "web", ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.1")},
+		Ports: []Port{{Protocol: TCP, Port: 80}, {Protocol: UDP, Port: 53}}}, nil)
+	if !errors.Is(err, ErrInvalid) {
+		t.Fatalf("Build(two unnamed ports) = %v, want ErrInvalid", err)
+	}
 	s, err := Build(Spec{Namespace: "default", Name: "headless"}, nil)
 	if err != nil || len(s.Frontends) != 0 {
 		t.Fatalf("Build(headless) = %+v, %v", s, err)
