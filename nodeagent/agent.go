@@ -28,6 +28,7 @@ import (
 	"github.com/meshplane/meshplane/kvstore/nodecidr"
 	"github.com/meshplane/meshplane/labels"
 	"github.com/meshplane/meshplane/nodeagent/reconciler"
+	"github.com/meshplane/meshplane/pod"
 	"github.com/meshplane/meshplane/policy"
 	"github.com/meshplane/meshplane/service"
 )
@@ -66,6 +67,9 @@ type Agent struct {
 	epC     atomic.Pointer[kvstore.Cache[ipcache.Entry]]
 	svcC    atomic.Pointer[kvstore.Cache[service.Service]]
 	polC    atomic.Pointer[kvstore.Cache[*policy.Policy]]
+	podC    atomic.Pointer[kvstore.Cache[pod.Pod]]
+	nsC     atomic.Pointer[kvstore.Cache[pod.Namespace]]
+	meta    atomic.Pointer[podMetadata]
 	ready   atomic.Bool // caches delivered, tables marked ready
 	// enforcedRev is the policy revision the node enforces (policyrev.go).
 	enforcedRev atomic.Int64
@@ -328,8 +332,13 @@ func (a *Agent) runControl(ctx context.Context, g *errgroup.Group) error {
 	}
 	a.ips.Store(ips)
 	// Only then are the pods' etcd entries written again: the reconcile
-	// above reads them as this node's records as they were.
-	g.Go(func() error { a.restoreEndpoints(ctx); return nil })
+	// above reads them as this node's records as they were. Relabels
+	// start after the restore, which re-takes the identities they swap.
+	g.Go(func() error {
+		a.restoreEndpoints(ctx)
+		a.relabelLoop(ctx, a.meta.Load())
+		return nil
+	})
 
 	// The tables fed from etcd may prune only once every cache has handed
 	// its first list to the mirror: before that, an entry missing from
@@ -514,6 +523,20 @@ func (a *Agent) startCaches(ctx context.Context, g *errgroup.Group) error {
 	}
 	polC.Subscribe(policyHandler{a.pol})
 	a.polC.Store(polC)
+	// Only this node's pods: pods/<node>/ (docs/kvstore.md).
+	podC, err := newCache(a, cachePods, a.keys.NodePodsPrefix(a.cfg.Node), pod.NodeDecoder(a.cfg.Node))
+	if err != nil {
+		return err
+	}
+	nsC, err := newCache(a, cacheNamespaces, a.keys.NamespacesPrefix(), pod.DecodeNamespace)
+	if err != nil {
+		return err
+	}
+	a.meta.Store(newPodMetadata(podC, nsC, a.cfg.PodMetadataWait))
+	a.podC.Store(podC)
+	a.nsC.Store(nsC)
+	g.Go(func() error { return ignoreCanceled(podC.Run(ctx)) })
+	g.Go(func() error { return ignoreCanceled(nsC.Run(ctx)) })
 	g.Go(func() error { return ignoreCanceled(polC.Run(ctx)) })
 	a.nodesC.Store(nodesC)
 	a.epC.Store(epC)
@@ -677,9 +700,20 @@ func (a *Agent) releaseIdentity(set labels.Set) error {
 	return nil
 }
 
+// publish writes a local endpoint's ipcache entry to etcd, and then hands
+// it to the mirror and the named ports at once: the node's own pod is
+// classified with its (new) identity without waiting for the entry to come
+// back through the endpoints watch, which delivers the same value later
+// (an older one still queued there is followed by this one).
 func (a *Agent) publish(ctx context.Context, e ipcache.Entry) error {
 	e.Node = a.cfg.Node
-	return a.session.Load().Put(ctx, a.keys.Endpoint(ipcache.KeyOf(e.IP)), string(e.Encode()))
+	key := ipcache.KeyOf(e.IP)
+	if err := a.session.Load().Put(ctx, a.keys.Endpoint(key), string(e.Encode())); err != nil {
+		return err
+	}
+	endpointHandler{a.mirror}.Upsert(key, e)
+	namedPortHandler{a.pol}.Upsert(key, e)
+	return nil
 }
 
 func (a *Agent) unpublish(ctx context.Context, ip netip.Addr) error {
@@ -688,11 +722,21 @@ func (a *Agent) unpublish(ctx context.Context, ip netip.Addr) error {
 
 // AddEndpoint gives a pod its IPs and identity and installs it (the CNI
 // ADD path). It is idempotent per namespace and pod.
+//
+// The pod's labels, its namespace's labels and its ports come from the
+// metadata the control plane publishes in etcd: a spec without labels
+// waits for them (bounded by ctx and Config.PodMetadataWait; ErrNoMetadata
+// when they do not come). A spec with labels is used until etcd has the
+// pod's metadata; then etcd's win, and the endpoint is relabelled when
+// they change. A repeat with other labels is refused (ErrEndpointExists)
+// while the labels still come from the first request, and its labels are
+// ignored once they come from etcd.
 func (a *Agent) AddEndpoint(ctx context.Context, spec EndpointSpec) (Endpoint, error) {
-	if a.session.Load() == nil || a.ids.Load() == nil || a.ips.Load() == nil {
+	meta := a.meta.Load()
+	if a.session.Load() == nil || a.ids.Load() == nil || a.ips.Load() == nil || meta == nil {
 		return Endpoint{}, ErrNotReady
 	}
-	return a.eps.add(ctx, a, spec)
+	return a.eps.add(ctx, a, meta, spec)
 }
 
 // DeleteEndpoint removes a pod (the CNI DEL path); an unknown pod is not

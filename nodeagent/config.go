@@ -114,6 +114,13 @@ type Config struct {
 	// Empty disables it.
 	MetricsAddr string
 
+	// PodMetadataWait is how long AddEndpoint waits, for a pod sent
+	// without labels (the CNI plugin's request), for the control plane to
+	// publish the pod's and its namespace's metadata in etcd; the
+	// request's own deadline may end it sooner. Zero means
+	// DefaultPodMetadataWait.
+	PodMetadataWait time.Duration
+
 	// PruneInterval is how often each map is compared in full against the
 	// desired state. Zero means DefaultPruneInterval.
 	PruneInterval time.Duration
@@ -207,6 +214,12 @@ func (c *Config) Validate() error {
 	}
 	if c.APISocket == "" {
 		c.APISocket = DefaultAPISocket
+	}
+	if c.PodMetadataWait == 0 {
+		c.PodMetadataWait = DefaultPodMetadataWait
+	}
+	if c.PodMetadataWait < 0 {
+		return fmt.Errorf("%w: pod metadata wait %s is negative", ErrConfig, c.PodMetadataWait)
 	}
 	if c.PruneInterval == 0 {
 		c.PruneInterval = DefaultPruneInterval

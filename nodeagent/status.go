@@ -226,6 +226,12 @@ func (a *Agent) cacheStatus() []CacheStatus {
 	if c := a.polC.Load(); c != nil {
 		out = append(out, cacheStat(cachePolicies, a.keys.PoliciesPrefix(), c))
 	}
+	if c := a.podC.Load(); c != nil {
+		out = append(out, cacheStat(cachePods, a.keys.NodePodsPrefix(a.cfg.Node), c))
+	}
+	if c := a.nsC.Load(); c != nil {
+		out = append(out, cacheStat(cacheNamespaces, a.keys.NamespacesPrefix(), c))
+	}
 	if ids := a.ids.Load(); ids != nil {
 		out = append(out, cacheStat(cacheIdentities, a.keys.IdentityIDPrefix(), identityCache{ids}))
 	}
