@@ -42,12 +42,12 @@ func open[T any](s *kvstore.Store[T]) func(*term) store[T] {
 // The codecs of the kinds whose etcd side kvstore does not (yet) own.
 var (
 	podStoreCodec = kvstore.Codec[pod.Pod]{
-		Decode: kvstore.CheckKey(pod.Decode, pod.Pod.Key),
+		Decode: kvstore.CheckKey("pod", pod.Decode, pod.Pod.Key),
 		Encode: pod.Pod.Encode,
 		Key:    pod.Pod.Key,
 	}
 	namespaceStoreCodec = kvstore.Codec[pod.Namespace]{
-		Decode: kvstore.CheckKey(pod.DecodeNamespace, pod.Namespace.Key),
+		Decode: kvstore.CheckKey("namespace", pod.DecodeNamespace, pod.Namespace.Key),
 		Encode: pod.Namespace.Encode,
 		Key:    pod.Namespace.Key,
 	}

@@ -15,7 +15,7 @@ import (
 func PolicyCodec() Codec[*policy.Policy] {
 	key := (*policy.Policy).Key
 	return Codec[*policy.Policy]{
-		Decode: CheckKey(func(_ string, value []byte) (*policy.Policy, error) { return policy.Decode(value) }, key),
+		Decode: CheckKey("policy", func(_ string, value []byte) (*policy.Policy, error) { return policy.Decode(value) }, key),
 		Encode: (*policy.Policy).Encode,
 		Key:    key,
 	}
@@ -32,7 +32,7 @@ func PolicyStore(c *Client, k Keys) *Store[*policy.Policy] {
 // names it.
 func ServiceCodec() Codec[service.Service] {
 	return Codec[service.Service]{
-		Decode: CheckKey(service.Decode, service.Service.Key),
+		Decode: CheckKey("service", service.Decode, service.Service.Key),
 		Encode: service.Service.Encode,
 		Key:    service.Service.Key,
 	}

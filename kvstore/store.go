@@ -27,10 +27,11 @@ type Codec[T any] struct {
 	Key func(T) string
 }
 
-// CheckKey wraps decode so that a value whose key (by key) differs from
-// the key it was read from is an error: the key/value agreement check,
+// CheckKey wraps decode so that a value whose own key (by key) differs
+// from the key it was read from is an error ("the value is policy a/c,
+// not a/b"; what names the model): the key/value agreement check,
 // written once for every codec.
-func CheckKey[T any](decode func(key string, value []byte) (T, error), key func(T) string) Decoder[T] {
+func CheckKey[T any](what string, decode func(key string, value []byte) (T, error), key func(T) string) Decoder[T] {
 	return func(k string, value []byte) (T, error) {
 		v, err := decode(k, value)
 		if err != nil {
@@ -38,7 +39,7 @@ func CheckKey[T any](decode func(key string, value []byte) (T, error), key func(
 		}
 		if got := key(v); got != k {
 			var zero T
-			return zero, fmt.Errorf("key %s holds the value of %s: write it under its own key or delete it", k, got)
+			return zero, fmt.Errorf("the value is %s %s, not %s: write it under its own key or delete the key", what, got, k)
 		}
 		return v, nil
 	}

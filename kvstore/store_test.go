@@ -20,7 +20,7 @@ type rec struct {
 }
 
 var recCodec = kvstore.Codec[rec]{
-	Decode: kvstore.CheckKey(func(_ string, value []byte) (rec, error) {
+	Decode: kvstore.CheckKey("rec", func(_ string, value []byte) (rec, error) {
 		var r rec
 		err := json.Unmarshal(value, &r)
 		return r, err
@@ -155,7 +155,7 @@ func TestStoreListCorrupt(t *testing.T) {
 	if got["bad"].Err == nil || got["bad"].ModRevision == 0 {
 		t.Errorf("bad = %+v, want Err set and its revision", got["bad"])
 	}
-	if e := got["other"].Err; e == nil || !strings.Contains(e.Error(), "holds the value of r000") {
+	if e := got["other"].Err; e == nil || !strings.Contains(e.Error(), "the value is rec r000, not other") {
 		t.Errorf("other = %+v, want an error saying it holds r000", got["other"])
 	}
 	it, ok, err := s.Get(ctx, "bad")

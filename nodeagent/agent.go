@@ -511,13 +511,13 @@ func (a *Agent) startCaches(ctx context.Context, g *errgroup.Group) error {
 		return err
 	}
 	epC.Subscribe(endpointHandler{a.mirror})
-	svcC, err := newCache(a, cacheServices, a.keys.ServicesPrefix(), service.Decode)
+	svcC, err := newCache(a, cacheServices, a.keys.ServicesPrefix(), kvstore.ServiceCodec().Decode)
 	if err != nil {
 		return err
 	}
 	svcC.Subscribe(serviceHandler{a.mirror})
 	epC.Subscribe(namedPortHandler{a.pol})
-	polC, err := newCache(a, cachePolicies, a.keys.PoliciesPrefix(), decodePolicy)
+	polC, err := newCache(a, cachePolicies, a.keys.PoliciesPrefix(), kvstore.PolicyCodec().Decode)
 	if err != nil {
 		return err
 	}

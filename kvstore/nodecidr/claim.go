@@ -342,15 +342,7 @@ func (c *Claimer) claim(ctx context.Context, f ipam.Family) (netip.Prefix, error
 		if err != nil {
 			return netip.Prefix{}, err
 		}
-		lease, err := c.session.Lease(ctx)
-		if err != nil {
-			return netip.Prefix{}, err
-		}
-		resp, err := c.claimNode(ctx, pool, cand, idx, idxRev, snap.versionRev, lease)
-		if kvstore.IsLeaseNotFound(err) {
-			c.session.LeaseLost(lease, err)
-			continue
-		}
+		resp, err := c.claimNode(ctx, pool, cand, idx, idxRev, snap.versionRev)
 		if err != nil {
 			return netip.Prefix{}, fmt.Errorf("claim %s for node %s: %w", cand, c.cfg.Node, err)
 		}
@@ -385,38 +377,39 @@ func modRev(r *pb.ResponseOp) int64 {
 }
 
 // claimNode runs the claim transaction, which also writes the node
-// record, and owns the record it wrote when it succeeds.
-func (c *Claimer) claimNode(ctx context.Context, pool string, cand netip.Prefix, idx NodeCIDRs, idxRev, versionRev int64, lease kvstore.LeaseID) (*clientv3.TxnResponse, error) {
+// record on the session's lease; the session owns the record when it
+// succeeds.
+func (c *Claimer) claimNode(ctx context.Context, pool string, cand netip.Prefix, idx NodeCIDRs, idxRev, versionRev int64) (*clientv3.TxnResponse, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	key := c.keys.Node(c.cfg.Node)
-	// The transaction rewrites the owned node record: the session must
-	// not repair it back before Own records the new one.
-	defer c.session.Writing(key)()
 	record := c.record(append(slices.Clone(idx.CIDRs), cand))
-	resp, err := c.claimTxn(ctx, pool, cand, idx, idxRev, versionRev, lease, record)
-	if err == nil && resp.Succeeded {
-		c.session.Own(key, record, lease)
-	}
-	return resp, err
+	return c.session.Txn(ctx, func(lease kvstore.LeaseID) (kvstore.LeaseTxn, error) {
+		return c.claimTxn(pool, cand, idx, idxRev, versionRev, lease, record), nil
+	})
 }
 
-func (c *Claimer) claimTxn(ctx context.Context, pool string, cand netip.Prefix, idx NodeCIDRs, idxRev, versionRev int64, lease kvstore.LeaseID, record string) (*clientv3.TxnResponse, error) {
+func (c *Claimer) claimTxn(pool string, cand netip.Prefix, idx NodeCIDRs, idxRev, versionRev int64, lease kvstore.LeaseID, record string) kvstore.LeaseTxn {
 	claim, _ := json.Marshal(Claim{Node: c.cfg.Node, Pool: pool})
 	next := NodeCIDRs{CIDRs: append(slices.Clone(idx.CIDRs), cand)}
 	index, _ := json.Marshal(next)
 	ck, ik, vk := c.keys.IPAMCIDR(cand.String()), c.keys.IPAMNode(c.cfg.Node), c.keys.IPAMPoolsVersion()
-	return c.client.Etcd().Txn(ctx).If(
-		clientv3.Compare(clientv3.CreateRevision(ck), "=", 0),
-		clientv3.Compare(clientv3.ModRevision(ik), "=", idxRev),
-		clientv3.Compare(clientv3.ModRevision(vk), "=", versionRev),
-	).Then(
-		clientv3.OpPut(ck, string(claim)),
-		clientv3.OpPut(ik, string(index)),
-		clientv3.OpPut(c.keys.Node(c.cfg.Node), record, clientv3.WithLease(clientv3.LeaseID(lease))),
-	).Else(
-		clientv3.OpGet(ck), clientv3.OpGet(ik), clientv3.OpGet(vk),
-	).Commit()
+	nk := c.keys.Node(c.cfg.Node)
+	return kvstore.LeaseTxn{
+		If: []clientv3.Cmp{
+			clientv3.Compare(clientv3.CreateRevision(ck), "=", 0),
+			clientv3.Compare(clientv3.ModRevision(ik), "=", idxRev),
+			clientv3.Compare(clientv3.ModRevision(vk), "=", versionRev),
+		},
+		Then: []clientv3.Op{
+			clientv3.OpPut(ck, string(claim)),
+			clientv3.OpPut(ik, string(index)),
+			clientv3.OpPut(nk, record, clientv3.WithLease(clientv3.LeaseID(lease))),
+		},
+		Else: []clientv3.Op{clientv3.OpGet(ck), clientv3.OpGet(ik), clientv3.OpGet(vk)},
+		// The transaction rewrites the owned node record: Txn keeps the
+		// guard from repairing it back until the session owns the new one.
+		Owned: []kvstore.KeyValue{{Key: nk, Value: []byte(record)}},
+	}
 }
 
 // candidate picks the CIDR to try: by hash while attempt < maxProbes, then
