@@ -200,5 +200,5 @@ func demoApply(ctx context.Context, l *lab.Lab, cluster string) error {
 	if err != nil {
 		return err
 	}
-return kvstore.PolicyStore(client, keys).PutAll(ctx, ps)
+	return kvstore.PolicyStore(client, keys).PutAll(ctx, ps)
 }
