@@ -34,7 +34,8 @@ type Config struct {
 	// Empty means the host name.
 	Name string
 	// LeaseTTL is the leader's lease: a leader that dies is replaced
-	// within about this long. Zero means 5 seconds.
+	// within about this long. Zero means 5 seconds; at least 2 seconds
+	// (etcd's unit is the second).
 	LeaseTTL time.Duration
 	// ResyncInterval is the time between full resyncs of each kind. Zero
 	// means 5 minutes.
@@ -79,8 +80,8 @@ func (c Config) Validate() error {
 	if err := kvstore.ValidateClusterName(c.Cluster); err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
-	if c.LeaseTTL < 0 || c.LeaseTTL > 0 && c.LeaseTTL < time.Second {
-		return fmt.Errorf("%w: lease TTL %s: use at least 1s (or 0 for %s)", ErrConfig, c.LeaseTTL, DefaultLeaseTTL)
+	if c.LeaseTTL < 0 || c.LeaseTTL > 0 && c.LeaseTTL < 2*time.Second {
+		return fmt.Errorf("%w: lease TTL %s: use at least 2s (or 0 for %s)", ErrConfig, c.LeaseTTL, DefaultLeaseTTL)
 	}
 	if c.ResyncInterval < 0 {
 		return fmt.Errorf("%w: resync interval %s: use a positive duration (or 0 for %s)", ErrConfig, c.ResyncInterval, DefaultResyncInterval)

@@ -137,18 +137,15 @@ func (cp *ControlPlane) lead(ctx context.Context, rs []kindReconciler, kinds Kin
 	}
 	err = tg.Wait()
 	cancel()
-	switch {
-	case ctx.Err() != nil:
-		// Shutting down: hand over at once rather than after the TTL.
-		rctx, rcancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer rcancel()
-		if rerr := l.Resign(rctx); rerr != nil {
-			cp.cfg.Logger.Warn("resign failed; another replica takes over after the lease TTL", "error", rerr)
-		}
-	case errors.Is(err, ErrNotLeader), errors.Is(err, context.Canceled):
-		cp.cfg.Logger.Warn("leadership lost; campaigning again", "error", err)
-	default:
-		cp.cfg.Logger.Warn("leadership lost; campaigning again", "error", err)
+	// Resign also after a loss: it releases the term's lease and watch. On
+	// shutdown it hands over at once rather than after the TTL.
+	rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer rcancel()
+	if rerr := l.Resign(rctx); rerr != nil && ctx.Err() != nil {
+		cp.cfg.Logger.Warn("resign failed; another replica takes over after the lease TTL", "error", rerr)
+	}
+	if ctx.Err() == nil {
+		cp.cfg.Logger.Warn("leadership lost; campaigning again", "error", err, "cause", context.Cause(l.Context()))
 	}
 	return nil
 }

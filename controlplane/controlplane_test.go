@@ -37,7 +37,7 @@ func newHarness(t *testing.T) *harness {
 // start runs a control plane on src until the returned stop is called
 // (or the test ends); stop returns Run's error.
 func (h *harness) start(src Source, mod func(*Config)) (stop func() error) {
-	cfg := Config{Client: srv.Client(h.t), Cluster: h.cluster, Source: src, GCInterval: -1, LeaseTTL: time.Second}
+	cfg := Config{Client: srv.Client(h.t), Cluster: h.cluster, Source: src, GCInterval: -1, LeaseTTL: 2 * time.Second}
 	if mod != nil {
 		mod(&cfg)
 	}

@@ -195,8 +195,8 @@ func (f *flags) options() (Options, error) {
 	if f.resync <= 0 {
 		return o, fmt.Errorf("%w: --resync-interval %s: use a positive duration", controlplane.ErrConfig, f.resync)
 	}
-	if f.leaseTTL < time.Second {
-		return o, fmt.Errorf("%w: --lease-ttl %s: use at least 1s", controlplane.ErrConfig, f.leaseTTL)
+	if f.leaseTTL < 2*time.Second {
+		return o, fmt.Errorf("%w: --lease-ttl %s: use at least 2s", controlplane.ErrConfig, f.leaseTTL)
 	}
 	if f.gracePeriod <= 0 {
 		return o, fmt.Errorf("%w: --gc-grace-period %s: use a positive duration", controlplane.ErrConfig, f.gracePeriod)
