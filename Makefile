@@ -49,7 +49,7 @@ fuzz:
 	.ci/fuzz-target ./ipam/ 'FuzzPool' $(FUZZTIME)
 	.ci/fuzz-target ./kvstore/nodecidr/ 'FuzzDecodeClaim' $(FUZZTIME)
 	.ci/fuzz-target ./ipam/podip/ 'FuzzJournalLoad' $(FUZZTIME)
-	.ci/fuzz-target ./kvstore/nodecidr/ 'FuzzDecodeNodeRecord' $(FUZZTIME)
+	.ci/fuzz-target ./node/ 'FuzzDecode$$' $(FUZZTIME)
 	.ci/fuzz-target ./service/ 'FuzzDecode$$' $(FUZZTIME)
 	.ci/fuzz-target ./ipcache/ 'FuzzDecode$$' $(FUZZTIME)
 	.ci/fuzz-target ./bpf/ 'FuzzPortRange' $(FUZZTIME)

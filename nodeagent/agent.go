@@ -27,6 +27,7 @@ import (
 	"github.com/meshplane/meshplane/kvstore/allocator"
 	"github.com/meshplane/meshplane/kvstore/nodecidr"
 	"github.com/meshplane/meshplane/labels"
+	"github.com/meshplane/meshplane/node"
 	"github.com/meshplane/meshplane/nodeagent/reconciler"
 	"github.com/meshplane/meshplane/pod"
 	"github.com/meshplane/meshplane/policy"
@@ -63,7 +64,7 @@ type Agent struct {
 	ips     atomic.Pointer[podip.Allocator]
 	ids     atomic.Pointer[allocator.Allocator]
 	gossip  atomic.Pointer[health.Gossip]
-	nodesC  atomic.Pointer[kvstore.Cache[nodecidr.NodeRecord]]
+	nodesC  atomic.Pointer[kvstore.Cache[node.Record]]
 	epC     atomic.Pointer[kvstore.Cache[ipcache.Entry]]
 	svcC    atomic.Pointer[kvstore.Cache[service.Service]]
 	polC    atomic.Pointer[kvstore.Cache[*policy.Policy]]
@@ -126,12 +127,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	if err := a.setupBPFFS(); err != nil {
 		return err
 	}
-	bcfg := bpf.Config{
-		Dir: a.cfg.BPFFS, Node: a.cfg.Node,
-		IPCacheMax: a.cfg.IPCacheMax, EndpointsMax: a.cfg.EndpointsMax, PolicyMax: a.cfg.PolicyMax,
-		ServicesMax: a.cfg.ServicesMax, BackendsMax: a.cfg.BackendsMax, CIDRMax: a.cfg.CIDRMax,
-		SizeNames: mapSizeFlags,
-	}
+	bcfg := a.cfg.BPF
 	maps, err := bpf.OpenMaps(bcfg)
 	if err != nil {
 		return err
@@ -439,8 +435,8 @@ func (a *Agent) probeLoop(ctx context.Context) {
 	}
 }
 
-func (a *Agent) nodeInfo(g *health.Gossip) nodecidr.NodeRecord {
-	return nodecidr.NodeRecord{
+func (a *Agent) nodeInfo(g *health.Gossip) node.Record {
+	return node.Record{
 		IPs: a.cfg.NodeIPs, GossipAddr: g.LocalAddr().String(), Labels: a.cfg.NodeLabels,
 		Version: Version, ClusterID: a.cfg.ClusterID,
 	}
@@ -501,7 +497,7 @@ func (a *Agent) defaultPool(ctx context.Context) error {
 }
 
 func (a *Agent) startCaches(ctx context.Context, g *errgroup.Group) error {
-	nodesC, err := newCache(a, cacheNodes, a.keys.NodesPrefix(), nodecidr.DecodeNodeRecord)
+	nodesC, err := newCache(a, cacheNodes, a.keys.NodesPrefix(), node.Decode)
 	if err != nil {
 		return err
 	}
@@ -570,7 +566,7 @@ func (a *Agent) restoreEndpoints(ctx context.Context) {
 func (a *Agent) publishUsageLoop(ctx context.Context) {
 	t := time.NewTicker(10 * time.Second)
 	defer t.Stop()
-	var last []nodecidr.CIDRUsage
+	var last []node.CIDRUsage
 	for {
 		select {
 		case <-ctx.Done():
@@ -588,14 +584,14 @@ func (a *Agent) publishUsageLoop(ctx context.Context) {
 	}
 }
 
-func (a *Agent) usage() []nodecidr.CIDRUsage {
+func (a *Agent) usage() []node.CIDRUsage {
 	ips := a.ips.Load()
 	if ips == nil {
 		return nil
 	}
-	var out []nodecidr.CIDRUsage
+	var out []node.CIDRUsage
 	for _, c := range ips.Stats().CIDRs {
-		out = append(out, nodecidr.CIDRUsage{CIDR: c.CIDR, Used: c.Used, Free: c.Free})
+		out = append(out, node.CIDRUsage{CIDR: c.CIDR, Used: c.Used, Free: c.Free})
 	}
 	return out
 }

@@ -174,7 +174,7 @@ func (c statusCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descPodIPConflicts, g, float64(len(st.IPAM.Conflicts)))
 	ch <- prometheus.MustNewConstMetric(descPodIPUnreferenced, g, float64(st.IPAM.Unreferenced))
 	ready := 0.0
-	if st.State == "ok" {
+	if st.State == StateOK {
 		ready = 1
 	}
 	ch <- prometheus.MustNewConstMetric(descReady, g, ready)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/meshplane/meshplane/ipam"
 	"github.com/meshplane/meshplane/kvstore"
+	"github.com/meshplane/meshplane/node"
 )
 
 // Claim is the value of a node CIDR's claim key.
@@ -28,70 +29,6 @@ type Claim struct {
 // NodeCIDRs is the value of a node's index key: every CIDR it holds.
 type NodeCIDRs struct {
 	CIDRs []netip.Prefix `json:"cidrs"`
-}
-
-// NodeRecord is the value of nodes/<node>, on the node's lease: the
-// durable registry of nodes and the sign, for IPAM's GC, that a node still
-// exists. It is not the failure detector: the lease is long, and gossip
-// tells a dead node within seconds.
-//
-// IPAM writes it with every claim (Name, PodCIDRs, Usage); the agent adds
-// the rest with SetNodeInfo, and every write carries all fields.
-type NodeRecord struct {
-	Name     string         `json:"name"`
-	PodCIDRs []netip.Prefix `json:"podCIDRs"`
-	// Usage is the pod IP usage per CIDR, as the node last published it.
-	Usage []CIDRUsage `json:"usage,omitempty"`
-
-	// IPs are the node's own addresses (the targets of routes to its pod
-	// CIDRs).
-	IPs []netip.Addr `json:"ips,omitempty"`
-	// GossipAddr is the host:port of the node's gossip (memberlist)
-	// endpoint; other agents join gossip through it.
-	GossipAddr string `json:"gossipAddr,omitempty"`
-	// Labels are the node's labels.
-	Labels map[string]string `json:"labels,omitempty"`
-	// Version is the agent's version.
-	Version string `json:"version,omitempty"`
-	// ClusterID is the cluster's numeric ID (1-255).
-	ClusterID int `json:"clusterID,omitempty"`
-	// PolicyRevision is the etcd revision up to which the node enforces
-	// the cluster's policies: every change under policies/ with a mod
-	// revision at or below it has gone through the node's policy engine
-	// and is written in its pinned maps. A policy whose mod revision is
-	// above it has not reached the node yet. 0: not known yet (or an agent
-	// too old to publish it). `meshctl policy list --agent` reads it.
-	PolicyRevision int64 `json:"policyRevision,omitempty"`
-}
-
-// DecodeNodeRecord parses the value of nodes/<node>; name is the key's
-// last segment, which the record must match.
-func DecodeNodeRecord(name string, value []byte) (NodeRecord, error) {
-	var r NodeRecord
-	if err := json.Unmarshal(value, &r); err != nil {
-		return r, fmt.Errorf("node record %s: %w", name, err)
-	}
-	if r.Name != name {
-		return r, fmt.Errorf("node record %s: names node %q", name, r.Name)
-	}
-	for _, p := range r.PodCIDRs {
-		if !p.IsValid() || p.Masked() != p {
-			return r, fmt.Errorf("node record %s: pod CIDR %s is not a masked CIDR", name, p)
-		}
-	}
-	for _, a := range r.IPs {
-		if !a.IsValid() {
-			return r, fmt.Errorf("node record %s: invalid node IP", name)
-		}
-	}
-	return r, nil
-}
-
-// CIDRUsage is how many pod IPs of a node CIDR are in use.
-type CIDRUsage struct {
-	CIDR netip.Prefix `json:"cidr"`
-	Used int          `json:"used"`
-	Free int          `json:"free"`
 }
 
 // ErrPoolExhausted is returned when no pool has a free node CIDR.
@@ -170,10 +107,10 @@ type Claimer struct {
 	// repair (kvstore.SessionConfig.Guard) never restores one.
 	wmu sync.Mutex
 
-	mu        sync.Mutex  // mu guards usage, policyRev and info
-	usage     []CIDRUsage // last published, kept in every record written
-	policyRev int64       // last published, kept in every record written
-	info      NodeRecord  // the agent's fields, kept in every record written
+	mu        sync.Mutex       // mu guards usage, policyRev and info
+	usage     []node.CIDRUsage // last published, kept in every record written
+	policyRev int64            // last published, kept in every record written
+	info      node.Record      // the agent's fields, kept in every record written
 }
 
 // NewClaimer returns a claimer for cfg.Node; session holds the node's lease.
@@ -250,7 +187,7 @@ func (c *Claimer) ClaimMore(ctx context.Context, f ipam.Family) (netip.Prefix, e
 
 // Publish records the node's pod IP usage in its node record, for
 // `meshctl ipam nodes` and pool exhaustion warnings.
-func (c *Claimer) Publish(ctx context.Context, usage []CIDRUsage) error {
+func (c *Claimer) Publish(ctx context.Context, usage []node.CIDRUsage) error {
 	c.mu.Lock()
 	c.usage = slices.Clone(usage)
 	c.mu.Unlock()
@@ -258,7 +195,7 @@ func (c *Claimer) Publish(ctx context.Context, usage []CIDRUsage) error {
 }
 
 // PublishPolicyRevision records in the node record the revision up to
-// which the node enforces the policies (NodeRecord.PolicyRevision).
+// which the node enforces the policies (node.Record.PolicyRevision).
 func (c *Claimer) PublishPolicyRevision(ctx context.Context, rev int64) error {
 	c.mu.Lock()
 	c.policyRev = rev
@@ -270,7 +207,7 @@ func (c *Claimer) PublishPolicyRevision(ctx context.Context, rev int64) error {
 // address, labels, version, cluster ID) for every record written from now
 // on; Name, PodCIDRs, Usage and PolicyRevision in r are ignored. Call
 // Register to write them at once.
-func (c *Claimer) SetNodeInfo(r NodeRecord) {
+func (c *Claimer) SetNodeInfo(r node.Record) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.info = r
@@ -291,8 +228,7 @@ func (c *Claimer) record(cidrs []netip.Prefix) string {
 	defer c.mu.Unlock()
 	r := c.info
 	r.Name, r.PodCIDRs, r.Usage, r.PolicyRevision = c.cfg.Node, cidrs, c.usage, c.policyRev
-	b, _ := json.Marshal(r)
-	return string(b)
+	return string(r.Encode())
 }
 
 func (c *Claimer) register(ctx context.Context, cidrs []netip.Prefix) error {

@@ -15,7 +15,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/meshplane/meshplane/kvstore"
-	"github.com/meshplane/meshplane/kvstore/nodecidr"
+	"github.com/meshplane/meshplane/node"
 	"github.com/meshplane/meshplane/policy"
 )
 
@@ -337,7 +337,7 @@ func (o *options) readNodePolicyRevisions(ctx context.Context, client *kvstore.C
 	out := make([]nodePolicyInfo, 0, len(kvs))
 	for _, kv := range kvs {
 		name := strings.TrimPrefix(kv.Key, prefix)
-		r, err := nodecidr.DecodeNodeRecord(name, kv.Value)
+		r, err := node.Decode(name, kv.Value)
 		if err != nil {
 			out = append(out, nodePolicyInfo{Node: name, Error: strings.ReplaceAll(err.Error(), "\n", "; ")})
 			continue
