@@ -20,6 +20,7 @@ import (
 	"github.com/spf13/pflag"
 	"sigs.k8s.io/yaml"
 
+	"github.com/meshplane/meshplane/cmd/internal/etcdflags"
 	"github.com/meshplane/meshplane/controlplane"
 	"github.com/meshplane/meshplane/kvstore"
 )
@@ -36,14 +37,7 @@ type Options struct {
 	KubeContext string
 	Level       slog.Level
 	// Warnings are things an operator should fix, for Main to log.
-	Warnings []Warning
-}
-
-// Warning is something about the configuration an operator should fix,
-// though the control plane can run with it.
-type Warning struct {
-	Msg   string // static
-	Attrs []any  // slog key-value pairs
+	Warnings []etcdflags.Warning
 }
 
 // NewSource makes the control plane's source of desired state from the
@@ -51,14 +45,11 @@ type Warning struct {
 type NewSource func(kubeconfig, kubeContext string) (controlplane.Source, error)
 
 type flags struct {
-	configFile                string
-	name, cluster             string
-	endpoints                 []string
-	caFile, certFile, keyFile string
-	user, password            string
-	passwordFile              string
-	dialTimeout               time.Duration
-	kubeconfig, kubeContext   string
+	configFile              string
+	name, cluster           string
+	etcd                    kvstore.Config
+	etcdFlags               *etcdflags.Flags
+	kubeconfig, kubeContext string
 	leaseTTL, resync          time.Duration
 	gcInterval, gracePeriod   time.Duration
 	metricsAddr               string
@@ -71,14 +62,7 @@ func newFlagSet(f *flags, stderr io.Writer) *pflag.FlagSet {
 	fs.StringVar(&f.configFile, "config", "", "YAML config file: flag names as keys (env MESHPLANE_CONFIG)")
 	fs.StringVar(&f.name, "name", "", "this replica's name in the leader election (default: the host name)")
 	fs.StringVar(&f.cluster, "cluster-name", "default", "the cluster's name: its key prefix in etcd")
-	fs.StringSliceVar(&f.endpoints, "etcd-endpoints", nil, "etcd client URLs (required: replicas must share the cluster's etcd)")
-	fs.StringVar(&f.caFile, "etcd-ca", "", "CA bundle that signed etcd's server certificate")
-	fs.StringVar(&f.certFile, "etcd-cert", "", "client certificate for etcd")
-	fs.StringVar(&f.keyFile, "etcd-key", "", "client key for etcd")
-	fs.StringVar(&f.user, "etcd-user", "", "etcd user name")
-	fs.StringVar(&f.password, "etcd-password", "", "etcd password; other users of the machine can read it: prefer MESHPLANE_ETCD_PASSWORD or --etcd-password-file")
-	fs.StringVar(&f.passwordFile, "etcd-password-file", "", "file whose first line is the etcd password (mode 0600)")
-	fs.DurationVar(&f.dialTimeout, "etcd-dial-timeout", kvstore.DefaultDialTimeout, "how long to wait for etcd to answer")
+	f.etcdFlags = etcdflags.Bind(fs, &f.etcd) // required: --etcd-endpoints
 	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig file of the cluster's API server (default: the in-cluster configuration)")
 	fs.StringVar(&f.kubeContext, "kube-context", "", "the kubeconfig context to use (default: its current context)")
 	fs.DurationVar(&f.leaseTTL, "lease-ttl", controlplane.DefaultLeaseTTL, "the leader's lease: a dead leader is replaced within about this long")
@@ -88,11 +72,6 @@ func newFlagSet(f *flags, stderr io.Writer) *pflag.FlagSet {
 	fs.StringVar(&f.metricsAddr, "metrics-address", "127.0.0.1:9963", "host:port of the Prometheus endpoint; empty disables it")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	return fs
-}
-
-// envName is the environment variable of a flag.
-func envName(flag string) string {
-	return "MESHPLANE_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
 }
 
 // Load parses args, then fills flags not given from the environment, then
@@ -106,23 +85,7 @@ func Load(args []string, stderr io.Writer) (Options, error) {
 	if fs.NArg() > 0 {
 		return Options{}, fmt.Errorf("unexpected argument %q: mesh-controlplane takes only flags", fs.Arg(0))
 	}
-	var warnings []Warning
-	if fs.Changed("etcd-password") {
-		warnings = append(warnings, Warning{"--etcd-password on the command line: every user of this machine can read it",
-			[]any{"fix", "pass it in MESHPLANE_ETCD_PASSWORD or a file named by --etcd-password-file"}})
-	}
-	var errs []error
-	fs.VisitAll(func(fl *pflag.Flag) {
-		if fl.Changed {
-			return
-		}
-		if v, ok := os.LookupEnv(envName(fl.Name)); ok {
-			if err := fs.Set(fl.Name, v); err != nil {
-				errs = append(errs, fmt.Errorf("%s=%q: %w", envName(fl.Name), v, err))
-			}
-		}
-	})
-	if err := errors.Join(errs...); err != nil {
+	if err := f.etcdFlags.SetFromEnv(); err != nil {
 		return Options{}, err
 	}
 	if f.configFile != "" {
@@ -131,7 +94,7 @@ func Load(args []string, stderr io.Writer) (Options, error) {
 		}
 	}
 	o, err := f.options()
-	o.Warnings = append(o.Warnings, warnings...)
+	o.Warnings = f.etcdFlags.Warnings()
 	return o, err
 }
 
@@ -154,7 +117,7 @@ func applyFile(fs *pflag.FlagSet, path string) error {
 		if fl.Changed {
 			continue
 		}
-		if _, env := os.LookupEnv(envName(k)); env {
+		if _, env := os.LookupEnv(etcdflags.EnvName(k)); env {
 			continue
 		}
 		var s string
@@ -180,13 +143,10 @@ func (f *flags) options() (Options, error) {
 	if err := o.Level.UnmarshalText([]byte(f.logLevel)); err != nil {
 		return o, fmt.Errorf("--log-level %q: use debug, info, warn or error", f.logLevel)
 	}
-	if len(f.endpoints) == 0 {
+	if len(f.etcd.Endpoints) == 0 {
 		return o, fmt.Errorf("%w: no --etcd-endpoints: pass the cluster's etcd (mesh-controlplane never starts an embedded etcd: its replicas and the agents must share one)", controlplane.ErrConfig)
 	}
-	o.Etcd = kvstore.Config{
-		Endpoints: f.endpoints, CAFile: f.caFile, CertFile: f.certFile, KeyFile: f.keyFile,
-		Username: f.user, Password: f.password, PasswordFile: f.passwordFile, DialTimeout: f.dialTimeout,
-	}
+	o.Etcd = f.etcd
 	o.Kubeconfig, o.KubeContext = f.kubeconfig, f.kubeContext
 	o.ControlPlane = controlplane.Config{
 		Cluster: f.cluster, Name: f.name, LeaseTTL: f.leaseTTL, ResyncInterval: f.resync,
@@ -203,12 +163,6 @@ func (f *flags) options() (Options, error) {
 	}
 	if err := kvstore.ValidateClusterName(f.cluster); err != nil {
 		return o, fmt.Errorf("--cluster-name: %w", err)
-	}
-	if f.passwordFile != "" {
-		if fi, err := os.Stat(f.passwordFile); err == nil && fi.Mode().Perm()&0o077 != 0 {
-			o.Warnings = append(o.Warnings, Warning{"etcd password file is readable by other users",
-				[]any{"path", f.passwordFile, "mode", fmt.Sprintf("%04o", fi.Mode().Perm()), "fix", "chmod 600 " + f.passwordFile}})
-		}
 	}
 	return o, nil
 }
