@@ -50,10 +50,10 @@ type flags struct {
 	etcd                    kvstore.Config
 	etcdFlags               *etcdflags.Flags
 	kubeconfig, kubeContext string
-	leaseTTL, resync          time.Duration
-	gcInterval, gracePeriod   time.Duration
-	metricsAddr               string
-	logLevel                  string
+	leaseTTL, resync        time.Duration
+	gcInterval, gracePeriod time.Duration
+	metricsAddr             string
+	logLevel                string
 }
 
 func newFlagSet(f *flags, stderr io.Writer) *pflag.FlagSet {
