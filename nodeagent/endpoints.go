@@ -593,7 +593,9 @@ func (e *endpoints) restore(ctx context.Context, d endpointDeps, owner string) (
 			errs = append(errs, fmt.Errorf("release the earlier identity of %s: %w", owner, err))
 			continue
 		}
-		errs = append(errs, d.releaseIdentity(old))
+		if err := d.releaseIdentity(old); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if changed := id != ep.Identity; changed || (len(ep.Superseded) > 0 && len(errs) == 0) {
 		next := *ep
