@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -34,6 +35,8 @@ type ControlPlane struct {
 	queues   map[Kind]*queue
 	stores   stores
 	campaign func(ctx context.Context) (leadership, error)
+	// leading is true during a term (for tests; the metric for people).
+	leading atomic.Bool
 }
 
 // New validates cfg and returns a control plane; Run starts it.
@@ -122,7 +125,11 @@ func (cp *ControlPlane) lead(ctx context.Context, rs []kindReconciler, kinds Kin
 	cp.cfg.Logger.Info("leading", "name", cp.cfg.Name)
 	cp.m.leader.Set(1)
 	cp.m.terms.Inc()
-	defer cp.m.leader.Set(0)
+	cp.leading.Store(true)
+	defer func() {
+		cp.leading.Store(false)
+		cp.m.leader.Set(0)
+	}()
 
 	t := &term{lead: l}
 	tctx, cancel := context.WithCancel(l.Context())

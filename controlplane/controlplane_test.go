@@ -37,6 +37,12 @@ func newHarness(t *testing.T) *harness {
 // start runs a control plane on src until the returned stop is called
 // (or the test ends); stop returns Run's error.
 func (h *harness) start(src Source, mod func(*Config)) (stop func() error) {
+	_, stop = h.startCP(src, mod)
+	return stop
+}
+
+// startCP is start that also returns the control plane.
+func (h *harness) startCP(src Source, mod func(*Config)) (*ControlPlane, func() error) {
 	cfg := Config{Client: srv.Client(h.t), Cluster: h.cluster, Source: src, GCInterval: -1, LeaseTTL: 2 * time.Second}
 	if mod != nil {
 		mod(&cfg)
@@ -50,7 +56,7 @@ func (h *harness) start(src Source, mod func(*Config)) (stop func() error) {
 	go func() { done <- cp.Run(ctx) }()
 	var once sync.Once
 	var runErr error
-	stop = func() error {
+	stop := func() error {
 		once.Do(func() {
 			cancel()
 			runErr = <-done
@@ -61,7 +67,7 @@ func (h *harness) start(src Source, mod func(*Config)) (stop func() error) {
 		return runErr
 	}
 	h.t.Cleanup(func() { _ = stop() })
-	return stop
+	return cp, stop
 }
 
 // revs lists a prefix: key (relative) → mod revision.
