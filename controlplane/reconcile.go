@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"slices"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 )
 
 // maxTxnOps is the most operations the reconciler puts in one
@@ -15,7 +17,7 @@ const maxTxnOps = 128
 
 // batchKeys is the most keys one round of a reconciler takes from its
 // queue: enough to fill several transactions when many are queued.
-const batchKeys = 512
+const batchKeys = 1024
 
 // ErrNotLeader is returned (wrapped) by a store whose transaction was
 // refused because the writer no longer leads: the reconciler stops at once.
@@ -259,9 +261,15 @@ func (c change[T]) ops() int {
 	return n
 }
 
+// txnsInFlight is how many of one round's transactions are committed
+// at once: their keys are disjoint, and etcd batches concurrent proposals
+// into one raft round, so a burst is not bound by one fsync per
+// transaction.
+const txnsInFlight = 8
+
 // sync reconciles the given objects: it asks the source for each, and
 // writes what differs from etcd in transactions of up to maxTxnOps
-// operations. Keys it could not write are queued again.
+// operations. Objects whose transaction failed are queued again.
 func (r *reconciler[T]) sync(ctx context.Context, objs []string, since []time.Time) error {
 	var changes []change[T]
 	for i, obj := range objs {
@@ -272,24 +280,43 @@ func (r *reconciler[T]) sync(ctx context.Context, objs []string, since []time.Ti
 		c.since = since[i]
 		changes = append(changes, c)
 	}
+	var chunks [][]change[T]
 	for len(changes) > 0 {
 		n, ops := 0, 0
 		for n < len(changes) && ops+changes[n].ops() <= maxTxnOps {
 			ops += changes[n].ops()
 			n++
 		}
-		if n == 0 { // one object with more than maxTxnOps stray keys
-			n = 1
-		}
-		if err := r.commit(ctx, changes[:n]); err != nil {
-			for _, c := range changes {
-				r.q.add(c.obj, c.since)
-			}
-			return err
-		}
+		n = max(n, 1) // an object with more stray keys than a transaction holds fails alone
+		chunks = append(chunks, changes[:n])
 		changes = changes[n:]
 	}
-	return nil
+	errs := make([]error, len(chunks))
+	var g errgroup.Group
+	g.SetLimit(txnsInFlight)
+	for i, cs := range chunks {
+		g.Go(func() error {
+			errs[i] = r.txn(ctx, cs)
+			return nil
+		})
+	}
+	_ = g.Wait()
+	// The mirror is this goroutine's: apply what committed, requeue the rest.
+	for i, cs := range chunks {
+		if errs[i] != nil {
+			for _, c := range cs {
+				r.q.add(c.obj, c.since)
+			}
+			continue
+		}
+		r.applied(cs)
+	}
+	for _, err := range errs {
+		if errors.Is(err, ErrNotLeader) {
+			return err
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // diff computes what obj needs; ok is false when etcd already holds its
@@ -327,8 +354,8 @@ func (r *reconciler[T]) diff(obj string) (change[T], bool) {
 	return c, c.put != nil || len(c.deletes) > 0
 }
 
-// commit writes one transaction's worth of changes.
-func (r *reconciler[T]) commit(ctx context.Context, cs []change[T]) error {
+// txn writes one transaction's worth of changes.
+func (r *reconciler[T]) txn(ctx context.Context, cs []change[T]) error {
 	var puts []T
 	var deletes []string
 	for _, c := range cs {
@@ -340,21 +367,25 @@ func (r *reconciler[T]) commit(ctx context.Context, cs []change[T]) error {
 	if err := r.store.Txn(ctx, puts, deletes); err != nil {
 		return fmt.Errorf("%s: write %d keys, delete %d: %w", r.k, len(puts), len(deletes), err)
 	}
+	return nil
+}
+
+// applied records committed changes in the mirror and the metrics.
+func (r *reconciler[T]) applied(cs []change[T]) {
 	now := r.cfg.Clock.Now()
 	kind := r.k.String()
 	r.m.batches.WithLabelValues(kind).Inc()
-	r.m.writes.WithLabelValues(kind, "put").Add(float64(len(puts)))
-	r.m.writes.WithLabelValues(kind, "delete").Add(float64(len(deletes)))
 	for _, c := range cs {
 		for _, k := range c.deletes {
 			r.dropActual(k)
 		}
+		r.m.writes.WithLabelValues(kind, "delete").Add(float64(len(c.deletes)))
 		if c.put != nil {
 			r.setActual(c.putKey, c.putEnc)
+			r.m.writes.WithLabelValues(kind, "put").Inc()
 		}
 		r.m.lag.WithLabelValues(kind).Observe(now.Sub(c.since).Seconds())
 	}
-	return nil
 }
 
 // backoff is an exponential retry delay, 100ms doubling to 5s.
