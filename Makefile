@@ -55,7 +55,7 @@ fuzz:
 	.ci/fuzz-target ./ipam/ 'FuzzPool' $(FUZZTIME)
 	.ci/fuzz-target ./kvstore/nodecidr/ 'FuzzDecodeClaim' $(FUZZTIME)
 	.ci/fuzz-target ./ipam/podip/ 'FuzzJournalLoad' $(FUZZTIME)
-	.ci/fuzz-target ./kvstore/nodecidr/ 'FuzzDecodeNodeRecord' $(FUZZTIME)
+	.ci/fuzz-target ./node/ 'FuzzDecode$$' $(FUZZTIME)
 	.ci/fuzz-target ./service/ 'FuzzDecode$$' $(FUZZTIME)
 	.ci/fuzz-target ./ipcache/ 'FuzzDecode$$' $(FUZZTIME)
 	.ci/fuzz-target ./bpf/ 'FuzzPortRange' $(FUZZTIME)
@@ -64,6 +64,8 @@ fuzz:
 	.ci/fuzz-target ./policy/ 'FuzzParse$$' $(FUZZTIME)
 	.ci/fuzz-target ./policy/ 'FuzzDecode$$' $(FUZZTIME)
 	.ci/fuzz-target ./lab/ 'FuzzParseTopology' $(FUZZTIME)
+	.ci/fuzz-target ./pod/ 'FuzzDecode$$' $(FUZZTIME)
+	.ci/fuzz-target ./pod/ 'FuzzDecodeNamespace' $(FUZZTIME)
 
 ## generate: the gRPC code in api/ (protoc from Debian's protobuf-compiler
 ## 3.21.12; the plugins are pinned in go.mod's tool block) and the datapath's
