@@ -382,7 +382,7 @@ func TestNodes(t *testing.T) {
 	eventually(t, "node", func() error {
 		got, ok, err := src.Nodes().Get(name)
 		if err != nil || !ok || !got.Equal(want) || n.count(controlplane.KindNode, name) == 0 {
-			return fmt.Errorf("Get = %+v, %v, %v (notified %d); want %+v", got, ok, err, n.count(controlplane.KindNode, name), want)
+			return fmt.Errorf("Get = %+v, %v, %w (notified %d); want %+v", got, ok, err, n.count(controlplane.KindNode, name), want)
 		}
 		return nil
 	})
