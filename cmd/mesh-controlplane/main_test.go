@@ -9,9 +9,9 @@ import (
 	"time"
 
 	"github.com/meshplane/meshplane/cmd/mesh-controlplane/cpcmd"
+	"github.com/meshplane/meshplane/kubetest"
 	"github.com/meshplane/meshplane/kvstore"
 	"github.com/meshplane/meshplane/kvstore/etcdtest"
-	"github.com/meshplane/meshplane/kubetest"
 	"github.com/meshplane/meshplane/pod"
 	"github.com/meshplane/meshplane/service"
 )
