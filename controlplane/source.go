@@ -90,8 +90,8 @@ type InvalidReporter interface {
 //
 // Node membership (KindNode) has no Lister here yet: it needs a model
 // and a key of its own (the agents' nodes/<node> records are theirs, on
-// their leases). A source may notify KindNode keys meanwhile; they are
-// counted and dropped.
+// their leases). A source may notify KindNode keys meanwhile: they are
+// counted and dropped, as are those of any kind it does not provide.
 type Kinds struct {
 	// Pods are keyed "<namespace>/<name>" (pod.Pod.Owner); the etcd key
 	// adds the node (pods/<node>/<namespace>/<name>). A pod not yet
