@@ -5,7 +5,7 @@ GOLANGCI_LINT_VERSION := v2.15.0
 # Fuzz time per target in `make fuzz`.
 FUZZTIME      ?= 20s
 
-.PHONY: all build demo test bench lint fuzz generate clean
+.PHONY: all build demo test bench lint fuzz generate clean kube-apiserver
 
 all: build
 
@@ -16,9 +16,15 @@ build:
 demo: build
 	$(BIN)/meshctl demo
 
-## test: formatting, vet, the race-enabled test suite (real etcd), and every
-## benchmark once so they keep compiling.
-test:
+## kube-apiserver: build the kube-apiserver the tests run (package kubetest)
+## from the Go module proxy into ${MESHPLANE_CACHE:-$HOME/.cache/meshplane};
+## a binary already there is kept (the first build takes minutes).
+kube-apiserver:
+	tools/kube-apiserver/build.sh
+
+## test: formatting, vet, the race-enabled test suite (real etcd, a real
+## kube-apiserver), and every benchmark once so they keep compiling.
+test: kube-apiserver
 	@bad=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$bad" ]; then echo "not gofmt-ed:"; echo "$$bad"; exit 1; fi
 	$(GO) vet ./...
@@ -32,6 +38,7 @@ bench: build
 	$(BIN)/meshctl bench identity --agents 32 --labelsets 200 --shared --state-dir $$(mktemp -d)
 	$(BIN)/meshctl bench ipam --nodes 5000 --pods 100 --state-dir $$(mktemp -d)
 	$(GO) test -run '^$$' -bench . -benchmem ./bpf/ ./nodeagent/reconciler/
+	$(GO) test -run '^$$' -bench . -benchtime 10x ./controlplane/
 	$(BIN)/meshctl bench propagation --agents 50 --entries 1000 --state-dir $$(mktemp -d)
 	$(BIN)/meshctl bench propagation --agents 1 --entries 100000 --state-dir $$(mktemp -d)
 	$(BIN)/meshctl bench gossip --members 50

@@ -64,9 +64,10 @@ func (ch LabelChange) apply(m map[string]string) map[string]string {
 }
 
 // LabelPod changes the labels of a running pod (ref as probes name it) as
-// `kubectl label pod` would: it writes the pod's metadata
-// (pods/<node>/<namespace>/<name>) into the cluster's etcd, where the
-// control plane would, updates the services that select it, and waits
+// `kubectl label pod` would: the lab's state changes, and the control
+// plane's reconciler (syncCluster) writes the pod's metadata
+// (pods/<node>/<namespace>/<name>) and the services that select it into
+// the cluster's etcd, as mesh-controlplane would; then it waits
 // until the pod's agent has given it the identity of its new labels and
 // every agent of the cluster has that identity for its IP.
 func (l *Lab) LabelPod(ctx context.Context, ref string, ch LabelChange) (Pod, error) {
@@ -91,8 +92,7 @@ func (l *Lab) LabelPod(ctx context.Context, ref string, ch LabelChange) (Pod, er
 	for _, port := range ps.Ports {
 		p.Ports = append(p.Ports, pod.Port{Name: port.Name, Port: uint16(port.Port), Protocol: service.Protocol(cmp.Or(port.Protocol, string(service.TCP))).Number()})
 	}
-	b, err := p.Encode()
-	if err != nil {
+	if err := p.Validate(); err != nil {
 		return Pod{}, fmt.Errorf("%w: pod %s: %w", ErrLabel, ps.Ref(), err)
 	}
 	l.mu.Lock()
@@ -108,16 +108,15 @@ func (l *Lab) LabelPod(ctx context.Context, ref string, ch LabelChange) (Pod, er
 	if err := l.save(); err != nil {
 		return Pod{}, err
 	}
+	// The pod's metadata and the services that select it reach etcd
+	// through the control plane's reconciler, as with kubectl label.
+	if err := l.syncCluster(ctx, ps.Cluster); err != nil {
+		return Pod{}, err
+	}
 	err = l.withEtcd(ctx, ps.Cluster, func(client *kvstore.Client, keys kvstore.Keys) error {
-		if err := client.Put(ctx, keys.Pod(p.Node, p.Namespace, p.Name), b); err != nil {
-			return fmt.Errorf("cluster %s: write pod %s: %w", ps.Cluster, ps.Ref(), err)
-		}
 		return l.waitRelabelled(ctx, client, keys, ps.Cluster, ps.Namespace, ps.Name)
 	})
 	if err != nil {
-		return Pod{}, err
-	}
-	if err := l.writeServices(ctx, ps.Cluster); err != nil {
 		return Pod{}, err
 	}
 	if err := l.waitSynced(ctx, ps.Cluster, nil); err != nil {
@@ -129,8 +128,9 @@ func (l *Lab) LabelPod(ctx context.Context, ref string, ch LabelChange) (Pod, er
 }
 
 // LabelNamespace changes the labels of a namespace of a cluster as
-// `kubectl label namespace` would: it writes namespaces/<namespace> into
-// the cluster's etcd and waits until each of the namespace's running pods
+// `kubectl label namespace` would: the control plane's reconciler
+// (syncCluster) writes namespaces/<namespace> into the cluster's etcd; it
+// waits until each of the namespace's running pods
 // has the identity of its new label set on every agent. A namespace is
 // "<namespace>" (when one cluster has it) or "<cluster>/<namespace>".
 func (l *Lab) LabelNamespace(ctx context.Context, ref string, ch LabelChange) error {
@@ -148,8 +148,7 @@ func (l *Lab) LabelNamespace(ctx context.Context, ref string, ch LabelChange) er
 		return err
 	}
 	name := c.Namespaces[nsi].Name
-	b, err := pod.Namespace{Name: name, Labels: next}.Encode()
-	if err != nil {
+	if err := (pod.Namespace{Name: name, Labels: next}).Validate(); err != nil {
 		return fmt.Errorf("%w: namespace %s: %w", ErrLabel, name, err)
 	}
 	l.mu.Lock()
@@ -164,10 +163,10 @@ func (l *Lab) LabelNamespace(ctx context.Context, ref string, ch LabelChange) er
 	if err := l.save(); err != nil {
 		return err
 	}
+	if err := l.syncCluster(ctx, c.Name); err != nil {
+		return err
+	}
 	err = l.withEtcd(ctx, c.Name, func(client *kvstore.Client, keys kvstore.Keys) error {
-		if err := client.Put(ctx, keys.Namespace(name), b); err != nil {
-			return fmt.Errorf("cluster %s: write namespace %s: %w", c.Name, name, err)
-		}
 		for _, p := range pods {
 			if err := l.waitRelabelled(ctx, client, keys, c.Name, name, p); err != nil {
 				return err
@@ -179,40 +178,6 @@ func (l *Lab) LabelNamespace(ctx context.Context, ref string, ch LabelChange) er
 		return err
 	}
 	return l.waitSynced(ctx, c.Name, nil)
-}
-
-// writeMetadata writes a new pod's metadata and its namespace's, as the
-// control plane does before the kubelet's CNI ADD.
-func (l *Lab) writeMetadata(ctx context.Context, c *Cluster, node string, spec PodSpec) error {
-	p := pod.Pod{Namespace: spec.Namespace, Name: spec.Name, Node: node, Labels: spec.Labels}
-	for _, port := range spec.Ports {
-		p.Ports = append(p.Ports, pod.Port{Name: port.Name, Port: uint16(port.Port), Protocol: service.Protocol(cmp.Or(port.Protocol, string(service.TCP))).Number()})
-	}
-	n := pod.Namespace{Name: spec.Namespace}
-	l.mu.Lock()
-	for _, x := range c.Namespaces {
-		if x.Name == spec.Namespace {
-			n.Labels = maps.Clone(x.Labels)
-		}
-	}
-	l.mu.Unlock()
-	pb, err := p.Encode()
-	if err != nil {
-		return fmt.Errorf("%w: pod %s/%s/%s: %w", ErrLabel, c.Name, spec.Namespace, spec.Name, err)
-	}
-	nb, err := n.Encode()
-	if err != nil {
-		return fmt.Errorf("%w: namespace %s: %w", ErrLabel, n.Name, err)
-	}
-	return l.withEtcd(ctx, c.Name, func(client *kvstore.Client, keys kvstore.Keys) error {
-		if err := client.Put(ctx, keys.Namespace(n.Name), nb); err != nil {
-			return fmt.Errorf("cluster %s: write namespace %s: %w", c.Name, n.Name, err)
-		}
-		if err := client.Put(ctx, keys.Pod(node, p.Namespace, p.Name), pb); err != nil {
-			return fmt.Errorf("cluster %s: write pod %s/%s: %w", c.Name, p.Namespace, p.Name, err)
-		}
-		return nil
-	})
 }
 
 // findNamespace resolves "<namespace>" or "<cluster>/<namespace>". mu is

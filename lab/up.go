@@ -245,7 +245,7 @@ func (l *Lab) up(ctx context.Context) error {
 				}
 			}
 		}
-		if err := l.writeServices(ctx, c.Name); err != nil {
+		if err := l.syncCluster(ctx, c.Name); err != nil {
 			return err
 		}
 	}
