@@ -28,6 +28,12 @@ func TestImportBoundaries(t *testing.T) {
 			"only bpf/ imports cilium/ebpf"},
 		{"github.com/hashicorp/memberlist", func(p string) bool { return strings.HasPrefix(p, mod+"health") },
 			"only health/ imports memberlist"},
+		// Kubernetes' API types (the CRD types, and what they build on)
+		// stay under controlplane/.
+		{"k8s.io/apimachinery", func(p string) bool { return strings.HasPrefix(p, mod+"controlplane/") },
+			"only controlplane/ imports k8s.io/apimachinery"},
+		{"k8s.io/api", func(p string) bool { return strings.HasPrefix(p, mod+"controlplane/") },
+			"only controlplane/ imports k8s.io/api"},
 		// The standard logger only where a dependency demands one: health
 		// adapts memberlist's *log.Logger to slog.
 		{"log", func(p string) bool { return strings.HasPrefix(p, mod+"cmd/") || strings.HasPrefix(p, mod+"health") },
