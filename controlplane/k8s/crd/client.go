@@ -38,13 +38,18 @@ type Client struct {
 }
 
 // NewClient returns a Client for the API server cfg points at. cfg is
-// copied, not kept.
+// copied, not kept. Unless cfg sets a warning handler, the API server's
+// warnings are dropped (client-go's default logs them through klog, and
+// this package does not log).
 func NewClient(cfg *rest.Config) (*Client, error) {
 	c := rest.CopyConfig(cfg)
 	c.GroupVersion = &v1alpha1.GroupVersion
 	c.APIPath = "/apis"
 	c.ContentType = runtime.ContentTypeJSON
 	c.NegotiatedSerializer = serializer.NewCodecFactory(Scheme).WithoutConversion()
+	if c.WarningHandler == nil && c.WarningHandlerWithContext == nil {
+		c.WarningHandler = rest.NoWarnings{}
+	}
 	if c.UserAgent == "" {
 		c.UserAgent = rest.DefaultKubernetesUserAgent()
 	}
@@ -92,7 +97,7 @@ func (c *Client) ListMeshNodes(ctx context.Context) (*v1alpha1.MeshNodeList, err
 
 // create POSTs obj and decodes the answer into out.
 func (c *Client) create(ctx context.Context, resource, namespace string, obj, out runtime.Object) error {
-	return c.rc.Post().Namespace(namespace).Resource(resource).
+	return in(c.rc.Post(), namespace).Resource(resource).
 		VersionedParams(&metav1.CreateOptions{FieldManager: FieldManager}, metav1.ParameterCodec).
 		Body(obj).Do(ctx).Into(out)
 }
@@ -100,7 +105,7 @@ func (c *Client) create(ctx context.Context, resource, namespace string, obj, ou
 // update PUTs obj (to its status subresource when status), with obj's
 // resourceVersion as the precondition, and decodes the answer into out.
 func (c *Client) update(ctx context.Context, resource, namespace, name string, status bool, obj, out runtime.Object) error {
-	r := c.rc.Put().Namespace(namespace).Resource(resource).Name(name)
+	r := in(c.rc.Put(), namespace).Resource(resource).Name(name)
 	if status {
 		r = r.SubResource("status")
 	}
@@ -111,7 +116,16 @@ func (c *Client) update(ctx context.Context, resource, namespace, name string, s
 // delete deletes name if its UID is still uid (not a new object of the
 // same name created meanwhile).
 func (c *Client) delete(ctx context.Context, resource, namespace, name string, uid types.UID) error {
-	return c.rc.Delete().Namespace(namespace).Resource(resource).Name(name).
+	return in(c.rc.Delete(), namespace).Resource(resource).Name(name).
 		Body(&metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}}).
 		Do(ctx).Error()
+}
+
+// in scopes r to namespace, or leaves it cluster-scoped for "" (the REST
+// client refuses an explicitly empty namespace on writes).
+func in(r *rest.Request, namespace string) *rest.Request {
+	if namespace == "" {
+		return r
+	}
+	return r.Namespace(namespace)
 }

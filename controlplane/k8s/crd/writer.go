@@ -63,7 +63,11 @@ func New(cfg Config) (*Writer, error) {
 	if err != nil {
 		return nil, err
 	}
-	cs, err := kubernetes.NewForConfig(cfg.REST)
+	ecfg := rest.CopyConfig(cfg.REST)
+	if ecfg.WarningHandler == nil && ecfg.WarningHandlerWithContext == nil {
+		ecfg.WarningHandler = rest.NoWarnings{}
+	}
+	cs, err := kubernetes.NewForConfig(ecfg)
 	if err != nil {
 		return nil, fmt.Errorf("crd writer: %w", err)
 	}
