@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
@@ -128,4 +129,13 @@ func in(r *rest.Request, namespace string) *rest.Request {
 		return r
 	}
 	return r.Namespace(namespace)
+}
+
+// rbacHint adds what to do to a permission error, whose message (from the
+// API server) already names the user, the verb and the resource.
+func rbacHint(err error) error {
+	if apierrors.IsForbidden(err) {
+		return fmt.Errorf("%w; grant it to the control plane's service account (the permissions are listed in docs/operations.md, \"Custom resources\")", err)
+	}
+	return err
 }

@@ -76,7 +76,7 @@ func Install(ctx context.Context, client dynamic.Interface, timeout time.Duratio
 	res := client.Resource(crdResource)
 	for _, m := range manifests {
 		if _, err := res.Apply(ctx, m.GetName(), m, metav1.ApplyOptions{FieldManager: FieldManager, Force: true}); err != nil {
-			return fmt.Errorf("install CRD %s: %w", m.GetName(), err)
+			return fmt.Errorf("install CRD %s: %w", m.GetName(), rbacHint(err))
 		}
 	}
 	if timeout > 0 {
@@ -89,7 +89,7 @@ func Install(ctx context.Context, client dynamic.Interface, timeout time.Duratio
 		err := wait.PollUntilContextCancel(ctx, 100*time.Millisecond, true, func(ctx context.Context) (bool, error) {
 			got, err := res.Get(ctx, m.GetName(), metav1.GetOptions{})
 			if err != nil {
-				return false, fmt.Errorf("install CRD %s: %w", m.GetName(), err)
+				return false, fmt.Errorf("install CRD %s: %w", m.GetName(), rbacHint(err))
 			}
 			last = got
 			return conditionTrue(got, "Established"), nil

@@ -93,7 +93,7 @@ func (w *Writer) ReportMeshNetworkPolicy(ctx context.Context, obj *v1alpha1.Mesh
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("report meshnetworkpolicy %s/%s: %w", obj.Namespace, obj.Name, err)
+		return fmt.Errorf("report meshnetworkpolicy %s/%s: %w", obj.Namespace, obj.Name, rbacHint(err))
 	}
 	return nil
 }

@@ -78,7 +78,7 @@ func (w *Writer) SyncIdentities(ctx context.Context, ids []Identity) (SyncResult
 	}
 	list, err := w.client.ListMeshIdentities(ctx)
 	if err != nil {
-		return SyncResult{}, fmt.Errorf("list meshidentities: %w", err)
+		return SyncResult{}, fmt.Errorf("list meshidentities: %w", rbacHint(err))
 	}
 	have := make([]*v1alpha1.MeshIdentity, len(list.Items))
 	for i := range list.Items {
@@ -110,7 +110,7 @@ func (w *Writer) SyncNodes(ctx context.Context, nodes []Node) (SyncResult, error
 	}
 	list, err := w.client.ListMeshNodes(ctx)
 	if err != nil {
-		return SyncResult{}, fmt.Errorf("list meshnodes: %w", err)
+		return SyncResult{}, fmt.Errorf("list meshnodes: %w", rbacHint(err))
 	}
 	have := make([]*v1alpha1.MeshNode, len(list.Items))
 	for i := range list.Items {
@@ -174,13 +174,13 @@ func syncViews[O viewObject](ctx context.Context, c *Client, resource, kind stri
 			// the next sync finds the status different and writes it.
 			created := ops.empty()
 			if err := c.create(ctx, resource, "", w, created); err != nil {
-				errs = append(errs, fmt.Errorf("create %s %s: %w", kind, name, err))
+				errs = append(errs, fmt.Errorf("create %s %s: %w", kind, name, rbacHint(err)))
 				continue
 			}
 			res.Created++
 			if !ops.sameStatus(created, w) {
 				if err := c.update(ctx, resource, "", name, true, ops.withStatus(created, w), created); err != nil {
-					errs = append(errs, fmt.Errorf("write %s %s status: %w", kind, name, err))
+					errs = append(errs, fmt.Errorf("write %s %s status: %w", kind, name, rbacHint(err)))
 				}
 			}
 			continue
@@ -189,7 +189,7 @@ func syncViews[O viewObject](ctx context.Context, c *Client, resource, kind stri
 		if !ops.sameSpec(cur, w) {
 			next := ops.empty()
 			if err := c.update(ctx, resource, "", name, false, ops.withSpec(cur, w), next); err != nil {
-				errs = append(errs, fmt.Errorf("update %s %s: %w", kind, name, err))
+				errs = append(errs, fmt.Errorf("update %s %s: %w", kind, name, rbacHint(err)))
 				continue
 			}
 			cur, wrote = next, true
@@ -197,7 +197,7 @@ func syncViews[O viewObject](ctx context.Context, c *Client, resource, kind stri
 		}
 		if !ops.sameStatus(cur, w) {
 			if err := c.update(ctx, resource, "", name, true, ops.withStatus(cur, w), ops.empty()); err != nil {
-				errs = append(errs, fmt.Errorf("write %s %s status: %w", kind, name, err))
+				errs = append(errs, fmt.Errorf("write %s %s status: %w", kind, name, rbacHint(err)))
 				continue
 			}
 			wrote = true
@@ -219,7 +219,7 @@ func syncViews[O viewObject](ctx context.Context, c *Client, resource, kind stri
 			res.Deleted++
 		case apierrors.IsNotFound(err):
 		default:
-			errs = append(errs, fmt.Errorf("delete %s %s: %w", kind, o.GetName(), err))
+			errs = append(errs, fmt.Errorf("delete %s %s: %w", kind, o.GetName(), rbacHint(err)))
 		}
 	}
 	return res, errors.Join(errs...)
