@@ -5,7 +5,7 @@ GOLANGCI_LINT_VERSION := v2.15.0
 # Fuzz time per target in `make fuzz`.
 FUZZTIME      ?= 20s
 
-.PHONY: all build demo test bench lint fuzz generate clean
+.PHONY: all build demo test bench lint fuzz generate clean kube-apiserver
 
 all: build
 
@@ -16,9 +16,15 @@ build:
 demo: build
 	$(BIN)/meshctl demo
 
-## test: formatting, vet, the race-enabled test suite (real etcd), and every
-## benchmark once so they keep compiling.
-test:
+## kube-apiserver: build the kube-apiserver the tests run (package kubetest)
+## from the Go module proxy into ${MESHPLANE_CACHE:-$HOME/.cache/meshplane};
+## a binary already there is kept (the first build takes minutes).
+kube-apiserver:
+	tools/kube-apiserver/build.sh
+
+## test: formatting, vet, the race-enabled test suite (real etcd, a real
+## kube-apiserver), and every benchmark once so they keep compiling.
+test: kube-apiserver
 	@bad=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$bad" ]; then echo "not gofmt-ed:"; echo "$$bad"; exit 1; fi
 	$(GO) vet ./...
@@ -49,7 +55,7 @@ fuzz:
 	.ci/fuzz-target ./ipam/ 'FuzzPool' $(FUZZTIME)
 	.ci/fuzz-target ./kvstore/nodecidr/ 'FuzzDecodeClaim' $(FUZZTIME)
 	.ci/fuzz-target ./ipam/podip/ 'FuzzJournalLoad' $(FUZZTIME)
-	.ci/fuzz-target ./kvstore/nodecidr/ 'FuzzDecodeNodeRecord' $(FUZZTIME)
+	.ci/fuzz-target ./node/ 'FuzzDecode$$' $(FUZZTIME)
 	.ci/fuzz-target ./service/ 'FuzzDecode$$' $(FUZZTIME)
 	.ci/fuzz-target ./ipcache/ 'FuzzDecode$$' $(FUZZTIME)
 	.ci/fuzz-target ./bpf/ 'FuzzPortRange' $(FUZZTIME)
@@ -58,6 +64,8 @@ fuzz:
 	.ci/fuzz-target ./policy/ 'FuzzParse$$' $(FUZZTIME)
 	.ci/fuzz-target ./policy/ 'FuzzDecode$$' $(FUZZTIME)
 	.ci/fuzz-target ./lab/ 'FuzzParseTopology' $(FUZZTIME)
+	.ci/fuzz-target ./pod/ 'FuzzDecode$$' $(FUZZTIME)
+	.ci/fuzz-target ./pod/ 'FuzzDecodeNamespace' $(FUZZTIME)
 	.ci/fuzz-target ./controlplane/k8s/apis/v1alpha1/ 'FuzzDocument' $(FUZZTIME)
 
 ## generate: the gRPC code in api/ (protoc from Debian's protobuf-compiler

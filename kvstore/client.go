@@ -21,52 +21,40 @@ var ErrUnavailable = errors.New("etcd unavailable")
 // ErrAuth is wrapped when etcd rejects the credentials or the certificate.
 var ErrAuth = errors.New("etcd rejected the credentials")
 
-// Client is a connection to etcd, external or embedded. It is safe for
-// concurrent use. Close releases the connection and stops the embedded
-// server, if any.
+// Client is a connection to etcd. It is safe for concurrent use.
 type Client struct {
-	cfg      Config
-	etcd     *clientv3.Client
-	embedded *EmbeddedServer
+	cfg  Config
+	etcd *clientv3.Client
+
+	mu      sync.Mutex // mu guards onClose
+	onClose []func()
 
 	closeOnce sync.Once
 	closeErr  error
 }
 
-// New connects to the etcd that cfg describes, or starts the embedded one,
-// and proves that it answers within cfg.DialTimeout.
+// New connects to the etcd that cfg describes and proves that it answers
+// within cfg.DialTimeout. A config without endpoints is an ErrConfig
+// error: New never starts an etcd (see package kvstore/embedded).
 func New(ctx context.Context, cfg Config) (*Client, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
 	c := &Client{cfg: cfg}
-	endpoints := cfg.Endpoints
-	if cfg.Embedded() {
-		srv, err := StartEmbedded(ctx, cfg.StateDir, [2]int{})
-		if err != nil {
-			return nil, err
-		}
-		c.embedded = srv
-		endpoints = []string{srv.clientURL}
-	}
 	tlsCfg, err := loadTLS(cfg)
 	if err != nil {
-		c.closeEmbedded()
 		return nil, err
 	}
 	password, err := loadPassword(cfg)
 	if err != nil {
-		c.closeEmbedded()
 		return nil, err
 	}
-	if !cfg.Embedded() {
-		if err := preflight(ctx, cfg, tlsCfg); err != nil {
-			return nil, fmt.Errorf("connect: %w", err)
-		}
+	if err := preflight(ctx, cfg, tlsCfg); err != nil {
+		return nil, fmt.Errorf("connect: %w", err)
 	}
 	ecfg := clientv3.Config{
-		Endpoints:            endpoints,
+		Endpoints:            cfg.Endpoints,
 		DialTimeout:          cfg.DialTimeout,
 		DialKeepAliveTime:    cfg.DialTimeout,
 		DialKeepAliveTimeout: cfg.DialTimeout,
@@ -81,7 +69,6 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	}
 	cli, err := clientv3.New(ecfg)
 	if err != nil {
-		c.closeEmbedded()
 		return nil, classify(cfg, "connect", err)
 	}
 	c.etcd = cli
@@ -202,22 +189,32 @@ func (c *Client) Etcd() *clientv3.Client { return c.etcd }
 // Config returns the configuration the client was made with, defaults filled in.
 func (c *Client) Config() Config { return c.cfg }
 
-// Endpoints returns the client URLs in use (the embedded server's, if any).
+// Endpoints returns the client URLs in use.
 func (c *Client) Endpoints() []string { return c.etcd.Endpoints() }
 
-// Close closes the connection and stops the embedded etcd. It is idempotent.
+// OnClose arranges for f to run once Close has closed the connection, after
+// the functions registered before it. kvstore/embedded uses it to stop the
+// server it started for the client. f must not call Close.
+func (c *Client) OnClose(f func()) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.onClose = append(c.onClose, f)
+}
+
+// Close closes the connection, then runs the OnClose functions. It is
+// idempotent.
 func (c *Client) Close() error {
 	c.closeOnce.Do(func() {
 		if c.etcd != nil {
 			c.closeErr = c.etcd.Close()
 		}
-		c.closeEmbedded()
+		c.mu.Lock()
+		fs := c.onClose
+		c.onClose = nil
+		c.mu.Unlock()
+		for _, f := range fs {
+			f()
+		}
 	})
 	return c.closeErr
-}
-
-func (c *Client) closeEmbedded() {
-	if c.embedded != nil {
-		c.embedded.Close()
-	}
 }

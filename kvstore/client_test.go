@@ -2,7 +2,6 @@ package kvstore_test
 
 import (
 	"errors"
-	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -22,8 +21,8 @@ func TestConfigValidate(t *testing.T) {
 		cfg  kvstore.Config
 		ok   bool
 	}{
-		{"zero value is embedded", kvstore.Config{}, true},
-		{"embedded with state dir", kvstore.Config{StateDir: "/tmp/x", DialTimeout: time.Second}, true},
+		{"zero value has no endpoints", kvstore.Config{}, false},
+		{"no endpoints with a dial timeout", kvstore.Config{DialTimeout: time.Second}, false},
 		{"http endpoint", kvstore.Config{Endpoints: []string{"http://127.0.0.1:2379"}}, true},
 		{"https endpoints with TLS and auth", kvstore.Config{
 			Endpoints: []string{"https://10.0.0.1:2379", "https://10.0.0.2:2379"},
@@ -43,9 +42,9 @@ func TestConfigValidate(t *testing.T) {
 		{"password without user", kvstore.Config{Endpoints: []string{"http://e:2379"}, Password: "secret"}, false},
 		{"negative dial timeout", kvstore.Config{DialTimeout: -time.Second}, false},
 		{"negative request timeout", kvstore.Config{Endpoints: []string{"http://e:2379"}, RequestTimeout: -1}, false},
-		{"embedded with CA", kvstore.Config{CAFile: "ca.pem"}, false},
-		{"embedded with client cert", kvstore.Config{CertFile: "cert.pem", KeyFile: "key.pem"}, false},
-		{"embedded with user", kvstore.Config{Username: "agent", Password: "secret"}, false},
+		{"no endpoints with CA", kvstore.Config{CAFile: "ca.pem"}, false},
+		{"no endpoints with client cert", kvstore.Config{CertFile: "cert.pem", KeyFile: "key.pem"}, false},
+		{"no endpoints with user", kvstore.Config{Username: "agent", Password: "secret"}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -65,8 +64,7 @@ func TestConfigString(t *testing.T) {
 		cfg  kvstore.Config
 		want string
 	}{
-		{kvstore.Config{}, "embedded etcd in " + kvstore.DefaultStateDir},
-		{kvstore.Config{StateDir: "/srv/mp"}, "embedded etcd in /srv/mp"},
+		{kvstore.Config{}, "etcd (no endpoints)"},
 		{kvstore.Config{Endpoints: []string{"http://a:1", "http://b:2"}}, "etcd at http://a:1,http://b:2"},
 	}
 	for _, tt := range tests {
@@ -119,7 +117,7 @@ func TestNewErrors(t *testing.T) {
 			Endpoints: []string{closed}, DialTimeout: time.Second, CertFile: notPEM, KeyFile: filepath.Join(dir, "missing.key"),
 		}, kvstore.ErrConfig},
 		{"invalid endpoint", kvstore.Config{Endpoints: []string{"127.0.0.1:2379"}}, kvstore.ErrConfig},
-		{"state dir is a file", kvstore.Config{StateDir: notPEM}, kvstore.ErrConfig},
+		{"no endpoints", kvstore.Config{}, kvstore.ErrConfig},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -224,62 +222,5 @@ func TestNewCredentials(t *testing.T) {
 				t.Fatalf("Put() outside the agent's prefix succeeded")
 			}
 		})
-	}
-}
-
-func TestEmbeddedRestart(t *testing.T) {
-	t.Parallel()
-	dir := t.TempDir()
-	ctx := testContext(t)
-	const key = "/meshplane/v1/embedded/k"
-	var urls []string
-	for i := range 3 {
-		c, err := kvstore.New(ctx, kvstore.Config{StateDir: dir})
-		if err != nil {
-			t.Fatalf("New() #%d on %s: %v", i+1, dir, err)
-		}
-		urls = append(urls, c.Endpoints()[0])
-		if i > 0 {
-			kv, ok, err := c.Get(ctx, key)
-			if err != nil || !ok || string(kv.Value) != fmt.Sprint(i) {
-				_ = c.Close()
-				t.Fatalf("Get() after restart #%d = %q, %v, %v; want %q", i, kv.Value, ok, err, fmt.Sprint(i))
-			}
-		}
-		if err := c.Put(ctx, key, []byte(fmt.Sprint(i+1))); err != nil {
-			_ = c.Close()
-			t.Fatalf("Put() #%d: %v", i+1, err)
-		}
-		if err := c.Close(); err != nil {
-			t.Fatalf("Close() #%d: %v", i+1, err)
-		}
-	}
-	if _, err := os.Stat(filepath.Join(dir, "etcd", "member")); err != nil {
-		t.Errorf("embedded etcd data is not in StateDir/etcd: %v", err)
-	}
-	t.Logf("embedded etcd ran at %v", urls)
-}
-
-func TestEmbeddedDataDirInUse(t *testing.T) {
-	t.Parallel()
-	dir := t.TempDir()
-	ctx := testContext(t)
-	c, err := kvstore.New(ctx, kvstore.Config{StateDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	// etcd itself would block on its database's file lock forever.
-	c2, err := kvstore.New(ctx, kvstore.Config{StateDir: dir})
-	if err == nil {
-		_ = c2.Close()
-		t.Fatal("a second embedded etcd on the same state dir started")
-	}
-	if !errors.Is(err, kvstore.ErrConfig) {
-		t.Fatalf("New() on a state dir in use = %v, want an error wrapping ErrConfig", err)
-	}
-	// The first server still answers.
-	if err := c.Put(ctx, "/meshplane/v1/inuse", []byte("v")); err != nil {
-		t.Fatalf("Put() on the first server: %v", err)
 	}
 }

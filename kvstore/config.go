@@ -8,12 +8,14 @@ import (
 	"time"
 )
 
-// Config says how to reach etcd. The zero value is valid: it starts an
-// embedded etcd in DefaultStateDir.
+// Config says how to reach etcd. Endpoints is required: a Client never
+// starts an etcd of its own (package kvstore/embedded does, for meshctl,
+// the lab and tests).
 type Config struct {
-	// Endpoints are the client URLs of an external etcd cluster
+	// Endpoints are the client URLs of the etcd cluster
 	// (https://10.0.0.1:2379, http://127.0.0.1:2379, unix:///run/etcd.sock).
-	// Empty means: start an embedded etcd with its data in StateDir.
+	// Required: empty is an ErrConfig error that says to pass
+	// --etcd-endpoints.
 	Endpoints []string
 
 	// CAFile, CertFile and KeyFile configure TLS to an external etcd: the CA
@@ -37,10 +39,6 @@ type Config struct {
 	// RequestTimeout bounds one request made by New itself. Zero means
 	// DefaultRequestTimeout.
 	RequestTimeout time.Duration
-
-	// StateDir holds the embedded etcd's data (StateDir/etcd). Used only
-	// when Endpoints is empty. Empty means DefaultStateDir.
-	StateDir string
 }
 
 const (
@@ -48,18 +46,20 @@ const (
 	DefaultDialTimeout = 5 * time.Second
 	// DefaultRequestTimeout is used when Config.RequestTimeout is zero.
 	DefaultRequestTimeout = 10 * time.Second
-	// DefaultStateDir is used when Config.StateDir is zero.
-	DefaultStateDir = "/var/lib/meshplane"
 )
 
 // ErrConfig is wrapped by every configuration error.
 var ErrConfig = errors.New("invalid etcd configuration")
 
-// Embedded reports whether the config asks for an embedded etcd.
-func (c Config) Embedded() bool { return len(c.Endpoints) == 0 }
+// NoEndpoints is the message of the ErrConfig error Validate returns for a
+// config without endpoints.
+const NoEndpoints = "no etcd endpoints: pass --etcd-endpoints (or MESHPLANE_ETCD_ENDPOINTS) with the client URLs of the cluster's etcd, such as https://10.0.0.1:2379"
 
 // Validate checks the config without touching the network or files.
 func (c Config) Validate() error {
+	if len(c.Endpoints) == 0 {
+		return fmt.Errorf("%w: %s", ErrConfig, NoEndpoints)
+	}
 	for _, ep := range c.Endpoints {
 		u, err := url.Parse(ep)
 		if err != nil || u.Host == "" && u.Path == "" {
@@ -92,9 +92,6 @@ func (c Config) Validate() error {
 	if c.DialTimeout < 0 || c.RequestTimeout < 0 {
 		return fmt.Errorf("%w: timeouts must not be negative", ErrConfig)
 	}
-	if c.Embedded() && (c.CAFile != "" || c.CertFile != "" || c.Username != "") {
-		return fmt.Errorf("%w: TLS files or credentials were given but no --etcd-endpoints; name the external etcd or drop them", ErrConfig)
-	}
 	return nil
 }
 
@@ -105,16 +102,13 @@ func (c Config) withDefaults() Config {
 	if c.RequestTimeout == 0 {
 		c.RequestTimeout = DefaultRequestTimeout
 	}
-	if c.StateDir == "" {
-		c.StateDir = DefaultStateDir
-	}
 	return c
 }
 
 // String describes where the config points, for messages.
 func (c Config) String() string {
-	if c.Embedded() {
-		return "embedded etcd in " + c.withDefaults().StateDir
+	if len(c.Endpoints) == 0 {
+		return "etcd (no endpoints)"
 	}
 	eps := make([]string, len(c.Endpoints))
 	for i, ep := range c.Endpoints {

@@ -3,10 +3,12 @@
 //
 // It provides:
 //
-//   - Client: a connection to an external etcd (endpoints, TLS, user and
-//     password, dial timeout) or, with no endpoints, to an etcd embedded in
-//     this process with its data in a state directory (the one-machine
-//     default). New proves that etcd answers within the dial timeout and
+//   - Client: a connection to etcd (endpoints, TLS, user and password,
+//     dial timeout). Endpoints are required: a config without them is an
+//     ErrConfig error telling the operator to pass --etcd-endpoints, never
+//     a private etcd started on the quiet. The one-machine etcd (meshctl
+//     --etcd-embedded, the demo, the lab, tests) is package
+//     kvstore/embedded, which the daemons do not link. New proves that etcd answers within the dial timeout and
 //     turns failures into errors that wrap ErrUnavailable, ErrAuth or
 //     ErrConfig and say what to check. Before the etcd client dials, New
 //     connects to each endpoint once itself (preflight), so that what no

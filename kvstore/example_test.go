@@ -9,10 +9,11 @@ import (
 	"time"
 
 	"github.com/meshplane/meshplane/kvstore"
+	"github.com/meshplane/meshplane/kvstore/embedded"
 )
 
-// ExampleCache starts an embedded etcd (the zero config with a state
-// directory), claims a key with a compare-and-create transaction, and
+// ExampleCache starts an embedded etcd (package kvstore/embedded, in a
+// temporary directory), claims a key with a compare-and-create transaction, and
 // mirrors the prefix in a typed watch cache.
 func ExampleCache() {
 	dir, err := os.MkdirTemp("", "kvstore-example-")
@@ -24,7 +25,7 @@ func ExampleCache() {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
-	c, err := kvstore.New(ctx, kvstore.Config{StateDir: dir})
+	c, err := embedded.Connect(ctx, dir, kvstore.Config{})
 	if err != nil {
 		fmt.Println(err)
 		return

@@ -24,6 +24,12 @@ const Root = "/meshplane/v1/"
 //	<root><cluster>/endpoints/<ip>                  ipcache entry (JSON)     the hosting node's session lease
 //	<root><cluster>/services/<namespace>/<name>     service (JSON)           no lease; written by the control plane
 //	<root><cluster>/policies/<namespace>/<name>     policy (JSON)            no lease; written by meshctl policy apply or the control plane
+//	<root><cluster>/pods/<node>/<namespace>/<name>  pod metadata (JSON)      no lease; written by the control plane
+//	<root><cluster>/namespaces/<namespace>          namespace labels (JSON)  no lease; written by the control plane
+//
+// Pods are keyed by node first so that an agent watches only its own
+// node's pods (pods/<node>/): with thousands of agents, a watch on every
+// pod would send each of a cluster's label changes to every agent.
 //
 // <cidr> is the CIDR with '/' written as '_' (10.192.3.0_24).
 //
@@ -134,3 +140,22 @@ func (k Keys) PoliciesPrefix() string { return k.base + "policies/" }
 func (k Keys) Policy(namespace, name string) string {
 	return k.PoliciesPrefix() + namespace + "/" + name
 }
+
+// PodsPrefix is the prefix of the pod metadata keys (pod.Pod.Key is
+// relative to it).
+func (k Keys) PodsPrefix() string { return k.base + "pods/" }
+
+// NodePodsPrefix is the prefix of the metadata of the pods on one node:
+// what that node's agent watches.
+func (k Keys) NodePodsPrefix(node string) string { return k.PodsPrefix() + node + "/" }
+
+// Pod is the metadata key of one pod on node.
+func (k Keys) Pod(node, namespace, name string) string {
+	return k.NodePodsPrefix(node) + namespace + "/" + name
+}
+
+// NamespacesPrefix is the prefix of the namespace keys.
+func (k Keys) NamespacesPrefix() string { return k.base + "namespaces/" }
+
+// Namespace is the key of one namespace's metadata (its labels).
+func (k Keys) Namespace(name string) string { return k.NamespacesPrefix() + name }

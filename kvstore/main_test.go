@@ -10,13 +10,14 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/meshplane/meshplane/kvstore"
+	"github.com/meshplane/meshplane/kvstore/embedded"
 	"github.com/meshplane/meshplane/kvstore/etcdtest"
 )
 
 // shared is the embedded etcd that most tests of this binary share; they
 // stay apart by key prefix. Tests that stop, restart, compact or enable auth
 // start their own server with etcdtest.Start.
-var shared *kvstore.EmbeddedServer
+var shared *embedded.Server
 
 func TestMain(m *testing.M) {
 	os.Exit(testMain(m))
@@ -30,7 +31,7 @@ func testMain(m *testing.M) int {
 	}
 	defer os.RemoveAll(dir)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	shared, err = kvstore.StartEmbedded(ctx, dir, [2]int{})
+	shared, err = embedded.Start(ctx, dir, [2]int{})
 	cancel()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -32,19 +32,25 @@ func fromKV(kv interface {
 }
 
 // WriteOption changes a write.
-type WriteOption func(*[]clientv3.OpOption)
+type WriteOption func(*writeOpts)
 
-// WithLease attaches the write to a lease (0 means none).
+// writeOpts is what the WriteOptions of one write say.
+type writeOpts struct {
+	put  []clientv3.OpOption
+	cond []Condition
+}
+
+// WithLease attaches the write to a lease (0 means none). Deletes ignore it.
 func WithLease(id LeaseID) WriteOption {
-	return func(o *[]clientv3.OpOption) {
+	return func(o *writeOpts) {
 		if id != 0 {
-			*o = append(*o, clientv3.WithLease(clientv3.LeaseID(id)))
+			o.put = append(o.put, clientv3.WithLease(clientv3.LeaseID(id)))
 		}
 	}
 }
 
-func putOpts(opts []WriteOption) []clientv3.OpOption {
-	var o []clientv3.OpOption
+func collect(opts []WriteOption) writeOpts {
+	var o writeOpts
 	for _, f := range opts {
 		f(&o)
 	}
@@ -54,57 +60,57 @@ func putOpts(opts []WriteOption) []clientv3.OpOption {
 // Create writes key only if it does not exist. When it exists, it returns
 // the stored value with an error wrapping ErrConflict.
 func (c *Client) Create(ctx context.Context, key string, value []byte, opts ...WriteOption) (KeyValue, error) {
-	resp, err := c.etcd.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-		Then(clientv3.OpPut(key, string(value), putOpts(opts)...)).
-		Else(clientv3.OpGet(key)).
-		Commit()
+	o := collect(opts)
+	r, err := c.commit(ctx, o,
+		[]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(key), "=", 0)},
+		[]clientv3.Op{clientv3.OpPut(key, string(value), o.put...)},
+		[]clientv3.Op{clientv3.OpGet(key)})
 	if err != nil {
-		return KeyValue{}, fmt.Errorf("create %s: %w", key, wrapErr(err))
+		return KeyValue{}, fmt.Errorf("create %s: %w", key, err)
 	}
-	if !resp.Succeeded {
-		kvs := resp.Responses[0].GetResponseRange().Kvs
+	if !r.succeeded {
+		kvs := r.responses[0].GetResponseRange().Kvs
 		if len(kvs) == 1 {
 			return fromKV(kvs[0]), fmt.Errorf("create %s: %w: the key exists", key, ErrConflict)
 		}
 		return KeyValue{}, fmt.Errorf("create %s: %w", key, ErrConflict)
 	}
-	return KeyValue{Key: key, Value: value, ModRevision: resp.Header.Revision}, nil
+	return KeyValue{Key: key, Value: value, ModRevision: r.rev}, nil
 }
 
 // Swap writes key only if its mod revision is still modRev (0: the key must
 // not exist). On a mismatch it returns the current value (if any) and an
 // error wrapping ErrConflict.
 func (c *Client) Swap(ctx context.Context, key string, modRev int64, value []byte, opts ...WriteOption) (KeyValue, error) {
-	resp, err := c.etcd.Txn(ctx).
-		If(clientv3.Compare(clientv3.ModRevision(key), "=", modRev)).
-		Then(clientv3.OpPut(key, string(value), putOpts(opts)...)).
-		Else(clientv3.OpGet(key)).
-		Commit()
+	o := collect(opts)
+	r, err := c.commit(ctx, o,
+		[]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(key), "=", modRev)},
+		[]clientv3.Op{clientv3.OpPut(key, string(value), o.put...)},
+		[]clientv3.Op{clientv3.OpGet(key)})
 	if err != nil {
-		return KeyValue{}, fmt.Errorf("swap %s: %w", key, wrapErr(err))
+		return KeyValue{}, fmt.Errorf("swap %s: %w", key, err)
 	}
-	if !resp.Succeeded {
-		kvs := resp.Responses[0].GetResponseRange().Kvs
+	if !r.succeeded {
+		kvs := r.responses[0].GetResponseRange().Kvs
 		if len(kvs) == 1 {
 			return fromKV(kvs[0]), fmt.Errorf("swap %s: %w: modified at revision %d, expected %d", key, ErrConflict, kvs[0].ModRevision, modRev)
 		}
 		return KeyValue{}, fmt.Errorf("swap %s: %w: the key is gone", key, ErrConflict)
 	}
-	return KeyValue{Key: key, Value: value, ModRevision: resp.Header.Revision}, nil
+	return KeyValue{Key: key, Value: value, ModRevision: r.rev}, nil
 }
 
-// DeleteIf deletes key only if its mod revision is still modRev.
-func (c *Client) DeleteIf(ctx context.Context, key string, modRev int64) error {
-	resp, err := c.etcd.Txn(ctx).
-		If(clientv3.Compare(clientv3.ModRevision(key), "=", modRev)).
-		Then(clientv3.OpDelete(key)).
-		Commit()
+// DeleteIf deletes key only if its mod revision is still modRev. Only
+// WithCondition matters among opts.
+func (c *Client) DeleteIf(ctx context.Context, key string, modRev int64, opts ...WriteOption) error {
+	r, err := c.commit(ctx, collect(opts),
+		[]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(key), "=", modRev)},
+		[]clientv3.Op{clientv3.OpDelete(key)}, nil)
 	if err != nil {
-		return fmt.Errorf("delete %s: %w", key, wrapErr(err))
+		return fmt.Errorf("delete %s: %w", key, err)
 	}
-	if !resp.Succeeded {
-		return fmt.Errorf("delete %s: %w", key, ErrConflict)
+	if !r.succeeded {
+		return fmt.Errorf("delete %s: %w: not at revision %d", key, ErrConflict, modRev)
 	}
 	return nil
 }
@@ -121,18 +127,35 @@ func (c *Client) Get(ctx context.Context, key string) (kv KeyValue, ok bool, err
 	return fromKV(resp.Kvs[0]), true, nil
 }
 
-// Put writes key unconditionally.
+// Put writes key (unconditionally, unless WithCondition says otherwise).
 func (c *Client) Put(ctx context.Context, key string, value []byte, opts ...WriteOption) error {
-	if _, err := c.etcd.Put(ctx, key, string(value), putOpts(opts)...); err != nil {
-		return fmt.Errorf("put %s: %w", key, wrapErr(err))
+	o := collect(opts)
+	var err error
+	if len(o.cond) == 0 {
+		_, err = c.etcd.Put(ctx, key, string(value), o.put...)
+		err = wrapErr(err)
+	} else {
+		_, err = c.commit(ctx, o, nil, []clientv3.Op{clientv3.OpPut(key, string(value), o.put...)}, nil)
+	}
+	if err != nil {
+		return fmt.Errorf("put %s: %w", key, err)
 	}
 	return nil
 }
 
-// Delete removes key unconditionally.
-func (c *Client) Delete(ctx context.Context, key string) error {
-	if _, err := c.etcd.Delete(ctx, key); err != nil {
-		return fmt.Errorf("delete %s: %w", key, wrapErr(err))
+// Delete removes key (unconditionally, unless WithCondition says
+// otherwise). Deleting a key that does not exist is not an error.
+func (c *Client) Delete(ctx context.Context, key string, opts ...WriteOption) error {
+	o := collect(opts)
+	var err error
+	if len(o.cond) == 0 {
+		_, err = c.etcd.Delete(ctx, key)
+		err = wrapErr(err)
+	} else {
+		_, err = c.commit(ctx, o, nil, []clientv3.Op{clientv3.OpDelete(key)}, nil)
+	}
+	if err != nil {
+		return fmt.Errorf("delete %s: %w", key, err)
 	}
 	return nil
 }
@@ -190,14 +213,17 @@ func isUnavailable(err error) bool {
 	return ok && (s.Code() == codes.Unavailable || s.Code() == codes.DeadlineExceeded)
 }
 
-// maxTxnOps is etcd's default limit of operations in one transaction.
-const maxTxnOps = 128
+// MaxTxnOps is etcd's default limit (--max-txn-ops) of operations in one
+// transaction: the most a Store's PutAll or Txn writes atomically.
+const MaxTxnOps = 128
 
-// PutMany writes kvs unconditionally, maxTxnOps keys per transaction (so
-// not atomically as a whole). It is for bulk loads: benchmarks and tests.
+// PutMany writes kvs unconditionally, MaxTxnOps keys per transaction: NOT
+// atomically as a whole, a failure can leave the first transactions
+// written. It is for bulk loads in benchmarks and tests; a write that must
+// be all or nothing uses Store.PutAll or Store.Txn.
 func (c *Client) PutMany(ctx context.Context, kvs []KeyValue) error {
 	for len(kvs) > 0 {
-		n := min(len(kvs), maxTxnOps)
+		n := min(len(kvs), MaxTxnOps)
 		ops := make([]clientv3.Op, n)
 		for i, kv := range kvs[:n] {
 			ops[i] = clientv3.OpPut(kv.Key, string(kv.Value))

@@ -19,7 +19,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/meshplane/meshplane/kvstore"
+	"github.com/meshplane/meshplane/kvstore/embedded"
 )
 
 // The lab's processes (etcd proxies, agents, echo servers) run detached:
@@ -261,7 +261,7 @@ func ServeEtcd(ctx context.Context, cfg EtcdConfig) error {
 	}
 	upstream := cfg.Upstream
 	if len(upstream) == 0 {
-		srv, err := kvstore.StartEmbedded(ctx, cfg.Dir, [2]int{})
+		srv, err := embedded.Start(ctx, cfg.Dir, [2]int{})
 		if err != nil {
 			return err
 		}

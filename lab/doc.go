@@ -28,9 +28,15 @@
 //     and a permanent neighbor entry gateway -> host veth MAC; the node a
 //     route ip/32 dev lxc... and a permanent neighbor entry for the pod. A
 //     `meshctl lab echo` server in the pod serves its ports.
-//   - per service, services/<ns>/<name> in the cluster's etcd: a frontend
-//     per port on the ClusterIP, the running pods the selector picks as
-//     backends. AddPod and DeletePod rewrite them, as a control plane would.
+//   - per cluster, what mesh-controlplane writes on Kubernetes: pod
+//     metadata (pods/<node>/<ns>/<name>), namespace labels (namespaces/<ns>)
+//     and services (services/<ns>/<name>: a frontend per port on the
+//     ClusterIP, the running pods the selector picks as backends). The lab
+//     writes them through the control plane's own code: a topology source
+//     (a snapshot of the lab's state) and controlplane.SyncOnce, with
+//     service.Build translating each service, so the demo cannot drift from
+//     production. Up, AddPod (before the pod's CNI ADD, and after it for its
+//     services) and DeletePod sync; only the difference is written.
 //   - per external (a host outside every cluster, the "world" of ipBlock
 //     policies), a namespace "mp-<lab>-x_<name>" on the bridge at its
 //     address, not a router, with a route to every node's pod CIDR through

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/meshplane/meshplane/api"
-	"github.com/meshplane/meshplane/kvstore"
 	"github.com/meshplane/meshplane/service"
 )
 
@@ -46,7 +45,7 @@ func (l *Lab) AddPod(ctx context.Context, cluster, node string, p PodSpec) (Pod,
 	ps, err := l.addPod(ctx, c, ns, p)
 	if err != nil {
 		if ps != nil {
-			err = errors.Join(err, l.removePod(context.WithoutCancel(ctx), ps))
+			err = errors.Join(err, l.removePod(context.WithoutCancel(ctx), ps), l.syncCluster(context.WithoutCancel(ctx), cluster))
 		}
 		return Pod{}, err
 	}
@@ -60,7 +59,7 @@ func (l *Lab) AddPod(ctx context.Context, cluster, node string, p PodSpec) (Pod,
 	if err := l.save(); err != nil {
 		return Pod{}, err
 	}
-	if err := l.writeServices(ctx, cluster); err != nil {
+	if err := l.syncCluster(ctx, cluster); err != nil {
 		return Pod{}, err
 	}
 	if err := l.waitSynced(ctx, cluster, nil); err != nil {
@@ -98,7 +97,7 @@ func (l *Lab) DeletePod(ctx context.Context, ref string) error {
 	if err := l.save(); err != nil {
 		return err
 	}
-	if err := l.writeServices(ctx, ps.Cluster); err != nil {
+	if err := l.syncCluster(ctx, ps.Cluster); err != nil {
 		return err
 	}
 	var gone []netip.Addr
@@ -136,6 +135,11 @@ func (l *Lab) addPod(ctx context.Context, c *Cluster, ns *nodeState, spec PodSpe
 	l.st.Pods = append(l.st.Pods, ps)
 	l.mu.Unlock()
 	if err := l.save(); err != nil {
+		return ps, err
+	}
+	// The pod's metadata reaches etcd before the CNI ADD, as the control
+	// plane writes it when Kubernetes schedules the pod.
+	if err := l.syncCluster(ctx, c.Name); err != nil {
 		return ps, err
 	}
 	if _, err := createNetns(name); err != nil {
@@ -302,7 +306,7 @@ func (l *Lab) removePod(ctx context.Context, ps *podState) error {
 }
 
 // serviceValues computes the cluster's services as the agents read them
-// from etcd: a frontend per port, the selected pods as backends.
+// from etcd (see buildService).
 func (l *Lab) serviceValues(cluster string) ([]service.Service, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -312,56 +316,13 @@ func (l *Lab) serviceValues(cluster string) ([]service.Service, error) {
 	}
 	var out []service.Service
 	for _, spec := range c.Services {
-		svc := service.Service{Namespace: spec.Namespace, Name: spec.Name}
-		ip := netip.MustParseAddr(spec.ClusterIP)
-		backends := l.st.backends(cluster, spec)
-		for _, port := range spec.Ports {
-			fe := service.Frontend{Address: netip.AddrPortFrom(ip, uint16(port.Port)), Protocol: service.Protocol(port.Protocol)}
-			for _, p := range backends {
-				fe.Backends = append(fe.Backends, service.Backend{Address: netip.AddrPortFrom(p.IP, uint16(port.TargetPort)), Node: p.Node})
-			}
-			svc.Frontends = append(svc.Frontends, fe)
-		}
-		if err := svc.Validate(); err != nil {
-			return nil, fmt.Errorf("service %s/%s: %w", spec.Namespace, spec.Name, err)
+		svc, err := l.st.buildService(cluster, spec)
+		if err != nil {
+			return nil, err
 		}
 		out = append(out, svc)
 	}
 	return out, nil
-}
-
-// writeServices writes the cluster's services into its etcd, as the
-// control plane will.
-func (l *Lab) writeServices(ctx context.Context, cluster string) error {
-	svcs, err := l.serviceValues(cluster)
-	if err != nil || len(svcs) == 0 {
-		return err
-	}
-	l.mu.Lock()
-	cs, err := l.st.cluster(cluster)
-	l.mu.Unlock()
-	if err != nil {
-		return err
-	}
-	client, err := kvstore.New(ctx, etcdConfig(cs))
-	if err != nil {
-		return fmt.Errorf("cluster %s: %w", cluster, err)
-	}
-	defer func() { _ = client.Close() }()
-	keys, err := kvstore.NewKeys(cluster)
-	if err != nil {
-		return err
-	}
-	for _, svc := range svcs {
-		b, err := json.Marshal(svc)
-		if err != nil {
-			return fmt.Errorf("encode service %s: %w", svc.Key(), err)
-		}
-		if err := client.Put(ctx, keys.Service(svc.Namespace, svc.Name), b); err != nil {
-			return fmt.Errorf("cluster %s: write service %s: %w", cluster, svc.Key(), err)
-		}
-	}
-	return nil
 }
 
 // waitSynced waits until every running agent of the cluster has every pod

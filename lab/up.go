@@ -33,8 +33,12 @@ const (
 	DefaultRunDir = "/run/meshplane-lab"
 	// DefaultBPFFS is the bpffs mount; a lab's pins go under
 	// <BPFFS>/mp-<lab>/<cluster>/meshplane/<node>/.
-	DefaultBPFFS = "/sys/fs/bpf"
+	DefaultBPFFS = bpf.DefaultDir
 )
+
+// agentStateOK is nodeagent.StateOK, the state an agent's API reports once
+// it works; the lab runs agents as processes and does not import nodeagent.
+const agentStateOK = "ok"
 
 // How long the lab waits for its processes. Every wait also ends with its
 // ctx.
@@ -241,7 +245,7 @@ func (l *Lab) up(ctx context.Context) error {
 				}
 			}
 		}
-		if err := l.writeServices(ctx, c.Name); err != nil {
+		if err := l.syncCluster(ctx, c.Name); err != nil {
 			return err
 		}
 	}
@@ -539,7 +543,7 @@ func (l *Lab) waitAgent(ctx context.Context, ns *nodeState) error {
 			switch {
 			case err != nil:
 				last = err.Error()
-			case st.State == "ok" && st.Ipam != nil && len(st.Ipam.PodCidrs) > 0:
+			case st.State == agentStateOK && st.Ipam != nil && len(st.Ipam.PodCidrs) > 0:
 				cidr, err := firstIPv4Prefix(st.Ipam.PodCidrs)
 				if err != nil {
 					return fmt.Errorf("node %s/%s: %w", ns.Cluster, ns.Name, err)

@@ -27,7 +27,9 @@ import (
 	"github.com/meshplane/meshplane/kvstore/allocator"
 	"github.com/meshplane/meshplane/kvstore/nodecidr"
 	"github.com/meshplane/meshplane/labels"
+	"github.com/meshplane/meshplane/node"
 	"github.com/meshplane/meshplane/nodeagent/reconciler"
+	"github.com/meshplane/meshplane/pod"
 	"github.com/meshplane/meshplane/policy"
 	"github.com/meshplane/meshplane/service"
 )
@@ -62,10 +64,13 @@ type Agent struct {
 	ips     atomic.Pointer[podip.Allocator]
 	ids     atomic.Pointer[allocator.Allocator]
 	gossip  atomic.Pointer[health.Gossip]
-	nodesC  atomic.Pointer[kvstore.Cache[nodecidr.NodeRecord]]
+	nodesC  atomic.Pointer[kvstore.Cache[node.Record]]
 	epC     atomic.Pointer[kvstore.Cache[ipcache.Entry]]
 	svcC    atomic.Pointer[kvstore.Cache[service.Service]]
 	polC    atomic.Pointer[kvstore.Cache[*policy.Policy]]
+	podC    atomic.Pointer[kvstore.Cache[pod.Pod]]
+	nsC     atomic.Pointer[kvstore.Cache[pod.Namespace]]
+	meta    atomic.Pointer[podMetadata]
 	ready   atomic.Bool // caches delivered, tables marked ready
 	// enforcedRev is the policy revision the node enforces (policyrev.go).
 	enforcedRev atomic.Int64
@@ -122,12 +127,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	if err := a.setupBPFFS(); err != nil {
 		return err
 	}
-	bcfg := bpf.Config{
-		Dir: a.cfg.BPFFS, Node: a.cfg.Node,
-		IPCacheMax: a.cfg.IPCacheMax, EndpointsMax: a.cfg.EndpointsMax, PolicyMax: a.cfg.PolicyMax,
-		ServicesMax: a.cfg.ServicesMax, BackendsMax: a.cfg.BackendsMax, CIDRMax: a.cfg.CIDRMax,
-		SizeNames: mapSizeFlags,
-	}
+	bcfg := a.cfg.BPF
 	maps, err := bpf.OpenMaps(bcfg)
 	if err != nil {
 		return err
@@ -328,8 +328,13 @@ func (a *Agent) runControl(ctx context.Context, g *errgroup.Group) error {
 	}
 	a.ips.Store(ips)
 	// Only then are the pods' etcd entries written again: the reconcile
-	// above reads them as this node's records as they were.
-	g.Go(func() error { a.restoreEndpoints(ctx); return nil })
+	// above reads them as this node's records as they were. Relabels
+	// start after the restore, which re-takes the identities they swap.
+	g.Go(func() error {
+		a.restoreEndpoints(ctx)
+		a.relabelLoop(ctx, a.meta.Load())
+		return nil
+	})
 
 	// The tables fed from etcd may prune only once every cache has handed
 	// its first list to the mirror: before that, an entry missing from
@@ -430,8 +435,8 @@ func (a *Agent) probeLoop(ctx context.Context) {
 	}
 }
 
-func (a *Agent) nodeInfo(g *health.Gossip) nodecidr.NodeRecord {
-	return nodecidr.NodeRecord{
+func (a *Agent) nodeInfo(g *health.Gossip) node.Record {
+	return node.Record{
 		IPs: a.cfg.NodeIPs, GossipAddr: g.LocalAddr().String(), Labels: a.cfg.NodeLabels,
 		Version: Version, ClusterID: a.cfg.ClusterID,
 	}
@@ -492,7 +497,7 @@ func (a *Agent) defaultPool(ctx context.Context) error {
 }
 
 func (a *Agent) startCaches(ctx context.Context, g *errgroup.Group) error {
-	nodesC, err := newCache(a, cacheNodes, a.keys.NodesPrefix(), nodecidr.DecodeNodeRecord)
+	nodesC, err := newCache(a, cacheNodes, a.keys.NodesPrefix(), node.Decode)
 	if err != nil {
 		return err
 	}
@@ -502,18 +507,32 @@ func (a *Agent) startCaches(ctx context.Context, g *errgroup.Group) error {
 		return err
 	}
 	epC.Subscribe(endpointHandler{a.mirror})
-	svcC, err := newCache(a, cacheServices, a.keys.ServicesPrefix(), service.Decode)
+	svcC, err := newCache(a, cacheServices, a.keys.ServicesPrefix(), kvstore.ServiceCodec().Decode)
 	if err != nil {
 		return err
 	}
 	svcC.Subscribe(serviceHandler{a.mirror})
 	epC.Subscribe(namedPortHandler{a.pol})
-	polC, err := newCache(a, cachePolicies, a.keys.PoliciesPrefix(), decodePolicy)
+	polC, err := newCache(a, cachePolicies, a.keys.PoliciesPrefix(), kvstore.PolicyCodec().Decode)
 	if err != nil {
 		return err
 	}
 	polC.Subscribe(policyHandler{a.pol})
 	a.polC.Store(polC)
+	// Only this node's pods: pods/<node>/ (docs/kvstore.md).
+	podC, err := newCache(a, cachePods, a.keys.NodePodsPrefix(a.cfg.Node), pod.NodeDecoder(a.cfg.Node))
+	if err != nil {
+		return err
+	}
+	nsC, err := newCache(a, cacheNamespaces, a.keys.NamespacesPrefix(), pod.DecodeNamespace)
+	if err != nil {
+		return err
+	}
+	a.meta.Store(newPodMetadata(podC, nsC, a.cfg.PodMetadataWait))
+	a.podC.Store(podC)
+	a.nsC.Store(nsC)
+	g.Go(func() error { return ignoreCanceled(podC.Run(ctx)) })
+	g.Go(func() error { return ignoreCanceled(nsC.Run(ctx)) })
 	g.Go(func() error { return ignoreCanceled(polC.Run(ctx)) })
 	a.nodesC.Store(nodesC)
 	a.epC.Store(epC)
@@ -547,7 +566,7 @@ func (a *Agent) restoreEndpoints(ctx context.Context) {
 func (a *Agent) publishUsageLoop(ctx context.Context) {
 	t := time.NewTicker(10 * time.Second)
 	defer t.Stop()
-	var last []nodecidr.CIDRUsage
+	var last []node.CIDRUsage
 	for {
 		select {
 		case <-ctx.Done():
@@ -565,14 +584,14 @@ func (a *Agent) publishUsageLoop(ctx context.Context) {
 	}
 }
 
-func (a *Agent) usage() []nodecidr.CIDRUsage {
+func (a *Agent) usage() []node.CIDRUsage {
 	ips := a.ips.Load()
 	if ips == nil {
 		return nil
 	}
-	var out []nodecidr.CIDRUsage
+	var out []node.CIDRUsage
 	for _, c := range ips.Stats().CIDRs {
-		out = append(out, nodecidr.CIDRUsage{CIDR: c.CIDR, Used: c.Used, Free: c.Free})
+		out = append(out, node.CIDRUsage{CIDR: c.CIDR, Used: c.Used, Free: c.Free})
 	}
 	return out
 }
@@ -677,9 +696,20 @@ func (a *Agent) releaseIdentity(set labels.Set) error {
 	return nil
 }
 
+// publish writes a local endpoint's ipcache entry to etcd, and then hands
+// it to the mirror and the named ports at once: the node's own pod is
+// classified with its (new) identity without waiting for the entry to come
+// back through the endpoints watch, which delivers the same value later
+// (an older one still queued there is followed by this one).
 func (a *Agent) publish(ctx context.Context, e ipcache.Entry) error {
 	e.Node = a.cfg.Node
-	return a.session.Load().Put(ctx, a.keys.Endpoint(ipcache.KeyOf(e.IP)), string(e.Encode()))
+	key := ipcache.KeyOf(e.IP)
+	if err := a.session.Load().Put(ctx, a.keys.Endpoint(key), string(e.Encode())); err != nil {
+		return err
+	}
+	endpointHandler{a.mirror}.Upsert(key, e)
+	namedPortHandler{a.pol}.Upsert(key, e)
+	return nil
 }
 
 func (a *Agent) unpublish(ctx context.Context, ip netip.Addr) error {
@@ -688,11 +718,21 @@ func (a *Agent) unpublish(ctx context.Context, ip netip.Addr) error {
 
 // AddEndpoint gives a pod its IPs and identity and installs it (the CNI
 // ADD path). It is idempotent per namespace and pod.
+//
+// The pod's labels, its namespace's labels and its ports come from the
+// metadata the control plane publishes in etcd: a spec without labels
+// waits for them (bounded by ctx and Config.PodMetadataWait; ErrNoMetadata
+// when they do not come). A spec with labels is used until etcd has the
+// pod's metadata; then etcd's win, and the endpoint is relabelled when
+// they change. A repeat with other labels is refused (ErrEndpointExists)
+// while the labels still come from the first request, and its labels are
+// ignored once they come from etcd.
 func (a *Agent) AddEndpoint(ctx context.Context, spec EndpointSpec) (Endpoint, error) {
-	if a.session.Load() == nil || a.ids.Load() == nil || a.ips.Load() == nil {
+	meta := a.meta.Load()
+	if a.session.Load() == nil || a.ids.Load() == nil || a.ips.Load() == nil || meta == nil {
 		return Endpoint{}, ErrNotReady
 	}
-	return a.eps.add(ctx, a, spec)
+	return a.eps.add(ctx, a, meta, spec)
 }
 
 // DeleteEndpoint removes a pod (the CNI DEL path); an unknown pod is not

@@ -561,7 +561,7 @@ func TestAgentMapFull(t *testing.T) {
 	keys, _ := kvstore.NewKeys(cluster)
 	client := srv.Client(t)
 	cfg := agentConfig(t, srv, cluster, 1)
-	cfg.IPCacheMax = 16
+	cfg.BPF.IPCacheMax = 16
 	ta := startAgent(t, cfg)
 	ta.waitOK(t)
 	var ips []netip.Addr
@@ -607,18 +607,18 @@ func TestAgentMountsBPFFS(t *testing.T) {
 	cluster := etcdtest.Cluster(t)
 	cfg := agentConfig(t, srv, cluster, 1)
 	cfg.Datapath = nodeagent.DatapathNone
-	cfg.BPFFS = filepath.Join(t.TempDir(), "bpffs")
+	cfg.BPF.Dir = filepath.Join(t.TempDir(), "bpffs")
 	t.Cleanup(func() {
-		for unix.Unmount(cfg.BPFFS, unix.MNT_DETACH) == nil {
+		for unix.Unmount(cfg.BPF.Dir, unix.MNT_DETACH) == nil {
 		}
 	})
 	ta := startAgent(t, cfg) // stopped before the unmount: cleanups run last in, first out
 	ta.waitOK(t)
 	var st unix.Statfs_t
-	if err := unix.Statfs(cfg.BPFFS, &st); err != nil || st.Type != unix.BPF_FS_MAGIC {
-		t.Fatalf("%s is not a bpffs after the agent started (%v)", cfg.BPFFS, err)
+	if err := unix.Statfs(cfg.BPF.Dir, &st); err != nil || st.Type != unix.BPF_FS_MAGIC {
+		t.Fatalf("%s is not a bpffs after the agent started (%v)", cfg.BPF.Dir, err)
 	}
-	if _, err := os.Stat(filepath.Join(cfg.BPFFS, "meshplane", cfg.Node, bpf.IPCacheMapName)); err != nil {
+	if _, err := os.Stat(filepath.Join(cfg.BPF.Dir, "meshplane", cfg.Node, bpf.IPCacheMapName)); err != nil {
 		t.Fatalf("the agent's maps are not pinned on the new bpffs: %v", err)
 	}
 }

@@ -201,7 +201,7 @@ spec:
 func TestAgentCIDRMapFull(t *testing.T) {
 	t.Parallel()
 	cfg, client, keys := mapsOnly(t)
-	cfg.CIDRMax = 2
+	cfg.BPF.CIDRMax = 2
 	ta := startAgent(t, cfg)
 	ta.waitOK(t)
 

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/meshplane/meshplane/bpf"
 	"github.com/meshplane/meshplane/health"
 	"github.com/meshplane/meshplane/identity"
 	"github.com/meshplane/meshplane/ipam"
@@ -29,7 +30,6 @@ var Version = "dev"
 // Defaults of Config's zero values.
 const (
 	DefaultStateDir      = "/var/lib/meshplane"
-	DefaultBPFFS         = "/sys/fs/bpf"
 	DefaultGossipPort    = 7946
 	DefaultAPISocket     = "/var/run/meshplane/agent.sock"
 	DefaultLeaseTTL      = 5 * time.Minute
@@ -46,9 +46,10 @@ type Config struct {
 	Cluster string
 	// ClusterID is the cluster's ID in the mesh, 1-255. Required.
 	ClusterID int
-	// Etcd is the etcd connection, as meshctl's flags describe it. With no
-	// endpoints the agent starts an embedded etcd in Etcd.StateDir, which
-	// only makes sense for a cluster of one node.
+	// Etcd is the etcd connection (cmd/internal/etcdflags binds it to the
+	// --etcd-* flags). Its Endpoints are required: an agent never starts an
+	// etcd of its own, so an empty list is a configuration error rather
+	// than a private cluster of one.
 	Etcd kvstore.Config
 	// LeaseTTL is the TTL of the node's etcd lease, which carries the node
 	// record and its ipcache entries. etcd is not the failure detector
@@ -59,12 +60,13 @@ type Config struct {
 	// StateDir holds the node's own state: pod IP allocations and local
 	// endpoints. Zero means DefaultStateDir/<Node>.
 	StateDir string
-	// BPFFS is the bpffs mount; maps are pinned under
-	// <BPFFS>/meshplane/<Node>/. Zero means DefaultBPFFS.
-	BPFFS string
-	// Map sizes (max entries); zero means package bpf's defaults. A full
-	// map's error names mesh-agent's flag for it (mapSizeFlags).
-	IPCacheMax, EndpointsMax, PolicyMax, ServicesMax, BackendsMax, CIDRMax int
+	// BPF configures the maps: BPF.Dir is the bpffs mount (maps are
+	// pinned under <Dir>/meshplane/<Node>/; zero means bpf.DefaultDir),
+	// and the sizes (IPCacheMax, ..., CTMax, FlowRingBytes) zero for
+	// package bpf's defaults. The agent sets BPF.Node to Node, and
+	// BPF.SizeNames, unless given, to mesh-agent's flags (--bpf-policy-max),
+	// which a full map's error tells the operator to raise.
+	BPF bpf.Config
 
 	// NodeIPs are the node's own addresses: the targets of other nodes'
 	// routes to this node's pod CIDRs. Required (at least one).
@@ -114,6 +116,13 @@ type Config struct {
 	// Empty disables it.
 	MetricsAddr string
 
+	// PodMetadataWait is how long AddEndpoint waits, for a pod sent
+	// without labels (the CNI plugin's request), for the control plane to
+	// publish the pod's and its namespace's metadata in etcd; the
+	// request's own deadline may end it sooner. Zero means
+	// DefaultPodMetadataWait.
+	PodMetadataWait time.Duration
+
 	// PruneInterval is how often each map is compared in full against the
 	// desired state. Zero means DefaultPruneInterval.
 	PruneInterval time.Duration
@@ -159,16 +168,17 @@ func (c *Config) Validate() error {
 	if c.StateDir == "" {
 		c.StateDir = filepath.Join(DefaultStateDir, c.Node)
 	}
-	if c.Etcd.StateDir == "" {
-		c.Etcd.StateDir = filepath.Join(c.StateDir, "etcd")
-	}
 	if err := c.Etcd.Validate(); err != nil {
 		return err
 	}
-	if c.BPFFS == "" {
-		c.BPFFS = DefaultBPFFS
+	if c.BPF.Dir == "" {
+		c.BPF.Dir = bpf.DefaultDir
 	}
-	for _, n := range []int{c.IPCacheMax, c.EndpointsMax, c.PolicyMax, c.ServicesMax, c.BackendsMax, c.CIDRMax} {
+	c.BPF.Node = c.Node
+	if c.BPF.SizeNames == (bpf.SizeNames{}) {
+		c.BPF.SizeNames = mapSizeFlags
+	}
+	for _, n := range []int{c.BPF.IPCacheMax, c.BPF.EndpointsMax, c.BPF.PolicyMax, c.BPF.ServicesMax, c.BPF.BackendsMax, c.BPF.CIDRMax, c.BPF.CTMax, c.BPF.FlowRingBytes} {
 		if n < 0 {
 			return fmt.Errorf("%w: map sizes must not be negative", ErrConfig)
 		}
@@ -207,6 +217,12 @@ func (c *Config) Validate() error {
 	}
 	if c.APISocket == "" {
 		c.APISocket = DefaultAPISocket
+	}
+	if c.PodMetadataWait == 0 {
+		c.PodMetadataWait = DefaultPodMetadataWait
+	}
+	if c.PodMetadataWait < 0 {
+		return fmt.Errorf("%w: pod metadata wait %s is negative", ErrConfig, c.PodMetadataWait)
 	}
 	if c.PruneInterval == 0 {
 		c.PruneInterval = DefaultPruneInterval

@@ -17,7 +17,7 @@ import (
 	"github.com/meshplane/meshplane/ipcache"
 	"github.com/meshplane/meshplane/kvstore"
 	"github.com/meshplane/meshplane/kvstore/etcdtest"
-	"github.com/meshplane/meshplane/kvstore/nodecidr"
+	"github.com/meshplane/meshplane/node"
 	"github.com/meshplane/meshplane/nodeagent"
 	"github.com/meshplane/meshplane/service"
 )
@@ -420,7 +420,7 @@ func TestAgentCorruptMirrorValues(t *testing.T) {
 	epIP := netip.MustParseAddr("10.203.0.1")
 	putEndpoint(t, client, keys, ipcache.Entry{IP: epIP, Identity: 70001, Node: "elsewhere"})
 	remoteIP, remoteCIDR := netip.MustParseAddr("127.0.2.9"), netip.MustParsePrefix("10.204.0.0/24")
-	putJSON(t, client, keys.Node("remote"), mustJSON(nodecidr.NodeRecord{Name: "remote", PodCIDRs: []netip.Prefix{remoteCIDR}, IPs: []netip.Addr{remoteIP}}))
+	putJSON(t, client, keys.Node("remote"), mustJSON(node.Record{Name: "remote", PodCIDRs: []netip.Prefix{remoteCIDR}, IPs: []netip.Addr{remoteIP}}))
 	fe := netip.MustParseAddrPort("10.96.0.20:80")
 	backend := netip.MustParseAddrPort("10.204.0.5:8080")
 	putService(t, client, keys, service.Service{Namespace: "default", Name: "web", Frontends: []service.Frontend{{
@@ -451,7 +451,7 @@ func TestAgentCorruptMirrorValues(t *testing.T) {
 	sentinelIP := netip.MustParseAddr("10.203.0.99")
 	putEndpoint(t, client, keys, ipcache.Entry{IP: sentinelIP, Identity: 70002, Node: "elsewhere"})
 	sentinelNodeIP, sentinelCIDR := netip.MustParseAddr("127.0.2.10"), netip.MustParsePrefix("10.205.0.0/24")
-	putJSON(t, client, keys.Node("sentinel"), mustJSON(nodecidr.NodeRecord{Name: "sentinel", PodCIDRs: []netip.Prefix{sentinelCIDR}, IPs: []netip.Addr{sentinelNodeIP}}))
+	putJSON(t, client, keys.Node("sentinel"), mustJSON(node.Record{Name: "sentinel", PodCIDRs: []netip.Prefix{sentinelCIDR}, IPs: []netip.Addr{sentinelNodeIP}}))
 	sentinelFE := netip.MustParseAddrPort("10.96.0.21:80")
 	putService(t, client, keys, service.Service{Namespace: "default", Name: "sentinel", Frontends: []service.Frontend{{
 		Address: sentinelFE, Protocol: service.TCP, Backends: []service.Backend{{Address: backend, Node: "remote"}},

@@ -19,6 +19,11 @@
 //     allocates anything (ErrInvalidEndpoint, InvalidArgument); a repeat
 //     for a pod it has is an idempotent success when identical and
 //     ErrEndpointExists (FailedPrecondition), naming what differs, when not.
+//   - Takes each local pod's labels, namespace labels and ports from the
+//     metadata the control plane publishes (pods/<node>/<ns>/<name>,
+//     namespaces/<ns>; package pod): AddEndpoint without labels waits for
+//     it, and a change relabels the live endpoint with the identity of its
+//     new label set, without restarting the pod (relabel.go).
 //   - Serves a gRPC API on a unix socket and Prometheus metrics.
 //
 // # Keys (under /meshplane/v1/<cluster>/)
@@ -30,7 +35,8 @@
 //	ipam/pools/default     the default pool     the first agent of a cluster without pools
 //
 // It reads nodes/, endpoints/, services/ and policies/ (services and
-// policies written by the control plane or meshctl) and identities/id/.
+// policies written by the control plane or meshctl), identities/id/, its
+// own node's pods/<node>/ and namespaces/ (written by the control plane).
 //
 // Its node record and its endpoints are guarded (kvstore.SessionConfig.Guard):
 // changed, deleted or re-put without the lease by anyone else, they are
@@ -92,10 +98,10 @@
 // Run owns every goroutine through one errgroup and returns after all have
 // exited: one per reconciler, the gRPC server and its health updater, the
 // metrics server, and the control goroutine, which connects to etcd and
-// then starts the identity allocator, the four watch caches (each with
+// then starts the identity allocator, the six watch caches (each with
 // its delivery goroutine), the gossip join loop, the etcd probe, the
-// endpoint restorer, the usage publisher and the policy revision
-// publisher. The etcd session owns its lease goroutine and, for the
+// endpoint restorer (which then becomes the relabel loop), the usage
+// publisher and the policy revision publisher. The etcd session owns its lease goroutine and, for the
 // guarded prefixes, a watch goroutine per prefix and a repairer. Gossip callbacks and cache
 // handlers never block: they update the mirror under its mutex, and the
 // tables only mark keys for their reconcilers.

@@ -21,6 +21,7 @@ import (
 	"github.com/meshplane/meshplane/ipam/podip"
 	"github.com/meshplane/meshplane/ipcache"
 	"github.com/meshplane/meshplane/labels"
+	"github.com/meshplane/meshplane/pod"
 	"github.com/meshplane/meshplane/policy"
 )
 
@@ -33,9 +34,17 @@ var ErrNotReady = errors.New("the agent is still starting: it has not reached et
 var ErrInvalidEndpoint = errors.New("invalid endpoint")
 
 // ErrEndpointExists is wrapped when AddEndpoint is repeated for a pod the
-// agent has, with other labels, ports or interface: an endpoint keeps its
-// identity and interface while it lives.
+// agent has, with another interface, or with other labels or ports while
+// those still come from the first request (no pod metadata in etcd yet):
+// an endpoint keeps its interface while it lives, and its labels change
+// through the pod's metadata (a relabel), not through the CNI.
 var ErrEndpointExists = errors.New("endpoint exists")
+
+// ErrNoMetadata is wrapped when AddEndpoint, asked for a pod without
+// labels, finds no metadata for it in etcd (pods/<node>/<ns>/<name> and
+// namespaces/<ns>) within Config.PodMetadataWait: the control plane has not
+// published the pod yet (or is not running). The caller retries.
+var ErrNoMetadata = errors.New("no pod metadata in etcd")
 
 // EndpointSpec is what the CNI plugin asks for: a pod to give addresses
 // and an identity, and to install in the datapath.
@@ -58,13 +67,9 @@ type EndpointSpec struct {
 	Ports []ContainerPort `json:"ports,omitempty"`
 }
 
-// ContainerPort is a port a pod's container declares.
-type ContainerPort struct {
-	Name string `json:"name,omitempty"`
-	Port uint16 `json:"port"`
-	// Protocol is the IP protocol number: 6 (TCP), 17 (UDP) or 132 (SCTP).
-	Protocol uint8 `json:"protocol"`
-}
+// ContainerPort is a port a pod's container declares: the type of the
+// pod metadata in etcd (pod.Port), so ports from there need no copy.
+type ContainerPort = pod.Port
 
 // namedPorts are the ports with a name, as the ipcache publishes them.
 func (s EndpointSpec) namedPorts() []ipcache.NamedPort {
@@ -93,7 +98,25 @@ type Endpoint struct {
 	Identity identity.ID    `json:"identity"`
 	Gateways []netip.Addr   `json:"gateways,omitempty"`
 	CIDRs    []netip.Prefix `json:"cidrs,omitempty"`
+	// PodMetadata is true once Labels and Ports come from the pod's
+	// metadata in etcd (pods/<node>/<namespace>/<name>), NamespaceMetadata
+	// once NamespaceLabels come from namespaces/<namespace>; until then
+	// they are what the AddEndpoint request carried. Metadata, once there,
+	// is the truth: its changes relabel the endpoint (relabel.go), and a
+	// repeated AddEndpoint's labels are no longer compared.
+	PodMetadata       bool `json:"podMetadata,omitempty"`
+	NamespaceMetadata bool `json:"namespaceMetadata,omitempty"`
+	// Superseded are the label sets (labels.Set strings) of identities the
+	// endpoint held before a relabel, whose etcd references may outlive
+	// a crash: the allocator deletes a released reference in a later
+	// batch. A restart takes and releases each once (restore), which
+	// deletes a leftover reference, and clears the list.
+	Superseded []string `json:"superseded,omitempty"`
 }
+
+// maxSuperseded bounds Endpoint.Superseded; an older leftover reference
+// than that only keeps its identity from identity GC until the lease ends.
+const maxSuperseded = 8
 
 // owner is the endpoint's key in the pod IP allocator and its file name.
 func (s EndpointSpec) owner() string { return s.Namespace + "/" + s.Pod }
@@ -155,9 +178,20 @@ func (s EndpointSpec) validateNew() error {
 	return nil
 }
 
-// differences names the fields in which o differs from s, in the words
-// of the API.
-func (s EndpointSpec) differences(o EndpointSpec) []string {
+// carriesLabels reports whether a request carries labels: one without
+// (the CNI plugin's) takes them from the pod's metadata in etcd.
+func (s EndpointSpec) carriesLabels() bool {
+	return len(s.Labels) > 0 || len(s.NamespaceLabels) > 0
+}
+
+// differences names the fields in which a repeated request o differs from
+// the endpoint, in the words of the API. Labels and ports are compared
+// only while they still come from the first request: a request without
+// labels takes them from etcd, and etcd's, once there, win over any
+// request's.
+func (ep *Endpoint) differences(o EndpointSpec) []string {
+	s := ep.EndpointSpec
+	requested := o.carriesLabels() || len(o.Ports) > 0
 	var out []string
 	add := func(differ bool, what string) {
 		if differ {
@@ -172,9 +206,9 @@ func (s EndpointSpec) differences(o EndpointSpec) []string {
 		}
 		return slices.Equal(ha, hb)
 	}
-	add(!maps.Equal(s.Labels, o.Labels), "labels")
-	add(!maps.Equal(s.NamespaceLabels, o.NamespaceLabels), "namespace labels")
-	add(!slices.Equal(s.Ports, o.Ports), "ports")
+	add(requested && !ep.PodMetadata && !maps.Equal(s.Labels, o.Labels), "labels")
+	add(requested && !ep.NamespaceMetadata && !maps.Equal(s.NamespaceLabels, o.NamespaceLabels), "namespace labels")
+	add(requested && !ep.PodMetadata && !slices.Equal(s.Ports, o.Ports), "ports")
 	add(s.ContainerID != o.ContainerID, "container ID")
 	add(s.Netns != o.Netns, "netns")
 	add(s.IfIndex != o.IfIndex, "ifindex")
@@ -219,6 +253,11 @@ type endpoints struct {
 
 	mu    sync.Mutex
 	byKey map[string]*Endpoint // mu guards: by owner
+	// unsettled is the relabelled endpoints (mu guards) whose ipcache
+	// entries are not all published with the new identity yet, and the
+	// label sets of the identities they still hold from before, which
+	// are released once the entries are published (relabel.go).
+	unsettled map[string][]labels.Set
 	// referenced is the endpoints whose identity reference this run of
 	// the agent holds (mu guards): taken by add, or by restore for an
 	// endpoint loaded from its state file. Only those are released by
@@ -236,13 +275,16 @@ type endpointHooks interface {
 	// interface that does not exist), as an ErrInvalidEndpoint error.
 	check(spec EndpointSpec) error
 	installed(ep *Endpoint, set labels.Set)
+	// relabelled installs an installed endpoint again with new labels,
+	// ports or identity (its interface is the same).
+	relabelled(ep *Endpoint, set labels.Set)
 	removed(ep *Endpoint)
 }
 
 func newEndpoints(dir, cluster string, filter *labels.Filter, hooks endpointHooks) *endpoints {
 	return &endpoints{
 		dir: dir, cluster: cluster, filter: filter, hooks: hooks,
-		byKey: make(map[string]*Endpoint), referenced: make(map[string]bool),
+		byKey: make(map[string]*Endpoint), referenced: make(map[string]bool), unsettled: make(map[string][]labels.Set),
 		ids: newIDAllocator[string]("endpoint", 65535),
 	}
 }
@@ -342,31 +384,70 @@ type endpointDeps interface {
 	families() []ipam.Family
 }
 
+// existingLocked returns the endpoint a repeated request asks for, or
+// refuses a request that contradicts it; ok is false for a new pod.
+func (e *endpoints) existingLocked(spec EndpointSpec) (_ Endpoint, ok bool, _ error) {
+	ep, ok := e.byKey[spec.owner()]
+	if !ok {
+		return Endpoint{}, false, nil
+	}
+	diff := ep.differences(spec)
+	if len(diff) == 0 {
+		return *ep, true, nil
+	}
+	// A relabel comes from the pod's metadata in etcd (relabel.go), not
+	// from a repeated CNI ADD, which Kubernetes never sends with other
+	// labels: a change here is a caller's mistake, refused, never dropped.
+	what := "change the pod's labels through its metadata (kubectl label; in the lab, meshctl lab label), or delete it (CNI DEL) and add it again"
+	if slices.ContainsFunc(diff, func(d string) bool { return !strings.Contains(d, "labels") && d != "ports" }) {
+		what = "delete it (CNI DEL), then add it again"
+	}
+	return Endpoint{}, true, fmt.Errorf("%w: %s exists with other %s: an endpoint keeps its interface while it lives, and a repeated add does not relabel it; %s",
+		ErrEndpointExists, spec.owner(), joinWords(diff), what)
+}
+
 // add creates (or, for a pod it has, returns) an endpoint. A failure
 // undoes every step taken, so no half-made endpoint is left behind.
-func (e *endpoints) add(ctx context.Context, d endpointDeps, spec EndpointSpec) (_ Endpoint, err error) {
+//
+// A request without labels (the CNI plugin's) waits, bounded by ctx and
+// meta's timeout, for the pod's and its namespace's metadata in etcd and
+// takes labels, namespace labels and ports from there. A request with
+// labels (the lab's, before its control plane writes metadata) is taken
+// as the initial label set, but what etcd has, once there, wins.
+func (e *endpoints) add(ctx context.Context, d endpointDeps, meta metadataSource, spec EndpointSpec) (_ Endpoint, err error) {
 	if err := spec.validate(); err != nil {
 		return Endpoint{}, err
 	}
 	if err := spec.validateNew(); err != nil {
 		return Endpoint{}, err
 	}
-	set, err := spec.labelSet(e.cluster, e.filter)
-	if err != nil {
+	// Labels from the request are checked before anything waits.
+	if _, err := spec.labelSet(e.cluster, e.filter); err != nil {
+		return Endpoint{}, err
+	}
+	e.mu.Lock()
+	ep, ok, err := e.existingLocked(spec)
+	e.mu.Unlock()
+	if ok || err != nil {
+		return ep, err
+	}
+	if err := meta.wait(ctx, spec.Namespace, spec.Pod, !spec.carriesLabels()); err != nil {
 		return Endpoint{}, err
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if ep, ok := e.byKey[spec.owner()]; ok {
-		diff := ep.differences(spec)
-		if len(diff) == 0 {
-			return *ep, nil
-		}
-		// Relabelling a live endpoint (a new identity, swapped in the
-		// ipcache and the maps) comes with the control plane; until then a
-		// change is refused, never dropped.
-		return Endpoint{}, fmt.Errorf("%w: %s exists with other %s: an endpoint keeps its identity and interface while it lives; delete it (CNI DEL), then add it again",
-			ErrEndpointExists, spec.owner(), joinWords(diff))
+	if ep, ok, err := e.existingLocked(spec); ok || err != nil {
+		return ep, err
+	}
+	// Under mu, so that a metadata change from now on finds the endpoint
+	// (the relabel worker takes mu too) and one before is read here.
+	ep = Endpoint{EndpointSpec: spec}.withMetadata(meta.lookup(spec.Namespace, spec.Pod))
+	if err := ep.validate(); err != nil {
+		return Endpoint{}, err
+	}
+	set, err := ep.labelSet(e.cluster, e.filter)
+	if err != nil {
+		return Endpoint{}, err
 	}
 	if err := e.hooks.check(spec); err != nil {
 		return Endpoint{}, err
@@ -379,7 +460,6 @@ func (e *endpoints) add(ctx context.Context, d endpointDeps, spec EndpointSpec) 
 			}
 		}
 	}()
-	ep := &Endpoint{EndpointSpec: spec}
 	id, err := e.ids.acquire(spec.owner())
 	if err != nil {
 		return Endpoint{}, err
@@ -407,21 +487,21 @@ func (e *endpoints) add(ctx context.Context, d endpointDeps, spec EndpointSpec) 
 		_ = d.releaseIdentity(set)
 	})
 	afterStep("add:identity", spec.owner(), netip.Addr{})
-	if err := e.save(ep); err != nil {
+	if err := e.save(&ep); err != nil {
 		return Endpoint{}, err
 	}
 	afterStep("add:state", spec.owner(), netip.Addr{})
 	undo = append(undo, func() { _ = os.Remove(e.path(spec.owner())) })
 	for _, ip := range ep.IPs {
-		if err := d.publish(ctx, spec.ipcacheEntry(ip, ep.Identity)); err != nil {
+		if err := d.publish(ctx, ep.ipcacheEntry(ip, ep.Identity)); err != nil {
 			return Endpoint{}, fmt.Errorf("publish %s of %s: %w", ip, spec.owner(), err)
 		}
 		undo = append(undo, func() { _ = d.unpublish(context.WithoutCancel(ctx), ip) })
 		afterStep("add:published", spec.owner(), ip)
 	}
-	e.byKey[spec.owner()] = ep
-	e.hooks.installed(ep, set)
-	return *ep, nil
+	e.byKey[spec.owner()] = &ep
+	e.hooks.installed(&ep, set)
+	return ep, nil
 }
 
 // remove deletes an endpoint; deleting an unknown one is not an error
@@ -450,6 +530,11 @@ func (e *endpoints) remove(ctx context.Context, d endpointDeps, namespace, pod s
 		errs = append(errs, d.releaseIdentity(set))
 		afterStep("remove:identity", owner, netip.Addr{})
 	}
+	// The identities it still held from before a relabel.
+	for _, set := range e.unsettled[owner] {
+		errs = append(errs, d.releaseIdentity(set))
+	}
+	delete(e.unsettled, owner)
 	delete(e.referenced, owner)
 	errs = append(errs, d.releaseIPs(owner))
 	afterStep("remove:released", owner, netip.Addr{})
@@ -495,16 +580,37 @@ func (e *endpoints) restore(ctx context.Context, d endpointDeps, owner string) (
 	}
 	e.referenced[owner] = true
 	res := restoreResult{restored: true, old: ep.Identity, new: id}
-	if id != ep.Identity {
+	// References to the identities of earlier label sets that a crash may
+	// have left in etcd (Endpoint.Superseded): taking and releasing one
+	// deletes it, unless another endpoint holds it.
+	var errs []error
+	for _, s := range ep.Superseded {
+		old, err := labels.ParseSet(s)
+		if err != nil || old.Equal(set) {
+			continue
+		}
+		if _, err := d.allocateIdentity(ctx, old); err != nil {
+			errs = append(errs, fmt.Errorf("release the earlier identity of %s: %w", owner, err))
+			continue
+		}
+		if err := d.releaseIdentity(old); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if changed := id != ep.Identity; changed || (len(ep.Superseded) > 0 && len(errs) == 0) {
 		next := *ep
 		next.Identity = id
+		if len(errs) == 0 {
+			next.Superseded = nil
+		}
 		if err := e.save(&next); err != nil {
 			return res, err
 		}
 		*ep = next
-		e.hooks.installed(ep, set)
+		if changed {
+			e.hooks.installed(ep, set)
+		}
 	}
-	var errs []error
 	for _, ip := range ep.IPs {
 		if err := d.publish(ctx, ep.ipcacheEntry(ip, id)); err != nil {
 			errs = append(errs, fmt.Errorf("publish %s of %s: %w", ip, owner, err))

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/meshplane/meshplane/health"
-	"github.com/meshplane/meshplane/kvstore/nodecidr"
+	"github.com/meshplane/meshplane/node"
 )
 
 // startGossip binds the node's gossip endpoint. Members' state changes go
@@ -103,7 +103,7 @@ func (a *Agent) seeds(g *health.Gossip, n int) []string {
 		return nil
 	}
 	var out []string
-	nodes.Range(func(name string, r nodecidr.NodeRecord) bool {
+	nodes.Range(func(name string, r node.Record) bool {
 		if name == a.cfg.Node || r.GossipAddr == "" {
 			return true
 		}

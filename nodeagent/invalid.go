@@ -33,6 +33,8 @@ const (
 	cacheServices   = "services"
 	cachePolicies   = "policies"
 	cacheIdentities = "identities"
+	cachePods       = "pods"
+	cacheNamespaces = "namespaces"
 )
 
 // inForceLastGood is what the agent enforces for an invalid key with a
@@ -62,6 +64,8 @@ func inForce(cache, key string, lastGood bool) string {
 		return "never valid: not installed (the node gets no routes)"
 	case cacheIdentities:
 		return "never valid: not installed (an identity without labels matches no selector)"
+	case cachePods, cacheNamespaces:
+		return "never valid: not used (the pods concerned keep the labels they have; a new one without labels waits for valid metadata)"
 	}
 	return "never valid: not installed"
 }

@@ -21,6 +21,9 @@ type metrics struct {
 	ops       *prometheus.CounterVec
 	errs      *prometheus.CounterVec
 	reconcile *prometheus.HistogramVec
+	// relabels counts endpoints relabelled (relabel.go), relabelErrors
+	// the relabels that failed (each retry counts).
+	relabels, relabelErrors prometheus.Counter
 }
 
 func newMetrics(a *Agent) *metrics {
@@ -40,7 +43,15 @@ func newMetrics(a *Agent) *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.00005, 4, 10),
 		}, []string{"map"}),
 	}
-	m.reg.MustRegister(m.ops, m.errs, m.reconcile, statusCollector{a}, datapathCollector{a},
+	m.relabels = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "meshplane_endpoint_relabels_total",
+		Help: "Local endpoints whose labels, namespace labels or ports changed in etcd and that took them (and their label set's identity) while running.",
+	})
+	m.relabelErrors = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "meshplane_endpoint_relabel_errors_total",
+		Help: "Relabels of local endpoints that failed: etcd trouble (retried with backoff) or invalid metadata (waits for a fix).",
+	})
+	m.reg.MustRegister(m.ops, m.errs, m.reconcile, m.relabels, m.relabelErrors, statusCollector{a}, datapathCollector{a},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -163,7 +174,7 @@ func (c statusCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descPodIPConflicts, g, float64(len(st.IPAM.Conflicts)))
 	ch <- prometheus.MustNewConstMetric(descPodIPUnreferenced, g, float64(st.IPAM.Unreferenced))
 	ready := 0.0
-	if st.State == "ok" {
+	if st.State == StateOK {
 		ready = 1
 	}
 	ch <- prometheus.MustNewConstMetric(descReady, g, ready)

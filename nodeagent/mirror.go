@@ -9,7 +9,7 @@ import (
 	"github.com/meshplane/meshplane/health"
 	"github.com/meshplane/meshplane/identity"
 	"github.com/meshplane/meshplane/ipcache"
-	"github.com/meshplane/meshplane/kvstore/nodecidr"
+	"github.com/meshplane/meshplane/node"
 	"github.com/meshplane/meshplane/nodeagent/reconciler"
 	"github.com/meshplane/meshplane/service"
 )
@@ -35,7 +35,7 @@ type mirror struct {
 	nodeChanged chan struct{}
 
 	mu        sync.Mutex
-	nodes     map[string]nodecidr.NodeRecord        // mu guards: the node records
+	nodes     map[string]node.Record                // mu guards: the node records
 	down      map[string]bool                       // nodes gossip says are dead or left
 	epByNode  map[string]map[netip.Addr]identity.ID // ipcache entries by hosting node
 	epNode    map[netip.Addr]string
@@ -83,7 +83,7 @@ func newMirror(local string, ipc *reconciler.Table[bpf.IPCacheKey, bpf.IPCacheVa
 	maxBackends, maxServices uint32) *mirror {
 	return &mirror{
 		local:      local,
-		nodes:      make(map[string]nodecidr.NodeRecord),
+		nodes:      make(map[string]node.Record),
 		down:       make(map[string]bool),
 		epByNode:   make(map[string]map[netip.Addr]identity.ID),
 		epNode:     make(map[netip.Addr]string),
@@ -157,7 +157,7 @@ func (m *mirror) setCIDR(p netip.Prefix, id uint32) {
 // nodeHandler receives node records.
 type nodeHandler struct{ m *mirror }
 
-func (h nodeHandler) Upsert(name string, r nodecidr.NodeRecord) {
+func (h nodeHandler) Upsert(name string, r node.Record) {
 	m := h.m
 	m.mu.Lock()
 	defer m.mu.Unlock()

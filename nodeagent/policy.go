@@ -1,7 +1,6 @@
 package nodeagent
 
 import (
-	"fmt"
 	"net/netip"
 	"strings"
 	"sync"
@@ -322,18 +321,6 @@ func (h policyHandler) Invalid(key string, _ error) {
 func policyKeyParts(key string) (ns, name string, ok bool) {
 	ns, name, ok = strings.Cut(key, "/")
 	return ns, name, ok && ns != "" && name != ""
-}
-
-// decodePolicy parses a policies/<ns>/<name> value; the key must name it.
-func decodePolicy(key string, value []byte) (*policy.Policy, error) {
-	p, err := policy.Decode(value)
-	if err != nil {
-		return nil, err
-	}
-	if p.Key() != key {
-		return nil, fmt.Errorf("policy key %q holds policy %s", key, p.Key())
-	}
-	return p, nil
 }
 
 // identityHandler receives the cluster's identities.

@@ -5,7 +5,7 @@ import (
 	"time"
 )
 
-// The agent publishes in its node record (NodeRecord.PolicyRevision) the
+// The agent publishes in its node record (node.Record.PolicyRevision) the
 // etcd revision up to which it enforces the policies, so that
 // `meshctl policy list --agent` can tell which nodes a policy has
 // reached. "Enforces" means installed, not merely received: every change

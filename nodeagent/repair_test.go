@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/meshplane/meshplane/ipcache"
-	"github.com/meshplane/meshplane/kvstore/nodecidr"
+	"github.com/meshplane/meshplane/node"
 	"github.com/meshplane/meshplane/nodeagent"
 )
 
@@ -43,7 +43,7 @@ func TestAgentRepairsOwnKeys(t *testing.T) {
 		if err != nil || !ok {
 			return fmt.Errorf("%s: found %v (%w)", nodeKey, ok, err)
 		}
-		if _, err := nodecidr.DecodeNodeRecord(cfg.Node, kv.Value); err != nil {
+		if _, err := node.Decode(cfg.Node, kv.Value); err != nil {
 			return err
 		}
 		if kv.Lease != lease {

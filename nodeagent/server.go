@@ -104,7 +104,7 @@ func (s *apiServer) watchHealth(ctx context.Context) {
 	defer t.Stop()
 	for {
 		want := healthpb.HealthCheckResponse_NOT_SERVING
-		if st := s.a.Status().State; st == "ok" {
+		if st := s.a.Status().State; st == StateOK {
 			want = healthpb.HealthCheckResponse_SERVING
 		}
 		s.health.SetServingStatus("", want)

@@ -9,8 +9,20 @@ import (
 
 	"github.com/meshplane/meshplane/kvstore"
 	"github.com/meshplane/meshplane/kvstore/allocator"
-	"github.com/meshplane/meshplane/kvstore/nodecidr"
+	"github.com/meshplane/meshplane/node"
 	"github.com/meshplane/meshplane/nodeagent/reconciler"
+)
+
+// The agent's states (Status.State), as the API and metrics report them.
+const (
+	// StateStarting: Run has not yet reached every part (etcd, the
+	// caches' first lists, the maps, gossip).
+	StateStarting = "starting"
+	// StateOK: every part works.
+	StateOK = "ok"
+	// StateDegraded: the agent runs, but something is wrong; Reasons say
+	// what.
+	StateDegraded = "degraded"
 )
 
 // Status is the agent's health, as `meshctl status` shows it.
@@ -18,7 +30,8 @@ type Status struct {
 	Node, Cluster string
 	ClusterID     int
 	Version       string
-	// State is "starting", "ok" or "degraded"; Reasons say why not ok.
+	// State is StateStarting, StateOK or StateDegraded; Reasons say why
+	// not ok.
 	State   string
 	Reasons []string
 	Uptime  time.Duration
@@ -123,7 +136,7 @@ func (a *Agent) Status() Status {
 	st.Caches = a.cacheStatus()
 	st.PolicyRevision = a.enforcedRev.Load()
 	if !a.started.Load() {
-		st.State = "starting"
+		st.State = StateStarting
 		st.Reasons = append(st.Reasons, "opening the pinned maps")
 		return st
 	}
@@ -141,14 +154,14 @@ func (a *Agent) Status() Status {
 
 	switch {
 	case !a.ready.Load():
-		st.State = "starting"
+		st.State = StateStarting
 		if st.Etcd.State != "connected" {
 			st.Reasons = append(st.Reasons, "waiting for etcd: "+st.Etcd.LastError)
 		} else {
 			st.Reasons = append(st.Reasons, "loading cluster state from etcd")
 		}
 	default:
-		st.State = "ok"
+		st.State = StateOK
 		if st.Etcd.State != "connected" {
 			st.Reasons = append(st.Reasons, fmt.Sprintf("etcd %s: %s (the datapath keeps its last state)", st.Etcd.State, st.Etcd.LastError))
 		}
@@ -171,8 +184,8 @@ func (a *Agent) Status() Status {
 			st.Reasons = append(st.Reasons, p)
 		}
 	}
-	if st.State == "ok" && len(st.Reasons) > 0 {
-		st.State = "degraded"
+	if st.State == StateOK && len(st.Reasons) > 0 {
+		st.State = StateDegraded
 	}
 	return st
 }
@@ -226,6 +239,12 @@ func (a *Agent) cacheStatus() []CacheStatus {
 	if c := a.polC.Load(); c != nil {
 		out = append(out, cacheStat(cachePolicies, a.keys.PoliciesPrefix(), c))
 	}
+	if c := a.podC.Load(); c != nil {
+		out = append(out, cacheStat(cachePods, a.keys.NodePodsPrefix(a.cfg.Node), c))
+	}
+	if c := a.nsC.Load(); c != nil {
+		out = append(out, cacheStat(cacheNamespaces, a.keys.NamespacesPrefix(), c))
+	}
 	if ids := a.ids.Load(); ids != nil {
 		out = append(out, cacheStat(cacheIdentities, a.keys.IdentityIDPrefix(), identityCache{ids}))
 	}
@@ -266,7 +285,7 @@ func cacheStat(name, prefix string, c watchCache) CacheStatus {
 
 // NodeInfo is a node as `meshctl node list` shows it.
 type NodeInfo struct {
-	nodecidr.NodeRecord
+	node.Record
 	Health      string // alive, suspect, unresponsive, restarting, dead, left, unknown
 	HealthSince time.Time
 	Registered  bool
@@ -277,8 +296,8 @@ type NodeInfo struct {
 func (a *Agent) Nodes() []NodeInfo {
 	byName := make(map[string]*NodeInfo)
 	if c := a.nodesC.Load(); c != nil {
-		c.Range(func(name string, r nodecidr.NodeRecord) bool {
-			byName[name] = &NodeInfo{NodeRecord: r, Registered: true, Health: "unknown"}
+		c.Range(func(name string, r node.Record) bool {
+			byName[name] = &NodeInfo{Record: r, Registered: true, Health: "unknown"}
 			return true
 		})
 	}
@@ -286,7 +305,7 @@ func (a *Agent) Nodes() []NodeInfo {
 		for _, m := range g.Members() {
 			n := byName[m.Name]
 			if n == nil {
-				n = &NodeInfo{NodeRecord: nodecidr.NodeRecord{Name: m.Name, GossipAddr: m.Addr.String()}}
+				n = &NodeInfo{Record: node.Record{Name: m.Name, GossipAddr: m.Addr.String()}}
 				byName[m.Name] = n
 			}
 			n.Health, n.HealthSince = strings.ToLower(m.State.String()), m.Since

@@ -6,7 +6,22 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 )
+
+// TestDecodeOldValue reads a value written before the affinity, traffic
+// policy and node port fields: it decodes with their zero values.
+func TestDecodeOldValue(t *testing.T) {
+	old := []byte(`{"namespace":"default","name":"web","frontends":[{"address":"10.96.0.1:80","protocol":"TCP","backends":[{"address":"10.0.0.1:8080","node":"n1"}]}]}`)
+	s, err := Decode("default/web", old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.SessionAffinity != "" || s.AffinityTimeout != 0 || s.InternalTrafficPolicy != "" || s.ExternalTrafficPolicy != "" ||
+		s.Frontends[0].NodePort != 0 || s.Frontends[0].Backends[0].Terminating {
+		t.Fatalf("Decode(old) = %+v, want zero new fields", s)
+	}
+}
 
 func TestValidate(t *testing.T) {
 	fe := func(addr string, p Protocol, backends ...string) Frontend {
@@ -29,6 +44,19 @@ func TestValidate(t *testing.T) {
 		{"bad protocol", Service{Namespace: "a", Name: "b", Frontends: []Frontend{fe("10.96.0.1:80", "ICMP")}}, "protocol"},
 		{"duplicate", Service{Namespace: "a", Name: "b", Frontends: []Frontend{fe("10.96.0.1:80", TCP), fe("10.96.0.1:80", TCP)}}, "twice"},
 		{"mixed family", Service{Namespace: "a", Name: "b", Frontends: []Frontend{fe("10.96.0.1:80", TCP, "[fd00::1]:80")}}, "family"},
+		{"affinity", Service{Namespace: "a", Name: "b", SessionAffinity: AffinityClientIP, AffinityTimeout: time.Hour, InternalTrafficPolicy: TrafficLocal, ExternalTrafficPolicy: TrafficCluster}, ""},
+		{"bad affinity", Service{Namespace: "a", Name: "b", SessionAffinity: "Sticky"}, "sessionAffinity"},
+		{"timeout without affinity", Service{Namespace: "a", Name: "b", AffinityTimeout: time.Hour}, "without ClientIP"},
+		{"long timeout", Service{Namespace: "a", Name: "b", SessionAffinity: AffinityClientIP, AffinityTimeout: 25 * time.Hour}, "affinityTimeout"},
+		{"bad traffic policy", Service{Namespace: "a", Name: "b", ExternalTrafficPolicy: "Node"}, "externalTrafficPolicy"},
+		{"node port twice", Service{Namespace: "a", Name: "b", Frontends: []Frontend{
+			{Address: netip.MustParseAddrPort("10.96.0.1:80"), Protocol: TCP, NodePort: 30080},
+			{Address: netip.MustParseAddrPort("10.96.0.1:81"), Protocol: TCP, NodePort: 30080},
+		}}, "node port"},
+		{"node port dual", Service{Namespace: "a", Name: "b", Frontends: []Frontend{
+			{Address: netip.MustParseAddrPort("10.96.0.1:80"), Protocol: TCP, NodePort: 30080},
+			{Address: netip.MustParseAddrPort("[fd00::1]:80"), Protocol: TCP, NodePort: 30080},
+		}}, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -575,8 +575,9 @@ type allocOp struct {
 // commitBatch takes up to MaxBatch queued entries and commits them in one
 // transaction. Entries that need another round stay queued.
 func (a *Allocator) commitBatch(ctx context.Context) error {
-	lease, err := a.session.Lease(ctx)
-	if err != nil {
+	// Wait for a lease before taking entries off the queue; Txn builds
+	// the transaction on whichever lease is current when it commits.
+	if _, err := a.session.Lease(ctx); err != nil {
 		return err
 	}
 	var (
@@ -622,22 +623,40 @@ func (a *Allocator) commitBatch(ctx context.Context) error {
 		return nil
 	}
 
-	ops := make([]clientv3.Op, 0, len(allocs)+len(releases))
-	for _, op := range allocs {
-		ops = append(ops, a.allocTxn(op, lease))
+	refs := make([]string, len(releases))
+	for i, e := range releases {
+		refs[i] = a.keys.IdentityRef(e.hash, a.cfg.Node)
+		a.session.Disown(refs[i])
 	}
-	for _, e := range releases {
-		ref := a.keys.IdentityRef(e.hash, a.cfg.Node)
-		a.session.Disown(ref)
-		ops = append(ops, clientv3.OpDelete(ref))
+	// The answers of the commit that counted, read once by OwnedBy.
+	type result struct {
+		id  identity.ID
+		err error
 	}
+	results := make([]result, len(allocs))
 	tctx, cancel := context.WithTimeout(ctx, a.cfg.RequestTimeout)
-	resp, err := a.client.Etcd().Txn(tctx).Then(ops...).Commit()
+	_, err := a.session.Txn(tctx, func(lease kvstore.LeaseID) (kvstore.LeaseTxn, error) {
+		ops := make([]clientv3.Op, 0, len(allocs)+len(releases))
+		for _, op := range allocs {
+			ops = append(ops, a.allocTxn(op, lease))
+		}
+		for _, ref := range refs {
+			ops = append(ops, clientv3.OpDelete(ref))
+		}
+		return kvstore.LeaseTxn{Then: ops, OwnedBy: func(resp *clientv3.TxnResponse) []kvstore.KeyValue {
+			var owned []kvstore.KeyValue
+			for i, op := range allocs {
+				id, err := a.allocResult(resp.Responses[i].GetResponseTxn(), op)
+				results[i] = result{id, err}
+				if err == nil && id != 0 {
+					owned = append(owned, kvstore.KeyValue{Key: a.keys.IdentityRef(op.e.hash, a.cfg.Node)})
+				}
+			}
+			return owned
+		}}, nil
+	})
 	cancel()
 	if err != nil {
-		if kvstore.IsLeaseNotFound(err) {
-			a.session.LeaseLost(lease, err)
-		}
 		a.requeue(allocs, releases, err)
 		return fmt.Errorf("identity batch: %w", err)
 	}
@@ -648,7 +667,7 @@ func (a *Allocator) commitBatch(ctx context.Context) error {
 	for i, op := range allocs {
 		// A candidate that was created or found taken stays in taken until
 		// the watch cache has it (candidateLocked cleans up).
-		id, err := a.allocResult(resp.Responses[i].GetResponseTxn(), op)
+		id, err := results[i].id, results[i].err
 		if id != op.cand {
 			delete(a.taken, op.cand)
 		}
@@ -662,7 +681,6 @@ func (a *Allocator) commitBatch(ctx context.Context) error {
 			a.next = rand.IntN(a.cfg.MaxIdentities)
 			a.queue = append(a.queue, op.e)
 		default:
-			a.session.Own(a.keys.IdentityRef(op.e.hash, a.cfg.Node), "", lease)
 			a.settleLocked(op.e, id, nil)
 		}
 	}

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/meshplane/meshplane/kvstore"
+	"github.com/meshplane/meshplane/kvstore/embedded"
 )
 
 // Server is a running etcd for a test.
@@ -25,8 +26,8 @@ type Server struct {
 	tb  testing.TB
 	dir string
 
-	mu       sync.Mutex // mu guards embedded and cmd
-	embedded *kvstore.EmbeddedServer
+	mu       sync.Mutex // mu guards inproc and cmd
+	inproc   *embedded.Server
 	cmd      *exec.Cmd
 	ports    [2]int
 	url      string
@@ -47,12 +48,12 @@ func (s *Server) startEmbedded(ports [2]int) {
 	s.tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	e, err := kvstore.StartEmbedded(ctx, s.dir, ports)
+	e, err := embedded.Start(ctx, s.dir, ports)
 	if err != nil {
 		s.tb.Fatalf("start embedded etcd: %v", err)
 	}
 	s.mu.Lock()
-	s.embedded, s.ports, s.url = e, e.Ports(), e.ClientURL()
+	s.inproc, s.ports, s.url = e, e.Ports(), e.ClientURL()
 	s.mu.Unlock()
 }
 
@@ -177,9 +178,9 @@ func (s *Server) Client(tb testing.TB) *kvstore.Client {
 func (s *Server) Stop() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.embedded != nil {
-		s.embedded.Close()
-		s.embedded = nil
+	if s.inproc != nil {
+		s.inproc.Close()
+		s.inproc = nil
 	}
 	if s.cmd != nil {
 		_ = s.cmd.Process.Kill()

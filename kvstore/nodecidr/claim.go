@@ -17,6 +17,7 @@ import (
 
 	"github.com/meshplane/meshplane/ipam"
 	"github.com/meshplane/meshplane/kvstore"
+	"github.com/meshplane/meshplane/node"
 )
 
 // Claim is the value of a node CIDR's claim key.
@@ -28,70 +29,6 @@ type Claim struct {
 // NodeCIDRs is the value of a node's index key: every CIDR it holds.
 type NodeCIDRs struct {
 	CIDRs []netip.Prefix `json:"cidrs"`
-}
-
-// NodeRecord is the value of nodes/<node>, on the node's lease: the
-// durable registry of nodes and the sign, for IPAM's GC, that a node still
-// exists. It is not the failure detector: the lease is long, and gossip
-// tells a dead node within seconds.
-//
-// IPAM writes it with every claim (Name, PodCIDRs, Usage); the agent adds
-// the rest with SetNodeInfo, and every write carries all fields.
-type NodeRecord struct {
-	Name     string         `json:"name"`
-	PodCIDRs []netip.Prefix `json:"podCIDRs"`
-	// Usage is the pod IP usage per CIDR, as the node last published it.
-	Usage []CIDRUsage `json:"usage,omitempty"`
-
-	// IPs are the node's own addresses (the targets of routes to its pod
-	// CIDRs).
-	IPs []netip.Addr `json:"ips,omitempty"`
-	// GossipAddr is the host:port of the node's gossip (memberlist)
-	// endpoint; other agents join gossip through it.
-	GossipAddr string `json:"gossipAddr,omitempty"`
-	// Labels are the node's labels.
-	Labels map[string]string `json:"labels,omitempty"`
-	// Version is the agent's version.
-	Version string `json:"version,omitempty"`
-	// ClusterID is the cluster's numeric ID (1-255).
-	ClusterID int `json:"clusterID,omitempty"`
-	// PolicyRevision is the etcd revision up to which the node enforces
-	// the cluster's policies: every change under policies/ with a mod
-	// revision at or below it has gone through the node's policy engine
-	// and is written in its pinned maps. A policy whose mod revision is
-	// above it has not reached the node yet. 0: not known yet (or an agent
-	// too old to publish it). `meshctl policy list --agent` reads it.
-	PolicyRevision int64 `json:"policyRevision,omitempty"`
-}
-
-// DecodeNodeRecord parses the value of nodes/<node>; name is the key's
-// last segment, which the record must match.
-func DecodeNodeRecord(name string, value []byte) (NodeRecord, error) {
-	var r NodeRecord
-	if err := json.Unmarshal(value, &r); err != nil {
-		return r, fmt.Errorf("node record %s: %w", name, err)
-	}
-	if r.Name != name {
-		return r, fmt.Errorf("node record %s: names node %q", name, r.Name)
-	}
-	for _, p := range r.PodCIDRs {
-		if !p.IsValid() || p.Masked() != p {
-			return r, fmt.Errorf("node record %s: pod CIDR %s is not a masked CIDR", name, p)
-		}
-	}
-	for _, a := range r.IPs {
-		if !a.IsValid() {
-			return r, fmt.Errorf("node record %s: invalid node IP", name)
-		}
-	}
-	return r, nil
-}
-
-// CIDRUsage is how many pod IPs of a node CIDR are in use.
-type CIDRUsage struct {
-	CIDR netip.Prefix `json:"cidr"`
-	Used int          `json:"used"`
-	Free int          `json:"free"`
 }
 
 // ErrPoolExhausted is returned when no pool has a free node CIDR.
@@ -170,10 +107,10 @@ type Claimer struct {
 	// repair (kvstore.SessionConfig.Guard) never restores one.
 	wmu sync.Mutex
 
-	mu        sync.Mutex  // mu guards usage, policyRev and info
-	usage     []CIDRUsage // last published, kept in every record written
-	policyRev int64       // last published, kept in every record written
-	info      NodeRecord  // the agent's fields, kept in every record written
+	mu        sync.Mutex       // mu guards usage, policyRev and info
+	usage     []node.CIDRUsage // last published, kept in every record written
+	policyRev int64            // last published, kept in every record written
+	info      node.Record      // the agent's fields, kept in every record written
 }
 
 // NewClaimer returns a claimer for cfg.Node; session holds the node's lease.
@@ -250,7 +187,7 @@ func (c *Claimer) ClaimMore(ctx context.Context, f ipam.Family) (netip.Prefix, e
 
 // Publish records the node's pod IP usage in its node record, for
 // `meshctl ipam nodes` and pool exhaustion warnings.
-func (c *Claimer) Publish(ctx context.Context, usage []CIDRUsage) error {
+func (c *Claimer) Publish(ctx context.Context, usage []node.CIDRUsage) error {
 	c.mu.Lock()
 	c.usage = slices.Clone(usage)
 	c.mu.Unlock()
@@ -258,7 +195,7 @@ func (c *Claimer) Publish(ctx context.Context, usage []CIDRUsage) error {
 }
 
 // PublishPolicyRevision records in the node record the revision up to
-// which the node enforces the policies (NodeRecord.PolicyRevision).
+// which the node enforces the policies (node.Record.PolicyRevision).
 func (c *Claimer) PublishPolicyRevision(ctx context.Context, rev int64) error {
 	c.mu.Lock()
 	c.policyRev = rev
@@ -270,7 +207,7 @@ func (c *Claimer) PublishPolicyRevision(ctx context.Context, rev int64) error {
 // address, labels, version, cluster ID) for every record written from now
 // on; Name, PodCIDRs, Usage and PolicyRevision in r are ignored. Call
 // Register to write them at once.
-func (c *Claimer) SetNodeInfo(r NodeRecord) {
+func (c *Claimer) SetNodeInfo(r node.Record) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.info = r
@@ -291,8 +228,7 @@ func (c *Claimer) record(cidrs []netip.Prefix) string {
 	defer c.mu.Unlock()
 	r := c.info
 	r.Name, r.PodCIDRs, r.Usage, r.PolicyRevision = c.cfg.Node, cidrs, c.usage, c.policyRev
-	b, _ := json.Marshal(r)
-	return string(b)
+	return string(r.Encode())
 }
 
 func (c *Claimer) register(ctx context.Context, cidrs []netip.Prefix) error {
@@ -342,15 +278,7 @@ func (c *Claimer) claim(ctx context.Context, f ipam.Family) (netip.Prefix, error
 		if err != nil {
 			return netip.Prefix{}, err
 		}
-		lease, err := c.session.Lease(ctx)
-		if err != nil {
-			return netip.Prefix{}, err
-		}
-		resp, err := c.claimNode(ctx, pool, cand, idx, idxRev, snap.versionRev, lease)
-		if kvstore.IsLeaseNotFound(err) {
-			c.session.LeaseLost(lease, err)
-			continue
-		}
+		resp, err := c.claimNode(ctx, pool, cand, idx, idxRev, snap.versionRev)
 		if err != nil {
 			return netip.Prefix{}, fmt.Errorf("claim %s for node %s: %w", cand, c.cfg.Node, err)
 		}
@@ -385,38 +313,39 @@ func modRev(r *pb.ResponseOp) int64 {
 }
 
 // claimNode runs the claim transaction, which also writes the node
-// record, and owns the record it wrote when it succeeds.
-func (c *Claimer) claimNode(ctx context.Context, pool string, cand netip.Prefix, idx NodeCIDRs, idxRev, versionRev int64, lease kvstore.LeaseID) (*clientv3.TxnResponse, error) {
+// record on the session's lease; the session owns the record when it
+// succeeds.
+func (c *Claimer) claimNode(ctx context.Context, pool string, cand netip.Prefix, idx NodeCIDRs, idxRev, versionRev int64) (*clientv3.TxnResponse, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	key := c.keys.Node(c.cfg.Node)
-	// The transaction rewrites the owned node record: the session must
-	// not repair it back before Own records the new one.
-	defer c.session.Writing(key)()
 	record := c.record(append(slices.Clone(idx.CIDRs), cand))
-	resp, err := c.claimTxn(ctx, pool, cand, idx, idxRev, versionRev, lease, record)
-	if err == nil && resp.Succeeded {
-		c.session.Own(key, record, lease)
-	}
-	return resp, err
+	return c.session.Txn(ctx, func(lease kvstore.LeaseID) (kvstore.LeaseTxn, error) {
+		return c.claimTxn(pool, cand, idx, idxRev, versionRev, lease, record), nil
+	})
 }
 
-func (c *Claimer) claimTxn(ctx context.Context, pool string, cand netip.Prefix, idx NodeCIDRs, idxRev, versionRev int64, lease kvstore.LeaseID, record string) (*clientv3.TxnResponse, error) {
+func (c *Claimer) claimTxn(pool string, cand netip.Prefix, idx NodeCIDRs, idxRev, versionRev int64, lease kvstore.LeaseID, record string) kvstore.LeaseTxn {
 	claim, _ := json.Marshal(Claim{Node: c.cfg.Node, Pool: pool})
 	next := NodeCIDRs{CIDRs: append(slices.Clone(idx.CIDRs), cand)}
 	index, _ := json.Marshal(next)
 	ck, ik, vk := c.keys.IPAMCIDR(cand.String()), c.keys.IPAMNode(c.cfg.Node), c.keys.IPAMPoolsVersion()
-	return c.client.Etcd().Txn(ctx).If(
-		clientv3.Compare(clientv3.CreateRevision(ck), "=", 0),
-		clientv3.Compare(clientv3.ModRevision(ik), "=", idxRev),
-		clientv3.Compare(clientv3.ModRevision(vk), "=", versionRev),
-	).Then(
-		clientv3.OpPut(ck, string(claim)),
-		clientv3.OpPut(ik, string(index)),
-		clientv3.OpPut(c.keys.Node(c.cfg.Node), record, clientv3.WithLease(clientv3.LeaseID(lease))),
-	).Else(
-		clientv3.OpGet(ck), clientv3.OpGet(ik), clientv3.OpGet(vk),
-	).Commit()
+	nk := c.keys.Node(c.cfg.Node)
+	return kvstore.LeaseTxn{
+		If: []clientv3.Cmp{
+			clientv3.Compare(clientv3.CreateRevision(ck), "=", 0),
+			clientv3.Compare(clientv3.ModRevision(ik), "=", idxRev),
+			clientv3.Compare(clientv3.ModRevision(vk), "=", versionRev),
+		},
+		Then: []clientv3.Op{
+			clientv3.OpPut(ck, string(claim)),
+			clientv3.OpPut(ik, string(index)),
+			clientv3.OpPut(nk, record, clientv3.WithLease(clientv3.LeaseID(lease))),
+		},
+		Else: []clientv3.Op{clientv3.OpGet(ck), clientv3.OpGet(ik), clientv3.OpGet(vk)},
+		// The transaction rewrites the owned node record: Txn keeps the
+		// guard from repairing it back until the session owns the new one.
+		Owned: []kvstore.KeyValue{{Key: nk, Value: []byte(record)}},
+	}
 }
 
 // candidate picks the CIDR to try: by hash while attempt < maxProbes, then

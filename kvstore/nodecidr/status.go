@@ -11,6 +11,7 @@ import (
 
 	"github.com/meshplane/meshplane/ipam"
 	"github.com/meshplane/meshplane/kvstore"
+	"github.com/meshplane/meshplane/node"
 )
 
 // NodeStatus is what etcd says about one node's CIDRs.
@@ -20,7 +21,7 @@ type NodeStatus struct {
 	// Alive is whether the node record (on the node's lease) exists.
 	Alive bool `json:"alive"`
 	// Usage is the pod IP usage the node last published, if any.
-	Usage []CIDRUsage `json:"usage,omitempty"`
+	Usage []node.CIDRUsage `json:"usage,omitempty"`
 }
 
 // PoolUsage is how much of a pool's family is claimed.
@@ -61,9 +62,9 @@ func Status(ctx context.Context, client *kvstore.Client, cluster string) (pools 
 	if err != nil {
 		return nil, nil, nil, nil, fmt.Errorf("read node records: %w", err)
 	}
-	alive := make(map[string]*NodeRecord, len(records))
+	alive := make(map[string]*node.Record, len(records))
 	for _, kv := range records {
-		var r NodeRecord
+		var r node.Record
 		if err := json.Unmarshal(kv.Value, &r); err != nil {
 			bad = append(bad, fmt.Errorf("node record %s: %w", kv.Key, err))
 		}

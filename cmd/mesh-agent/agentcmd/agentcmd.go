@@ -4,7 +4,10 @@
 // Every flag has an environment variable (MESHPLANE_ and the flag's name
 // in capitals with '-' as '_': --node-name is MESHPLANE_NODE_NAME) and a
 // config file key (the flag's name: "node-name: n1"). A flag beats the
-// environment, which beats the file.
+// environment, which beats the file. The --etcd-* flags, their variables
+// and the password rules are cmd/internal/etcdflags', shared with meshctl
+// and mesh-controlplane. --etcd-endpoints is required: the agent never
+// starts an etcd of its own.
 package agentcmd
 
 import (
@@ -22,6 +25,8 @@ import (
 	"github.com/spf13/pflag"
 	"sigs.k8s.io/yaml"
 
+	"github.com/meshplane/meshplane/bpf"
+	"github.com/meshplane/meshplane/cmd/internal/etcdflags"
 	"github.com/meshplane/meshplane/health"
 	"github.com/meshplane/meshplane/ipam"
 	"github.com/meshplane/meshplane/kvstore"
@@ -32,34 +37,30 @@ import (
 type flags struct {
 	configFile string
 
-	node, cluster             string
-	clusterID                 int
-	endpoints                 []string
-	caFile, certFile, keyFile string
-	user, password            string
-	passwordFile              string
-	dialTimeout, leaseTTL     time.Duration
-	stateDir, bpffs           string
-	ipcacheMax, endpointsMax  int
-	policyMax, servicesMax    int
-	backendsMax, cidrMax      int
-	ipBlockSelectsPods        bool
-	nodeIPs                   []string
-	nodeLabels                []string
-	families                  []string
-	noDefaultPool             bool
-	gossipAddr                string
-	gossipPort                int
-	gossipKeyFile             string
-	gossipInsecure            bool
-	gossip                    health.Timing
-	leaveOnShutdown           bool
-	apiSocket                 string
-	apiSocketGroup            int
-	metricsAddr               string
-	pruneInterval             time.Duration
-	datapath                  string
-	logLevel                  string
+	node, cluster      string
+	clusterID          int
+	etcd               kvstore.Config
+	etcdFlags          *etcdflags.Flags
+	leaseTTL           time.Duration
+	stateDir           string
+	bpf                bpf.Config // Dir and the map sizes
+	ipBlockSelectsPods bool
+	nodeIPs            []string
+	nodeLabels         []string
+	families           []string
+	noDefaultPool      bool
+	gossipAddr         string
+	gossipPort         int
+	gossipKeyFile      string
+	gossipInsecure     bool
+	gossip             health.Timing
+	leaveOnShutdown    bool
+	apiSocket          string
+	apiSocketGroup     int
+	metricsAddr        string
+	pruneInterval      time.Duration
+	datapath           string
+	logLevel           string
 }
 
 func newFlagSet(f *flags, stderr io.Writer) *pflag.FlagSet {
@@ -69,23 +70,16 @@ func newFlagSet(f *flags, stderr io.Writer) *pflag.FlagSet {
 	fs.StringVar(&f.node, "node-name", hostname(), "this node's name, unique in the cluster")
 	fs.StringVar(&f.cluster, "cluster-name", "default", "the cluster's name: its key prefix in etcd")
 	fs.IntVar(&f.clusterID, "cluster-id", 1, "the cluster's ID in the mesh, 1-255")
-	fs.StringSliceVar(&f.endpoints, "etcd-endpoints", nil, "etcd client URLs; empty starts an embedded etcd in --state-dir (one-node clusters only)")
-	fs.StringVar(&f.caFile, "etcd-ca", "", "CA bundle that signed etcd's server certificate")
-	fs.StringVar(&f.certFile, "etcd-cert", "", "client certificate for etcd")
-	fs.StringVar(&f.keyFile, "etcd-key", "", "client key for etcd")
-	fs.StringVar(&f.user, "etcd-user", "", "etcd user name")
-	fs.StringVar(&f.password, "etcd-password", "", "etcd password; other users of the machine can read it: prefer MESHPLANE_ETCD_PASSWORD or --etcd-password-file")
-	fs.StringVar(&f.passwordFile, "etcd-password-file", "", "file whose first line is the etcd password (mode 0600)")
-	fs.DurationVar(&f.dialTimeout, "etcd-dial-timeout", kvstore.DefaultDialTimeout, "how long to wait for etcd to answer")
+	f.etcdFlags = etcdflags.Bind(fs, &f.etcd) // required: --etcd-endpoints
 	fs.DurationVar(&f.leaseTTL, "lease-ttl", nodeagent.DefaultLeaseTTL, "TTL of the node's etcd lease (gossip, not the lease, detects dead nodes)")
 	fs.StringVar(&f.stateDir, "state-dir", "", "the node's state: pod IPs, endpoints (default /var/lib/meshplane/<node>)")
-	fs.StringVar(&f.bpffs, "bpffs", nodeagent.DefaultBPFFS, "bpffs mount; maps are pinned under <bpffs>/meshplane/<node>/")
-	fs.IntVar(&f.ipcacheMax, "bpf-ipcache-max", 0, "ipcache map size (0: 524288)")
-	fs.IntVar(&f.endpointsMax, "bpf-endpoints-max", 0, "endpoints map size (0: 65536)")
-	fs.IntVar(&f.policyMax, "bpf-policy-max", 0, "policy map size (0: 262144)")
-	fs.IntVar(&f.servicesMax, "bpf-services-max", 0, "services map size (0: 65536)")
-	fs.IntVar(&f.backendsMax, "bpf-backends-max", 0, "backends map size (0: 65536)")
-	fs.IntVar(&f.cidrMax, "bpf-cidr-max", 0, "CIDR map size: distinct prefixes of all policies' ipBlocks (0: 65536)")
+	fs.StringVar(&f.bpf.Dir, "bpffs", bpf.DefaultDir, "bpffs mount; maps are pinned under <bpffs>/meshplane/<node>/")
+	fs.IntVar(&f.bpf.IPCacheMax, "bpf-ipcache-max", 0, fmt.Sprintf("ipcache map size (0: %d)", bpf.DefaultIPCacheMax))
+	fs.IntVar(&f.bpf.EndpointsMax, "bpf-endpoints-max", 0, fmt.Sprintf("endpoints map size (0: %d)", bpf.DefaultEndpointsMax))
+	fs.IntVar(&f.bpf.PolicyMax, "bpf-policy-max", 0, fmt.Sprintf("policy map size (0: %d)", bpf.DefaultPolicyMax))
+	fs.IntVar(&f.bpf.ServicesMax, "bpf-services-max", 0, fmt.Sprintf("services map size (0: %d)", bpf.DefaultServicesMax))
+	fs.IntVar(&f.bpf.BackendsMax, "bpf-backends-max", 0, fmt.Sprintf("backends map size (0: %d)", bpf.DefaultBackendsMax))
+	fs.IntVar(&f.bpf.CIDRMax, "bpf-cidr-max", 0, fmt.Sprintf("CIDR map size: distinct prefixes of all policies' ipBlocks (0: %d)", bpf.DefaultCIDRMax))
 	fs.BoolVar(&f.ipBlockSelectsPods, "policy-ipblock-selects-pods", true,
 		"NetworkPolicy ipBlocks match pod (and node) IPs inside them, as Kubernetes says; false: only addresses outside the cluster, as Cilium does")
 	fs.StringSliceVar(&f.nodeIPs, "node-ip", nil, "the node's addresses (required)")
@@ -119,11 +113,6 @@ func hostname() string {
 	return strings.ToLower(h)
 }
 
-// envName is the environment variable of a flag.
-func envName(flag string) string {
-	return "MESHPLANE_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
-}
-
 // Load parses args, then fills flags not given from the environment, then
 // from the config file, and returns the agent's Config.
 func Load(args []string, stderr io.Writer) (nodeagent.Config, slog.Level, error) {
@@ -136,18 +125,7 @@ func Load(args []string, stderr io.Writer) (nodeagent.Config, slog.Level, error)
 type loaded struct {
 	cfg      nodeagent.Config
 	level    slog.Level
-	warnings []warning
-}
-
-// warning is something about the configuration an operator should fix,
-// though the agent can run with it.
-type warning struct {
-	msg   string // static
-	attrs []any  // slog key-value pairs
-}
-
-func (w warning) String() string {
-	return strings.TrimSpace(fmt.Sprintln(append([]any{w.msg}, w.attrs...)...))
+	warnings []etcdflags.Warning
 }
 
 func load(args []string, stderr io.Writer) (loaded, error) {
@@ -159,25 +137,7 @@ func load(args []string, stderr io.Writer) (loaded, error) {
 	if fs.NArg() > 0 {
 		return loaded{}, fmt.Errorf("unexpected argument %q: mesh-agent takes only flags", fs.Arg(0))
 	}
-	var warnings []warning
-	if fs.Changed("etcd-password") {
-		// Asked before the environment fills the flag: only the command
-		// line is visible to other users (ps, /proc/<pid>/cmdline).
-		warnings = append(warnings, warning{"--etcd-password on the command line: every user of this machine can read it",
-			[]any{"fix", "pass it in MESHPLANE_ETCD_PASSWORD or a file named by --etcd-password-file"}})
-	}
-	var errs []error
-	fs.VisitAll(func(fl *pflag.Flag) {
-		if fl.Changed {
-			return
-		}
-		if v, ok := os.LookupEnv(envName(fl.Name)); ok {
-			if err := fs.Set(fl.Name, v); err != nil {
-				errs = append(errs, fmt.Errorf("%s=%q: %w", envName(fl.Name), v, err))
-			}
-		}
-	})
-	if err := errors.Join(errs...); err != nil {
+	if err := f.etcdFlags.SetFromEnv(); err != nil {
 		return loaded{}, err
 	}
 	if f.configFile != "" {
@@ -189,14 +149,9 @@ func load(args []string, stderr io.Writer) (loaded, error) {
 	if err != nil {
 		return loaded{}, err
 	}
-	for _, s := range []struct{ what, path string }{{"gossip key file", f.gossipKeyFile}, {"etcd password file", f.passwordFile}} {
-		if s.path == "" {
-			continue
-		}
-		if fi, err := os.Stat(s.path); err == nil && fi.Mode().Perm()&0o077 != 0 {
-			warnings = append(warnings, warning{s.what + " is readable by other users",
-				[]any{"path", s.path, "mode", fmt.Sprintf("%04o", fi.Mode().Perm()), "fix", "chmod 600 " + s.path}})
-		}
+	warnings := f.etcdFlags.Warnings()
+	if w, ok := etcdflags.ReadableByOthers("gossip key file", f.gossipKeyFile); ok {
+		warnings = append(warnings, w)
 	}
 	return loaded{cfg: cfg, level: level, warnings: warnings}, nil
 }
@@ -220,7 +175,7 @@ func applyFile(fs *pflag.FlagSet, path string) error {
 		if fl.Changed {
 			continue
 		}
-		if _, env := os.LookupEnv(envName(k)); env {
+		if _, env := os.LookupEnv(etcdflags.EnvName(k)); env {
 			continue
 		}
 		var s string
@@ -259,13 +214,8 @@ func (f *flags) config() (nodeagent.Config, slog.Level, error) {
 	}
 	cfg := nodeagent.Config{
 		Node: f.node, Cluster: f.cluster, ClusterID: f.clusterID,
-		Etcd: kvstore.Config{
-			Endpoints: f.endpoints, CAFile: f.caFile, CertFile: f.certFile, KeyFile: f.keyFile,
-			Username: f.user, Password: f.password, PasswordFile: f.passwordFile, DialTimeout: f.dialTimeout,
-		},
-		LeaseTTL: f.leaseTTL, StateDir: f.stateDir, BPFFS: f.bpffs,
-		IPCacheMax: f.ipcacheMax, EndpointsMax: f.endpointsMax, PolicyMax: f.policyMax,
-		ServicesMax: f.servicesMax, BackendsMax: f.backendsMax, CIDRMax: f.cidrMax,
+		Etcd:     f.etcd,
+		LeaseTTL: f.leaseTTL, StateDir: f.stateDir, BPF: f.bpf,
 		GossipPort: f.gossipPort, GossipInsecure: f.gossipInsecure, NoDefaultPool: f.noDefaultPool,
 		Gossip: f.gossip, LeaveOnShutdown: f.leaveOnShutdown,
 		APISocket: f.apiSocket, APISocketGroup: f.apiSocketGroup, MetricsAddr: f.metricsAddr,
@@ -361,7 +311,7 @@ func Main(ctx context.Context, args []string, stderr io.Writer) int {
 	cfg := l.cfg
 	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: l.level}))
 	for _, w := range l.warnings {
-		cfg.Logger.Warn(w.msg, w.attrs...)
+		cfg.Logger.Warn(w.Msg, w.Attrs...)
 	}
 	a, err := nodeagent.New(cfg)
 	if err != nil {

@@ -7,13 +7,18 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/meshplane/meshplane/health"
+	"github.com/meshplane/meshplane/kvstore"
 	"github.com/meshplane/meshplane/nodeagent"
 )
+
+// testEtcd is an etcd endpoint for Load, which never connects.
+const testEtcd = "http://127.0.0.1:2379"
 
 func writeFile(t *testing.T, name, content string) string {
 	t.Helper()
@@ -38,9 +43,13 @@ node-labels: {zone: a}
 gossip-port: 8000
 lease-ttl: 1m
 gossip-key-file: `+keyFile+`
+etcd-endpoints: [http://a:2379, http://b:2379]
+etcd-dial-timeout: 3s
+etcd-user: from-file
 `)
 	t.Setenv("MESHPLANE_CLUSTER_NAME", "from-env")
 	t.Setenv("MESHPLANE_GOSSIP_PORT", "9000")
+	t.Setenv("MESHPLANE_ETCD_USER", "from-env")
 	cfg, _, err := Load([]string{"--config", file, "--gossip-port", "9100", "--state-dir", t.TempDir()}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
@@ -53,6 +62,10 @@ gossip-key-file: `+keyFile+`
 	}
 	if cfg.LeaseTTL != time.Minute || len(cfg.GossipKeys) != 1 || len(cfg.GossipKeys[0]) != 32 {
 		t.Errorf("lease TTL %s, %d gossip keys", cfg.LeaseTTL, len(cfg.GossipKeys))
+	}
+	// The etcd flags (cmd/internal/etcdflags) have file keys too.
+	if e := cfg.Etcd; !slices.Equal(e.Endpoints, []string{"http://a:2379", "http://b:2379"}) || e.DialTimeout != 3*time.Second || e.Username != "from-env" {
+		t.Errorf("etcd endpoints %q, dial timeout %s, user %q; want the file's two, 3s, from-env", e.Endpoints, e.DialTimeout, e.Username)
 	}
 }
 
@@ -75,9 +88,17 @@ func TestLoadErrors(t *testing.T) {
 		{"bad log level", []string{"--node-ip", "10.0.0.1", "--log-level", "loud"}, "", "--log-level"},
 		{"stray argument", []string{"run"}, "", `unexpected argument "run"`},
 	}
+	// Without endpoints the agent does not start an etcd of its own: it
+	// says what to pass.
+	t.Run("no etcd endpoints", func(t *testing.T) {
+		_, _, err := Load([]string{"--state-dir", t.TempDir(), "--node-ip", "10.0.0.1", "--node-name", "n1", "--gossip-insecure"}, io.Discard)
+		if !errors.Is(err, kvstore.ErrConfig) || !strings.Contains(err.Error(), "pass --etcd-endpoints (or MESHPLANE_ETCD_ENDPOINTS)") {
+			t.Fatalf("Load() without --etcd-endpoints = %v, want an ErrConfig error saying to pass --etcd-endpoints", err)
+		}
+	})
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			args := append([]string{"--state-dir", t.TempDir()}, tt.args...)
+			args := append([]string{"--state-dir", t.TempDir(), "--etcd-endpoints", testEtcd}, tt.args...)
 			if tt.file != "" {
 				args = append(args, "--config", writeFile(t, "c.yaml", tt.file))
 			}
@@ -109,7 +130,7 @@ func TestLoadIPBlockOption(t *testing.T) {
 		{name: "flag beats the file", args: []string{"--policy-ipblock-selects-pods=true"}, file: "policy-ipblock-selects-pods: false\n"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			args := append(append([]string{"--state-dir", t.TempDir(), "--bpf-cidr-max", "1000"}, base...), tc.args...)
+			args := append(append([]string{"--state-dir", t.TempDir(), "--etcd-endpoints", testEtcd, "--bpf-cidr-max", "1000"}, base...), tc.args...)
 			if tc.env != "" {
 				t.Setenv("MESHPLANE_POLICY_IPBLOCK_SELECTS_PODS", tc.env)
 			}
@@ -120,8 +141,8 @@ func TestLoadIPBlockOption(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if cfg.IPBlockOutsideOnly != tc.outsideOnly || cfg.CIDRMax != 1000 {
-				t.Errorf("IPBlockOutsideOnly = %v, CIDRMax = %d; want %v, 1000", cfg.IPBlockOutsideOnly, cfg.CIDRMax, tc.outsideOnly)
+			if cfg.IPBlockOutsideOnly != tc.outsideOnly || cfg.BPF.CIDRMax != 1000 {
+				t.Errorf("IPBlockOutsideOnly = %v, CIDRMax = %d; want %v, 1000", cfg.IPBlockOutsideOnly, cfg.BPF.CIDRMax, tc.outsideOnly)
 			}
 		})
 	}
@@ -132,7 +153,7 @@ func TestLoadIPBlockOption(t *testing.T) {
 // that names the flag.
 func TestGossipTiming(t *testing.T) {
 	base := []string{"--node-ip", "10.0.0.1", "--node-name", "n1", "--gossip-insecure"}
-	cfg, _, err := Load(append([]string{"--state-dir", t.TempDir()}, base...), io.Discard)
+	cfg, _, err := Load(append([]string{"--state-dir", t.TempDir(), "--etcd-endpoints", testEtcd}, base...), io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,7 +169,7 @@ func TestGossipTiming(t *testing.T) {
 
 	file := writeFile(t, "agent.yaml", "gossip-probe-interval: 500ms\ngossip-suspicion-max-mult: 8\n")
 	t.Setenv("MESHPLANE_GOSSIP_RESTART_GRACE", "30s")
-	cfg, _, err = Load(append([]string{"--state-dir", t.TempDir(), "--config", file, "--gossip-check-timeout", "2s", "--leave-on-shutdown"}, base...), io.Discard)
+	cfg, _, err = Load(append([]string{"--state-dir", t.TempDir(), "--etcd-endpoints", testEtcd, "--config", file, "--gossip-check-timeout", "2s", "--leave-on-shutdown"}, base...), io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,7 +192,7 @@ func TestGossipTiming(t *testing.T) {
 		{[]string{"--gossip-probe-interval", "5"}, []string{"--gossip-probe-interval", "missing unit"}},
 	} {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
-			_, _, err := Load(append(append([]string{"--state-dir", t.TempDir()}, base...), tt.args...), io.Discard)
+			_, _, err := Load(append(append([]string{"--state-dir", t.TempDir(), "--etcd-endpoints", testEtcd}, base...), tt.args...), io.Discard)
 			if err == nil {
 				t.Fatal("no error")
 			}
@@ -242,7 +263,7 @@ func TestLoadWarnings(t *testing.T) {
 // TestLoadRelativeSocket: a relative --api-socket is made absolute, so
 // that it names the same file whatever the agent's working directory.
 func TestLoadRelativeSocket(t *testing.T) {
-	cfg, _, err := Load([]string{"--state-dir", t.TempDir(), "--node-ip", "10.0.0.1", "--node-name", "n1", "--gossip-insecure", "--api-socket", "run/agent.sock"}, io.Discard)
+	cfg, _, err := Load([]string{"--state-dir", t.TempDir(), "--etcd-endpoints", testEtcd, "--node-ip", "10.0.0.1", "--node-name", "n1", "--gossip-insecure", "--api-socket", "run/agent.sock"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -154,11 +154,9 @@ func (o *options) benchIdentity(ctx context.Context, cfg benchConfig) (rep bench
 	if err != nil {
 		return rep, err
 	}
-	// One embedded etcd for all: the agents connect to the base client's.
+	// One etcd for all (with --etcd-embedded, the base client's).
 	agentEtcd := o.etcdConfig()
-	if agentEtcd.Embedded() {
-		agentEtcd = kvstore.Config{Endpoints: base.Endpoints(), DialTimeout: o.dialTimeout}
-	}
+	agentEtcd.Endpoints = base.Endpoints()
 	fmt.Fprintf(o.stderr, "bench: %d agents × %d label sets (shared: %v), cluster %s on %s\n",
 		cfg.agents, cfg.labelsets, cfg.shared, cluster, base.Config())
 

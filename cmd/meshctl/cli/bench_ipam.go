@@ -19,6 +19,7 @@ import (
 	"github.com/meshplane/meshplane/ipam/podip"
 	"github.com/meshplane/meshplane/kvstore"
 	"github.com/meshplane/meshplane/kvstore/nodecidr"
+	"github.com/meshplane/meshplane/node"
 )
 
 type benchIPAMConfig struct {
@@ -141,9 +142,7 @@ func (o *options) benchIPAM(ctx context.Context, cfg benchIPAMConfig) (rep bench
 		return rep, err
 	}
 	etcd := o.etcdConfig()
-	if etcd.Embedded() {
-		etcd = kvstore.Config{Endpoints: base.Endpoints(), DialTimeout: o.dialTimeout}
-	}
+	etcd.Endpoints = base.Endpoints()
 	k := min(cfg.clients, cfg.nodes)
 	for range k {
 		c, err := kvstore.New(ctx, etcd)
@@ -258,12 +257,12 @@ func verifyClaims(ctx context.Context, c *kvstore.Client, cluster string, cidrs 
 // allocatePodIPs has every node allocate pods IPs (per family) from its
 // CIDRs with its own journal, GOMAXPROCS nodes at a time, and checks that
 // no node hands out an address twice or outside its CIDRs.
-func allocatePodIPs(dir string, cidrs [][]netip.Prefix, pods int, fams []ipam.Family) ([]time.Duration, time.Duration, [][]nodecidr.CIDRUsage, error) {
+func allocatePodIPs(dir string, cidrs [][]netip.Prefix, pods int, fams []ipam.Family) ([]time.Duration, time.Duration, [][]node.CIDRUsage, error) {
 	var (
 		mu    sync.Mutex
 		lat   = make([]time.Duration, 0, len(cidrs)*pods*len(fams))
 		errs  = make([]error, len(cidrs))
-		usage = make([][]nodecidr.CIDRUsage, len(cidrs))
+		usage = make([][]node.CIDRUsage, len(cidrs))
 		next  = make(chan int)
 		wg    sync.WaitGroup
 	)
@@ -289,7 +288,7 @@ func allocatePodIPs(dir string, cidrs [][]netip.Prefix, pods int, fams []ipam.Fa
 }
 
 // publishUsage writes every node's usage into its node record, 32 at a time.
-func publishUsage(ctx context.Context, claimers []*nodecidr.Claimer, usage [][]nodecidr.CIDRUsage) error {
+func publishUsage(ctx context.Context, claimers []*nodecidr.Claimer, usage [][]node.CIDRUsage) error {
 	errs := make([]error, len(claimers))
 	sem := make(chan struct{}, 32)
 	var wg sync.WaitGroup
@@ -304,14 +303,14 @@ func publishUsage(ctx context.Context, claimers []*nodecidr.Claimer, usage [][]n
 	return errors.Join(errs...)
 }
 
-func allocateOnNode(dir string, cidrs []netip.Prefix, pods int, fams []ipam.Family, lat *[]time.Duration) (usage []nodecidr.CIDRUsage, err error) {
+func allocateOnNode(dir string, cidrs []netip.Prefix, pods int, fams []ipam.Family, lat *[]time.Duration) (usage []node.CIDRUsage, err error) {
 	a, err := podip.Open(podip.Config{Dir: dir}, cidrs)
 	if err != nil {
 		return nil, fmt.Errorf("bench ipam: %w", err)
 	}
 	defer func() {
 		for _, c := range a.Stats().CIDRs {
-			usage = append(usage, nodecidr.CIDRUsage{CIDR: c.CIDR, Used: c.Used, Free: c.Free})
+			usage = append(usage, node.CIDRUsage{CIDR: c.CIDR, Used: c.Used, Free: c.Free})
 		}
 		err = errors.Join(err, a.Close())
 	}()

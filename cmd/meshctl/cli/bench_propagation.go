@@ -138,7 +138,7 @@ func (ba *benchAgent) stop() error {
 func (ba *benchAgent) waitSynced(ctx context.Context, want int, since time.Time) (time.Duration, error) {
 	for {
 		st := ba.a.Status()
-		if st.State == "ok" {
+		if st.State == nodeagent.StateOK {
 			for _, m := range st.Maps {
 				if m.Name == "ipcache" && m.Synced && m.Pending == 0 && m.Installed >= want {
 					return time.Since(since), nil
@@ -161,10 +161,10 @@ func benchIP(base [4]byte, i int) netip.Addr {
 
 func (o *options) benchPropagation(ctx context.Context, cfg benchPropConfig) (rep benchPropReport, err error) {
 	rep.Agents, rep.Entries, rep.Writes = cfg.agents, cfg.entries, cfg.writes
-	if _, err := bpf.MountFS(nodeagent.DefaultBPFFS); err != nil {
+	if _, err := bpf.MountFS(bpf.DefaultDir); err != nil {
 		return rep, fmt.Errorf("bench propagation needs eBPF maps (run as root): %w", err)
 	}
-	if err := bpf.CheckSupport(nodeagent.DefaultBPFFS); err != nil {
+	if err := bpf.CheckSupport(bpf.DefaultDir); err != nil {
 		return rep, fmt.Errorf("bench propagation needs eBPF maps (run as root): %w", err)
 	}
 	suffix := randomSuffix(6)
@@ -185,7 +185,6 @@ func (o *options) benchPropagation(ctx context.Context, cfg benchPropConfig) (re
 	_, _ = rand.Read(gossipKey)
 	etcdCfg := o.etcdConfig()
 	etcdCfg.Endpoints = base.Endpoints()
-	etcdCfg.StateDir = ""
 	agentCfg := func(i int) nodeagent.Config {
 		name := fmt.Sprintf("bench-%s-%d", suffix, i)
 		return nodeagent.Config{

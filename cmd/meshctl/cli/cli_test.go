@@ -235,7 +235,7 @@ func TestBenchIdentity(t *testing.T) {
 		shared     bool
 		identities int
 	}{
-		{"distinct on embedded etcd", []string{"--state-dir", t.TempDir()}, false, 4 * 20},
+		{"distinct on embedded etcd", []string{"--etcd-embedded", "--state-dir", t.TempDir()}, false, 4 * 20},
 		{"shared", []string{"--etcd-endpoints", srv.Endpoint()}, true, 20},
 	}
 	for _, tt := range tests {

@@ -16,6 +16,7 @@ import (
 	"github.com/meshplane/meshplane/identity"
 	"github.com/meshplane/meshplane/kvstore"
 	"github.com/meshplane/meshplane/kvstore/allocator"
+	"github.com/meshplane/meshplane/kvstore/embedded"
 	"github.com/meshplane/meshplane/labels"
 )
 
@@ -105,7 +106,7 @@ type demoWorkload struct {
 
 func (o *options) demo(ctx context.Context, dir string) (err error) {
 	out := o.stdout
-	base, err := kvstore.New(ctx, kvstore.Config{StateDir: dir, DialTimeout: o.dialTimeout})
+	base, err := embedded.Connect(ctx, dir, kvstore.Config{DialTimeout: o.etcd.DialTimeout})
 	if err != nil {
 		return err
 	}
@@ -120,7 +121,7 @@ func (o *options) demo(ctx context.Context, dir string) (err error) {
 		}
 	}()
 	for i, node := range demoNodes {
-		client, err := kvstore.New(ctx, kvstore.Config{Endpoints: base.Endpoints(), DialTimeout: o.dialTimeout})
+		client, err := kvstore.New(ctx, kvstore.Config{Endpoints: base.Endpoints(), DialTimeout: o.etcd.DialTimeout})
 		if err != nil {
 			return err
 		}

@@ -200,13 +200,5 @@ func demoApply(ctx context.Context, l *lab.Lab, cluster string) error {
 	if err != nil {
 		return err
 	}
-	kvs := make([]kvstore.KeyValue, 0, len(ps))
-	for _, p := range ps {
-		b, err := p.Encode()
-		if err != nil {
-			return err
-		}
-		kvs = append(kvs, kvstore.KeyValue{Key: keys.Policy(p.Namespace, p.Name), Value: b})
-	}
-	return client.PutMany(ctx, kvs)
+	return kvstore.PolicyStore(client, keys).PutAll(ctx, ps)
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/meshplane/meshplane/ipam"
 	"github.com/meshplane/meshplane/kvstore"
 	"github.com/meshplane/meshplane/kvstore/nodecidr"
+	"github.com/meshplane/meshplane/node"
 )
 
 func TestIPAMPoolsAndNodes(t *testing.T) {
@@ -56,7 +57,7 @@ func TestIPAMPoolsAndNodes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := cl.Publish(ctx, []nodecidr.CIDRUsage{{CIDR: cidrs[0], Used: 3, Free: 250}}); err != nil {
+	if err := cl.Publish(ctx, []node.CIDRUsage{{CIDR: cidrs[0], Used: 3, Free: 250}}); err != nil {
 		t.Fatal(err)
 	}
 	var nodes []nodecidr.NodeStatus

@@ -63,7 +63,7 @@ root and a bpffs. The host's own network namespace is never changed.
 	cmd.PersistentFlags().StringVar(&f.runDir, "run-dir", lab.DefaultRunDir, "parent of the labs' run directories (state, logs, sockets)")
 	cmd.PersistentFlags().StringVar(&f.bpffs, "bpffs", lab.DefaultBPFFS, "bpffs mount for the agents' pins")
 	cmd.AddCommand(newLabUpCmd(o, f), newLabDownCmd(o, f), newLabShowCmd(o, f), newLabExecCmd(o, f), newLabProbeCmd(o, f),
-		newLabNsexecCmd(), newLabEtcdCmd(o), newLabEchoCmd())
+		newLabLabelCmd(o, f), newLabNsexecCmd(), newLabEtcdCmd(o), newLabEchoCmd())
 	return cmd
 }
 
@@ -268,6 +268,70 @@ when it is unique, or cluster/namespace/name.`,
 		},
 	}
 	cmd.Flags().StringVar(&f.name, "lab", "", "the lab (default: the only one running)")
+	return cmd
+}
+
+func newLabLabelCmd(o *options, f *labFlags) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "label",
+		Short: "Change a pod's or a namespace's labels, as kubectl label does",
+		Long: `label changes the labels of a running pod or of a namespace, as kubectl label
+does on Kubernetes: the lab writes the pod's (pods/<node>/<namespace>/<name>)
+or the namespace's (namespaces/<namespace>) metadata into the cluster's etcd,
+where the control plane would, and waits until the agents have given the
+pods the identities of their new label sets. The pods keep running; the
+policies follow. key=value sets a label, key- removes it.
+
+  meshctl lab label pod prod/client app=client
+  meshctl lab label namespace prod env=staging team-`,
+	}
+	pods := &cobra.Command{
+		Use:   "pod POD KEY=VALUE|KEY- ...",
+		Short: "Change a running pod's labels",
+		Long:  "POD is namespace/name, name when it is unique, or cluster/namespace/name.",
+		Args:  cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ch, err := lab.ParseLabelChange(args[1:])
+			if err != nil {
+				return err
+			}
+			l, err := f.resolve(o)
+			if err != nil {
+				return err
+			}
+			p, err := l.LabelPod(cmd.Context(), args[0], ch)
+			if err != nil {
+				return err
+			}
+			_, err = fmt.Fprintf(o.stdout, "pod %s labelled: identity %d\n", p.Ref(), p.Identity)
+			return err
+		},
+	}
+	namespaces := &cobra.Command{
+		Use:   "namespace NAMESPACE KEY=VALUE|KEY- ...",
+		Short: "Change a namespace's labels (and so its pods' identities)",
+		Long:  "NAMESPACE is a namespace of the topology, or cluster/namespace when several clusters have it.",
+		Args:  cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ch, err := lab.ParseLabelChange(args[1:])
+			if err != nil {
+				return err
+			}
+			l, err := f.resolve(o)
+			if err != nil {
+				return err
+			}
+			if err := l.LabelNamespace(cmd.Context(), args[0], ch); err != nil {
+				return err
+			}
+			_, err = fmt.Fprintf(o.stdout, "namespace %s labelled\n", args[0])
+			return err
+		},
+	}
+	for _, c := range []*cobra.Command{pods, namespaces} {
+		c.Flags().StringVar(&f.name, "lab", "", "the lab (default: the only one running)")
+	}
+	cmd.AddCommand(pods, namespaces)
 	return cmd
 }
 

@@ -15,13 +15,9 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/meshplane/meshplane/kvstore"
-	"github.com/meshplane/meshplane/kvstore/nodecidr"
+	"github.com/meshplane/meshplane/node"
 	"github.com/meshplane/meshplane/policy"
 )
-
-// maxApply is how many policies one apply writes: etcd's default limit of
-// operations in one transaction, so that an apply is all-or-nothing.
-const maxApply = 128
 
 // maxApplyBytes bounds the keys and values one apply writes: etcd refuses
 // a request over its --max-request-bytes (1.5 MiB by default) with a bare
@@ -64,9 +60,9 @@ most 128 policies, 1 MiB of input and 1 MiB as stored go in one apply.`,
 			if err != nil {
 				return fmt.Errorf("%s: nothing applied: %w", inputName(file), err)
 			}
-			if len(ps) > maxApply {
+			if len(ps) > kvstore.MaxTxnOps {
 				return fmt.Errorf("%s: nothing applied: %d policies is more than the %d one apply writes atomically; split the file",
-					inputName(file), len(ps), maxApply)
+					inputName(file), len(ps), kvstore.MaxTxnOps)
 			}
 			if err := o.applyPolicies(cmd.Context(), ps); err != nil {
 				if errors.Is(err, errApplyTooLarge) {
@@ -116,18 +112,16 @@ func inputName(file string) string {
 // one transaction.
 var errApplyTooLarge = errors.New("policies too large for one apply")
 
-// applyPolicies writes the policies in one transaction.
+// applyPolicies writes the policies in one transaction: all or nothing.
 func (o *options) applyPolicies(ctx context.Context, ps []*policy.Policy) (err error) {
 	keys := o.keys()
-	kvs := make([]kvstore.KeyValue, 0, len(ps))
 	size := 0
 	for _, p := range ps {
 		b, err := p.Encode()
 		if err != nil {
 			return err
 		}
-		kvs = append(kvs, kvstore.KeyValue{Key: keys.Policy(p.Namespace, p.Name), Value: b})
-		size += len(kvs[len(kvs)-1].Key) + len(b)
+		size += len(keys.Policy(p.Namespace, p.Name)) + len(b)
 	}
 	if size > maxApplyBytes {
 		return fmt.Errorf("%w: the %d policies are %d bytes as stored; at most %d bytes go in one apply (one etcd transaction): split the file",
@@ -138,8 +132,7 @@ func (o *options) applyPolicies(ctx context.Context, ps []*policy.Policy) (err e
 		return err
 	}
 	defer closeClient(client, &err)
-	// PutMany writes up to maxApply keys in one transaction.
-	return client.PutMany(ctx, kvs)
+	return kvstore.PolicyStore(client, keys).PutAll(ctx, ps)
 }
 
 // policyInfo is one stored policy as list prints it.
@@ -344,7 +337,7 @@ func (o *options) readNodePolicyRevisions(ctx context.Context, client *kvstore.C
 	out := make([]nodePolicyInfo, 0, len(kvs))
 	for _, kv := range kvs {
 		name := strings.TrimPrefix(kv.Key, prefix)
-		r, err := nodecidr.DecodeNodeRecord(name, kv.Value)
+		r, err := node.Decode(name, kv.Value)
 		if err != nil {
 			out = append(out, nodePolicyInfo{Node: name, Error: strings.ReplaceAll(err.Error(), "\n", "; ")})
 			continue
@@ -357,37 +350,34 @@ func (o *options) readNodePolicyRevisions(ctx context.Context, client *kvstore.C
 // readPolicies reads the stored policies, sorted by key, and their mod
 // revisions.
 func (o *options) readPolicies(ctx context.Context, client *kvstore.Client, namespace string) ([]policyInfo, []int64, error) {
-	keys := o.keys()
-	prefix := keys.PoliciesPrefix()
+	sub := ""
 	if namespace != "" {
-		prefix = keys.Policy(namespace, "")
+		sub = namespace + "/"
 	}
-	kvs, _, err := client.List(ctx, prefix)
+	items, _, err := kvstore.PolicyStore(client, o.keys()).ListPrefix(ctx, sub)
 	if err != nil {
 		return nil, nil, err
 	}
-	out := make([]policyInfo, 0, len(kvs))
-	revs := make([]int64, 0, len(kvs))
-	for _, kv := range kvs {
-		revs = append(revs, kv.ModRevision)
-		ns, name, _ := strings.Cut(strings.TrimPrefix(kv.Key, keys.PoliciesPrefix()), "/")
+	out := make([]policyInfo, 0, len(items))
+	revs := make([]int64, 0, len(items))
+	for _, it := range items {
+		revs = append(revs, it.ModRevision)
+		ns, name, _ := strings.Cut(it.Key, "/")
 		in := policyInfo{Namespace: ns, Name: name}
-		p, err := policy.Decode(kv.Value)
-		switch {
-		case err != nil:
-			in.Error = strings.ReplaceAll(err.Error(), "\n", "; ")
-		case p.Namespace != ns || p.Name != name:
-			in.Error = fmt.Sprintf("the value is policy %s, not %s/%s", p.Key(), ns, name)
-		default:
-			in.Kind, in.Selector = p.Kind, p.Spec.PodSelector.String()
-			if p.Spec.Enforces(policy.TypeIngress) {
-				n := len(p.Spec.Ingress)
-				in.IngressRules = &n
-			}
-			if p.Spec.Enforces(policy.TypeEgress) {
-				n := len(p.Spec.Egress)
-				in.EgressRules = &n
-			}
+		if it.Err != nil {
+			in.Error = strings.ReplaceAll(it.Err.Error(), "\n", "; ")
+			out = append(out, in)
+			continue
+		}
+		p := it.Value
+		in.Kind, in.Selector = p.Kind, p.Spec.PodSelector.String()
+		if p.Spec.Enforces(policy.TypeIngress) {
+			n := len(p.Spec.Ingress)
+			in.IngressRules = &n
+		}
+		if p.Spec.Enforces(policy.TypeEgress) {
+			n := len(p.Spec.Egress)
+			in.EgressRules = &n
 		}
 		out = append(out, in)
 	}
@@ -467,18 +457,17 @@ func (o *options) getPolicy(ctx context.Context, ns, name string) (_ *policy.Pol
 		return nil, err
 	}
 	defer closeClient(client, &err)
-	kv, ok, err := client.Get(ctx, o.keys().Policy(ns, name))
+	it, ok, err := kvstore.PolicyStore(client, o.keys()).Get(ctx, ns+"/"+name)
 	if err != nil {
 		return nil, err
 	}
 	if !ok {
 		return nil, o.policyNotFound(ns, name)
 	}
-	p, err := policy.Decode(kv.Value)
-	if err != nil {
-		return nil, fmt.Errorf("%w; the key %s is corrupt: apply the policy again or delete it", err, kv.Key)
+	if it.Err != nil {
+		return nil, fmt.Errorf("%w; the key %s is corrupt: apply the policy again or delete it", it.Err, o.keys().Policy(ns, name))
 	}
-	return p, nil
+	return it.Value, nil
 }
 
 func (o *options) policyNotFound(ns, name string) error {
@@ -520,17 +509,17 @@ func (o *options) deletePolicy(ctx context.Context, ns, name string) (err error)
 		return err
 	}
 	defer closeClient(client, &err)
-	key := o.keys().Policy(ns, name)
+	store := kvstore.PolicyStore(client, o.keys())
 	const attempts = 5
 	for range attempts {
-		kv, ok, err := client.Get(ctx, key)
+		it, ok, err := store.Get(ctx, ns+"/"+name)
 		if err != nil {
 			return err
 		}
 		if !ok {
 			return o.policyNotFound(ns, name)
 		}
-		err = client.DeleteIf(ctx, key, kv.ModRevision)
+		err = store.DeleteIf(ctx, it.Key, it.ModRevision)
 		if !errors.Is(err, kvstore.ErrConflict) {
 			return err
 		}

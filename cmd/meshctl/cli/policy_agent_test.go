@@ -14,27 +14,27 @@ import (
 	"github.com/meshplane/meshplane/bpf"
 	"github.com/meshplane/meshplane/bpf/bpftest"
 	"github.com/meshplane/meshplane/kvstore"
-	"github.com/meshplane/meshplane/kvstore/nodecidr"
+	"github.com/meshplane/meshplane/node"
 	"github.com/meshplane/meshplane/nodeagent"
 )
 
 // startCLIAgent runs an agent (maps only) in cluster for a CLI test and
 // returns its node name and API socket.
-func startCLIAgent(t *testing.T, cluster string) (node, sock string) {
+func startCLIAgent(t *testing.T, cluster string) (name, sock string) {
 	t.Helper()
 	bpftest.Require(t)
 	dir := t.TempDir()
-	node = "cli-" + randomSuffix(6)
+	name = "cli-" + randomSuffix(6)
 	sock = filepath.Join(dir, "api.sock")
 	a, err := nodeagent.New(nodeagent.Config{
-		Node: node, Cluster: cluster, ClusterID: 7, Etcd: srv.Config(), StateDir: filepath.Join(dir, "state"),
+		Node: name, Cluster: cluster, ClusterID: 7, Etcd: srv.Config(), StateDir: filepath.Join(dir, "state"),
 		NodeIPs: []netip.Addr{netip.MustParseAddr("127.0.2.1")}, GossipAddr: netip.MustParseAddr("127.0.0.1"),
 		GossipPort: -1, GossipInsecure: true, APISocket: sock, APISocketGroup: -1, Datapath: nodeagent.DatapathNone,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = bpf.RemovePins(bpf.Config{Node: node}) })
+	t.Cleanup(func() { _ = bpf.RemovePins(bpf.Config{Node: name}) })
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
@@ -45,7 +45,7 @@ func startCLIAgent(t *testing.T, cluster string) (node, sock string) {
 		}
 	})
 	mustRun(t, "status", "--agent-socket", sock, "--wait", "--timeout", "30s")
-	return node, sock
+	return name, sock
 }
 
 func waitFor(t *testing.T, what string, f func() error) {
@@ -73,13 +73,13 @@ func TestPolicyListAgent(t *testing.T) {
 	g := inCluster(t)
 	cluster := g[3]
 	keys, _ := kvstore.NewKeys(cluster)
-	node, sock := startCLIAgent(t, cluster)
+	self, sock := startCLIAgent(t, cluster)
 	c := srv.Client(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	// A node whose agent enforces only what was there before.
-	behind := nodecidr.NodeRecord{Name: "behind", PolicyRevision: 1}
-	b, _ := json.Marshal(behind)
+	behind := node.Record{Name: "behind", PolicyRevision: 1}.Encode()
+	b := behind
 	if err := c.Put(ctx, keys.Node("behind"), b); err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +98,7 @@ func TestPolicyListAgent(t *testing.T) {
 			return fmt.Errorf("%d policies", len(r.Policies))
 		}
 		for _, p := range r.Policies {
-			if p.Revision == 0 || !slices.Equal(p.EnforcedBy, []string{node}) || !slices.Equal(p.Pending, []string{"behind"}) {
+			if p.Revision == 0 || !slices.Equal(p.EnforcedBy, []string{self}) || !slices.Equal(p.Pending, []string{"behind"}) {
 				return fmt.Errorf("%s/%s: revision %d, enforced by %v, pending %v", p.Namespace, p.Name, p.Revision, p.EnforcedBy, p.Pending)
 			}
 		}
@@ -106,8 +106,8 @@ func TestPolicyListAgent(t *testing.T) {
 			if n.Node == "behind" && len(n.Behind) != 2 {
 				return fmt.Errorf("node behind: %+v, want both policies behind", n)
 			}
-			if n.Node == node && (n.PolicyRevision == 0 || len(n.Behind) != 0) {
-				return fmt.Errorf("node %s: %+v, want a revision and nothing behind", node, n)
+			if n.Node == self && (n.PolicyRevision == 0 || len(n.Behind) != 0) {
+				return fmt.Errorf("node %s: %+v, want a revision and nothing behind", self, n)
 			}
 		}
 		return nil
@@ -125,7 +125,7 @@ func TestPolicyListAgent(t *testing.T) {
 	}
 	waitFor(t, "the corrupt value is seen by the agent", func() error {
 		for _, p := range report().Policies {
-			if p.Name == "allow-web" && (p.Error == "" || !slices.Equal(p.EnforcedBy, []string{node})) {
+			if p.Name == "allow-web" && (p.Error == "" || !slices.Equal(p.EnforcedBy, []string{self})) {
 				return fmt.Errorf("allow-web: error %q, seen by %v", p.Error, p.EnforcedBy)
 			}
 		}

@@ -185,12 +185,12 @@ spec:
 
 	// Too many policies for one transaction: refused whole.
 	var many strings.Builder
-	for i := range maxApply + 1 {
+	for i := range kvstore.MaxTxnOps + 1 {
 		fmt.Fprintf(&many, "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p%d}\nspec: {podSelector: {}}\n", i)
 	}
 	_, _, err = meshctl(t, append(g, "policy", "apply", "-f", writeFile(t, "many.yaml", many.String()))...)
 	if err == nil || !strings.Contains(err.Error(), "129 policies is more than the 128") {
-		t.Fatalf("apply of %d policies: %v", maxApply+1, err)
+		t.Fatalf("apply of %d policies: %v", kvstore.MaxTxnOps+1, err)
 	}
 	if got := storedPolicies(t, cluster); len(got) != 0 {
 		t.Fatalf("a refused apply wrote %v", got)

@@ -2,40 +2,35 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
-	"strconv"
 	"strings"
-	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/meshplane/meshplane/cmd/internal/etcdflags"
 	"github.com/meshplane/meshplane/identity"
 	"github.com/meshplane/meshplane/kvstore"
 	"github.com/meshplane/meshplane/kvstore/allocator"
+	"github.com/meshplane/meshplane/kvstore/embedded"
 )
 
-// options are the global flags. New fills in their defaults from the
-// environment; PersistentPreRunE checks them before any command runs.
+// options are the global flags. PersistentPreRunE fills those not given
+// from the environment and checks them before any command runs.
 type options struct {
 	stdout, stderr io.Writer
 
-	endpoints                 string // comma-separated
-	caFile, certFile, keyFile string
-	user, password            string
-	passwordFile              string
-	envPassword               string // MESHPLANE_ETCD_PASSWORD, used when neither --etcd-password nor --etcd-password-file is given
-	dialTimeout               time.Duration
-	clusterName               string
-	clusterID                 int
-	stateDir                  string
-	nodeName                  string
+	etcd      kvstore.Config // the --etcd-* flags (cmd/internal/etcdflags)
+	etcdFlags *etcdflags.Flags
+	embedded  bool
+	stateDir  string
 
-	// envErr is a malformed MESHPLANE_* variable. It is reported when a
-	// command runs, not by New, so that --help still works.
-	envErr error
+	clusterName string
+	clusterID   int
+	nodeName    string
 }
 
 // New returns the meshctl root command, writing results to stdout and
@@ -48,15 +43,26 @@ func New(stdout, stderr io.Writer) *cobra.Command {
 		Long: `meshctl operates and inspects meshplane, a networking control plane whose
 state lives in etcd.
 
-Without --etcd-endpoints, meshctl starts an embedded etcd with its data in
---state-dir; that directory must not be in use by a running agent.`,
+meshctl talks to the etcd that --etcd-endpoints names. On one machine,
+--etcd-embedded instead starts an etcd inside meshctl with its data in
+--state-dir (no other process may use that directory at the same time);
+demo always runs its own, and lab starts one per lab cluster.
+
+Every global flag also has an environment variable, MESHPLANE_ and the
+flag's name in capitals with '-' as '_' (--etcd-endpoints is
+MESHPLANE_ETCD_ENDPOINTS); a flag beats the environment.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
-		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+		PersistentPreRunE: func(*cobra.Command, []string) error {
+			if err := o.etcdFlags.SetFromEnv(); err != nil {
+				return err
+			}
 			if err := o.validate(); err != nil {
 				return err
 			}
-			o.warn(cmd)
+			for _, w := range o.etcdFlags.Warnings() {
+				fmt.Fprintln(o.stderr, "meshctl: warning:", w)
+			}
 			return nil
 		},
 	}
@@ -71,30 +77,23 @@ Without --etcd-endpoints, meshctl starts an embedded etcd with its data in
 	return root
 }
 
+// addFlags defines the global flags. The environment is read after
+// parsing (etcdflags.SetFromEnv, for all of them), not as the flags'
+// defaults, so that --help shows the real defaults and never a password.
 func (o *options) addFlags(fs *pflag.FlagSet) {
-	env := &envReader{}
-	fs.StringVar(&o.endpoints, "etcd-endpoints", env.str("MESHPLANE_ETCD_ENDPOINTS", ""),
-		"etcd client URLs, comma-separated; empty starts an embedded etcd in --state-dir (env MESHPLANE_ETCD_ENDPOINTS)")
-	fs.StringVar(&o.caFile, "etcd-ca", env.str("MESHPLANE_ETCD_CA", ""), "CA bundle that signed etcd's server certificate (env MESHPLANE_ETCD_CA)")
-	fs.StringVar(&o.certFile, "etcd-cert", env.str("MESHPLANE_ETCD_CERT", ""), "client certificate for etcd (env MESHPLANE_ETCD_CERT)")
-	fs.StringVar(&o.keyFile, "etcd-key", env.str("MESHPLANE_ETCD_KEY", ""), "client key for etcd (env MESHPLANE_ETCD_KEY)")
-	fs.StringVar(&o.user, "etcd-user", env.str("MESHPLANE_ETCD_USER", ""), "etcd user name (env MESHPLANE_ETCD_USER)")
-	// The password from the environment is not made the flag's default,
-	// which --help would print.
-	o.envPassword = env.str("MESHPLANE_ETCD_PASSWORD", "")
-	fs.StringVar(&o.password, "etcd-password", "", "etcd password; other users of the machine can read it: prefer MESHPLANE_ETCD_PASSWORD or --etcd-password-file")
-	fs.StringVar(&o.passwordFile, "etcd-password-file", env.str("MESHPLANE_ETCD_PASSWORD_FILE", ""),
-		"file whose first line is the etcd password, mode 0600 (env MESHPLANE_ETCD_PASSWORD_FILE)")
-	fs.DurationVar(&o.dialTimeout, "etcd-dial-timeout", env.duration("MESHPLANE_ETCD_DIAL_TIMEOUT", kvstore.DefaultDialTimeout),
-		"how long to wait for etcd to answer (env MESHPLANE_ETCD_DIAL_TIMEOUT)")
-	fs.StringVar(&o.clusterName, "cluster-name", env.str("MESHPLANE_CLUSTER_NAME", "default"), "name of the cluster: its key prefix in etcd (env MESHPLANE_CLUSTER_NAME)")
-	fs.IntVar(&o.clusterID, "cluster-id", env.int("MESHPLANE_CLUSTER_ID", 1), "cluster ID, 1-255, unique in the mesh (env MESHPLANE_CLUSTER_ID)")
-	fs.StringVar(&o.stateDir, "state-dir", env.str("MESHPLANE_STATE_DIR", kvstore.DefaultStateDir),
-		"directory of the embedded etcd's data, used without --etcd-endpoints (env MESHPLANE_STATE_DIR)")
-	fs.StringVar(&o.nodeName, "node-name", env.str("MESHPLANE_NODE_NAME", defaultNodeName()),
+	o.etcdFlags = etcdflags.Bind(fs, &o.etcd)
+	fs.BoolVar(&o.embedded, "etcd-embedded", false,
+		"instead of --etcd-endpoints, start an etcd inside meshctl with its data in --state-dir: one machine only (env MESHPLANE_ETCD_EMBEDDED)")
+	fs.StringVar(&o.stateDir, "state-dir", defaultStateDir,
+		"directory of the embedded etcd's data, used with --etcd-embedded and by demo (env MESHPLANE_STATE_DIR)")
+	fs.StringVar(&o.clusterName, "cluster-name", "default", "name of the cluster: its key prefix in etcd (env MESHPLANE_CLUSTER_NAME)")
+	fs.IntVar(&o.clusterID, "cluster-id", 1, "cluster ID, 1-255, unique in the mesh (env MESHPLANE_CLUSTER_ID)")
+	fs.StringVar(&o.nodeName, "node-name", defaultNodeName(),
 		"node name on the identity references meshctl makes (env MESHPLANE_NODE_NAME)")
-	o.envErr = env.err
 }
+
+// defaultStateDir is where --etcd-embedded keeps its data unless told.
+const defaultStateDir = "/var/lib/meshplane"
 
 // defaultNodeName is the host name in lowercase, as Kubernetes names nodes.
 func defaultNodeName() string {
@@ -105,78 +104,33 @@ func defaultNodeName() string {
 	return strings.ToLower(h)
 }
 
-// envReader reads flag defaults from the environment, keeping the first
-// malformed value's error.
-type envReader struct{ err error }
-
-func (e *envReader) str(name, def string) string {
-	if v, ok := os.LookupEnv(name); ok {
-		return v
-	}
-	return def
-}
-
-func (e *envReader) duration(name string, def time.Duration) time.Duration {
-	v, ok := os.LookupEnv(name)
-	if !ok || v == "" {
-		return def
-	}
-	d, err := time.ParseDuration(v)
-	if err != nil && e.err == nil {
-		e.err = fmt.Errorf("%s=%q is not a duration: write it like 5s, or unset it", name, v)
-	}
-	if err != nil {
-		return def
-	}
-	return d
-}
-
-func (e *envReader) int(name string, def int) int {
-	v, ok := os.LookupEnv(name)
-	if !ok || v == "" {
-		return def
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil && e.err == nil {
-		e.err = fmt.Errorf("%s=%q is not a number: set it to a number, or unset it", name, v)
-	}
-	if err != nil {
-		return def
-	}
-	return n
-}
-
 // validate checks the global flags without touching the network.
 func (o *options) validate() error {
-	if o.envErr != nil {
-		return o.envErr
-	}
 	if err := identity.ValidateClusterID(o.clusterID); err != nil {
 		return fmt.Errorf("--cluster-id: %w", err)
 	}
 	if err := kvstore.ValidateClusterName(o.clusterName); err != nil {
 		return fmt.Errorf("--cluster-name: %w", err)
 	}
-	if o.dialTimeout <= 0 {
-		return fmt.Errorf("--etcd-dial-timeout %s: use a positive duration such as 5s", o.dialTimeout)
+	if o.etcd.DialTimeout <= 0 {
+		return fmt.Errorf("--etcd-dial-timeout %s: use a positive duration such as 5s", o.etcd.DialTimeout)
 	}
-	if o.stateDir == "" && len(o.endpointList()) == 0 {
-		return fmt.Errorf("--state-dir is empty: name a directory for the embedded etcd, or pass --etcd-endpoints")
-	}
-	return o.etcdConfig().Validate()
-}
-
-// warn prints to stderr what in the global flags an operator should fix,
-// though the command can run with it. The password itself is never shown.
-func (o *options) warn(cmd *cobra.Command) {
-	if f := cmd.Flags().Lookup("etcd-password"); f != nil && f.Changed {
-		fmt.Fprintln(o.stderr, "meshctl: warning: --etcd-password on the command line: every user of this machine can read it (ps, shell history); pass it in MESHPLANE_ETCD_PASSWORD or a file named by --etcd-password-file")
-	}
-	if o.passwordFile != "" {
-		if fi, err := os.Stat(o.passwordFile); err == nil && fi.Mode().Perm()&0o077 != 0 {
-			fmt.Fprintf(o.stderr, "meshctl: warning: etcd password file %s is readable by other users (mode %04o): chmod 600 %s\n", o.passwordFile, fi.Mode().Perm(), o.passwordFile)
+	cfg := o.etcdConfig()
+	if len(cfg.Endpoints) == 0 {
+		// No etcd named: the commands that need one say so (connect);
+		// demo and lab start their own.
+		if cfg.CAFile != "" || cfg.CertFile != "" || cfg.KeyFile != "" || cfg.Username != "" || cfg.PasswordFile != "" {
+			return fmt.Errorf("%w: TLS files or credentials were given but no --etcd-endpoints: name the etcd or drop them", kvstore.ErrConfig)
 		}
+		if o.embedded && o.stateDir == "" {
+			return errors.New("--state-dir is empty: name a directory for the embedded etcd's data")
+		}
+		return nil
 	}
+	if o.embedded {
+		return fmt.Errorf("%w: --etcd-embedded and --etcd-endpoints were both given: keep one", kvstore.ErrConfig)
+	}
+	return cfg.Validate()
 }
 
 // validateNode checks --node-name, for the commands that write references.
@@ -187,39 +141,23 @@ func (o *options) validateNode() error {
 	return nil
 }
 
-func (o *options) endpointList() []string {
-	var eps []string
-	for ep := range strings.SplitSeq(o.endpoints, ",") {
-		if ep = strings.TrimSpace(ep); ep != "" {
-			eps = append(eps, ep)
-		}
-	}
-	return eps
-}
+// endpointList returns the --etcd-endpoints.
+func (o *options) endpointList() []string { return o.etcd.Endpoints }
 
-// etcdConfig is the kvstore configuration the global flags describe. The
-// environment's password counts only when no flag names one.
-func (o *options) etcdConfig() kvstore.Config {
-	password := o.password
-	if password == "" && o.passwordFile == "" {
-		password = o.envPassword
-	}
-	return kvstore.Config{
-		Endpoints:    o.endpointList(),
-		CAFile:       o.caFile,
-		CertFile:     o.certFile,
-		KeyFile:      o.keyFile,
-		Username:     o.user,
-		Password:     password,
-		PasswordFile: o.passwordFile,
-		DialTimeout:  o.dialTimeout,
-		StateDir:     o.stateDir,
-	}
-}
+// etcdConfig is the kvstore configuration the global flags describe.
+func (o *options) etcdConfig() kvstore.Config { return o.etcd }
 
-// connect opens the etcd the flags describe. kvstore's errors already say
-// what to check, so they are returned as they are.
+// connect opens the etcd the flags describe: --etcd-endpoints, or with
+// --etcd-embedded one started in --state-dir, which closing the client
+// stops. kvstore's errors already say what to check, so they are returned
+// as they are.
 func (o *options) connect(ctx context.Context) (*kvstore.Client, error) {
+	if o.embedded {
+		return embedded.Connect(ctx, o.stateDir, o.etcdConfig())
+	}
+	if len(o.endpointList()) == 0 {
+		return nil, fmt.Errorf("%w: %s, or --etcd-embedded for a one-machine etcd in --state-dir", kvstore.ErrConfig, kvstore.NoEndpoints)
+	}
 	return kvstore.New(ctx, o.etcdConfig())
 }
 

@@ -131,7 +131,7 @@ there.`,
 			var st *api.StatusResponse
 			for {
 				st, err = client.Status(ctx, &api.StatusRequest{}, grpc.WaitForReady(wait))
-				if err == nil && (!wait || st.State == "ok") {
+				if err == nil && (!wait || st.State == nodeagent.StateOK) {
 					break
 				}
 				if ctx.Err() != nil {

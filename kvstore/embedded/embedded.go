@@ -1,4 +1,4 @@
-package kvstore
+package embedded
 
 import (
 	"context"
@@ -14,37 +14,38 @@ import (
 	"go.etcd.io/etcd/client/pkg/v3/fileutil"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
+
+	"github.com/meshplane/meshplane/kvstore"
 )
 
-// EmbeddedServer is an etcd server running inside this process on loopback.
-// It is what a Client with no endpoints starts; etcdtest starts it directly.
-type EmbeddedServer struct {
+// Server is an etcd server running inside this process on loopback.
+type Server struct {
 	etcd      *embed.Etcd
 	lock      *fileutil.LockedFile // held while the server runs
 	clientURL string
 	ports     [2]int
 }
 
-// StartEmbedded starts an etcd server with its data in dir/etcd. With ports
+// Start starts an etcd server with its data in dir/etcd. With ports
 // zero, loopback ports are chosen; otherwise ports holds the client and peer
 // ports to listen on (to restart a server where its clients expect it).
 //
 // The server holds a lock on dir/etcd.lock while it runs, so a second server
-// on the same dir fails at once with an error wrapping ErrConfig.
-func StartEmbedded(ctx context.Context, dir string, ports [2]int) (*EmbeddedServer, error) {
+// on the same dir fails at once with an error wrapping kvstore.ErrConfig.
+func Start(ctx context.Context, dir string, ports [2]int) (*Server, error) {
 	dataDir := filepath.Join(dir, "etcd")
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("%w: state directory (--state-dir) %s: %w; pick a writable directory", ErrConfig, dir, err)
+		return nil, fmt.Errorf("%w: state directory (--state-dir) %s: %w; pick a writable directory", kvstore.ErrConfig, dir, err)
 	}
 	// etcd opens its bbolt database with a blocking file lock and no
 	// timeout: a second server on the same data dir would hang in
 	// embed.StartEtcd forever, ignoring ctx. Take our own lock first.
 	lock, err := fileutil.TryLockFile(filepath.Join(dir, "etcd.lock"), os.O_WRONLY|os.O_CREATE, 0o600)
 	if errors.Is(err, fileutil.ErrLocked) {
-		return nil, fmt.Errorf("%w: embedded etcd in %s: the data directory is in use by another process; stop it or pass --etcd-endpoints", ErrConfig, dataDir)
+		return nil, fmt.Errorf("%w: embedded etcd in %s: the data directory is in use by another process; stop it or pass --etcd-endpoints", kvstore.ErrConfig, dataDir)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%w: lock state directory (--state-dir) %s: %w", ErrConfig, dir, err)
+		return nil, fmt.Errorf("%w: lock state directory (--state-dir) %s: %w", kvstore.ErrConfig, dir, err)
 	}
 	srv, err := startEmbeddedPorts(ctx, dataDir, ports)
 	if err != nil {
@@ -55,7 +56,7 @@ func StartEmbedded(ctx context.Context, dir string, ports [2]int) (*EmbeddedServ
 	return srv, nil
 }
 
-func startEmbeddedPorts(ctx context.Context, dataDir string, ports [2]int) (*EmbeddedServer, error) {
+func startEmbeddedPorts(ctx context.Context, dataDir string, ports [2]int) (*Server, error) {
 	if ports != [2]int{} {
 		return startEmbeddedOnce(ctx, dataDir, ports)
 	}
@@ -79,7 +80,7 @@ func startEmbeddedPorts(ctx context.Context, dataDir string, ports [2]int) (*Emb
 	return nil, lastErr
 }
 
-func startEmbeddedOnce(ctx context.Context, dataDir string, ports [2]int) (*EmbeddedServer, error) {
+func startEmbeddedOnce(ctx context.Context, dataDir string, ports [2]int) (*Server, error) {
 	cu := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports[0])}
 	pu := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports[1])}
 	cfg := embed.NewConfig()
@@ -118,21 +119,54 @@ func startEmbeddedOnce(ctx context.Context, dataDir string, ports [2]int) (*Embe
 		e.Close()
 		return nil, fmt.Errorf("embedded etcd in %s: %w", dataDir, ctx.Err())
 	}
-	return &EmbeddedServer{etcd: e, clientURL: cu.String(), ports: ports}, nil
+	return &Server{etcd: e, clientURL: cu.String(), ports: ports}, nil
 }
 
 // ClientURL returns the URL clients connect to.
-func (s *EmbeddedServer) ClientURL() string { return s.clientURL }
+func (s *Server) ClientURL() string { return s.clientURL }
 
 // Ports returns the client and peer ports, for a restart in the same place.
-func (s *EmbeddedServer) Ports() [2]int { return s.ports }
+func (s *Server) Ports() [2]int { return s.ports }
+
+// Config returns a kvstore configuration that connects to the server.
+func (s *Server) Config() kvstore.Config {
+	return kvstore.Config{Endpoints: []string{s.clientURL}}
+}
 
 // Close stops the server. Data stays in its directory.
-func (s *EmbeddedServer) Close() {
+func (s *Server) Close() {
 	s.etcd.Close()
 	if s.lock != nil {
 		_ = s.lock.Close()
 	}
+}
+
+// Connect starts a server with its data in dir/etcd and returns a client
+// of it; closing the client stops the server. cfg's Endpoints must be
+// empty (the server's URL is used); its timeouts apply. TLS and credentials
+// are refused: the server listens on loopback without either.
+func Connect(ctx context.Context, dir string, cfg kvstore.Config) (*kvstore.Client, error) {
+	if len(cfg.Endpoints) > 0 {
+		return nil, fmt.Errorf("%w: an embedded etcd and --etcd-endpoints were both asked for: keep one", kvstore.ErrConfig)
+	}
+	if cfg.CAFile != "" || cfg.CertFile != "" || cfg.KeyFile != "" || cfg.Username != "" || cfg.Password != "" || cfg.PasswordFile != "" {
+		return nil, fmt.Errorf("%w: TLS files or credentials were given for an embedded etcd, which uses neither: name the external etcd with --etcd-endpoints or drop them", kvstore.ErrConfig)
+	}
+	if dir == "" {
+		return nil, fmt.Errorf("%w: an embedded etcd needs a state directory (--state-dir)", kvstore.ErrConfig)
+	}
+	srv, err := Start(ctx, dir, [2]int{})
+	if err != nil {
+		return nil, err
+	}
+	cfg.Endpoints = []string{srv.clientURL}
+	c, err := kvstore.New(ctx, cfg)
+	if err != nil {
+		srv.Close()
+		return nil, err
+	}
+	c.OnClose(srv.Close)
+	return c, nil
 }
 
 // freePorts returns n distinct loopback TCP ports that were free a moment ago.
