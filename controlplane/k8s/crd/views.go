@@ -16,6 +16,7 @@ import (
 	"github.com/meshplane/meshplane/controlplane/k8s/apis/v1alpha1"
 	"github.com/meshplane/meshplane/identity"
 	"github.com/meshplane/meshplane/labels"
+	"github.com/meshplane/meshplane/node"
 	"github.com/meshplane/meshplane/policy"
 )
 
@@ -50,6 +51,27 @@ type Node struct {
 	AgentVersion string
 	// PolicyRevision is NodeRecord.PolicyRevision.
 	PolicyRevision int64
+}
+
+// NodeFromRecord is the view of a node: its record (as written under
+// nodes/<node>) and its gossip state (v1alpha1.NodeHealth of
+// health.State.String(); "" for none). The agent is Ready once the record
+// carries its addresses and gossip endpoint, Starting before (IPAM alone
+// has written it).
+func NodeFromRecord(r node.Record, h v1alpha1.NodeHealth) Node {
+	n := Node{
+		Name:           r.Name,
+		Addresses:      r.IPs,
+		PodCIDRs:       r.PodCIDRs,
+		Health:         h,
+		Agent:          v1alpha1.AgentStarting,
+		AgentVersion:   r.Version,
+		PolicyRevision: r.PolicyRevision,
+	}
+	if len(r.IPs) > 0 && r.GossipAddr != "" {
+		n.Agent = v1alpha1.AgentReady
+	}
+	return n
 }
 
 // SyncResult counts what a sync wrote.

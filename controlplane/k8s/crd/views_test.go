@@ -15,6 +15,7 @@ import (
 	"github.com/meshplane/meshplane/controlplane/k8s/crd"
 	"github.com/meshplane/meshplane/health"
 	"github.com/meshplane/meshplane/labels"
+	"github.com/meshplane/meshplane/node"
 )
 
 func set(t *testing.T, ls ...string) labels.Set {
@@ -249,6 +250,28 @@ func TestSyncNodes(t *testing.T) {
 	}
 	if res, err := w.SyncNodes(ctx, nil); err != nil || res != (crd.SyncResult{Deleted: 1}) {
 		t.Fatalf("sync to nothing: %+v, %v", res, err)
+	}
+}
+
+func TestNodeFromRecord(t *testing.T) {
+	ip := netip.MustParseAddr("192.168.1.10")
+	cidr := netip.MustParsePrefix("10.244.0.0/24")
+	tests := []struct {
+		name string
+		rec  node.Record
+		want crd.Node
+	}{
+		{"claimed by IPAM only", node.Record{Name: "n", PodCIDRs: []netip.Prefix{cidr}},
+			crd.Node{Name: "n", PodCIDRs: []netip.Prefix{cidr}, Health: v1alpha1.HealthAlive, Agent: v1alpha1.AgentStarting}},
+		{"agent published", node.Record{Name: "n", PodCIDRs: []netip.Prefix{cidr}, IPs: []netip.Addr{ip}, GossipAddr: "192.168.1.10:7946", Version: "v1", PolicyRevision: 7},
+			crd.Node{Name: "n", PodCIDRs: []netip.Prefix{cidr}, Addresses: []netip.Addr{ip}, Health: v1alpha1.HealthAlive, Agent: v1alpha1.AgentReady, AgentVersion: "v1", PolicyRevision: 7}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := crd.NodeFromRecord(tt.rec, v1alpha1.NodeHealth(health.Alive.String())); !reflect.DeepEqual(got, tt.want) {
+				t.Fatalf("got %+v\nwant %+v", got, tt.want)
+			}
+		})
 	}
 }
 
