@@ -50,6 +50,31 @@ func TestInstall(t *testing.T) {
 		}
 		versions[m.GetName()] = got.GetResourceVersion()
 	}
+
+	// Discovery serves the kinds with their short names and category, so
+	// `kubectl get mnp` and `kubectl get meshplane` work.
+	c, err := crd.NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := c.RESTClient().Get().AbsPath("/apis/meshplane.io/v1alpha1").DoRaw(ctx)
+	if err != nil {
+		t.Fatalf("discovery: %v", err)
+	}
+	var rl metav1.APIResourceList
+	if err := json.Unmarshal(raw, &rl); err != nil {
+		t.Fatal(err)
+	}
+	served := map[string]string{}
+	for _, r := range rl.APIResources {
+		if len(r.ShortNames) == 1 && reflect.DeepEqual(r.Categories, []string{"meshplane"}) {
+			served[r.Name] = r.ShortNames[0]
+		}
+	}
+	if want := map[string]string{"meshnetworkpolicies": "mnp", "meshidentities": "mid", "meshnodes": "mn"}; !reflect.DeepEqual(served, want) {
+		t.Errorf("served %v, want %v", served, want)
+	}
+
 	if err := crd.Install(ctx, dyn, time.Minute); err != nil {
 		t.Fatalf("install again: %v", err)
 	}
@@ -60,6 +85,39 @@ func TestInstall(t *testing.T) {
 		}
 		if got.GetResourceVersion() != rv {
 			t.Errorf("CRD %s: installing an unchanged CRD wrote it (resourceVersion %s -> %s)", name, rv, got.GetResourceVersion())
+		}
+	}
+}
+
+// TestPrinterColumns: the columns `kubectl get` prints for each kind
+// (the API server's Table, which kubectl asks for).
+func TestPrinterColumns(t *testing.T) {
+	cfg := installed(t)
+	ctx := testContext(t)
+	c, err := crd.NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for resource, want := range map[string][]string{
+		v1alpha1.ResourceMeshNetworkPolicies: {"Name", "Accepted", "Reason", "Age"},
+		v1alpha1.ResourceMeshIdentities:      {"Name", "ID", "Namespace", "References", "Labels", "Nodes", "Age"},
+		v1alpha1.ResourceMeshNodes:           {"Name", "Health", "Agent", "Addresses", "Pod CIDRs", "Policy Revision", "Version", "Age"},
+	} {
+		raw, err := c.RESTClient().Get().Resource(resource).
+			SetHeader("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io").DoRaw(ctx)
+		if err != nil {
+			t.Fatalf("%s: %v", resource, err)
+		}
+		var table metav1.Table
+		if err := json.Unmarshal(raw, &table); err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, col := range table.ColumnDefinitions {
+			got = append(got, col.Name)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("kubectl get %s: columns %q, want %q", resource, got, want)
 		}
 	}
 }
