@@ -53,7 +53,8 @@ type Config struct {
 	MetricsAddr string
 	// OnInvalid, if set, is called (from a reconciler's goroutine; it must
 	// not block) for an object the source holds that cannot be written,
-	// such as a policy meshplane cannot enforce. Nil means a Warn log.
+	// such as a policy meshplane cannot enforce. Nil means a Warn log and
+	// the Source's ReportInvalid, if it is an InvalidReporter.
 	OnInvalid func(kind Kind, key string, err error)
 	// Logger receives lifecycle and trouble reports. Nil discards them.
 	Logger *slog.Logger
@@ -120,8 +121,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.OnInvalid == nil {
 		log := c.Logger
+		rep, _ := c.Source.(InvalidReporter)
 		c.OnInvalid = func(kind Kind, key string, err error) {
 			log.Warn("object cannot be written to etcd; etcd keeps its last value", "kind", kind.String(), "key", key, "error", err)
+			if rep != nil {
+				rep.ReportInvalid(kind, key, err)
+			}
 		}
 	}
 	return c

@@ -35,8 +35,10 @@ type ControlPlane struct {
 	queues   map[Kind]*queue
 	stores   stores
 	campaign func(ctx context.Context) (leadership, error)
-	// leading is true during a term (for tests; the metric for people).
+	// leading is true during a term, terms counts them (for tests; the
+	// metrics for people).
 	leading atomic.Bool
+	terms   atomic.Int64
 }
 
 // New validates cfg and returns a control plane; Run starts it.
@@ -126,6 +128,7 @@ func (cp *ControlPlane) lead(ctx context.Context, rs []kindReconciler, kinds Kin
 	cp.m.leader.Set(1)
 	cp.m.terms.Inc()
 	cp.leading.Store(true)
+	cp.terms.Add(1)
 	defer func() {
 		cp.leading.Store(false)
 		cp.m.leader.Set(0)

@@ -62,33 +62,14 @@ func (cp *ControlPlane) bindEtcd() {
 		services:   open(kvstore.ServiceStore(c, k)),
 		policies:   open(kvstore.PolicyStore(c, k)),
 	}
-	cp.campaign = cp.campaignTemporary
+	cp.campaign = func(ctx context.Context) (leadership, error) {
+		l, err := kvstore.Campaign(ctx, c, k.Leader(electionName), kvstore.ElectionConfig{Value: cp.cfg.Name, TTL: cp.cfg.LeaseTTL})
+		if err != nil {
+			return nil, err
+		}
+		return l, nil
+	}
 }
 
-// TEMPORARY until kvstore.Campaign lands: a leadership that never ends,
-// fenced by a key of its own.
-type foreverLeader struct {
-	ctx   context.Context
-	fence kvstore.Condition
-}
-
-func (l foreverLeader) Context() context.Context     { return l.ctx }
-func (l foreverLeader) Condition() kvstore.Condition { return l.fence }
-func (foreverLeader) Resign(context.Context) error   { return nil }
-
-func (cp *ControlPlane) campaignTemporary(ctx context.Context) (leadership, error) {
-	key := cp.keys.Prefix() + "controlplane/leader-temporary"
-	kv, err := cp.cfg.Client.Create(ctx, key, []byte(cp.cfg.Name))
-	if errors.Is(err, kvstore.ErrConflict) {
-		err = nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	got, _, err := cp.cfg.Client.Get(ctx, key)
-	if err != nil {
-		return nil, err
-	}
-	_ = kv
-	return foreverLeader{ctx: ctx, fence: kvstore.KeyCreatedAt(key, got.ModRevision)}, nil
-}
+// electionName is the control plane's election (Keys.Leader).
+const electionName = "controlplane"

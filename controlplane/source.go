@@ -73,6 +73,17 @@ type Source interface {
 	Kinds() Kinds
 }
 
+// InvalidReporter is an optional capability of a Source: it is told of
+// every object it holds that cannot be written (Lister.Get returned an
+// error), so that it can say so where the object's owner looks
+// (controlplane/k8s: a Kubernetes Event on the object). ReportInvalid is
+// called from the kind's reconciler goroutine, at every reconcile of the
+// object (so also at each resync): it must not block, and should
+// deduplicate. Config.OnInvalid, when set, replaces it.
+type InvalidReporter interface {
+	ReportInvalid(kind Kind, key string, err error)
+}
+
 // Kinds holds one Lister per kind. A nil Lister means the source does not
 // provide the kind: the control plane leaves its prefix alone (the lab, for
 // example, leaves policies to meshctl policy apply).

@@ -421,7 +421,9 @@ func (r trafficResult) check(t *testing.T) {
 func TestAgentGossipFlags(t *testing.T) {
 	requireRoot(t)
 	_, agent := binaries()
-	base := []string{"--node-name", "n1", "--node-ip", "10.0.0.1", "--gossip-insecure", "--state-dir", t.TempDir(), "--bpffs", t.TempDir()}
+	// The endpoint is never dialled: the configuration fails first.
+	base := []string{"--node-name", "n1", "--node-ip", "10.0.0.1", "--gossip-insecure", "--state-dir", t.TempDir(), "--bpffs", t.TempDir(),
+		"--etcd-endpoints", "http://127.0.0.1:2379"}
 	for _, tt := range []struct {
 		args []string
 		want string
@@ -430,6 +432,8 @@ func TestAgentGossipFlags(t *testing.T) {
 		{[]string{"--gossip-restart-grace", "-5s"}, "--gossip-restart-grace: restart grace -5s is negative"},
 		{[]string{"--gossip-check-timeout", "90s"}, "--gossip-check-timeout"},
 		{[]string{"--gossip-suspicion-mult", "0.5"}, "--gossip-suspicion-mult"},
+		// No etcd: the agent does not start one of its own.
+		{[]string{"--etcd-endpoints="}, "no etcd endpoints: pass --etcd-endpoints (or MESHPLANE_ETCD_ENDPOINTS)"},
 	} {
 		t.Run(strings.Join(tt.args, "="), func(t *testing.T) {
 			cmd := exec.Command(agent, append(slices.Clone(base), tt.args...)...)

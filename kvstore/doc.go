@@ -32,8 +32,26 @@
 //     force and the key is listed by Cache.Invalid until it is fixed or
 //     deleted; keys that were never valid reach handlers that implement
 //     InvalidHandler, so that they can fail closed.
+//   - Session.Txn: a transaction built on the session's current lease
+//     (LeaseTxn), rebuilt on the new lease when etcd says the lease is
+//     gone, whose owned keys the session records on success; the
+//     allocators use it instead of the raw client and the session's
+//     bookkeeping hooks.
+//   - Store: a typed view of a prefix through a Codec (Decode, Encode,
+//     Key; CheckKey makes a decoder refuse a value that its key does not
+//     name). PutAll and Txn are one transaction, all or nothing, of at
+//     most MaxTxnOps operations (ErrTooManyOps); List returns undecodable
+//     values with Item.Err set. PolicyStore and ServiceStore (and their
+//     codecs) are the stores of the models kvstore writes.
 //   - Create, Swap, DeleteIf: compare-and-create and compare-and-swap
 //     transactions; a lost race is ErrConflict with the stored value.
+//   - WithCondition: a precondition checked in a write's own transaction
+//     (ErrConditionFailed when false, nothing written); a leader fences its
+//     writes with Leadership.Condition.
+//   - Campaign: leader election on etcd's concurrency.Election with a lease
+//     of its own (DefaultElectionTTL). The Leadership's Done and Context end
+//     as soon as the office is lost; Resign hands it over; Leader reads who
+//     holds it.
 //   - Keys: the etcd key layout, in one place.
 //
 // # Keys
@@ -44,12 +62,16 @@
 //	identities/labels/<hash>        <id>                  written with the id key in the same transaction; no lease
 //	identities/refs/<hash>/<node>   "" (empty)            written by each node that uses the label set; on that node's session lease
 //	policies/<namespace>/<name>     policy (JSON)         written by meshctl policy apply (or the control plane); no lease; durable until deleted
+//	leader/<name>/<lease>           candidate's value     written by each election candidate (Campaign); on the candidate's own election lease
 //
-// docs/kvstore.md is the operator's copy of this table.
+// Keys (keys.go) has the full layout; docs/kvstore.md is the operator's
+// copy of it.
 //
 // # Goroutines
 //
-// A Session owns one goroutine (grant, re-assert, keepalive) and, with
+// A Leadership owns one goroutine (it watches the leader key and the
+// lease) besides etcd's session keepalive; Resign stops both, and a loss
+// stops them on its own. A Session owns one goroutine (grant, re-assert, keepalive) and, with
 // guarded prefixes, one watch goroutine per prefix and one repairer, all
 // stopped by Close and Detach. A Cache's Run owns its watch goroutine and one delivery goroutine
 // per handler, and returns after all of them exit. The package never logs:

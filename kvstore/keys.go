@@ -30,8 +30,12 @@ const Root = "/meshplane/v1/"
 // Pods are keyed by node first so that an agent watches only its own
 // node's pods (pods/<node>/): with thousands of agents, a watch on every
 // pod would send each of a cluster's label changes to every agent.
+//	<root><cluster>/leader/<name>/<lease>           candidate (its value)    the candidate's own election lease (Campaign)
 //
 // <cidr> is the CIDR with '/' written as '_' (10.192.3.0_24).
+//
+// <lease> is the candidate's lease ID in hex; the candidate whose key has
+// the lowest create revision leads (see Campaign).
 //
 // <hash> is labels.Set.Hash() of the canonical label set. References are
 // keyed by the label hash, not the ID, so that an agent that loses the race
@@ -159,3 +163,10 @@ func (k Keys) NamespacesPrefix() string { return k.base + "namespaces/" }
 
 // Namespace is the key of one namespace's metadata (its labels).
 func (k Keys) Namespace(name string) string { return k.NamespacesPrefix() + name }
+// LeadersPrefix is the prefix of the cluster's leader elections.
+func (k Keys) LeadersPrefix() string { return k.base + "leader/" }
+
+// Leader is the prefix of one election (name: "controlplane"), which
+// Campaign and Leader take: each candidate's key is Leader(name) + "/" +
+// its lease in hex.
+func (k Keys) Leader(name string) string { return k.LeadersPrefix() + name }

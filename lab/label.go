@@ -34,7 +34,7 @@ type LabelChange struct {
 func ParseLabelChange(args []string) (LabelChange, error) {
 	ch := LabelChange{Set: map[string]string{}}
 	for _, a := range args {
-		if k, ok := strings.CutSuffix(a, "-"); ok && !strings.Contains(a, "=") {
+		if k, ok := strings.CutSuffix(a, "-"); ok && k != "" && !strings.Contains(a, "=") {
 			ch.Remove = append(ch.Remove, k)
 			continue
 		}
@@ -287,7 +287,7 @@ func (l *Lab) waitRelabelled(ctx context.Context, client *kvstore.Client, keys k
 func entryIdentity(ctx context.Context, client *kvstore.Client, keys kvstore.Keys, ip netip.Addr) (uint32, labels.Set, error) {
 	kv, ok, err := client.Get(ctx, keys.Endpoint(ipcache.KeyOf(ip)))
 	if err != nil || !ok {
-		return 0, labels.Set{}, fmt.Errorf("endpoints/%s: found %v (%v)", ip, ok, err)
+		return 0, labels.Set{}, fmt.Errorf("endpoints/%s: found %v (%w)", ip, ok, err)
 	}
 	e, err := ipcache.Decode(ip.String(), kv.Value)
 	if err != nil {
@@ -295,7 +295,7 @@ func entryIdentity(ctx context.Context, client *kvstore.Client, keys kvstore.Key
 	}
 	kv, ok, err = client.Get(ctx, keys.IdentityID(e.Identity.String()))
 	if err != nil || !ok {
-		return 0, labels.Set{}, fmt.Errorf("identity %d: found %v (%v)", e.Identity, ok, err)
+		return 0, labels.Set{}, fmt.Errorf("identity %d: found %v (%w)", e.Identity, ok, err)
 	}
 	set, err := labels.ParseSet(string(kv.Value))
 	return uint32(e.Identity), set, err

@@ -99,11 +99,11 @@ func relabelled(t *testing.T, c *kvstore.Client, keys kvstore.Keys, node string,
 	}
 	v, ok, err := pinned[bpf.EndpointKey, bpf.EndpointValue](t, node, bpf.EndpointsMapName).Lookup(bpf.EndpointKeyFor(ip))
 	if err != nil || !ok || v.Identity != uint32(e.Identity) {
-		return 0, fmt.Errorf("endpoints map: %s = identity %d (found %v, %v), want %d", ip, v.Identity, ok, err, e.Identity)
+		return 0, fmt.Errorf("endpoints map: %s = identity %d (found %v, %w), want %d", ip, v.Identity, ok, err, e.Identity)
 	}
 	iv, ok, err := exact(ipcacheOf(t, node), host(ip))
 	if err != nil || !ok || iv.Identity != uint32(e.Identity) {
-		return 0, fmt.Errorf("ipcache map: %s = identity %d (found %v, %v), want %d", ip, iv.Identity, ok, err, e.Identity)
+		return 0, fmt.Errorf("ipcache map: %s = identity %d (found %v, %w), want %d", ip, iv.Identity, ok, err, e.Identity)
 	}
 	return e.Identity, nil
 }

@@ -166,6 +166,11 @@ func TestErrors(t *testing.T) {
 		{"unknown flag", []string{"identity", "list", "--bogus"}, nil, "--help"},
 		{"bench too big", append(inCluster(t), "bench", "identity", "--agents", "1000", "--labelsets", "100"), nil, "--shared"},
 		{"demo external", append(inCluster(t), "demo", "identities"), nil, "drop --etcd-endpoints"},
+		// meshctl starts no etcd unless asked: no endpoints says what to pass.
+		{"no etcd", []string{"identity", "list"}, kvstore.ErrConfig, "pass --etcd-endpoints (or MESHPLANE_ETCD_ENDPOINTS)"},
+		{"no etcd names the embedded option", []string{"ipam", "pool", "list"}, kvstore.ErrConfig, "--etcd-embedded"},
+		{"embedded and endpoints", []string{"--etcd-embedded", "--etcd-endpoints", closed, "identity", "list"}, kvstore.ErrConfig, "keep one"},
+		{"embedded with credentials", []string{"--etcd-embedded", "--etcd-user", "u", "identity", "list"}, kvstore.ErrConfig, "--etcd-endpoints"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

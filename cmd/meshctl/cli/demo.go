@@ -57,7 +57,7 @@ real cluster's identities.`,
 				return errors.New("demo runs its own embedded etcd and garbage-collects identities; drop --etcd-endpoints")
 			}
 			dir := o.stateDir
-			if !cmd.Flags().Changed("state-dir") {
+			if !o.stateDirGiven {
 				tmp, err := os.MkdirTemp("", "meshctl-demo-")
 				if err != nil {
 					return fmt.Errorf("demo: temporary state directory: %w", err)

@@ -27,6 +27,9 @@ type options struct {
 	etcdFlags *etcdflags.Flags
 	embedded  bool
 	stateDir  string
+	// stateDirGiven is whether --state-dir was on the command line (not
+	// from MESHPLANE_STATE_DIR): demo then keeps its data there.
+	stateDirGiven bool
 
 	clusterName string
 	clusterID   int
@@ -53,7 +56,8 @@ flag's name in capitals with '-' as '_' (--etcd-endpoints is
 MESHPLANE_ETCD_ENDPOINTS); a flag beats the environment.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
-		PersistentPreRunE: func(*cobra.Command, []string) error {
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			o.stateDirGiven = cmd.Flags().Changed("state-dir")
 			if err := o.etcdFlags.SetFromEnv(); err != nil {
 				return err
 			}

@@ -1,0 +1,40 @@
+// Package k8s is the Kubernetes side of mesh-controlplane, and the only
+// importer of client-go: it watches the cluster and converts what it sees
+// to meshplane's model, as a controlplane.Source.
+//
+// One SharedInformerFactory holds one informer — one list, then one watch,
+// cluster-wide — per kind: Namespaces, Pods, Services, EndpointSlices
+// (discovery.k8s.io/v1), NetworkPolicies (networking.k8s.io/v1) and Nodes.
+// The control plane is level-triggered: event handlers only pass the key
+// of what changed to the control plane's Notify (an EndpointSlice passes
+// its Service's, from the kubernetes.io/service-name label); the listers
+// (Kinds, Nodes) convert an object from the informer's cache when the
+// reconciler asks for it.
+//
+// The conversions, each usable on its own:
+//
+//   - PodFrom: namespace, name, UID, labels, node, service account and the
+//     containers' ports (names kept, sidecars included). Pods that are not
+//     scheduled, have finished, or use the host's network have no value.
+//   - NamespaceFrom: name and labels.
+//   - ServiceFrom: a Service and its EndpointSlices through service.Build
+//     (every ClusterIP and port, node ports, session affinity, the traffic
+//     policies; backends by their ready, serving and terminating
+//     conditions). ExternalName services have no value.
+//   - PolicyFrom: the NetworkPolicy's manifest, as JSON, through
+//     policy.Parse, the one policy parser. A policy that fails it is a
+//     *PolicyError carrying the policy.FieldErrors, for the control plane
+//     to report (as an Event) instead of writing it.
+//   - NodeFrom: name and InternalIP / ExternalIP addresses.
+//
+// Errors: configuration problems (no kubeconfig, an empty or unreadable
+// one) wrap ErrConfig; an apiserver that cannot be reached or rejects the
+// credentials wraps ErrUnreachable; each permission RBAC denies is a
+// *PermissionError (errors.Is ErrForbidden) naming the verb and resource.
+// Check finds them all at once; Run calls it first, so a control plane
+// without its permissions stops with that error instead of retrying in
+// the background.
+//
+// Goroutines: Run starts the informers' goroutines and stops them (and
+// waits for them) before it returns.
+package k8s
