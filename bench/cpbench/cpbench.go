@@ -689,7 +689,7 @@ func waitPrefix(ctx context.Context, c *kvstore.Client, prefix string, n int) er
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%d of %d keys under %s (%v): %w", len(kvs), n, prefix, err, ctx.Err())
+			return errors.Join(fmt.Errorf("%d of %d keys under %s: %w", len(kvs), n, prefix, ctx.Err()), err)
 		case <-t.C:
 		}
 	}
