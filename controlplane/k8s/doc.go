@@ -31,10 +31,16 @@
 // one) wrap ErrConfig; an apiserver that cannot be reached or rejects the
 // credentials wraps ErrUnreachable; each permission RBAC denies is a
 // *PermissionError (errors.Is ErrForbidden) naming the verb and resource.
-// Check finds them all at once; Run calls it first, so a control plane
+// Check (list and watch on the six resources, create on events) finds
+// them all at once; Run calls it first, so a control plane
 // without its permissions stops with that error instead of retrying in
 // the background.
 //
-// Goroutines: Run starts the informers' goroutines and stops them (and
-// waits for them) before it returns.
+// ReportInvalid (controlplane.InvalidReporter) turns an object the control
+// plane cannot write into a Warning Event on it (reason MeshplaneInvalid,
+// the error as message), once per distinct error: `kubectl describe
+// networkpolicy` shows why meshplane does not enforce a policy.
+//
+// Goroutines: Run starts the informers' goroutines and one that writes the
+// queued Events, and stops them (and waits for them) before it returns.
 package k8s

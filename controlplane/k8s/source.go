@@ -41,7 +41,7 @@ var ErrForbidden = errors.New("missing kubernetes permission")
 // PermissionError is a permission the control plane needs and RBAC does not
 // give it.
 type PermissionError struct {
-	Verb     string // list, watch
+	Verb     string // list, watch, create
 	Group    string // API group, "" for the core group
 	Resource string // pods, endpointslices, ...
 	// Err is the apiserver's Forbidden (which names the user), or nil
@@ -50,7 +50,7 @@ type PermissionError struct {
 }
 
 func (e *PermissionError) Error() string {
-	msg := fmt.Sprintf("%s: may not %s %s (API group %q) cluster-wide; grant verbs get, list and watch on it in a ClusterRole bound to the control plane's user",
+	msg := fmt.Sprintf("%s: may not %s %s (API group %q) cluster-wide; grant it in a ClusterRole bound to the control plane's user (it needs get, list and watch on what it reads, and create on events)",
 		ErrForbidden, e.Verb, e.Resource, e.Group)
 	if e.Err != nil {
 		msg += ": " + e.Err.Error()
@@ -122,6 +122,8 @@ type Source struct {
 
 	namespaces, pods, services, slices, policies, nodes cache.SharedIndexInformer
 
+	reports *reports // the Events ReportInvalid queues
+
 	runOnce sync.Once
 	started chan struct{} // closed once Run has started the informers
 }
@@ -147,7 +149,7 @@ func NewForConfig(rc *rest.Config) (*Source, error) {
 	}
 	f := informers.NewSharedInformerFactory(c, 0)
 	s := &Source{
-		client: c, host: rc.Host, factory: f, started: make(chan struct{}),
+		client: c, host: rc.Host, factory: f, started: make(chan struct{}), reports: newReports(),
 		namespaces: f.Core().V1().Namespaces().Informer(),
 		pods:       f.Core().V1().Pods().Informer(),
 		services:   f.Core().V1().Services().Informer(),
@@ -180,7 +182,7 @@ func sliceService(obj any) string {
 }
 
 // Check asks the apiserver whether the control plane may list and watch
-// every resource it reads. Every missing permission is reported at once,
+// every resource it reads, and create Events (ReportInvalid). Every missing permission is reported at once,
 // each as a *PermissionError naming the verb and resource; an apiserver
 // that cannot be reached or rejects the credentials wraps ErrUnreachable.
 func (s *Source) Check(ctx context.Context) error {
@@ -224,6 +226,18 @@ func (s *Source) Check(ctx context.Context) error {
 		if !r.Status.Allowed {
 			denied = append(denied, &PermissionError{Verb: "watch", Group: w.group, Resource: w.resource})
 		}
+	}
+	// ReportInvalid's Events.
+	r, err := s.client.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx, &authorizationv1.SelfSubjectAccessReview{
+		Spec: authorizationv1.SelfSubjectAccessReviewSpec{ResourceAttributes: &authorizationv1.ResourceAttributes{
+			Verb: "create", Resource: "events",
+		}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		return fmt.Errorf("%w: %s: review the permission to create events: %w", ErrUnreachable, s.host, err)
+	}
+	if !r.Status.Allowed {
+		denied = append(denied, &PermissionError{Verb: "create", Resource: "events"})
 	}
 	return errors.Join(denied...)
 }
@@ -285,8 +299,11 @@ func (s *Source) run(ctx context.Context, notify controlplane.Notify) error {
 	}
 	s.factory.Start(ctx.Done())
 	close(s.started)
+	var wg sync.WaitGroup
+	wg.Go(func() { s.reportLoop(ctx) })
 	<-ctx.Done()
 	s.factory.Shutdown()
+	wg.Wait()
 	return ctx.Err()
 }
 
@@ -320,19 +337,19 @@ func (s *Source) Kinds() controlplane.Kinds {
 	return controlplane.Kinds{
 		Pods: lister[pod.Pod]{s.pods.GetStore(), func(obj any) (pod.Pod, bool, error) {
 			return PodFrom(obj.(*corev1.Pod))
-		}},
+		}, controlplane.KindPod, s.reports},
 		Namespaces: lister[pod.Namespace]{s.namespaces.GetStore(), func(obj any) (pod.Namespace, bool, error) {
 			v, err := NamespaceFrom(obj.(*corev1.Namespace))
 			return v, true, err
-		}},
+		}, controlplane.KindNamespace, s.reports},
 		Services: lister[service.Service]{s.services.GetStore(), func(obj any) (service.Service, bool, error) {
 			svc := obj.(*corev1.Service)
 			return ServiceFrom(svc, s.endpointSlices(svc.Namespace+"/"+svc.Name))
-		}},
+		}, controlplane.KindService, s.reports},
 		Policies: lister[*policy.Policy]{s.policies.GetStore(), func(obj any) (*policy.Policy, bool, error) {
 			p, err := PolicyFrom(obj.(*networkingv1.NetworkPolicy))
 			return p, true, err
-		}},
+		}, controlplane.KindPolicy, s.reports},
 	}
 }
 
@@ -341,7 +358,7 @@ func (s *Source) Kinds() controlplane.Kinds {
 func (s *Source) Nodes() controlplane.Lister[Node] {
 	return lister[Node]{s.nodes.GetStore(), func(obj any) (Node, bool, error) {
 		return NodeFrom(obj.(*corev1.Node)), true, nil
-	}}
+	}, controlplane.KindNode, s.reports}
 }
 
 func (s *Source) endpointSlices(svcKey string) []*discoveryv1.EndpointSlice {
@@ -362,6 +379,8 @@ func (s *Source) endpointSlices(svcKey string) []*discoveryv1.EndpointSlice {
 type lister[T any] struct {
 	store   cache.Store
 	convert func(obj any) (T, bool, error)
+	kind    controlplane.Kind
+	reports *reports
 }
 
 func (l lister[T]) Keys() []string { return l.store.ListKeys() }
@@ -372,5 +391,9 @@ func (l lister[T]) Get(key string) (T, bool, error) {
 	if err != nil || !ok {
 		return zero, false, err
 	}
-	return l.convert(obj)
+	v, ok, err := l.convert(obj)
+	if err == nil {
+		l.reports.valid(l.kind, key)
+	}
+	return v, ok, err
 }

@@ -497,15 +497,16 @@ func TestPermissionErrors(t *testing.T) {
 		t.Fatalf("Check without permissions = %v; want ErrForbidden", err)
 	}
 	t.Logf("Check without permissions:\n%v", err)
-	for _, r := range []string{"namespaces", "pods", "services", "endpointslices", "networkpolicies", "nodes"} {
-		if !strings.Contains(err.Error(), "may not list "+r) {
-			t.Errorf("Check's error does not name list %s:\n%v", r, err)
+	for _, r := range []string{"list namespaces", "list pods", "list services", "list endpointslices", "list networkpolicies", "list nodes", "create events"} {
+		if !strings.Contains(err.Error(), "may not "+r) {
+			t.Errorf("Check's error does not name %s:\n%v", r, err)
 		}
 	}
 
 	// Everything but watch on networkpolicies: exactly that is named.
 	kube.Grant(t, u,
 		kubetest.Rule{APIGroups: []string{""}, Resources: []string{"namespaces", "pods", "services", "nodes"}, Verbs: []string{"get", "list", "watch"}},
+		kubetest.Rule{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create"}},
 		kubetest.Rule{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: []string{"get", "list", "watch"}},
 		kubetest.Rule{APIGroups: []string{"networking.k8s.io"}, Resources: []string{"networkpolicies"}, Verbs: []string{"get", "list"}},
 	)
@@ -579,5 +580,64 @@ func TestUnreachableAndBadCredentials(t *testing.T) {
 	}
 	if err := src.Check(context.Background()); !errors.Is(err, k8s.ErrUnreachable) || !strings.Contains(err.Error(), "connection refused") {
 		t.Errorf("Check against a closed port = %v; want ErrUnreachable, connection refused", err)
+	}
+}
+
+// TestReportInvalid: a policy meshplane rejects gets a Warning Event with
+// the field error, once per distinct error.
+func TestReportInvalid(t *testing.T) {
+	kube.Require(t)
+	ctx := context.Background()
+	c := adminClient(t)
+	ns := kube.Namespace(t)
+	src := newSource(t)
+	run(t, src)
+	np := &networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "twice"},
+		Spec: networkingv1.NetworkPolicySpec{
+			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeIngress},
+		},
+	}
+	if _, err := c.NetworkingV1().NetworkPolicies(ns).Create(ctx, np, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var getErr error
+	eventually(t, "invalid policy", func() error {
+		_, _, getErr = src.Kinds().Policies.Get(ns + "/twice")
+		if getErr == nil {
+			return errors.New("Get has no error yet")
+		}
+		return nil
+	})
+	// What the control plane does at every reconcile: the same error
+	// twice makes one Event; another error makes a second.
+	src.ReportInvalid(controlplane.KindPolicy, ns+"/twice", getErr)
+	src.ReportInvalid(controlplane.KindPolicy, ns+"/twice", getErr)
+	src.ReportInvalid(controlplane.KindPolicy, ns+"/twice", errors.New("second problem"))
+	var events []corev1.Event
+	eventually(t, "events", func() error {
+		l, err := c.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=twice"})
+		if err != nil {
+			return err
+		}
+		events = l.Items
+		if len(events) < 2 {
+			return fmt.Errorf("%d events; want 2", len(events))
+		}
+		return nil
+	})
+	// The reporter writes in order: had the repeat been sent, it would
+	// be here before the second problem.
+	if len(events) != 2 {
+		t.Fatalf("%d events; want 2: %+v", len(events), events)
+	}
+	msgs := events[0].Message + "\n" + events[1].Message
+	for _, e := range events {
+		if e.Reason != k8s.InvalidReason || e.Type != corev1.EventTypeWarning || e.InvolvedObject.Kind != "NetworkPolicy" {
+			t.Errorf("event = %s %s on %s; want Warning %s on the NetworkPolicy", e.Type, e.Reason, e.InvolvedObject.Kind, k8s.InvalidReason)
+		}
+	}
+	if !strings.Contains(msgs, "spec.policyTypes[1]") || !strings.Contains(msgs, "second problem") {
+		t.Errorf("event messages = %q; want the field error and the second problem", msgs)
 	}
 }
