@@ -61,7 +61,7 @@ var importRules = []importRule{
 		"only kvstore/ imports etcd"},
 	{"go.etcd.io/etcd/server/...", under("kvstore/embedded", "kvstore/etcdtest"),
 		"only kvstore/embedded (and etcdtest) run an etcd server; everything else is a client"},
-	{mod + "kvstore/embedded", under("cmd/meshctl", "lab", "kvstore/etcdtest"),
+	{mod + "kvstore/embedded", under("cmd/meshctl", "lab", "kvstore/etcdtest", "bench"),
 		"an in-process etcd is for one machine (meshctl --etcd-embedded and demo, the lab, tests): a daemon without endpoints must fail, not start a private cluster"},
 	{"github.com/cilium/ebpf/...", under("bpf"),
 		"only bpf/ imports cilium/ebpf"},
@@ -86,14 +86,14 @@ var importRules = []importRule{
 	// the agent runs clustermesh's remote watches; nothing below them
 	// (kvstore, bpf, models, api, health, lab, ...) imports them. The lab
 	// runs mesh-agent as a process, so it tests the binary that ships.
-	{mod + "nodeagent/...", under("cmd", "nodeagent"),
-		"nodeagent is a daemon: only cmd/ starts it"},
+	{mod + "nodeagent/...", under("cmd", "nodeagent", "bench"),
+		"nodeagent is a daemon: only cmd/ starts it (and the bench/ harnesses, in-process)"},
 	// The lab is the one exception: it has no daemon between its commands,
 	// so it runs the control plane's reconciler in-process
 	// (controlplane.SyncOnce over its topology), and the demo writes what
 	// production writes through the same code.
-	{mod + "controlplane/...", under("cmd", "controlplane", "lab"),
-		"controlplane is a daemon: only cmd/ starts it (and the lab syncs through it)"},
+	{mod + "controlplane/...", under("cmd", "controlplane", "lab", "bench"),
+		"controlplane is a daemon: only cmd/ starts it (and the lab syncs through it, and bench/ measures it in-process)"},
 	{mod + "clustermesh/...", under("cmd", "clustermesh", "nodeagent"),
 		"clustermesh is a daemon's part: cmd/ and the agent (which runs the remote watches) use it"},
 	{mod + "cmd/...", under("cmd"),

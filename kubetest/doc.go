@@ -24,6 +24,9 @@
 // kubetest speaks to the apiserver over plain HTTPS and JSON; it does not
 // import client-go, which only controlplane/k8s does (tests may).
 //
+// Launch starts one outside a test, for a benchmark harness
+// (bench/cpbench, under meshctl bench controlplane); the caller stops it.
+//
 // The process is started with a parent-death signal, so it dies with the
 // test binary; Stop kills it by PID and its temp directory is removed.
 package kubetest
