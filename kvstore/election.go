@@ -195,6 +195,12 @@ func (l *Leadership) watch(from int64) {
 			case <-l.ctx.Done():
 				cancel()
 				return
+			case <-l.client.etcd.Ctx().Done():
+				// Closed client: no keepalive will reach etcd again, so
+				// the lease is as good as gone; do not wait out its TTL.
+				cancel()
+				l.cancel(fmt.Errorf("%w: the etcd client of %s was closed", ErrLeadershipLost, l.key))
+				return
 			case resp, ok := <-wch:
 				if !ok || resp.Err() != nil || resp.CompactRevision != 0 {
 					broken = true
