@@ -38,6 +38,7 @@ bench: build
 	$(BIN)/meshctl bench identity --agents 32 --labelsets 200 --shared --state-dir $$(mktemp -d)
 	$(BIN)/meshctl bench ipam --nodes 5000 --pods 100 --state-dir $$(mktemp -d)
 	$(GO) test -run '^$$' -bench . -benchmem ./bpf/ ./nodeagent/reconciler/
+	$(GO) test -run '^$$' -bench . -benchtime 10x ./controlplane/
 	$(BIN)/meshctl bench propagation --agents 50 --entries 1000 --state-dir $$(mktemp -d)
 	$(BIN)/meshctl bench propagation --agents 1 --entries 100000 --state-dir $$(mktemp -d)
 	$(BIN)/meshctl bench gossip --members 50
@@ -66,16 +67,20 @@ fuzz:
 	.ci/fuzz-target ./lab/ 'FuzzParseTopology' $(FUZZTIME)
 	.ci/fuzz-target ./pod/ 'FuzzDecode$$' $(FUZZTIME)
 	.ci/fuzz-target ./pod/ 'FuzzDecodeNamespace' $(FUZZTIME)
+	.ci/fuzz-target ./controlplane/k8s/apis/v1alpha1/ 'FuzzDocument' $(FUZZTIME)
 
 ## generate: the gRPC code in api/ (protoc from Debian's protobuf-compiler
-## 3.21.12; the plugins are pinned in go.mod's tool block) and the datapath's
+## 3.21.12; the plugins are pinned in go.mod's tool block), the datapath's
 ## eBPF object in bpf/ (bpf2go, pinned in go.mod, with Debian bookworm's
-## clang-14 and llvm-strip-14: see bpf/gen.go). CI fails on a diff.
+## clang-14 and llvm-strip-14: see bpf/gen.go), and the CRDs in deploy/crds
+## with the DeepCopy methods of controlplane/k8s/apis/v1alpha1 (controller-gen,
+## pinned in its own module, tools/controller-gen). CI fails on a diff.
 generate:
 	@command -v clang-14 >/dev/null && command -v llvm-strip-14 >/dev/null || \
 	  { echo "make generate needs clang-14 and llvm-strip-14: apt-get install clang-14 llvm-14"; exit 1; }
 	$(GO) build -o $(BIN)/protoc-gen-go google.golang.org/protobuf/cmd/protoc-gen-go
 	$(GO) build -o $(BIN)/protoc-gen-go-grpc google.golang.org/grpc/cmd/protoc-gen-go-grpc
+	$(GO) -C tools/controller-gen build -o $(CURDIR)/$(BIN)/controller-gen sigs.k8s.io/controller-tools/cmd/controller-gen
 	$(GO) generate ./...
 
 clean:

@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"slices"
 	"strings"
 
 	"github.com/meshplane/meshplane/pod"
@@ -49,6 +50,12 @@ func newReconcilers(k Kinds, st stores, qs map[Kind]*queue, m *metrics, cfg *Con
 	}
 	if k.Policies != nil {
 		rs = append(rs, newReconciler(KindPolicy, k.Policies, st.policies, policyCodec, qs[KindPolicy], m, cfg))
+	}
+	// The queues of the kinds the source does not provide would only grow.
+	for kind, q := range qs {
+		if !slices.ContainsFunc(rs, func(r kindReconciler) bool { return r.kind() == kind }) {
+			q.close()
+		}
 	}
 	return rs
 }

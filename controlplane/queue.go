@@ -2,6 +2,7 @@ package controlplane
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -18,6 +19,8 @@ type queue struct {
 	queued map[string]time.Time
 	// ready has a token when order is not empty.
 	ready chan struct{}
+	// off is set for a kind no reconciler takes: add drops its keys.
+	off atomic.Bool
 }
 
 func newQueue() *queue {
@@ -27,6 +30,9 @@ func newQueue() *queue {
 // add marks key dirty since the given time; a key already queued keeps
 // the earlier of its two times.
 func (q *queue) add(key string, since time.Time) {
+	if q.off.Load() {
+		return
+	}
 	q.mu.Lock()
 	if t, ok := q.queued[key]; !ok {
 		q.queued[key] = since
@@ -68,6 +74,14 @@ func (q *queue) take(max int) ([]string, []time.Time) {
 		}
 	}
 	return keys, since
+}
+
+// close drops the queued keys and every later one.
+func (q *queue) close() {
+	q.off.Store(true)
+	q.mu.Lock()
+	q.order, q.queued = nil, map[string]time.Time{}
+	q.mu.Unlock()
 }
 
 // len is the number of queued keys.

@@ -18,7 +18,7 @@ const (
 	KindNamespace                 // namespaces/<namespace>
 	KindService                   // services/<namespace>/<name>
 	KindPolicy                    // policies/<namespace>/<name>
-	KindNode                      // the node membership (see Kinds.Nodes)
+	KindNode                      // the node membership (not written yet; see Kinds)
 )
 
 // Kinds lists every kind, in the order a full resync visits them.
@@ -88,8 +88,10 @@ type InvalidReporter interface {
 // provide the kind: the control plane leaves its prefix alone (the lab, for
 // example, leaves policies to meshctl policy apply).
 //
-// Nodes arrive with their model package (node/); its Lister follows the
-// same contract.
+// Node membership (KindNode) has no Lister here yet: it needs a model
+// and a key of its own (the agents' nodes/<node> records are theirs, on
+// their leases). A source may notify KindNode keys meanwhile: they are
+// counted and dropped, as are those of any kind it does not provide.
 type Kinds struct {
 	// Pods are keyed "<namespace>/<name>" (pod.Pod.Owner); the etcd key
 	// adds the node (pods/<node>/<namespace>/<name>). A pod not yet

@@ -24,13 +24,13 @@ const Root = "/meshplane/v1/"
 //	<root><cluster>/endpoints/<ip>                  ipcache entry (JSON)     the hosting node's session lease
 //	<root><cluster>/services/<namespace>/<name>     service (JSON)           no lease; written by the control plane
 //	<root><cluster>/policies/<namespace>/<name>     policy (JSON)            no lease; written by meshctl policy apply or the control plane
+//	<root><cluster>/leader/<name>/<lease>           candidate (its value)    the candidate's own election lease (Campaign)
 //	<root><cluster>/pods/<node>/<namespace>/<name>  pod metadata (JSON)      no lease; written by the control plane
 //	<root><cluster>/namespaces/<namespace>          namespace labels (JSON)  no lease; written by the control plane
 //
 // Pods are keyed by node first so that an agent watches only its own
 // node's pods (pods/<node>/): with thousands of agents, a watch on every
 // pod would send each of a cluster's label changes to every agent.
-//	<root><cluster>/leader/<name>/<lease>           candidate (its value)    the candidate's own election lease (Campaign)
 //
 // <cidr> is the CIDR with '/' written as '_' (10.192.3.0_24).
 //
@@ -145,6 +145,14 @@ func (k Keys) Policy(namespace, name string) string {
 	return k.PoliciesPrefix() + namespace + "/" + name
 }
 
+// LeadersPrefix is the prefix of the cluster's leader elections.
+func (k Keys) LeadersPrefix() string { return k.base + "leader/" }
+
+// Leader is the prefix of one election (name: "controlplane"), which
+// Campaign and Leader take: each candidate's key is Leader(name) + "/" +
+// its lease in hex.
+func (k Keys) Leader(name string) string { return k.LeadersPrefix() + name }
+
 // PodsPrefix is the prefix of the pod metadata keys (pod.Pod.Key is
 // relative to it).
 func (k Keys) PodsPrefix() string { return k.base + "pods/" }
@@ -163,10 +171,3 @@ func (k Keys) NamespacesPrefix() string { return k.base + "namespaces/" }
 
 // Namespace is the key of one namespace's metadata (its labels).
 func (k Keys) Namespace(name string) string { return k.NamespacesPrefix() + name }
-// LeadersPrefix is the prefix of the cluster's leader elections.
-func (k Keys) LeadersPrefix() string { return k.base + "leader/" }
-
-// Leader is the prefix of one election (name: "controlplane"), which
-// Campaign and Leader take: each candidate's key is Leader(name) + "/" +
-// its lease in hex.
-func (k Keys) Leader(name string) string { return k.LeadersPrefix() + name }

@@ -208,6 +208,7 @@ func (s *Session) State() SessionState {
 // Own records that key, with value, is owned by this session and was
 // written on lease. If lease is no longer current (it was lost between the
 // write and this call), the key is written again on the current lease.
+// A transaction that writes owned keys uses Txn, which calls it.
 func (s *Session) Own(key, value string, lease LeaseID) {
 	s.mu.Lock()
 	s.owned[key] = value
@@ -282,7 +283,8 @@ func (s *Session) Delete(ctx context.Context, key string) error {
 }
 
 // LeaseLost tells the session that a write on lease failed because the
-// lease is gone, so it need not wait for the keepalive to notice.
+// lease is gone, so it need not wait for the keepalive to notice. Put and
+// Txn do it themselves.
 func (s *Session) LeaseLost(lease LeaseID, err error) { s.lost(lease, err) }
 
 // Owned returns how many keys the session owns.

@@ -335,3 +335,29 @@ spec: {podSelector: {}}
 		t.Fatal("the cache's decoder accepted a policy under another policy's key")
 	}
 }
+
+// FuzzPolicyCodec feeds arbitrary keys and values, as read back from
+// etcd, to the policy codec: what it accepts is named by its key and
+// encodes back to a value it accepts again.
+func FuzzPolicyCodec(f *testing.F) {
+	f.Add("prod/deny", []byte(`{"kind":"NetworkPolicy","namespace":"prod","name":"deny","spec":{"podSelector":{}}}`))
+	f.Add("prod/other", []byte(`{"kind":"NetworkPolicy","namespace":"prod","name":"deny","spec":{"podSelector":{}}}`))
+	f.Add("a/b", []byte(`{`))
+	codec := kvstore.PolicyCodec()
+	f.Fuzz(func(t *testing.T, key string, value []byte) {
+		p, err := codec.Decode(key, value)
+		if err != nil {
+			return
+		}
+		if codec.Key(p) != key {
+			t.Fatalf("Decode(%q) accepted policy %s", key, codec.Key(p))
+		}
+		b, err := codec.Encode(p)
+		if err != nil {
+			t.Fatalf("Encode of a decoded policy: %v", err)
+		}
+		if _, err := codec.Decode(key, b); err != nil {
+			t.Fatalf("round trip: %v", err)
+		}
+	})
+}

@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -91,7 +92,7 @@ func (l *Lab) topologySource(cluster string) (*topologySource, error) {
 		}
 		v := pod.Pod{Namespace: p.Namespace, Name: p.Name, Node: p.Node, Labels: p.Labels}
 		for _, port := range p.Ports {
-			v.Ports = append(v.Ports, pod.Port{Name: port.Name, Port: uint16(port.Port), Protocol: service.Protocol(port.Protocol).Number()})
+			v.Ports = append(v.Ports, pod.Port{Name: port.Name, Port: uint16(port.Port), Protocol: service.Protocol(cmp.Or(port.Protocol, string(service.TCP))).Number()})
 		}
 		src.pods[v.Owner()] = result[pod.Pod]{v: v}
 	}

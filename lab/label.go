@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -89,7 +90,7 @@ func (l *Lab) LabelPod(ctx context.Context, ref string, ch LabelChange) (Pod, er
 	}
 	p := pod.Pod{Namespace: ps.Namespace, Name: ps.Name, Node: ps.Node, Labels: next}
 	for _, port := range ps.Ports {
-		p.Ports = append(p.Ports, pod.Port{Name: port.Name, Port: uint16(port.Port), Protocol: service.Protocol(port.Protocol).Number()})
+		p.Ports = append(p.Ports, pod.Port{Name: port.Name, Port: uint16(port.Port), Protocol: service.Protocol(cmp.Or(port.Protocol, string(service.TCP))).Number()})
 	}
 	if err := p.Validate(); err != nil {
 		return Pod{}, fmt.Errorf("%w: pod %s: %w", ErrLabel, ps.Ref(), err)

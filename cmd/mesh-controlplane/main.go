@@ -1,6 +1,7 @@
-// Command mesh-controlplane watches Kubernetes and writes meshplane's
-// desired state to etcd. Its flags are read in package cpcmd; the
-// Kubernetes source is controlplane/k8s.
+// Command mesh-controlplane is meshplane's control plane: one per cluster
+// (leader-elected when replicated). It watches the Kubernetes API server
+// and writes what agents need into etcd. Its flags, environment and config
+// file are read in package cpcmd.
 package main
 
 import (
@@ -16,9 +17,12 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := cpcmd.Main(ctx, os.Args[1:], os.Stderr, func(kubeconfig, kubeContext string) (controlplane.Source, error) {
-		return k8s.New(k8s.Config{Kubeconfig: kubeconfig, Context: kubeContext})
-	})
+	code := cpcmd.Main(ctx, os.Args[1:], os.Stderr, kubeSource)
 	stop()
 	os.Exit(code)
+}
+
+// kubeSource is the production source: Kubernetes informers.
+func kubeSource(kubeconfig, kubeContext string) (controlplane.Source, error) {
+	return k8s.New(k8s.Config{Kubeconfig: kubeconfig, Context: kubeContext})
 }
