@@ -101,7 +101,7 @@ func run(t *testing.T, src *k8s.Source) *notes {
 
 func newSource(t *testing.T) *k8s.Source {
 	t.Helper()
-	src, err := k8s.NewForConfig(restConfig(t, kube.Kubeconfig))
+	src, err := k8s.New(k8s.Config{REST: restConfig(t, kube.Kubeconfig)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -456,7 +456,7 @@ func TestOneWatchPerKind(t *testing.T) {
 	w := &watchCounter{open: map[string]int{}, max: map[string]int{}}
 	rc := restConfig(t, kube.Kubeconfig)
 	rc.WrapTransport = w.wrap
-	src, err := k8s.NewForConfig(rc)
+	src, err := k8s.New(k8s.Config{REST: rc})
 	if err != nil {
 		t.Fatal(err)
 	}
