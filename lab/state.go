@@ -87,6 +87,10 @@ type state struct {
 	BPFFS     string           `json:"bpffs"`
 	Meshctl   string           `json:"meshctl"`
 	Agent     string           `json:"agent"`
+	// ControlPlane and KubeAPIServer are the binaries of kubernetes
+	// clusters.
+	ControlPlane  string `json:"controlplane,omitempty"`
+	KubeAPIServer string `json:"kubeAPIServer,omitempty"`
 	Topology  Topology         `json:"topology"`
 	LabNetns  string           `json:"labNetns"`
 	Clusters  []*clusterState  `json:"clusters"`
@@ -109,6 +113,9 @@ type clusterState struct {
 	// deletes them.
 	OwnsKeys bool         `json:"ownsKeys,omitempty"`
 	Nodes    []*nodeState `json:"nodes"`
+	// Kube is the cluster's API server and control plane, for a cluster
+	// with kubernetes: true.
+	Kube *kubeState `json:"kube,omitempty"`
 }
 
 type nodeState struct {
