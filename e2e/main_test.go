@@ -12,7 +12,7 @@ import (
 	"go.uber.org/goleak"
 )
 
-// binDir holds meshctl and mesh-agent, built once by TestMain (or taken
+// binDir holds meshctl, mesh-agent and mesh-controlplane, built once by TestMain (or taken
 // from MESHPLANE_LAB_BIN, e.g. bin/ after make build).
 var binDir string
 
@@ -27,7 +27,8 @@ func TestMain(m *testing.M) {
 			}
 			defer os.RemoveAll(dir)
 			cmd := exec.Command("go", "build", "-o", dir+"/",
-				"github.com/meshplane/meshplane/cmd/meshctl", "github.com/meshplane/meshplane/cmd/mesh-agent")
+				"github.com/meshplane/meshplane/cmd/meshctl", "github.com/meshplane/meshplane/cmd/mesh-agent",
+				"github.com/meshplane/meshplane/cmd/mesh-controlplane")
 			if out, err := cmd.CombinedOutput(); err != nil {
 				fmt.Fprintf(os.Stderr, "go build: %v\n%s", err, out)
 				return 1
