@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"testing"
 	"time"
 
@@ -36,7 +37,7 @@ func requireKube(t testing.TB) {
 // startKubeLab brings up testdata/kube.yaml: the policy matrix's lab on a
 // real kube-apiserver with mesh-controlplane. It returns the lab and a
 // client of its API server.
-func startKubeLab(t *testing.T) (*lab.Lab, kubernetes.Interface) {
+func startKubeLab(t testing.TB) (*lab.Lab, kubernetes.Interface) {
 	t.Helper()
 	requireRoot(t)
 	requireKube(t)
@@ -228,3 +229,58 @@ func waitNoServiceKey(t *testing.T, l *lab.Lab, namespace, name string) {
 	}
 }
 
+
+// BenchmarkKubeRelabel measures the time from a `kubectl label pod`
+// (a merge patch of the pod's labels in the API server) to its
+// enforcement on real packets: prod/db takes app=client, which the
+// webFromClient policy lets reach web-1 on another node, and the clock
+// stops at the first probe that gets through. Probes time out after
+// probeTimeout, so the figure is at most that (and a probe's own cost)
+// late. Each iteration labels db back and waits until it is shut out
+// again, untimed. It reports relabel_p50_ms and relabel_p99_ms.
+func BenchmarkKubeRelabel(b *testing.B) {
+	const probeTimeout = 20 * time.Millisecond
+	l, kube := startKubeLab(b)
+	createPolicy(b, kube, webFromClient)
+	ctx := context.Background()
+	probeUntil := func(allowed bool) {
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			res, err := l.Probe(ctx, lab.ProbeSpec{From: "prod/db", To: "prod/web-1", Port: 80, Timeout: probeTimeout})
+			if err != nil {
+				b.Fatal(err)
+			}
+			if res.Allowed == allowed {
+				return
+			}
+			if time.Now().After(deadline) {
+				b.Fatalf("prod/db -> prod/web-1:80 still allowed=%v after 30s", res.Allowed)
+			}
+		}
+	}
+	label := func(app string) {
+		if _, err := kube.CoreV1().Pods("prod").Patch(ctx, "db", types.MergePatchType, labelPatch("app", &app), metav1.PatchOptions{}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	probeUntil(false)
+	var lat []time.Duration
+	b.ResetTimer()
+	for range b.N {
+		start := time.Now()
+		label("client")
+		probeUntil(true)
+		lat = append(lat, time.Since(start))
+		b.StopTimer()
+		label("db")
+		probeUntil(false)
+		b.StartTimer()
+	}
+	b.StopTimer()
+	slices.Sort(lat)
+	pct := func(p float64) float64 {
+		return float64(lat[int(float64(len(lat)-1)*p)].Microseconds()) / 1000
+	}
+	b.ReportMetric(pct(0.5), "relabel_p50_ms")
+	b.ReportMetric(pct(0.99), "relabel_p99_ms")
+}

@@ -48,7 +48,7 @@ func TestMain(m *testing.M) {
 
 // requireRoot skips without root, or fails under MESHPLANE_REQUIRE_BPF
 // (CI), where the tests must run.
-func requireRoot(t *testing.T) {
+func requireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() == 0 {
 		return
@@ -63,7 +63,7 @@ func binaries() (meshctl, agent string) {
 	return filepath.Join(binDir, "meshctl"), filepath.Join(binDir, "mesh-agent")
 }
 
-func uniqueName(t *testing.T) string {
+func uniqueName(t testing.TB) string {
 	var b [3]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		t.Fatal(err)

@@ -133,7 +133,7 @@ func startLab(t *testing.T, agentFlags ...string) *lab.Lab {
 }
 
 // startLabFile is startLab for another topology file.
-func startLabFile(t *testing.T, file string, agentFlags ...string) *lab.Lab {
+func startLabFile(t testing.TB, file string, agentFlags ...string) *lab.Lab {
 	t.Helper()
 	requireRoot(t)
 	data, err := os.ReadFile(file)
