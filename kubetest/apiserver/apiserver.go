@@ -37,10 +37,23 @@ const BuildCommand = "make kube-apiserver"
 // ErrNotBuilt is returned by Find when there is no kube-apiserver binary.
 var ErrNotBuilt = errors.New("kube-apiserver not built")
 
+// CachePath is where `make kube-apiserver` puts the binary:
+// ${MESHPLANE_CACHE:-$HOME/.cache/meshplane}/kube-apiserver-<Version>.
+func CachePath() (string, error) {
+	dir := os.Getenv("MESHPLANE_CACHE")
+	if dir == "" {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			return "", fmt.Errorf("kube-apiserver cache: %w; set MESHPLANE_CACHE", err)
+		}
+		dir = filepath.Join(home, ".cache", "meshplane")
+	}
+	return filepath.Join(dir, "kube-apiserver-"+Version), nil
+}
+
 // Find returns the path of the kube-apiserver binary:
-// $MESHPLANE_KUBE_APISERVER if set, else
-// ${MESHPLANE_CACHE:-$HOME/.cache/meshplane}/kube-apiserver-<Version>. The
-// error wraps ErrNotBuilt and says how to build it.
+// $MESHPLANE_KUBE_APISERVER if set, else CachePath. The error wraps
+// ErrNotBuilt and says how to build it.
 func Find() (string, error) {
 	if p := os.Getenv("MESHPLANE_KUBE_APISERVER"); p != "" {
 		if err := executable(p); err != nil {
@@ -48,15 +61,10 @@ func Find() (string, error) {
 		}
 		return p, nil
 	}
-	dir := os.Getenv("MESHPLANE_CACHE")
-	if dir == "" {
-		home, err := os.UserHomeDir()
-		if err != nil {
-			return "", fmt.Errorf("%w: %w; set MESHPLANE_CACHE", ErrNotBuilt, err)
-		}
-		dir = filepath.Join(home, ".cache", "meshplane")
+	p, err := CachePath()
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrNotBuilt, err)
 	}
-	p := filepath.Join(dir, "kube-apiserver-"+Version)
 	if err := executable(p); err != nil {
 		return "", fmt.Errorf("%w: no %s: run `%s` (or set MESHPLANE_KUBE_APISERVER)", ErrNotBuilt, p, BuildCommand)
 	}
