@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -99,7 +101,9 @@ func ptr[T any](v T) *T { return &v }
 // a NetworkPolicy created there is enforced on real packets (and lifted
 // when it is deleted); relabelling a namespace there (as kubectl label
 // does) and a pod (through the lab, which patches the API server) changes
-// who may connect; a deleted Service's ClusterIP stops answering.
+// who may connect; a pod the lab adds gets its status and a place in the
+// service's EndpointSlice, and goes from both when deleted; a deleted
+// Service's ClusterIP stops answering.
 func TestKubernetesLab(t *testing.T) {
 	l, kube := startKubeLab(t)
 	const (
@@ -180,6 +184,44 @@ func TestKubernetesLab(t *testing.T) {
 		expect(t, l, []probe{{from: db, to: web1, port: 80, reason: denied}})
 		deletePolicy(t, kube, np1)
 		deletePolicy(t, kube, np2)
+	})
+
+	t.Run("pods come and go", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		p, err := l.AddPod(ctx, "c1", "n1", lab.PodSpec{Name: "web-3", Namespace: "prod", Labels: map[string]string{"app": "web"}, Ports: []lab.PortSpec{{Name: "http", Port: 80}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// No kubelet: the lab sets the status, and is the EndpointSlice
+		// controller.
+		kp, err := kube.CoreV1().Pods("prod").Get(ctx, "web-3", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ready := slices.ContainsFunc(kp.Status.Conditions, func(c corev1.PodCondition) bool { return c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue })
+		if kp.Spec.NodeName != "n1" || kp.Status.PodIP != p.IP.String() || kp.Status.Phase != corev1.PodRunning || !ready {
+			t.Fatalf("pod prod/web-3 in the API server: node %q, IP %q, phase %s, ready %v; want n1, %s, Running, ready", kp.Spec.NodeName, kp.Status.PodIP, kp.Status.Phase, ready, p.IP)
+		}
+		slice, err := kube.DiscoveryV1().EndpointSlices("prod").Get(ctx, "web-lab", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.ContainsFunc(slice.Endpoints, func(e discoveryv1.Endpoint) bool { return slices.Contains(e.Addresses, p.IP.String()) }) {
+			t.Fatalf("EndpointSlice prod/web-lab has %v; want web-3's %s among them", slice.Endpoints, p.IP)
+		}
+		if got := spread(t, l, client, svc, 80, 30); got["c1/prod/web-3"] == 0 {
+			t.Fatalf("30 connections to the service: %v; want web-3 among the backends", got)
+		}
+		if err := l.DeletePod(ctx, "prod/web-3"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := kube.CoreV1().Pods("prod").Get(ctx, "web-3", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+			t.Fatalf("pod prod/web-3 after DeletePod: %v; want not found", err)
+		}
+		if got := spread(t, l, client, svc, 80, 20); got["c1/prod/web-3"] != 0 {
+			t.Fatalf("after web-3 was deleted: %v; want no connection to it", got)
+		}
 	})
 
 	t.Run("deleted service", func(t *testing.T) {
