@@ -271,7 +271,6 @@ func waitNoServiceKey(t *testing.T, l *lab.Lab, namespace, name string) {
 	}
 }
 
-
 // BenchmarkKubeRelabel measures the time from a `kubectl label pod`
 // (a merge patch of the pod's labels in the API server) to its
 // enforcement on real packets: prod/db takes app=client, which the
