@@ -1,21 +1,20 @@
 package kubetest
 
-import "github.com/meshplane/meshplane/kubetest/apiserver"
+import "github.com/meshplane/meshplane/kubeapiserver"
 
-// Version is the Kubernetes version tools/kube-apiserver/go.mod pins; the
-// binary's cache path carries it, so a version change builds anew.
-const Version = apiserver.Version
+// Version is the Kubernetes version tools/kube-apiserver/go.mod pins
+// (kubeapiserver.Version).
+const Version = kubeapiserver.Version
 
 // ErrNotBuilt is returned by Find when there is no kube-apiserver binary.
-var ErrNotBuilt = apiserver.ErrNotBuilt
+var ErrNotBuilt = kubeapiserver.ErrNotBuilt
 
 // BuildCommand is the command that builds the binary Find looks for.
-const BuildCommand = apiserver.BuildCommand
+const BuildCommand = kubeapiserver.BuildCommand
 
-// CachePath is where `make kube-apiserver` puts the binary:
-// ${MESHPLANE_CACHE:-$HOME/.cache/meshplane}/kube-apiserver-<Version>.
-func CachePath() (string, error) { return apiserver.CachePath() }
+// CachePath is where `make kube-apiserver` puts the binary
+// (kubeapiserver.CachePath).
+func CachePath() (string, error) { return kubeapiserver.CachePath() }
 
-// Find returns the path of the kube-apiserver binary: $MESHPLANE_KUBE_APISERVER
-// if set, else CachePath. The error wraps ErrNotBuilt and says how to build it.
-func Find() (string, error) { return apiserver.Find() }
+// Find returns the path of the kube-apiserver binary (kubeapiserver.Find).
+func Find() (string, error) { return kubeapiserver.Find() }

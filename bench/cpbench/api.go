@@ -16,7 +16,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/meshplane/meshplane/kubetest"
+	"github.com/meshplane/meshplane/kubeapiserver"
 )
 
 // apiClient talks to the apiserver as its admin, over HTTP/1.1 with one
@@ -26,7 +26,7 @@ type apiClient struct {
 	http        *http.Client
 }
 
-func newAPIClient(s *kubetest.Server, clients int) (*apiClient, error) {
+func newAPIClient(s *kubeapiserver.Server, clients int) (*apiClient, error) {
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(s.CAPEM) {
 		return nil, errors.New("cpbench: the apiserver's CA is not PEM")

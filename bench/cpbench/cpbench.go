@@ -15,7 +15,7 @@ import (
 
 	"github.com/meshplane/meshplane/controlplane"
 	"github.com/meshplane/meshplane/controlplane/k8s"
-	"github.com/meshplane/meshplane/kubetest"
+	"github.com/meshplane/meshplane/kubeapiserver"
 	"github.com/meshplane/meshplane/kvstore"
 	"github.com/meshplane/meshplane/kvstore/embedded"
 	"github.com/meshplane/meshplane/pod"
@@ -46,7 +46,7 @@ type Config struct {
 	// Agent runs a node agent (it needs root and a bpffs) and times
 	// relabels to its endpoints map; false times them to etcd only.
 	Agent bool
-	// APIServer is the kube-apiserver binary; empty means kubetest.Find's.
+	// APIServer is the kube-apiserver binary; empty means kubeapiserver.Find's.
 	APIServer string
 	// Dir holds etcd's data, the apiserver's files and the agent's state;
 	// empty means a new temporary directory. It is removed at the end
@@ -171,7 +171,7 @@ type run struct {
 	dir     string
 	etcd    *embedded.Server
 	client  *kvstore.Client
-	kube    *kubetest.Server
+	kube    *kubeapiserver.Server
 	api     *apiClient
 	nodes   []string
 	ns      []string
@@ -233,7 +233,7 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 	if err := os.MkdirAll(kubeDir, 0o700); err != nil {
 		return rep, fmt.Errorf("cpbench: %w", err)
 	}
-	if r.kube, err = kubetest.Launch(cfg.APIServer, kubeDir, []string{r.etcd.ClientURL()}); err != nil {
+	if r.kube, err = kubeapiserver.Start(kubeapiserver.Config{Binary: cfg.APIServer, Dir: kubeDir, EtcdEndpoints: []string{r.etcd.ClientURL()}}); err != nil {
 		return rep, fmt.Errorf("cpbench: start kube-apiserver: %w", err)
 	}
 	cleanup(func() error { r.kube.Stop(); return nil })

@@ -3,7 +3,7 @@
 // etcd, all on this machine.
 //
 // Run starts an embedded etcd (kvstore/embedded), a kube-apiserver on it
-// (kubetest.Launch, the binary `make kube-apiserver` builds) under an etcd
+// (kubeapiserver.Start, the binary `make kube-apiserver` builds) under an etcd
 // prefix of its own, and the control plane (controlplane.New and Run, with
 // the Kubernetes source of controlplane/k8s) in this process, in a cluster
 // named cpbench-<random>. With Config.Agent it also runs one node agent
@@ -41,6 +41,6 @@
 // directory are removed at the end.
 //
 // The harness talks to the apiserver in plain HTTPS and JSON (like
-// kubetest): only controlplane/k8s imports client-go, and a raw client
+// kubeapiserver): only controlplane/k8s imports client-go, and a raw client
 // has no client-side rate limit to raise.
 package cpbench
