@@ -118,8 +118,8 @@ var importRules = []importRule{
 	{mod + "kubetest", under(testHelpers...), "kubetest is a test helper: import it from _test files (outside tests, kubeapiserver.Start runs a kube-apiserver)"},
 	{mod + "bpf/bpftest", under(testHelpers...), "bpftest is a test helper: import it from _test files"},
 	{mod + "netnstest", under(testHelpers...), "netnstest is a test helper: import it from _test files"},
-	{mod + "kubeapiserver", under("kubetest", "bench", "lab", "cmd/meshctl"),
-		"a kube-apiserver process is for one machine (the lab, benches, meshctl, kubetest): daemons talk to a cluster's apiserver through controlplane/k8s"},
+	{mod + "kubeapiserver", under("kubetest", "bench", "lab", "cmd/meshctl", "e2e"),
+		"a kube-apiserver process is for one machine (the lab, benches, meshctl, kubetest, the e2e tests): daemons talk to a cluster's apiserver through controlplane/k8s"},
 }
 
 // TestImportBoundaries checks every package's direct imports against

@@ -19,7 +19,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/yaml"
 
-	"github.com/meshplane/meshplane/kubetest/apiserver"
+	"github.com/meshplane/meshplane/kubeapiserver"
 	"github.com/meshplane/meshplane/kvstore"
 	"github.com/meshplane/meshplane/lab"
 )
@@ -28,7 +28,7 @@ import (
 // MESHPLANE_REQUIRE_KUBE is set (kubetest's rule).
 func requireKube(t testing.TB) {
 	t.Helper()
-	if _, err := apiserver.Find(); err != nil {
+	if _, err := kubeapiserver.Find(); err != nil {
 		if os.Getenv("MESHPLANE_REQUIRE_KUBE") != "" {
 			t.Fatalf("%v (MESHPLANE_REQUIRE_KUBE is set)", err)
 		}

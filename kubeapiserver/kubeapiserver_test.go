@@ -1,10 +1,15 @@
 package kubeapiserver_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net/http"
+	"net/netip"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -32,14 +37,143 @@ func binary(t *testing.T) string {
 	return bin
 }
 
-func TestStartBadConfig(t *testing.T) {
-	for _, cfg := range []kubeapiserver.Config{
-		{Dir: t.TempDir()},
-		{EtcdEndpoints: []string{etcd.Endpoint()}},
+func TestBadConfig(t *testing.T) {
+	for name, cfg := range map[string]kubeapiserver.Config{
+		"no etcd": {Dir: t.TempDir()},
+		"no dir":  {EtcdEndpoints: []string{etcd.Endpoint()}},
 	} {
-		if _, err := kubeapiserver.Start(cfg); !errors.Is(err, kubeapiserver.ErrConfig) {
-			t.Errorf("Start(%+v) = %v, want ErrConfig", cfg, err)
+		t.Run(name, func(t *testing.T) {
+			if _, err := kubeapiserver.Prepare(cfg); !errors.Is(err, kubeapiserver.ErrConfig) {
+				t.Errorf("Prepare(%+v) = %v, want ErrConfig", cfg, err)
+			}
+			if _, err := kubeapiserver.Start(cfg); !errors.Is(err, kubeapiserver.ErrConfig) {
+				t.Errorf("Start(%+v) = %v, want ErrConfig", cfg, err)
+			}
+		})
+	}
+}
+
+// TestPrepare checks the files and flags Prepare makes, without a process.
+func TestPrepare(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "new")
+	setup, err := kubeapiserver.Prepare(kubeapiserver.Config{Dir: dir, EtcdEndpoints: []string{etcd.Endpoint()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if setup.Dir != dir || !strings.HasPrefix(setup.Host, "https://127.0.0.1:") || setup.EtcdPrefix == "" ||
+		setup.AdminToken == "" || len(setup.Users) != kubeapiserver.UserCount {
+		t.Fatalf("setup = dir %q host %q prefix %q, admin token %q, %d users", setup.Dir, setup.Host, setup.EtcdPrefix, setup.AdminToken, len(setup.Users))
+	}
+	for _, want := range []string{
+		"--secure-port=" + setup.Host[len("https://127.0.0.1:"):],
+		"--etcd-servers=" + etcd.Endpoint(),
+		"--etcd-prefix=" + setup.EtcdPrefix,
+		"--service-cluster-ip-range=" + kubeapiserver.DefaultServiceCIDR.String(),
+	} {
+		if !slices.Contains(setup.Args, want) {
+			t.Errorf("args %q lack %q", setup.Args, want)
 		}
+	}
+	ca, err := os.ReadFile(setup.CAFile)
+	if err != nil || !bytes.Equal(ca, setup.CAPEM) {
+		t.Errorf("CA file %s: %v, or not CAPEM", setup.CAFile, err)
+	}
+	tokens, err := os.ReadFile(filepath.Join(dir, "tokens.csv"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{setup.AdminToken + "," + kubeapiserver.AdminUser + ",", setup.Users[5].Token + "," + setup.Users[5].Name + ","} {
+		if !strings.Contains(string(tokens), want) {
+			t.Errorf("token file lacks %q", want)
+		}
+	}
+	if b, err := os.ReadFile(setup.Kubeconfig); err != nil || !strings.Contains(string(b), setup.AdminToken) || !strings.Contains(string(b), setup.Host) {
+		t.Errorf("admin kubeconfig %s: %v, or no admin token or host", setup.Kubeconfig, err)
+	}
+
+	setup, err = kubeapiserver.Prepare(kubeapiserver.Config{
+		Dir: t.TempDir(), EtcdEndpoints: []string{etcd.Endpoint()},
+		EtcdPrefix: "/given", ServiceCIDR: netip.MustParsePrefix("10.97.0.0/24"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if setup.EtcdPrefix != "/given" || !slices.Contains(setup.Args, "--etcd-prefix=/given") || !slices.Contains(setup.Args, "--service-cluster-ip-range=10.97.0.0/24") {
+		t.Errorf("prefix %q, args %q: want the given prefix and service range", setup.EtcdPrefix, setup.Args)
+	}
+}
+
+// TestPrepareApplyDelete runs the process Prepare sets up as the lab
+// does (its own child, no parent-death signal), and creates, updates and
+// deletes a namespace through Client by server-side apply.
+func TestPrepareApplyDelete(t *testing.T) {
+	bin := binary(t)
+	setup, err := kubeapiserver.Prepare(kubeapiserver.Config{
+		Dir: t.TempDir(), EtcdEndpoints: []string{etcd.Endpoint()}, EtcdPrefix: "/" + t.Name(),
+		ServiceCIDR: netip.MustParsePrefix("10.97.0.0/24"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, setup.Args...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(exited)
+	}()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-exited
+	})
+	c, err := kubeapiserver.NewClient(kubeapiserver.Setup{Host: setup.Host, CAFile: setup.CAFile, AdminToken: setup.AdminToken})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	gone := func() bool {
+		select {
+		case <-exited:
+			return true
+		default:
+			return false
+		}
+	}
+	if err := c.WaitReady(ctx, gone); err != nil {
+		t.Fatal(err)
+	}
+	type ns struct {
+		Metadata struct {
+			Labels map[string]string `json:"labels"`
+		} `json:"metadata"`
+	}
+	apply := func(labels map[string]string) {
+		t.Helper()
+		obj := map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": "a", "labels": labels}}
+		if err := c.Apply(ctx, "/api/v1/namespaces/a", "test", obj); err != nil {
+			t.Fatal(err)
+		}
+	}
+	apply(map[string]string{"x": "1", "y": "2"})
+	apply(map[string]string{"x": "3"}) // y was ours: it goes
+	var got ns
+	if err := c.Do(ctx, http.MethodGet, "/api/v1/namespaces/a", "", nil, &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Metadata.Labels["x"] != "3" || got.Metadata.Labels["y"] != "" {
+		t.Fatalf("labels after two applies: %v; want x=3 and no y", got.Metadata.Labels)
+	}
+	if err := c.Delete(ctx, "/api/v1/namespaces/nothere"); err != nil {
+		t.Fatalf("delete of a missing object: %v; want nil", err)
+	}
+	err = c.Do(ctx, http.MethodGet, "/api/v1/namespaces/nothere", "", nil, nil)
+	var se *kubeapiserver.StatusError
+	if !kubeapiserver.IsNotFound(err) || !errors.As(err, &se) || se.Code != http.StatusNotFound {
+		t.Fatalf("get of a missing object: %v; want a 404 StatusError", err)
 	}
 }
 
@@ -82,6 +216,13 @@ func TestStartRequestStop(t *testing.T) {
 	ns := map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": "kubeapiserver-test"}}
 	if err := s.Create(ctx, "/api/v1/namespaces", ns); err != nil {
 		t.Fatal(err)
+	}
+	var se *kubeapiserver.StatusError
+	if err := s.Create(ctx, "/api/v1/namespaces", ns); !errors.As(err, &se) || se.Code != http.StatusConflict {
+		t.Fatalf("create again: %v; want a 409 StatusError", err)
+	}
+	if err := s.Client().Do(ctx, http.MethodGet, "/api/v1/namespaces/kubeapiserver-test", "", nil, nil); err != nil {
+		t.Fatalf("get as the admin's Client: %v", err)
 	}
 
 	kc, err := s.WriteKubeconfig("u0", users[0].Name, users[0].Token)

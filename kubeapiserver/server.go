@@ -1,43 +1,19 @@
 package kubeapiserver
 
 import (
-	"bytes"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
-	"encoding/base64"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 )
 
-// Config says how to start a kube-apiserver.
-type Config struct {
-	// Binary is the kube-apiserver binary; empty means Find's.
-	Binary string
-	// Dir holds the apiserver's files: certificates, token file,
-	// kubeconfigs, log. It must exist; the caller removes it.
-	Dir string
-	// EtcdEndpoints are the etcd client URLs the apiserver stores in.
-	EtcdEndpoints []string
-}
-
-// ErrConfig is wrapped by Start's errors about its Config.
-var ErrConfig = errors.New("kubeapiserver: bad config")
-
-// Server is a running kube-apiserver.
+// Server is a running kube-apiserver, a child of this process.
 type Server struct {
 	// Host is the apiserver's URL, https://127.0.0.1:PORT.
 	Host string
@@ -55,41 +31,21 @@ type Server struct {
 	logFile  string
 	cmd      *exec.Cmd
 	exited   chan struct{} // closed when cmd has been waited for
-	client   *http.Client
+	client   *Client
 	users    []User
 	stopOnce sync.Once
 }
 
-// User is a user of the static token file with no permissions of its own:
-// only what system:authenticated may do (discovery, self reviews) until it
-// is granted more (RBAC).
-type User struct {
-	Name  string
-	Token string
-}
+// readyTimeout bounds Start's wait for /readyz.
+const readyTimeout = 3 * time.Minute
 
-// UserCount is how many limited users the token file has besides the admin.
-const UserCount = 64
-
-// AdminUser is the admin's user name. (The names keep kubetest's, which
-// tests and kubeconfigs written before the split use.)
-const AdminUser = "kubetest-admin"
-
-// ClusterName is the cluster's (and the context's) name in the kubeconfig
-// files WriteKubeconfig writes.
-const ClusterName = "kubetest"
-
-var seq atomic.Int64
-
-// Start starts a kube-apiserver against the etcd at cfg.EtcdEndpoints,
-// under an etcd prefix of its own, and waits until it is ready (up to 3
-// minutes). The caller calls Stop, and removes cfg.Dir.
+// Start prepares a kube-apiserver (Prepare), runs it as a child that gets
+// SIGKILL when this process dies, and waits until it is ready (up to 3
+// minutes). If another process took the port first, it prepares again on
+// a fresh one. The caller calls Stop, and removes cfg.Dir.
 func Start(cfg Config) (*Server, error) {
-	if len(cfg.EtcdEndpoints) == 0 {
-		return nil, fmt.Errorf("%w: no etcd endpoints: set Config.EtcdEndpoints", ErrConfig)
-	}
-	if cfg.Dir == "" {
-		return nil, fmt.Errorf("%w: no directory for the apiserver's files: set Config.Dir", ErrConfig)
+	if err := cfg.validate(); err != nil {
+		return nil, err
 	}
 	bin := cfg.Binary
 	if bin == "" {
@@ -98,105 +54,51 @@ func Start(cfg Config) (*Server, error) {
 			return nil, err
 		}
 	}
-	p, err := newPKI(cfg.Dir)
-	if err != nil {
-		return nil, fmt.Errorf("kubeapiserver: make certificates: %w", err)
-	}
-	s := &Server{
-		CAPEM: p.caPEM, CAFile: p.caFile, dir: cfg.Dir,
-		EtcdPrefix: fmt.Sprintf("/kubeapiserver-%d-%d-%d", os.Getpid(), seq.Add(1), time.Now().UnixNano()%1e6),
-		logFile:    filepath.Join(cfg.Dir, "kube-apiserver.log"),
-	}
-	tokenFile, err := s.writeTokens()
-	if err != nil {
-		return nil, fmt.Errorf("kubeapiserver: write token file: %w", err)
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(p.caPEM)
-	s.client = &http.Client{
-		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}},
-		Timeout:   30 * time.Second,
-	}
-	// The free port is picked by closing a listener, so another process can
-	// take it before the apiserver binds it: try again on a fresh port then.
 	for attempt := 0; ; attempt++ {
-		port, err := freePort()
+		setup, err := Prepare(cfg)
 		if err != nil {
 			return nil, err
 		}
-		s.Host = "https://127.0.0.1:" + strconv.Itoa(port)
-		args := []string{
-			"--etcd-servers=" + strings.Join(cfg.EtcdEndpoints, ","),
-			"--etcd-prefix=" + s.EtcdPrefix,
-			"--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
-			"--secure-port=" + strconv.Itoa(port),
-			"--cert-dir=" + filepath.Join(cfg.Dir, "certs"),
-			"--tls-cert-file=" + p.certFile, "--tls-private-key-file=" + p.keyFile,
-			"--token-auth-file=" + tokenFile,
-			"--service-account-key-file=" + p.saPublicFile,
-			"--service-account-signing-key-file=" + p.saSignerFile,
-			"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-			"--service-cluster-ip-range=10.96.0.0/16",
-			"--authorization-mode=RBAC",
-			// ServiceAccount admission needs each namespace's default
-			// service account, which the controller manager makes.
-			"--disable-admission-plugins=ServiceAccount",
-			// No kubelet or endpoints controller: the apiserver need not
-			// publish itself in the kubernetes Service's endpoints.
-			"--endpoint-reconciler-type=none",
-			"--profiling=false",
-			"--v=1",
-		}
-		if err := s.run(bin, args); err != nil {
+		// Retries keep the etcd prefix of the first attempt.
+		cfg.EtcdPrefix = setup.EtcdPrefix
+		s, err := start(bin, setup)
+		if err != nil {
 			if attempt < 2 && strings.Contains(s.logTail(), "address already in use") {
 				continue
 			}
 			return nil, fmt.Errorf("kubeapiserver: %w", err)
 		}
-		break
+		return s, nil
 	}
-	s.Kubeconfig, err = s.WriteKubeconfig("admin", AdminUser, s.AdminToken)
-	if err != nil {
-		s.Stop()
-		return nil, err
-	}
-	return s, nil
 }
 
-func (s *Server) writeTokens() (string, error) {
-	var b strings.Builder
-	tok, err := newToken()
+// start runs setup's process and waits until /readyz answers ok. On error
+// the process is gone, and s is still good for logTail.
+func start(bin string, setup Setup) (*Server, error) {
+	s := &Server{
+		Host: setup.Host, CAPEM: setup.CAPEM, CAFile: setup.CAFile, AdminToken: setup.AdminToken,
+		Kubeconfig: setup.Kubeconfig, EtcdPrefix: setup.EtcdPrefix,
+		dir: setup.Dir, logFile: filepath.Join(setup.Dir, "kube-apiserver.log"),
+		users: setup.Users,
+	}
+	client, err := NewClient(setup)
 	if err != nil {
-		return "", err
+		return s, err
 	}
-	s.AdminToken = tok
-	fmt.Fprintf(&b, "%s,%s,uid-admin,\"system:masters\"\n", tok, AdminUser)
-	for i := range UserCount {
-		tok, err := newToken()
-		if err != nil {
-			return "", err
-		}
-		u := User{Name: fmt.Sprintf("kubetest-user-%d", i), Token: tok}
-		s.users = append(s.users, u)
-		fmt.Fprintf(&b, "%s,%s,uid-user-%d\n", u.Token, u.Name, i)
-	}
-	path := filepath.Join(s.dir, "tokens.csv")
-	return path, os.WriteFile(path, []byte(b.String()), 0o600)
-}
-
-// run starts the process and waits until /readyz answers ok.
-func (s *Server) run(bin string, args []string) error {
+	s.client = client
 	log, err := os.Create(s.logFile)
 	if err != nil {
-		return err
+		client.Close()
+		return s, err
 	}
 	defer func() { _ = log.Close() }()
-	cmd := exec.Command(bin, args...)
+	cmd := exec.Command(bin, setup.Args...)
 	cmd.Stdout, cmd.Stderr = log, log
 	// Dies with the process that started it, even when that is killed.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start %s: %w", bin, err)
+		client.Close()
+		return s, fmt.Errorf("start %s: %w", bin, err)
 	}
 	exited := make(chan struct{})
 	go func() {
@@ -205,29 +107,21 @@ func (s *Server) run(bin string, args []string) error {
 	}()
 	s.cmd, s.exited = cmd, exited
 
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
 	defer cancel()
-	var last string
-	for {
-		code, body, err := s.Request(ctx, s.AdminToken, http.MethodGet, "/readyz", nil)
-		switch {
-		case err == nil && code == http.StatusOK:
-			return nil
-		case err != nil:
-			last = err.Error()
-		default:
-			last = fmt.Sprintf("%d %s", code, body)
-		}
+	gone := func() bool {
 		select {
 		case <-exited:
-			s.client.CloseIdleConnections()
-			return fmt.Errorf("kube-apiserver exited before it was ready (%v); its log:\n%s", cmd.ProcessState, s.logTail())
-		case <-ctx.Done():
-			s.Stop()
-			return fmt.Errorf("kube-apiserver not ready within 3m (last /readyz: %s); its log:\n%s", last, s.logTail())
-		case <-time.After(100 * time.Millisecond):
+			return true
+		default:
+			return false
 		}
 	}
+	if err := client.WaitReady(ctx, gone); err != nil {
+		s.Stop()
+		return s, fmt.Errorf("%w (%v); its log:\n%s", err, cmd.ProcessState, s.logTail())
+	}
+	return s, nil
 }
 
 // Stop kills the apiserver (by its PID) and waits for it to exit. It
@@ -239,13 +133,16 @@ func (s *Server) Stop() {
 			<-s.exited
 		}
 		if s.client != nil {
-			s.client.CloseIdleConnections()
+			s.client.Close()
 		}
 	})
 }
 
 // PID is the apiserver process's ID.
 func (s *Server) PID() int { return s.cmd.Process.Pid }
+
+// Client returns the admin's client of the apiserver. Stop closes it.
+func (s *Server) Client() *Client { return s.client }
 
 // Log returns the apiserver's log so far.
 func (s *Server) Log() string {
@@ -279,41 +176,17 @@ func (s *Server) User(name string) (User, bool) {
 // WriteKubeconfig writes a kubeconfig file for user, who authenticates
 // with token, as <file>.kubeconfig in Dir, and returns its path.
 func (s *Server) WriteKubeconfig(file, user, token string) (string, error) {
-	kc := fmt.Sprintf(`apiVersion: v1
-kind: Config
-clusters:
-- name: %[1]s
-  cluster:
-    server: %[2]s
-    certificate-authority-data: %[3]s
-users:
-- name: %[4]s
-  user:
-    token: %[5]s
-contexts:
-- name: %[1]s
-  context:
-    cluster: %[1]s
-    user: %[4]s
-current-context: %[1]s
-`, ClusterName, s.Host, base64.StdEncoding.EncodeToString(s.CAPEM), user, token)
 	p := filepath.Join(s.dir, file+".kubeconfig")
-	if err := os.WriteFile(p, []byte(kc), 0o600); err != nil {
-		return "", fmt.Errorf("kubeapiserver: write kubeconfig: %w", err)
+	if err := writeKubeconfig(p, s.Host, s.CAPEM, user, token); err != nil {
+		return "", err
 	}
 	return p, nil
 }
 
-// Create POSTs obj (marshaled to JSON) to path as the admin.
+// Create POSTs obj (marshaled to JSON) to path as the admin. An answer
+// other than 2xx is a *StatusError.
 func (s *Server) Create(ctx context.Context, path string, obj any) error {
-	code, body, err := s.Request(ctx, s.AdminToken, http.MethodPost, path, obj)
-	if err != nil {
-		return err
-	}
-	if code != http.StatusCreated && code != http.StatusOK {
-		return fmt.Errorf("kubeapiserver: create %s: %d %s", path, code, body)
-	}
-	return nil
+	return s.client.Do(ctx, http.MethodPost, path, "application/json", obj, nil)
 }
 
 // Request sends method path to the apiserver as the user of token, with
@@ -321,39 +194,5 @@ func (s *Server) Create(ctx context.Context, path string, obj any) error {
 // response's status code and body. A status that is not 2xx is not an
 // error: the caller judges the code.
 func (s *Server) Request(ctx context.Context, token, method, path string, obj any) (int, []byte, error) {
-	var in io.Reader
-	if obj != nil {
-		b, err := json.Marshal(obj)
-		if err != nil {
-			return 0, nil, fmt.Errorf("kubeapiserver: %s %s: %w", method, path, err)
-		}
-		in = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, s.Host+path, in)
-	if err != nil {
-		return 0, nil, fmt.Errorf("kubeapiserver: %w", err)
-	}
-	req.Header.Set("Authorization", "Bearer "+token)
-	if obj != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := s.client.Do(req)
-	if err != nil {
-		return 0, nil, fmt.Errorf("kubeapiserver: %w", err)
-	}
-	defer func() { _ = resp.Body.Close() }()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return resp.StatusCode, nil, fmt.Errorf("kubeapiserver: %s %s: %w", method, path, err)
-	}
-	return resp.StatusCode, body, nil
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("kubeapiserver: pick a port: %w", err)
-	}
-	defer func() { _ = l.Close() }()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return s.client.send(ctx, token, method, path, "application/json", obj, false)
 }

@@ -39,7 +39,8 @@
 //     services) and DeletePod sync; only the difference is written.
 //   - per cluster with kubernetes: true (kube.go), a real kube-apiserver
 //     on the cluster's etcd (prefix /kube-apiserver/<cluster>, loopback
-//     only; set up by kubetest/apiserver) and a mesh-controlplane process
+//     only; set up by kubeapiserver.Prepare and spawned detached, like
+//     the other processes) and a mesh-controlplane process
 //     watching it, which writes the keys above instead of the lab. The
 //     lab plays the rest of Kubernetes in the API server (syncKube):
 //     namespaces, pods on their lab nodes (created before the CNI ADD,

@@ -14,7 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/meshplane/meshplane/kubetest/apiserver"
+	"github.com/meshplane/meshplane/kubeapiserver"
 	"github.com/meshplane/meshplane/kvstore"
 )
 
@@ -31,13 +31,13 @@ import (
 
 // kubeState is a kubernetes cluster's API server and control plane.
 type kubeState struct {
-	APIServer        apiserver.Setup `json:"apiserver"`
-	APIServerPID     int             `json:"apiserverPID"`
-	APIServerArgs    []string        `json:"apiserverArgs"`
-	APIServerLog     string          `json:"apiserverLog"`
-	ControlPlanePID  int             `json:"controlplanePID"`
-	ControlPlaneArgs []string        `json:"controlplaneArgs"`
-	ControlPlaneLog  string          `json:"controlplaneLog"`
+	APIServer        kubeapiserver.Setup `json:"apiserver"`
+	APIServerPID     int                 `json:"apiserverPID"`
+	APIServerArgs    []string            `json:"apiserverArgs"`
+	APIServerLog     string              `json:"apiserverLog"`
+	ControlPlanePID  int                 `json:"controlplanePID"`
+	ControlPlaneArgs []string            `json:"controlplaneArgs"`
+	ControlPlaneLog  string              `json:"controlplaneLog"`
 }
 
 // fieldManager is the lab's field manager in server-side apply.
@@ -59,7 +59,7 @@ func (o *Options) kubeBinaries() error {
 		o.ControlPlane = filepath.Join(filepath.Dir(o.Meshctl), "mesh-controlplane")
 	}
 	if o.KubeAPIServer == "" {
-		p, err := apiserver.Find()
+		p, err := kubeapiserver.Find()
 		if err != nil {
 			return fmt.Errorf("a cluster with kubernetes: true needs kube-apiserver: %w", err)
 		}
@@ -97,8 +97,10 @@ func (l *Lab) startKube(ctx context.Context, c Cluster, cs *clusterState) error 
 	// The port is picked free and may be taken before the API server
 	// binds it: then try once more.
 	for attempt := 0; ; attempt++ {
-		setup, err := apiserver.Prepare(apiserver.Config{
-			Dir: filepath.Join(dir, "apiserver"), EtcdServers: etcdConfig(cs).Endpoints,
+		// Prepare, not Start: the API server is spawned detached, to
+		// outlive `meshctl lab up`.
+		setup, err := kubeapiserver.Prepare(kubeapiserver.Config{
+			Dir: filepath.Join(dir, "apiserver"), EtcdEndpoints: etcdConfig(cs).Endpoints,
 			EtcdPrefix: kubeEtcdPrefix(c.Name), ServiceCIDR: svcRange,
 		})
 		if err != nil {
@@ -145,7 +147,7 @@ func (l *Lab) startKube(ctx context.Context, c Cluster, cs *clusterState) error 
 }
 
 func (l *Lab) waitAPIServer(ctx context.Context, ks *kubeState) error {
-	client, err := apiserver.NewClient(ks.APIServer)
+	client, err := kubeapiserver.NewClient(ks.APIServer)
 	if err != nil {
 		return err
 	}
@@ -312,7 +314,7 @@ func (l *Lab) syncKube(ctx context.Context, cluster string, ks *kubeState) error
 	if err != nil {
 		return err
 	}
-	client, err := apiserver.NewClient(ks.APIServer)
+	client, err := kubeapiserver.NewClient(ks.APIServer)
 	if err != nil {
 		return fmt.Errorf("cluster %s: %w", cluster, err)
 	}

@@ -73,7 +73,7 @@ type Options struct {
 	ControlPlane string
 	// KubeAPIServer is the kube-apiserver binary of clusters with
 	// kubernetes: true. Zero means the one `make kube-apiserver` builds
-	// ($MESHPLANE_KUBE_APISERVER, else the cache; apiserver.Find).
+	// ($MESHPLANE_KUBE_APISERVER, else the cache; kubeapiserver.Find).
 	KubeAPIServer string
 	// AgentFlags are extra mesh-agent flags for every agent of a lab made
 	// by Up ("--log-level=debug", "--datapath=none" for a comparison).
