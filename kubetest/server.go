@@ -48,6 +48,8 @@ type Server struct {
 	logFile string
 	cmd     *exec.Cmd
 	exited  chan struct{} // closed when cmd has been waited for
+	bin     string        // the binary and arguments of the running
+	args    []string      // process, for Restart
 	client  *http.Client
 	users   []User
 	grants  atomic.Int64
@@ -175,6 +177,7 @@ func start(bin, dir string, etcdEndpoints []string) (*Server, error) {
 			"--profiling=false",
 			"--v=1",
 		}
+		s.bin, s.args = bin, args
 		if err := s.run(bin, args); err != nil {
 			if attempt < 2 && strings.Contains(s.logTail(), "address already in use") {
 				continue
@@ -270,6 +273,29 @@ func (s *Server) Stop() {
 			s.client.CloseIdleConnections()
 		}
 	})
+}
+
+// Kill kills the apiserver (by its PID, SIGKILL) and waits for it to exit,
+// keeping its directory, port and credentials for Restart: an outage of
+// the API server as its clients see it. Neither Kill nor Restart may be
+// called concurrently with each other or with Stop.
+func (s *Server) Kill() {
+	if s.cmd != nil {
+		_ = s.cmd.Process.Kill()
+		<-s.exited
+		s.cmd = nil
+	}
+	s.client.CloseIdleConnections()
+}
+
+// Restart starts the apiserver that Kill stopped again, on the same port,
+// etcd prefix and credentials (so kubeconfigs stay valid), and waits until
+// it is ready.
+func (s *Server) Restart() error {
+	if s.cmd != nil {
+		return errors.New("kubetest: Restart of a running apiserver: Kill it first")
+	}
+	return s.run(s.bin, s.args)
 }
 
 // Log returns the apiserver's log so far.
