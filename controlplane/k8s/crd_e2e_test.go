@@ -101,7 +101,7 @@ func TestMeshNetworkPolicies(t *testing.T) {
 	eventually(t, "the valid policy in etcd", func() error {
 		it, ok, err := store.Get(ctx, ns+"/allow-client")
 		if err != nil || !ok || it.Err != nil {
-			return fmt.Errorf("get: ok %v, %v, %v", ok, err, it.Err)
+			return fmt.Errorf("get: ok %v, %w", ok, errors.Join(err, it.Err))
 		}
 		if it.Value.Kind != policy.KindMeshNetworkPolicy {
 			return fmt.Errorf("policy kind %q; want %s", it.Value.Kind, policy.KindMeshNetworkPolicy)
@@ -273,11 +273,11 @@ func TestMembershipGC(t *testing.T) {
 		for _, name := range []string{gone, kept} {
 			kv, ok, err := client.Get(ctx, keys.Member(name))
 			if err != nil || !ok {
-				return fmt.Errorf("member %s: ok %v, %v", name, ok, err)
+				return fmt.Errorf("member %s: ok %v, %w", name, ok, err)
 			}
 			m, err := node.DecodeMember(name, kv.Value)
 			if err != nil || len(m.InternalIPs) != 1 || m.InternalIPs[0].String() != "10.1.9.1" {
-				return fmt.Errorf("member %s = %+v, %v", name, m, err)
+				return fmt.Errorf("member %s = %+v, %w", name, m, err)
 			}
 		}
 		return nil

@@ -45,8 +45,9 @@
 // one) wrap ErrConfig; an apiserver that cannot be reached or rejects the
 // credentials wraps ErrUnreachable; each permission RBAC denies is a
 // *PermissionError (errors.Is ErrForbidden) naming the verb and resource.
-// Check (list and watch on the six resources, create on events) finds
-// them all at once; Run calls it first, so a control plane
+// Check (list and watch on the seven resources, create on events, and the
+// writes of the verdicts and views on meshplane.io) finds them all at
+// once; CRDs that are not installed wrap ErrConfig; Run calls it first, so a control plane
 // without its permissions stops with that error instead of retrying in
 // the background.
 //
