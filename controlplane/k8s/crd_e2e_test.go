@@ -295,13 +295,13 @@ func TestMembershipGC(t *testing.T) {
 	}
 	eventually(t, "the deleted node's CIDR and endpoint reclaimed", func() error {
 		if _, ok, err := client.Get(ctx, keys.Member(gone)); ok || err != nil {
-			return fmt.Errorf("member %s still there (%v)", gone, err)
+			return fmt.Errorf("member %s still there (%w)", gone, err)
 		}
 		if ok, err := claimed(gone); ok || err != nil {
-			return fmt.Errorf("%s still holds %s (%v)", gone, cidrs[gone], err)
+			return fmt.Errorf("%s still holds %s (%w)", gone, cidrs[gone], err)
 		}
 		if ok, err := endpoint(gone); ok || err != nil {
-			return fmt.Errorf("%s's endpoint still there (%v)", gone, err)
+			return fmt.Errorf("%s's endpoint still there (%w)", gone, err)
 		}
 		return nil
 	})
