@@ -32,7 +32,7 @@ test: kube-apiserver
 	$(GO) test -run '^$$' -bench . -benchtime=1x -timeout 10m ./...
 
 ## bench: the benchmarks recorded in docs/benchmarks.md.
-bench: build
+bench: build kube-apiserver
 	$(GO) test -run '^$$' -bench . -benchmem ./kvstore/allocator/ ./labels/ ./ipam/podip/
 	$(BIN)/meshctl bench identity --agents 32 --labelsets 200 --state-dir $$(mktemp -d)
 	$(BIN)/meshctl bench identity --agents 32 --labelsets 200 --shared --state-dir $$(mktemp -d)
@@ -44,6 +44,8 @@ bench: build
 	$(BIN)/meshctl bench gossip --members 50
 	$(BIN)/meshctl bench datapath --rounds 3
 	$(BIN)/meshctl bench health --nodes 3,2 --duration 3m --crashes 20 --pauses 5 --restarts 10
+	$(BIN)/meshctl bench controlplane --pods 1000
+	$(BIN)/meshctl bench controlplane --pods 10000
 
 lint:
 	@command -v golangci-lint >/dev/null || $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)

@@ -19,6 +19,10 @@ var (
 	models = []string{"labels", "identity", "ipcache", "service", "policy", "ipam", "node", "pod"}
 	// daemons are the long-running components that cmd/ starts.
 	daemons = []string{"nodeagent", "controlplane", "clustermesh"}
+	// testHelpers are the packages for _test files (they import testing):
+	// only other test helpers import them outside _test files (kubetest
+	// runs its apiserver on etcdtest's etcd).
+	testHelpers = []string{"kvstore/etcdtest", "kubetest", "bpf/bpftest", "netnstest"}
 )
 
 // under returns a predicate true for the packages at or below any of dirs
@@ -61,7 +65,7 @@ var importRules = []importRule{
 		"only kvstore/ imports etcd"},
 	{"go.etcd.io/etcd/server/...", under("kvstore/embedded", "kvstore/etcdtest"),
 		"only kvstore/embedded (and etcdtest) run an etcd server; everything else is a client"},
-	{mod + "kvstore/embedded", under("cmd/meshctl", "lab", "kvstore/etcdtest"),
+	{mod + "kvstore/embedded", under("cmd/meshctl", "lab", "kvstore/etcdtest", "bench"),
 		"an in-process etcd is for one machine (meshctl --etcd-embedded and demo, the lab, tests): a daemon without endpoints must fail, not start a private cluster"},
 	{"github.com/cilium/ebpf/...", under("bpf"),
 		"only bpf/ imports cilium/ebpf"},
@@ -86,14 +90,14 @@ var importRules = []importRule{
 	// the agent runs clustermesh's remote watches; nothing below them
 	// (kvstore, bpf, models, api, health, lab, ...) imports them. The lab
 	// runs mesh-agent as a process, so it tests the binary that ships.
-	{mod + "nodeagent/...", under("cmd", "nodeagent"),
-		"nodeagent is a daemon: only cmd/ starts it"},
+	{mod + "nodeagent/...", under("cmd", "nodeagent", "bench"),
+		"nodeagent is a daemon: only cmd/ starts it (and the bench/ harnesses, in-process)"},
 	// The lab is the one exception: it has no daemon between its commands,
 	// so it runs the control plane's reconciler in-process
 	// (controlplane.SyncOnce over its topology), and the demo writes what
 	// production writes through the same code.
-	{mod + "controlplane/...", under("cmd", "controlplane", "lab"),
-		"controlplane is a daemon: only cmd/ starts it (and the lab syncs through it)"},
+	{mod + "controlplane/...", under("cmd", "controlplane", "lab", "bench"),
+		"controlplane is a daemon: only cmd/ starts it (and the lab syncs through it, and bench/ measures it in-process)"},
 	{mod + "clustermesh/...", under("cmd", "clustermesh", "nodeagent"),
 		"clustermesh is a daemon's part: cmd/ and the agent (which runs the remote watches) use it"},
 	{mod + "cmd/...", under("cmd"),
@@ -106,6 +110,16 @@ var importRules = []importRule{
 	{mod + "health/...", not(under(models...)), "models are pure: no gossip"},
 	{mod + "api/...", not(under(models...)), "models are pure: the API converts to them, not the other way"},
 	{mod + "lab/...", under("lab", "cmd", "e2e"), "the lab is a harness: only meshctl and the e2e tests drive it"},
+
+	// Test helpers are for _test files (go list's Imports leave those
+	// out); binaries that need a real process use its non-test package
+	// (kubeapiserver, kvstore/embedded).
+	{mod + "kvstore/etcdtest", under(testHelpers...), "etcdtest is a test helper: import it from _test files (outside tests, kvstore/embedded runs an etcd)"},
+	{mod + "kubetest", under(testHelpers...), "kubetest is a test helper: import it from _test files (outside tests, kubeapiserver.Start runs a kube-apiserver)"},
+	{mod + "bpf/bpftest", under(testHelpers...), "bpftest is a test helper: import it from _test files"},
+	{mod + "netnstest", under(testHelpers...), "netnstest is a test helper: import it from _test files"},
+	{mod + "kubeapiserver", under("kubetest", "bench", "lab", "cmd/meshctl"),
+		"a kube-apiserver process is for one machine (the lab, benches, meshctl, kubetest): daemons talk to a cluster's apiserver through controlplane/k8s"},
 }
 
 // TestImportBoundaries checks every package's direct imports against
@@ -143,6 +157,13 @@ func TestDaemonDeps(t *testing.T) {
 			"test helpers stay out of binaries"},
 		{[]string{"cmd/mesh-agent", "nodeagent"}, "k8s.io/client-go/...",
 			"agents do not talk to Kubernetes: they read etcd, which the control plane writes"},
+		// No binary links the testing package or a test helper (meshctl
+		// bench controlplane runs its apiserver with kubeapiserver, not
+		// kubetest).
+		{[]string{"cmd"}, "testing", "binaries do not link testing: a test helper (kubetest, etcdtest, goleak) got into a non-test import"},
+		{[]string{"cmd"}, "go.uber.org/goleak/...", "goleak is for TestMain"},
+		{[]string{"cmd"}, mod + "kvstore/etcdtest", "test helpers stay out of binaries"},
+		{[]string{"cmd"}, mod + "kubetest", "test helpers stay out of binaries: use kubeapiserver"},
 	}
 	for _, b := range banned {
 		var roots []string

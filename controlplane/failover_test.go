@@ -49,6 +49,14 @@ func TestFailover(t *testing.T) {
 	if !b.leading.Load() {
 		t.Errorf("b does not lead after a died")
 	}
+	// a learns at once that its client is gone: it stops leading rather
+	// than believe in an office it can no longer keep.
+	eventually(t, "a steps down", func() string {
+		if a.leading.Load() {
+			return "a still believes it leads"
+		}
+		return ""
+	})
 	for k := range h.revs(h.keys.PodsPrefix()) {
 		if v := h.version(h.keys.PodsPrefix() + k); v != 1 {
 			t.Errorf("pods/%s has version %d, want 1: written more than once", k, v)

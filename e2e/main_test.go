@@ -12,7 +12,7 @@ import (
 	"go.uber.org/goleak"
 )
 
-// binDir holds meshctl and mesh-agent, built once by TestMain (or taken
+// binDir holds meshctl, mesh-agent and mesh-controlplane, built once by TestMain (or taken
 // from MESHPLANE_LAB_BIN, e.g. bin/ after make build).
 var binDir string
 
@@ -27,7 +27,8 @@ func TestMain(m *testing.M) {
 			}
 			defer os.RemoveAll(dir)
 			cmd := exec.Command("go", "build", "-o", dir+"/",
-				"github.com/meshplane/meshplane/cmd/meshctl", "github.com/meshplane/meshplane/cmd/mesh-agent")
+				"github.com/meshplane/meshplane/cmd/meshctl", "github.com/meshplane/meshplane/cmd/mesh-agent",
+				"github.com/meshplane/meshplane/cmd/mesh-controlplane")
 			if out, err := cmd.CombinedOutput(); err != nil {
 				fmt.Fprintf(os.Stderr, "go build: %v\n%s", err, out)
 				return 1
@@ -47,7 +48,7 @@ func TestMain(m *testing.M) {
 
 // requireRoot skips without root, or fails under MESHPLANE_REQUIRE_BPF
 // (CI), where the tests must run.
-func requireRoot(t *testing.T) {
+func requireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() == 0 {
 		return
@@ -62,7 +63,7 @@ func binaries() (meshctl, agent string) {
 	return filepath.Join(binDir, "meshctl"), filepath.Join(binDir, "mesh-agent")
 }
 
-func uniqueName(t *testing.T) string {
+func uniqueName(t testing.TB) string {
 	var b [3]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		t.Fatal(err)

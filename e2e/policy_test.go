@@ -129,8 +129,14 @@ func expect(t *testing.T, l *lab.Lab, probes []probe) {
 // run with agentFlags added, and takes it down when the test ends.
 func startLab(t *testing.T, agentFlags ...string) *lab.Lab {
 	t.Helper()
+	return startLabFile(t, "testdata/matrix.yaml", agentFlags...)
+}
+
+// startLabFile is startLab for another topology file.
+func startLabFile(t testing.TB, file string, agentFlags ...string) *lab.Lab {
+	t.Helper()
 	requireRoot(t)
-	data, err := os.ReadFile("testdata/matrix.yaml")
+	data, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,7 +147,7 @@ func startLab(t *testing.T, agentFlags ...string) *lab.Lab {
 	}
 	meshctl, agent := binaries()
 	opts := lab.Options{Meshctl: meshctl, Agent: agent, AgentFlags: agentFlags}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	l, err := lab.Up(ctx, topo, opts)
 	if err != nil {

@@ -1,7 +1,11 @@
 // Package kubetest runs a real kube-apiserver for tests, the way httptest
-// runs an HTTP server and etcdtest an etcd. The binary is built from the Go
-// module proxy by `make kube-apiserver` (tools/kube-apiserver) into a cache
-// outside the repository; Find locates it.
+// runs an HTTP server and etcdtest an etcd. The process is package
+// kubeapiserver's (which binaries may link: it does not import testing);
+// kubetest adds what tests need: TestMain wiring, skipping without the
+// binary, users handed out one per test, grants and namespaces. The binary
+// is built from the Go module proxy by `make kube-apiserver`
+// (tools/kube-apiserver) into a cache outside the repository; Find locates
+// it.
 //
 // A Server is one kube-apiserver process against an etcd it is given, under
 // an etcd prefix of its own, on a free loopback port, with a serving
@@ -23,6 +27,10 @@
 //
 // kubetest speaks to the apiserver over plain HTTPS and JSON; it does not
 // import client-go, which only controlplane/k8s does (tests may).
+//
+// Outside tests (bench/cpbench, under meshctl bench controlplane) use
+// kubeapiserver.Start: kubetest is for _test files and test helpers only
+// (deps_test.go).
 //
 // The process is started with a parent-death signal, so it dies with the
 // test binary; Stop kills it by PID and its temp directory is removed.

@@ -45,12 +45,8 @@ func RunMain(m *testing.M, srv **Server) int {
 			}
 		}()
 		etcd := etcdtest.Start(tb)
-		s, err := start(bin, tb.TempDir(), []string{etcd.Endpoint()})
-		if err != nil {
-			tb.Fatalf("%v", err)
-		}
+		s := start(tb, bin, []string{etcd.Endpoint()})
 		s.Etcd = etcd
-		tb.Cleanup(s.Stop)
 		*srv = s
 		return m.Run()
 	}()

@@ -195,6 +195,12 @@ func (l *Leadership) watch(from int64) {
 			case <-l.ctx.Done():
 				cancel()
 				return
+			case <-l.client.etcd.Ctx().Done():
+				// Closed client: no keepalive will reach etcd again, so
+				// the lease is as good as gone; do not wait out its TTL.
+				cancel()
+				l.cancel(fmt.Errorf("%w: the etcd client of %s was closed", ErrLeadershipLost, l.key))
+				return
 			case resp, ok := <-wch:
 				if !ok || resp.Err() != nil || resp.CompactRevision != 0 {
 					broken = true
@@ -213,8 +219,26 @@ func (l *Leadership) watch(from int64) {
 		}
 		cancel()
 		// The watch broke (compaction, no raft leader, a reconnect): look
-		// at the key, then watch again from that answer.
-		rev, ok, err := l.held(l.ctx)
+		// at the key, then watch again from that answer. The look must
+		// not outlast the lease: with etcd unreachable, the keepalive
+		// gives up after the TTL, well before a request times out.
+		hctx, hcancel := context.WithCancel(l.ctx)
+		waited := make(chan struct{})
+		go func() {
+			defer close(waited)
+			select {
+			case <-l.sess.Done():
+			case <-l.client.etcd.Ctx().Done():
+			case <-hctx.Done():
+			}
+			hcancel()
+		}()
+		rev, ok, err := l.held(hctx)
+		hcancel()
+		<-waited
+		if hctx.Err() != nil && l.ctx.Err() == nil && err != nil {
+			continue // the lease or the client went: the select above says which
+		}
 		switch {
 		case err == nil && !ok:
 			l.cancel(fmt.Errorf("%w: the leader key %s is gone", ErrLeadershipLost, l.key))

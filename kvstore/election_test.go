@@ -3,6 +3,7 @@ package kvstore_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -280,5 +281,38 @@ func TestElectionEtcdUnreachable(t *testing.T) {
 	// Back: a new campaign wins (a's lease expired or is revoked by then).
 	b := campaign(t, c, key, "b")
 	leaderIs(t, c, key, "b")
+	notDone(t, b)
+}
+
+// TestElectionClientClosed: a leader whose client is closed (the process
+// shutting down its etcd connection, or a test killing a replica) loses the
+// office at once, Resign returns, and another candidate takes over when
+// the lease expires.
+func TestElectionClientClosed(t *testing.T) {
+	t.Parallel()
+	ca, cb := newClient(t), newClient(t)
+	key := electionKey(t)
+	a := campaign(t, ca, key, "a")
+	bc := candidate(t, cb, key, "b")
+	leaderIs(t, cb, key, "a")
+	closed := time.Now()
+	if err := ca.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ended(t, a, kvstore.ErrLeadershipLost)
+	t.Logf("office ended %v after the client closed: %v", time.Since(closed), a.Err())
+	if !strings.Contains(a.Err().Error(), "client") {
+		t.Errorf("Err() = %v, want it to say the client was closed", a.Err())
+	}
+	rctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- a.Resign(rctx) }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Resign after the client closed did not return")
+	}
+	b := wins(t, bc, "b")
 	notDone(t, b)
 }

@@ -25,7 +25,16 @@ import (
 // mesh-controlplane writes for the same objects, and only the difference.
 // Policies stay meshctl policy apply's: the lab's source does not provide
 // them, so the control plane leaves policies/ alone.
+//
+// A cluster with kubernetes: true has a mesh-controlplane of its own:
+// the lab writes into its API server instead (syncKube).
 func (l *Lab) syncCluster(ctx context.Context, cluster string) error {
+	l.mu.Lock()
+	ks := l.st.kubeCluster(cluster)
+	l.mu.Unlock()
+	if ks != nil {
+		return l.syncKube(ctx, cluster, ks)
+	}
 	src, err := l.topologySource(cluster)
 	if err != nil {
 		return err

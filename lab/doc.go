@@ -37,6 +37,16 @@
 //     service.Build translating each service, so the demo cannot drift from
 //     production. Up, AddPod (before the pod's CNI ADD, and after it for its
 //     services) and DeletePod sync; only the difference is written.
+//   - per cluster with kubernetes: true (kube.go), a real kube-apiserver
+//     on the cluster's etcd (prefix /kube-apiserver/<cluster>, loopback
+//     only; set up by kubetest/apiserver) and a mesh-controlplane process
+//     watching it, which writes the keys above instead of the lab. The
+//     lab plays the rest of Kubernetes in the API server (syncKube):
+//     namespaces, pods on their lab nodes (created before the CNI ADD,
+//     which then names the pod only; their status set once wired, as no
+//     kubelet runs), services with the topology's ClusterIPs, and an
+//     EndpointSlice per service from the running pods. Labels change
+//     there too; NetworkPolicies are created there by the user.
 //   - per external (a host outside every cluster, the "world" of ipBlock
 //     policies), a namespace "mp-<lab>-x_<name>" on the bridge at its
 //     address, not a router, with a route to every node's pod CIDR through

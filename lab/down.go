@@ -40,7 +40,8 @@ func Down(ctx context.Context, name string, o Options) error {
 	}
 	var errs []error
 	// Agents first (they stop using the datapath and etcd), then echo
-	// servers, then etcd; then whatever the scan finds.
+	// servers, control planes, API servers, then etcd; then whatever the
+	// scan finds.
 	var agents, echos, etcds []int
 	if st != nil {
 		for _, c := range st.Clusters {
@@ -56,7 +57,11 @@ func Down(ctx context.Context, name string, o Options) error {
 			echos = append(echos, x.EchoPID)
 		}
 	}
-	for _, group := range [][]int{agents, echos, etcds, scanProcs(dir)} {
+	var controlplanes, apiservers []int
+	if st != nil {
+		controlplanes, apiservers = kubePIDs(st)
+	}
+	for _, group := range [][]int{agents, echos, controlplanes, apiservers, etcds, scanProcs(dir)} {
 		errs = append(errs, stopAll(ctx, group, dir))
 	}
 	if st != nil {

@@ -154,16 +154,22 @@ func (l *Lab) addPod(ctx context.Context, c *Cluster, ns *nodeState, spec PodSpe
 	}
 	req := &api.AddEndpointRequest{
 		Namespace: spec.Namespace, Pod: spec.Name, ContainerId: "lab-" + shortHash(12, l.st.Name, c.Name, spec.Namespace, spec.Name),
-		Labels: spec.Labels, Netns: ps.Netns, Ifindex: uint32(link.IfIndex),
+		Netns: ps.Netns, Ifindex: uint32(link.IfIndex),
 		Mac: link.PodMAC.String(), NodeMac: link.HostMAC.String(),
 	}
-	for _, n := range c.Namespaces {
-		if n.Name == spec.Namespace {
-			req.NamespaceLabels = n.Labels
+	// On Kubernetes the request names the pod only, as a CNI plugin's
+	// does: the agent takes its labels and ports from the metadata the
+	// control plane writes.
+	if !c.Kubernetes {
+		req.Labels = spec.Labels
+		for _, n := range c.Namespaces {
+			if n.Name == spec.Namespace {
+				req.NamespaceLabels = n.Labels
+			}
 		}
-	}
-	for _, port := range spec.Ports {
-		req.Ports = append(req.Ports, &api.ContainerPort{Name: port.Name, Port: uint32(port.Port), Protocol: port.Protocol})
+		for _, port := range spec.Ports {
+			req.Ports = append(req.Ports, &api.ContainerPort{Name: port.Name, Port: uint32(port.Port), Protocol: port.Protocol})
+		}
 	}
 	client, closeFn, err := dialAgent(ns.AgentSocket)
 	if err != nil {

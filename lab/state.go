@@ -83,15 +83,19 @@ type state struct {
 	Name string `json:"name"`
 	// Dir is the lab's run directory; BPFFS the directory under the bpffs
 	// mount that holds its agents' pins.
-	Dir       string           `json:"dir"`
-	BPFFS     string           `json:"bpffs"`
-	Meshctl   string           `json:"meshctl"`
-	Agent     string           `json:"agent"`
-	Topology  Topology         `json:"topology"`
-	LabNetns  string           `json:"labNetns"`
-	Clusters  []*clusterState  `json:"clusters"`
-	Pods      []*podState      `json:"pods"`
-	Externals []*externalState `json:"externals,omitempty"`
+	Dir     string `json:"dir"`
+	BPFFS   string `json:"bpffs"`
+	Meshctl string `json:"meshctl"`
+	Agent   string `json:"agent"`
+	// ControlPlane and KubeAPIServer are the binaries of kubernetes
+	// clusters.
+	ControlPlane  string           `json:"controlplane,omitempty"`
+	KubeAPIServer string           `json:"kubeAPIServer,omitempty"`
+	Topology      Topology         `json:"topology"`
+	LabNetns      string           `json:"labNetns"`
+	Clusters      []*clusterState  `json:"clusters"`
+	Pods          []*podState      `json:"pods"`
+	Externals     []*externalState `json:"externals,omitempty"`
 	// Ready is set when Up has finished.
 	Ready bool `json:"ready"`
 }
@@ -109,6 +113,9 @@ type clusterState struct {
 	// deletes them.
 	OwnsKeys bool         `json:"ownsKeys,omitempty"`
 	Nodes    []*nodeState `json:"nodes"`
+	// Kube is the cluster's API server and control plane, for a cluster
+	// with kubernetes: true.
+	Kube *kubeState `json:"kube,omitempty"`
 }
 
 type nodeState struct {

@@ -96,6 +96,11 @@ type Cluster struct {
 	// Services are ClusterIP services whose backends are the lab's pods
 	// that match their selectors.
 	Services []ServiceSpec `json:"services,omitempty"`
+	// Kubernetes, if set, runs the cluster on a real kube-apiserver (on
+	// the cluster's etcd, loopback only) with a mesh-controlplane process
+	// watching it: the lab creates its namespaces, pods, services and
+	// EndpointSlices there instead of syncing etcd itself (docs/lab.md).
+	Kubernetes bool `json:"kubernetes,omitempty"`
 }
 
 // Etcd names an external etcd.
@@ -353,6 +358,11 @@ func (t *Topology) Validate() error {
 			if p.IPv4[0].Contains(ip) {
 				return topoErr("clusters", "service %s: ClusterIP %s is inside the pod CIDR %s of cluster %s", svc, ip, p.IPv4[0], t.Clusters[i].Name)
 			}
+		}
+	}
+	for ci := range t.Clusters {
+		if err := t.Clusters[ci].validateKubernetes(fmt.Sprintf("clusters[%d]", ci), network, pools); err != nil {
+			return err
 		}
 	}
 	if err := t.validateExternals(network, nodeIPs); err != nil {
@@ -675,4 +685,65 @@ func selects(selector, podLabels map[string]string) bool {
 		}
 	}
 	return len(selector) > 0
+}
+
+// Service ranges of kubernetes clusters (the API server's
+// --service-cluster-ip-range): the smallest prefix of at least
+// serviceRangeMinBits that holds every ClusterIP of the cluster, at most
+// serviceRangeMaxBits wide, the API server's limit.
+const (
+	serviceRangeMinBits = 24
+	serviceRangeMaxBits = 12
+)
+
+// defaultServiceRange is the service range of a kubernetes cluster
+// without services.
+var defaultServiceRange = netip.MustParsePrefix("10.96.0.0/24")
+
+// validateKubernetes checks what a cluster with kubernetes: true needs:
+// an etcd of the lab's own, and ClusterIPs in a service range that
+// overlaps no network of the lab, whose first address (the API server's
+// own kubernetes service) no service of the topology takes.
+func (c *Cluster) validateKubernetes(at string, network netip.Prefix, pools []ipam.Pool) error {
+	if !c.Kubernetes {
+		return nil
+	}
+	if c.Etcd != nil {
+		return topoErr(at+".kubernetes", "a cluster on Kubernetes runs its API server on the lab's own etcd: drop etcd, or drop kubernetes")
+	}
+	r, err := c.serviceRange()
+	if err != nil {
+		return topoErr(at+".services", "%v", err)
+	}
+	if r.Overlaps(network) {
+		return topoErr(at+".services", "the API server's service range %s (the smallest /%d or wider that holds every ClusterIP) overlaps the lab network %s: move the ClusterIPs", r, serviceRangeMinBits, network)
+	}
+	for _, p := range pools {
+		if r.Overlaps(p.IPv4[0]) {
+			return topoErr(at+".services", "the API server's service range %s (the smallest /%d or wider that holds every ClusterIP) overlaps the pod CIDR %s: move the ClusterIPs", r, serviceRangeMinBits, p.IPv4[0])
+		}
+	}
+	apiIP := r.Addr().Next()
+	for i, s := range c.Services {
+		if s.ClusterIP == apiIP.String() {
+			return topoErr(fmt.Sprintf("%s.services[%d].clusterIP", at, i), "%s is the API server's own kubernetes service (the first address of the service range %s): pick another", apiIP, r)
+		}
+	}
+	return nil
+}
+
+// serviceRange is a kubernetes cluster's service range (see
+// serviceRangeMinBits). The ClusterIPs are validated.
+func (c *Cluster) serviceRange() (netip.Prefix, error) {
+	if len(c.Services) == 0 {
+		return defaultServiceRange, nil
+	}
+	first := netip.MustParseAddr(c.Services[0].ClusterIP)
+	for bits := serviceRangeMinBits; bits >= serviceRangeMaxBits; bits-- {
+		r := netip.PrefixFrom(first, bits).Masked()
+		if !slices.ContainsFunc(c.Services, func(s ServiceSpec) bool { return !r.Contains(netip.MustParseAddr(s.ClusterIP)) }) {
+			return r, nil
+		}
+	}
+	return netip.Prefix{}, fmt.Errorf("the ClusterIPs do not fit in one /%d, the widest service range the API server takes: put them closer together (like 10.96.0.0/24)", serviceRangeMaxBits)
 }

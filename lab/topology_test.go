@@ -122,6 +122,11 @@ func TestParseTopologyErrors(t *testing.T) {
 		{"service unknown namespace", "{name: web, namespace: prod", "{name: web, namespace: dev", [2]string{}, "clusters[0].services[0].namespace", "not a namespace"},
 		{"duplicate namespace", "- {name: prod, labels: {env: prod}}", "- {name: prod}\n      - {name: prod}", [2]string{}, "clusters[0].namespaces[1].name", "twice"},
 		{"not yaml", base, "name: [", [2]string{}, "", "invalid lab topology"},
+		{"kubernetes", "podCIDR: 10.200.0.0/16", "podCIDR: 10.200.0.0/16\n    kubernetes: true", [2]string{}, "", ""},
+		{"kubernetes with external etcd", "podCIDR: 10.200.0.0/16", "podCIDR: 10.200.0.0/16\n    kubernetes: true\n    etcd: {endpoints: [\"http://127.0.0.1:2379\"]}", [2]string{}, "clusters[0].kubernetes", "drop etcd"},
+		{"kubernetes service IP", "podCIDR: 10.200.0.0/16", "podCIDR: 10.200.0.0/16\n    kubernetes: true", [2]string{"10.96.0.10", "10.96.0.1"}, "clusters[0].services[0].clusterIP", "own kubernetes service"},
+		{"kubernetes service range too wide", "podCIDR: 10.200.0.0/16", "podCIDR: 10.200.0.0/16\n    kubernetes: true", [2]string{"      - {name: web, namespace: prod, clusterIP: 10.96.0.10, selector: {app: a}, ports: [{port: 80}]}\n", "      - {name: web, namespace: prod, clusterIP: 10.96.0.10, selector: {app: a}, ports: [{port: 80}]}\n" + "      - {name: web2, namespace: prod, clusterIP: 10.160.0.10, selector: {app: a}, ports: [{port: 80}]}\n"}, "clusters[0].services", "one /12"},
+		{"kubernetes service range over pods", "podCIDR: 10.200.0.0/16", "podCIDR: 10.200.0.0/16\n    kubernetes: true", [2]string{"clusterIP: 10.96.0.10, selector: {app: a}, ports: [{port: 80}]}\n", "clusterIP: 10.199.0.10, selector: {app: a}, ports: [{port: 80}]}\n      - {name: web2, namespace: prod, clusterIP: 10.201.0.10, selector: {app: a}, ports: [{port: 80}]}\n"}, "clusters[0].services", "overlaps the pod CIDR 10.200.0.0/16"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -68,6 +68,13 @@ type Options struct {
 	// Agent is the mesh-agent binary. Zero means mesh-agent beside
 	// Meshctl.
 	Agent string
+	// ControlPlane is the mesh-controlplane binary, which clusters with
+	// kubernetes: true run. Zero means mesh-controlplane beside Meshctl.
+	ControlPlane string
+	// KubeAPIServer is the kube-apiserver binary of clusters with
+	// kubernetes: true. Zero means the one `make kube-apiserver` builds
+	// ($MESHPLANE_KUBE_APISERVER, else the cache; apiserver.Find).
+	KubeAPIServer string
 	// AgentFlags are extra mesh-agent flags for every agent of a lab made
 	// by Up ("--log-level=debug", "--datapath=none" for a comparison).
 	// They come after the lab's own, so they win.
@@ -154,6 +161,11 @@ func Up(ctx context.Context, t *Topology, o Options) (_ *Lab, err error) {
 	if err := o.binaries(); err != nil {
 		return nil, err
 	}
+	if slices.ContainsFunc(topo.Clusters, func(c Cluster) bool { return c.Kubernetes }) {
+		if err := o.kubeBinaries(); err != nil {
+			return nil, err
+		}
+	}
 	if err := checkHost(o); err != nil {
 		return nil, err
 	}
@@ -179,7 +191,8 @@ func Up(ctx context.Context, t *Topology, o Options) (_ *Lab, err error) {
 	}
 	l := &Lab{o: o, st: &state{
 		Name: topo.Name, Dir: dir, BPFFS: filepath.Join(o.BPFFS, "mp-"+topo.Name),
-		Meshctl: o.Meshctl, Agent: o.Agent, Topology: *topo,
+		Meshctl: o.Meshctl, Agent: o.Agent, ControlPlane: o.ControlPlane, KubeAPIServer: o.KubeAPIServer,
+		Topology: *topo,
 	}}
 	defer func() {
 		if err != nil {
@@ -213,6 +226,11 @@ func (l *Lab) up(ctx context.Context) error {
 			return err
 		}
 		cs, _ := st.cluster(c.Name)
+		if c.Kubernetes {
+			if err := l.startKube(ctx, c, cs); err != nil {
+				return err
+			}
+		}
 		for _, n := range c.Nodes {
 			if err := l.startNode(ctx, c, cs, n, network); err != nil {
 				return err
@@ -227,6 +245,16 @@ func (l *Lab) up(ctx context.Context) error {
 		}
 		if err := l.routeCluster(c); err != nil {
 			return err
+		}
+		if c.Kube != nil {
+			// Namespaces and services first, and a control plane that
+			// has written them: then it leads, and pods follow.
+			if err := l.syncCluster(ctx, c.Name); err != nil {
+				return err
+			}
+			if err := l.waitKubeSynced(ctx, c.Name); err != nil {
+				return err
+			}
 		}
 	}
 	// Externals come after the agents: their routes need every node's pod
@@ -678,7 +706,7 @@ func Open(name string, o Options) (*Lab, error) {
 	if !st.Ready {
 		return nil, fmt.Errorf("lab %s is not ready: its start did not finish; remove it with: meshctl lab down %s", name, name)
 	}
-	o.Meshctl, o.Agent = st.Meshctl, st.Agent
+	o.Meshctl, o.Agent, o.ControlPlane, o.KubeAPIServer = st.Meshctl, st.Agent, st.ControlPlane, st.KubeAPIServer
 	return &Lab{o: o, st: st}, nil
 }
 

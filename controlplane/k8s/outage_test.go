@@ -32,7 +32,7 @@ func TestAPIServerOutage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	src, err := k8s.NewForConfig(rc)
+	src, err := k8s.New(k8s.Config{REST: rc})
 	if err != nil {
 		t.Fatal(err)
 	}

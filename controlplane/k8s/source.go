@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"sync"
 	"time"
@@ -81,6 +82,17 @@ type Config struct {
 	// create and patch customresourcedefinitions); true means an operator
 	// installed them, and Run fails if they are missing.
 	SkipCRDInstall bool
+	// REST, if set, is the client configuration to use instead of
+	// Kubeconfig and Context.
+	REST *rest.Config
+	// OnWatchError, if set, is called from an informer's goroutine when
+	// its list or watch fails after Run has started (the informer lists
+	// again with backoff): a Forbidden (RBAC changed under the running
+	// control plane) arrives as a *PermissionError. client-go keeps
+	// re-watching through an apiserver that refuses connections without
+	// calling it. It must not block. Nil leaves client-go's default (a
+	// klog line on stderr).
+	OnWatchError func(resource string, err error)
 }
 
 // RESTConfig loads cfg into a client-go configuration; its errors wrap
@@ -167,20 +179,13 @@ const byService = "service"
 // New connects (lazily: nothing is sent yet) to the apiserver that cfg
 // names.
 func New(cfg Config) (*Source, error) {
-	rc, err := RESTConfig(cfg)
-	if err != nil {
-		return nil, err
+	rc := cfg.REST
+	if rc == nil {
+		var err error
+		if rc, err = RESTConfig(cfg); err != nil {
+			return nil, err
+		}
 	}
-	return NewForRESTConfig(rc, cfg)
-}
-
-// NewForConfig is New with a client-go configuration (and Config's
-// defaults: the CRDs are installed).
-func NewForConfig(rc *rest.Config) (*Source, error) { return NewForRESTConfig(rc, Config{}) }
-
-// NewForRESTConfig is New with a client-go configuration; of cfg only the
-// options past the kubeconfig are used.
-func NewForRESTConfig(rc *rest.Config, cfg Config) (*Source, error) {
 	c, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
@@ -211,7 +216,37 @@ func NewForRESTConfig(rc *rest.Config, cfg Config) (*Source, error) {
 	}}); err != nil {
 		return nil, fmt.Errorf("index endpointslices: %w", err)
 	}
+	if cfg.OnWatchError != nil {
+		for _, w := range watched {
+			if err := s.informerFor(w.resource).SetWatchErrorHandlerWithContext(watchErrorHandler(w.group, w.resource, cfg.OnWatchError)); err != nil {
+				return nil, fmt.Errorf("watch error handler: %w", err)
+			}
+		}
+	}
 	return s, nil
+}
+
+func (s *Source) informerFor(resource string) cache.SharedIndexInformer {
+	return map[string]cache.SharedIndexInformer{
+		"namespaces": s.namespaces, "pods": s.pods, "services": s.services,
+		"endpointslices": s.slices, "networkpolicies": s.policies, "nodes": s.nodes,
+		v1alpha1.ResourceMeshNetworkPolicies: s.meshPolicies,
+	}[resource]
+}
+
+// watchErrorHandler passes a reflector's failures to f, less the ones that
+// are part of a watch's life: a watch closed by the server (EOF) and a
+// resource version too old (the informer lists again).
+func watchErrorHandler(group, resource string, f func(string, error)) cache.WatchErrorHandlerWithContext {
+	return func(_ context.Context, _ *cache.Reflector, err error) {
+		switch {
+		case errors.Is(err, io.EOF), apierrors.IsResourceExpired(err), apierrors.IsGone(err):
+			return
+		case apierrors.IsForbidden(err):
+			err = &PermissionError{Verb: "list or watch", Group: group, Resource: resource, Err: err}
+		}
+		f(resource, err)
+	}
 }
 
 // sliceService is the key of the Service an EndpointSlice belongs to, or "".

@@ -115,7 +115,7 @@ func installCRDs(t *testing.T) {
 
 func newSource(t *testing.T) *k8s.Source {
 	t.Helper()
-	src, err := k8s.NewForConfig(restConfig(t, kube.Kubeconfig))
+	src, err := k8s.New(k8s.Config{REST: restConfig(t, kube.Kubeconfig)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -470,7 +470,7 @@ func TestOneWatchPerKind(t *testing.T) {
 	w := &watchCounter{open: map[string]int{}, max: map[string]int{}}
 	rc := restConfig(t, kube.Kubeconfig)
 	rc.WrapTransport = w.wrap
-	src, err := k8s.NewForConfig(rc)
+	src, err := k8s.New(k8s.Config{REST: rc})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -70,6 +70,7 @@ root and a bpffs. The host's own network namespace is never changed.
 func newLabUpCmd(o *options, f *labFlags) *cobra.Command {
 	var (
 		file, agent, meshctl, format string
+		controlplane, kubeAPIServer  string
 		agentFlags                   []string
 	)
 	cmd := &cobra.Command{
@@ -93,6 +94,7 @@ On failure it removes what it made.`,
 			}
 			opts := f.options(o)
 			opts.Agent, opts.Meshctl, opts.AgentFlags = agent, meshctl, agentFlags
+			opts.ControlPlane, opts.KubeAPIServer = controlplane, kubeAPIServer
 			l, err := lab.Up(cmd.Context(), t, opts)
 			if err != nil {
 				return err
@@ -102,6 +104,8 @@ On failure it removes what it made.`,
 	}
 	cmd.Flags().StringVarP(&file, "file", "f", "", "topology file (YAML)")
 	cmd.Flags().StringVar(&agent, "agent", "", "mesh-agent binary (default: beside meshctl)")
+	cmd.Flags().StringVar(&controlplane, "controlplane", "", "mesh-controlplane binary, for clusters with kubernetes: true (default: beside meshctl)")
+	cmd.Flags().StringVar(&kubeAPIServer, "kube-apiserver", "", "kube-apiserver binary, for clusters with kubernetes: true (default: the one make kube-apiserver builds)")
 	cmd.Flags().StringArrayVar(&agentFlags, "agent-flag", nil, "an extra mesh-agent flag for every agent, like --agent-flag=--log-level=debug (repeatable)")
 	// Tests run lab up inside a test binary, which cannot be the lab's
 	// helper: they name a meshctl binary.
@@ -175,10 +179,16 @@ func printLab(w io.Writer, l *lab.Lab, format string) error {
 	type cluster struct {
 		Name          string   `json:"name"`
 		EtcdEndpoints []string `json:"etcdEndpoints"`
+		// Kubeconfig is the API server's admin kubeconfig, for a
+		// cluster with kubernetes: true.
+		Kubeconfig string `json:"kubeconfig,omitempty"`
 	}
 	var clusters []cluster
+	onKube := false
 	for _, c := range l.Topology().Clusters {
-		clusters = append(clusters, cluster{c.Name, l.EtcdEndpoints(c.Name)})
+		kc, _ := l.Kubeconfig(c.Name)
+		onKube = onKube || kc != ""
+		clusters = append(clusters, cluster{c.Name, l.EtcdEndpoints(c.Name), kc})
 	}
 	if format == formatJSON {
 		return writeJSON(w, struct {
@@ -196,6 +206,18 @@ func printLab(w io.Writer, l *lab.Lab, format string) error {
 	}
 	if err := t.flush(); err != nil {
 		return err
+	}
+	if onKube {
+		fmt.Fprintln(w)
+		t = newTable(w, "CLUSTER", "KUBECONFIG (for kubectl --kubeconfig K)")
+		for _, c := range clusters {
+			if c.Kubeconfig != "" {
+				t.row(c.Name, c.Kubeconfig)
+			}
+		}
+		if err := t.flush(); err != nil {
+			return err
+		}
 	}
 	fmt.Fprintln(w)
 	t = newTable(w, "CLUSTER", "NODE", "IP", "POD CIDR", "AGENT SOCKET")

@@ -1,4 +1,4 @@
-package kubetest
+package kubeapiserver
 
 import (
 	"crypto/ecdsa"
@@ -36,7 +36,7 @@ func newPKI(dir string) (pki, error) {
 	}
 	now := time.Now()
 	caTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "kubetest CA"},
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "kubeapiserver CA"},
 		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(7 * 24 * time.Hour),
 		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
 	}
