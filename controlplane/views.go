@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -172,7 +173,7 @@ func (vc viewCaches) views() Views {
 		v.Identities = append(v.Identities, IdentityView{ID: id, Labels: set, Nodes: nodes})
 		return true
 	})
-	slices.SortFunc(v.Identities, func(a, b IdentityView) int { return int(a.ID) - int(b.ID) })
+	slices.SortFunc(v.Identities, func(a, b IdentityView) int { return cmp.Compare(a.ID, b.ID) })
 	vc.nodes.Range(func(_ string, r node.Record) bool {
 		v.Nodes = append(v.Nodes, r)
 		return true
