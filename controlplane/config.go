@@ -48,6 +48,10 @@ type Config struct {
 	// orphaned endpoint must stay unused before it is collected. Zero
 	// means 10 minutes.
 	GracePeriod time.Duration
+	// ViewInterval is the time between full rewrites of the views a
+	// Source that is a ViewWriter publishes (they are also rewritten on
+	// every change in etcd). Zero means 1 minute.
+	ViewInterval time.Duration
 	// MetricsAddr is the host:port of the Prometheus endpoint. Empty
 	// disables it.
 	MetricsAddr string
@@ -68,6 +72,7 @@ const (
 	DefaultResyncInterval = 5 * time.Minute
 	DefaultGCInterval     = time.Minute
 	DefaultGracePeriod    = 10 * time.Minute
+	DefaultViewInterval   = time.Minute
 )
 
 // Validate checks the required fields.
@@ -112,6 +117,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.GracePeriod == 0 {
 		c.GracePeriod = DefaultGracePeriod
+	}
+	if c.ViewInterval <= 0 {
+		c.ViewInterval = DefaultViewInterval
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

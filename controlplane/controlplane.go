@@ -145,6 +145,9 @@ func (cp *ControlPlane) lead(ctx context.Context, rs []kindReconciler, kinds Kin
 	if cp.cfg.GCInterval > 0 {
 		tg.Go(func() error { cp.collect(tctx, kinds.Pods); return nil })
 	}
+	if vw, ok := cp.cfg.Source.(ViewWriter); ok {
+		tg.Go(func() error { return cp.publishViews(tctx, vw) })
+	}
 	err = tg.Wait()
 	cancel()
 	// Resign also after a loss: it releases the term's lease and watch. On

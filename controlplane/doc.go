@@ -25,12 +25,20 @@
 //	namespaces/<namespace>            the leader            none
 //	services/<namespace>/<name>       the leader            none
 //	policies/<namespace>/<name>       the leader (when the Source provides policies)  none
+//	members/<node>                    the leader (when the Source provides nodes)     none
 //	leader/controlplane/<lease>       every replica campaigning  the replica's election lease
 //
 // A kind the Source does not provide (a nil Lister in Kinds) is left
 // alone: the lab leaves policies/ to meshctl policy apply. The garbage
 // collectors delete identities/ (identity GC), ipam/ claims of dead nodes
-// (IPAM reclaim) and endpoints/<ip> keys whose node and pod are gone.
+// (IPAM reclaim) and endpoints/<ip> keys whose node and pod are gone; a
+// node that is a member (members/) is not gone, and one that is not a
+// member, where membership is written, is gone without a grace period.
+//
+// A Source that is a ViewWriter (controlplane/k8s: the MeshIdentity and
+// MeshNode objects) gets the leader's view of identities/ and nodes/:
+// during a term, caches of those prefixes trigger WriteViews on every
+// change, and a ticker every ViewInterval.
 //
 // # Services
 //
@@ -44,7 +52,8 @@
 // and the leader loop, and returns after all have exited. The leader loop
 // campaigns; during a term a second errgroup owns one goroutine per
 // reconciler (each the only user of its kind's mirror and the only caller
-// of its Lister) and one for the garbage collectors; the term ends, and
+// of its Lister), one for the garbage collectors and, for a ViewWriter,
+// one that publishes the views (with the goroutines of its three caches); the term ends, and
 // the loop resigns and campaigns again, only after they have returned.
 // SyncOnce runs one term's resync on the caller's goroutine.
 package controlplane

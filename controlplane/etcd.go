@@ -5,6 +5,7 @@ import (
 	"errors"
 
 	"github.com/meshplane/meshplane/kvstore"
+	"github.com/meshplane/meshplane/node"
 	"github.com/meshplane/meshplane/pod"
 )
 
@@ -46,6 +47,11 @@ var (
 		Encode: pod.Pod.Encode,
 		Key:    pod.Pod.Key,
 	}
+	memberStoreCodec = kvstore.Codec[node.Member]{
+		Decode: kvstore.CheckKey("member", node.DecodeMember, node.Member.Key),
+		Encode: node.Member.Encode,
+		Key:    node.Member.Key,
+	}
 	namespaceStoreCodec = kvstore.Codec[pod.Namespace]{
 		Decode: kvstore.CheckKey("namespace", pod.DecodeNamespace, pod.Namespace.Key),
 		Encode: pod.Namespace.Encode,
@@ -61,6 +67,7 @@ func (cp *ControlPlane) bindEtcd() {
 		namespaces: open(kvstore.NewStore(c, k.NamespacesPrefix(), namespaceStoreCodec)),
 		services:   open(kvstore.ServiceStore(c, k)),
 		policies:   open(kvstore.PolicyStore(c, k)),
+		members:    open(kvstore.NewStore(c, k.MembersPrefix(), memberStoreCodec)),
 	}
 	cp.campaign = func(ctx context.Context) (leadership, error) {
 		l, err := kvstore.Campaign(ctx, c, k.Leader(electionName), kvstore.ElectionConfig{Value: cp.cfg.Name, TTL: cp.cfg.LeaseTTL})

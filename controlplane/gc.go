@@ -68,6 +68,11 @@ func (cp *ControlPlane) warnGC(ctx context.Context, which string, err error) {
 // behind. A key is deleted when its node has had no record, and its pod
 // (if the source knows pods) no object, through two passes GracePeriod
 // apart, and only if the key is unchanged since (DeleteIf).
+//
+// With the node membership written (members/), a node that is still a
+// member keeps its endpoints, and one that is not loses them in the pass
+// after the one that found them, without the grace period, as IPAM's GC
+// does with its CIDRs.
 type endpointGC struct {
 	client *kvstore.Client
 	keys   kvstore.Keys
@@ -96,6 +101,17 @@ func (g *endpointGC) pass(ctx context.Context) (int, error) {
 	for _, kv := range records {
 		alive[strings.TrimPrefix(kv.Key, g.keys.NodesPrefix())] = true
 	}
+	members, _, err := g.client.List(ctx, g.keys.MembersPrefix())
+	if err != nil {
+		return 0, fmt.Errorf("endpoint gc: %w", err)
+	}
+	for _, kv := range members {
+		alive[strings.TrimPrefix(kv.Key, g.keys.MembersPrefix())] = true
+	}
+	grace := g.grace
+	if len(members) > 0 {
+		grace = 0
+	}
 	eps, _, err := g.client.List(ctx, g.keys.EndpointsPrefix())
 	if err != nil {
 		return 0, fmt.Errorf("endpoint gc: %w", err)
@@ -115,7 +131,7 @@ func (g *endpointGC) pass(ctx context.Context) (int, error) {
 			g.marks[kv.Key] = epMark{since: now, rev: kv.ModRevision}
 			continue
 		}
-		if now.Sub(m.since) < g.grace {
+		if now.Sub(m.since) < grace {
 			continue
 		}
 		delete(g.marks, kv.Key)

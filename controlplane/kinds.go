@@ -4,6 +4,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/meshplane/meshplane/node"
 	"github.com/meshplane/meshplane/pod"
 	"github.com/meshplane/meshplane/policy"
 	"github.com/meshplane/meshplane/service"
@@ -15,6 +16,7 @@ type stores struct {
 	namespaces func(*term) store[pod.Namespace]
 	services   func(*term) store[service.Service]
 	policies   func(*term) store[*policy.Policy]
+	members    func(*term) store[node.Member]
 }
 
 // The codecs of the kinds.
@@ -33,6 +35,7 @@ var (
 	namespaceCodec = codec[pod.Namespace]{key: pod.Namespace.Key, object: sameKey, encode: pod.Namespace.Encode}
 	serviceCodec   = codec[service.Service]{key: service.Service.Key, object: sameKey, encode: service.Service.Encode}
 	policyCodec    = codec[*policy.Policy]{key: (*policy.Policy).Key, object: sameKey, encode: (*policy.Policy).Encode}
+	memberCodec    = codec[node.Member]{key: node.Member.Key, object: sameKey, encode: node.Member.Encode}
 )
 
 // reconcilers are one per kind the source provides, each with its queue
@@ -50,6 +53,9 @@ func newReconcilers(k Kinds, st stores, qs map[Kind]*queue, m *metrics, cfg *Con
 	}
 	if k.Policies != nil {
 		rs = append(rs, newReconciler(KindPolicy, k.Policies, st.policies, policyCodec, qs[KindPolicy], m, cfg))
+	}
+	if k.Nodes != nil {
+		rs = append(rs, newReconciler(KindNode, k.Nodes, st.members, memberCodec, qs[KindNode], m, cfg))
 	}
 	// The queues of the kinds the source does not provide would only grow.
 	for kind, q := range qs {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/meshplane/meshplane/node"
 	"github.com/meshplane/meshplane/pod"
 	"github.com/meshplane/meshplane/policy"
 	"github.com/meshplane/meshplane/service"
@@ -18,7 +19,7 @@ const (
 	KindNamespace                 // namespaces/<namespace>
 	KindService                   // services/<namespace>/<name>
 	KindPolicy                    // policies/<namespace>/<name>
-	KindNode                      // the node membership (not written yet; see Kinds)
+	KindNode                      // members/<node>: the node membership
 )
 
 // Kinds lists every kind, in the order a full resync visits them.
@@ -88,10 +89,8 @@ type InvalidReporter interface {
 // provide the kind: the control plane leaves its prefix alone (the lab, for
 // example, leaves policies to meshctl policy apply).
 //
-// Node membership (KindNode) has no Lister here yet: it needs a model
-// and a key of its own (the agents' nodes/<node> records are theirs, on
-// their leases). A source may notify KindNode keys meanwhile: they are
-// counted and dropped, as are those of any kind it does not provide.
+// A source may notify keys of a kind it does not provide: they are
+// counted and dropped.
 type Kinds struct {
 	// Pods are keyed "<namespace>/<name>" (pod.Pod.Owner); the etcd key
 	// adds the node (pods/<node>/<namespace>/<name>). A pod not yet
@@ -108,6 +107,11 @@ type Kinds struct {
 	// policy.Parse of the object's manifest. An object that fails it is
 	// reported by Get's error (the policy.FieldError), not dropped.
 	Policies Lister[*policy.Policy]
+	// Nodes are the node membership (members/<node>), keyed by node
+	// name: the nodes the orchestrator lists and their addresses. The
+	// agents' own records (nodes/<node>, on their leases) are theirs; the
+	// garbage collectors read both.
+	Nodes Lister[node.Member]
 }
 
 // Lister is the desired state of one kind. Its methods read a local cache

@@ -2,6 +2,7 @@ package kubeapiserver
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -32,6 +33,9 @@ type Server struct {
 	cmd      *exec.Cmd
 	exited   chan struct{} // closed when cmd has been waited for
 	client   *Client
+	bin      string   // the binary and arguments of the process,
+	args     []string // for Restart
+	down     bool     // Kill stopped it; Restart starts it again
 	users    []User
 	stopOnce sync.Once
 }
@@ -79,26 +83,34 @@ func start(bin string, setup Setup) (*Server, error) {
 		Host: setup.Host, CAPEM: setup.CAPEM, CAFile: setup.CAFile, AdminToken: setup.AdminToken,
 		Kubeconfig: setup.Kubeconfig, EtcdPrefix: setup.EtcdPrefix,
 		dir: setup.Dir, logFile: filepath.Join(setup.Dir, "kube-apiserver.log"),
-		users: setup.Users,
+		users: setup.Users, bin: bin, args: setup.Args,
 	}
 	client, err := NewClient(setup)
 	if err != nil {
 		return s, err
 	}
 	s.client = client
-	log, err := os.Create(s.logFile)
-	if err != nil {
+	if err := s.run(); err != nil {
 		client.Close()
 		return s, err
 	}
+	return s, nil
+}
+
+// run starts the process with s's binary and arguments and waits until
+// /readyz answers ok; on error the process is gone.
+func (s *Server) run() error {
+	log, err := os.OpenFile(s.logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
 	defer func() { _ = log.Close() }()
-	cmd := exec.Command(bin, setup.Args...)
+	cmd := exec.Command(s.bin, s.args...)
 	cmd.Stdout, cmd.Stderr = log, log
 	// Dies with the process that started it, even when that is killed.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
-		client.Close()
-		return s, fmt.Errorf("start %s: %w", bin, err)
+		return fmt.Errorf("start %s: %w", s.bin, err)
 	}
 	exited := make(chan struct{})
 	go func() {
@@ -117,11 +129,36 @@ func start(bin string, setup Setup) (*Server, error) {
 			return false
 		}
 	}
-	if err := client.WaitReady(ctx, gone); err != nil {
-		s.Stop()
-		return s, fmt.Errorf("%w (%v); its log:\n%s", err, cmd.ProcessState, s.logTail())
+	if err := s.client.WaitReady(ctx, gone); err != nil {
+		_ = cmd.Process.Kill()
+		<-exited
+		return fmt.Errorf("%w (%v); its log:\n%s", err, cmd.ProcessState, s.logTail())
 	}
-	return s, nil
+	return nil
+}
+
+// Kill stops the apiserver process (SIGKILL, by PID), as an outage would,
+// and keeps everything else: Restart starts it again on the same port,
+// etcd prefix and credentials. Stop still has to be called.
+func (s *Server) Kill() {
+	if s.cmd != nil && !s.down {
+		_ = s.cmd.Process.Kill()
+		<-s.exited
+		s.down = true
+	}
+}
+
+// Restart starts the apiserver that Kill stopped again, with the same
+// arguments (so kubeconfigs stay valid), and waits until it is ready.
+func (s *Server) Restart() error {
+	if !s.down {
+		return errors.New("kubeapiserver: Restart of a running apiserver: Kill it first")
+	}
+	s.down = false
+	if err := s.run(); err != nil {
+		return fmt.Errorf("kubeapiserver: %w", err)
+	}
+	return nil
 }
 
 // Stop kills the apiserver (by its PID) and waits for it to exit. It

@@ -121,6 +121,14 @@ func (k Keys) NodesPrefix() string { return k.base + "nodes/" }
 // Node is the key of a node's record, on the node's session lease.
 func (k Keys) Node(name string) string { return k.NodesPrefix() + name }
 
+// MembersPrefix is the prefix of the node membership: the nodes that
+// belong to the cluster (node.Member), written by the control plane's
+// leader, on no lease.
+func (k Keys) MembersPrefix() string { return k.base + "members/" }
+
+// Member is the key of a node's membership.
+func (k Keys) Member(node string) string { return k.MembersPrefix() + node }
+
 // EndpointsPrefix is the prefix of the ipcache keys: IP → identity, node.
 func (k Keys) EndpointsPrefix() string { return k.base + "endpoints/" }
 

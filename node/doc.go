@@ -14,6 +14,12 @@
 //     lists the nodes; meshctl reads PolicyRevision; IPAM's GC takes a
 //     record as the sign that a node still exists.
 //
+// The node membership, members/<node> (Member, DecodeMember), is the
+// other half: which nodes the orchestrator lists, and their addresses,
+// written by the control plane's leader on no lease. A node may be a
+// member without a record (its agent is down) or have a record without
+// being a member (a lab, or a node Kubernetes has just deleted).
+//
 // A record is not the failure detector: the lease is long, and gossip
 // tells a dead node within seconds.
 package node

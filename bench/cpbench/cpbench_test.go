@@ -53,8 +53,8 @@ func TestRunTiny(t *testing.T) {
 	}
 	// One watch per kind: namespaces, pods, services, endpointslices,
 	// networkpolicies, nodes.
-	if rep.APIServerWatches != 6 {
-		t.Errorf("apiserver_watches = %d (%s), want 6, one per kind", rep.APIServerWatches, rep.APIServerWatchedBy)
+	if rep.APIServerWatches != 7 {
+		t.Errorf("apiserver_watches = %d (%s), want 7, one per kind (MeshNetworkPolicies included)", rep.APIServerWatches, rep.APIServerWatchedBy)
 	}
 	if rep.RelabelTo != cpbench.RelabelToDatapath || rep.RelabelP50MS <= 0 || rep.RelabelEtcdP50MS <= 0 {
 		t.Errorf("relabel: %+v", rep)

@@ -23,6 +23,6 @@ func main() {
 }
 
 // kubeSource is the production source: Kubernetes informers.
-func kubeSource(kubeconfig, kubeContext string) (controlplane.Source, error) {
-	return k8s.New(k8s.Config{Kubeconfig: kubeconfig, Context: kubeContext})
+func kubeSource(kubeconfig, kubeContext string, installCRDs bool) (controlplane.Source, error) {
+	return k8s.New(k8s.Config{Kubeconfig: kubeconfig, Context: kubeContext, SkipCRDInstall: !installCRDs})
 }

@@ -187,6 +187,9 @@ func Endpoints(es []*discoveryv1.EndpointSlice) []service.Endpoint {
 // not written (what etcd holds for it stays), and the control plane
 // reports it, as an Event on the object for one.
 type PolicyError struct {
+	// Kind is NetworkPolicy or MeshNetworkPolicy; empty means
+	// NetworkPolicy.
+	Kind            string
 	Namespace, Name string
 	// FieldErrors are the problems policy.Parse found, each naming the
 	// field and what to do.
@@ -196,7 +199,11 @@ type PolicyError struct {
 }
 
 func (e *PolicyError) Error() string {
-	return fmt.Sprintf("NetworkPolicy %s/%s: %v", e.Namespace, e.Name, e.Err)
+	kind := e.Kind
+	if kind == "" {
+		kind = "NetworkPolicy"
+	}
+	return fmt.Sprintf("%s %s/%s: %v", kind, e.Namespace, e.Name, e.Err)
 }
 
 func (e *PolicyError) Unwrap() error { return e.Err }

@@ -12,9 +12,10 @@ import (
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
-	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -22,8 +23,10 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/meshplane/meshplane/controlplane"
+	"github.com/meshplane/meshplane/controlplane/k8s/apis/v1alpha1"
+	"github.com/meshplane/meshplane/controlplane/k8s/crd"
+	"github.com/meshplane/meshplane/node"
 	"github.com/meshplane/meshplane/pod"
-	"github.com/meshplane/meshplane/policy"
 	"github.com/meshplane/meshplane/service"
 )
 
@@ -74,6 +77,11 @@ type Config struct {
 	// Context is the kubeconfig context to use; empty: its
 	// current-context.
 	Context string
+	// SkipCRDInstall leaves meshplane's CRDs alone: false (the default)
+	// means Run applies them (crd.Install, which needs permission to
+	// create and patch customresourcedefinitions); true means an operator
+	// installed them, and Run fails if they are missing.
+	SkipCRDInstall bool
 	// REST, if set, is the client configuration to use instead of
 	// Kubeconfig and Context.
 	REST *rest.Config
@@ -117,7 +125,24 @@ func RESTConfig(cfg Config) (*rest.Config, error) {
 // The resources the source watches, with their API groups.
 var watched = []struct{ group, resource string }{
 	{"", "namespaces"}, {"", "pods"}, {"", "services"}, {"discovery.k8s.io", "endpointslices"},
-	{"networking.k8s.io", "networkpolicies"}, {"", "nodes"},
+	{"networking.k8s.io", "networkpolicies"}, {"", "nodes"}, {v1alpha1.GroupVersion.Group, v1alpha1.ResourceMeshNetworkPolicies},
+}
+
+// The writes the control plane makes to the API server besides Events
+// on core objects: the MeshNetworkPolicy verdicts and the views.
+var writes = []struct{ verb, group, resource, subresource string }{
+	{"update", v1alpha1.GroupVersion.Group, v1alpha1.ResourceMeshNetworkPolicies, "status"},
+	{"create", "events.k8s.io", "events", ""},
+	{"list", v1alpha1.GroupVersion.Group, v1alpha1.ResourceMeshIdentities, ""},
+	{"create", v1alpha1.GroupVersion.Group, v1alpha1.ResourceMeshIdentities, ""},
+	{"update", v1alpha1.GroupVersion.Group, v1alpha1.ResourceMeshIdentities, ""},
+	{"update", v1alpha1.GroupVersion.Group, v1alpha1.ResourceMeshIdentities, "status"},
+	{"delete", v1alpha1.GroupVersion.Group, v1alpha1.ResourceMeshIdentities, ""},
+	{"list", v1alpha1.GroupVersion.Group, v1alpha1.ResourceMeshNodes, ""},
+	{"create", v1alpha1.GroupVersion.Group, v1alpha1.ResourceMeshNodes, ""},
+	{"update", v1alpha1.GroupVersion.Group, v1alpha1.ResourceMeshNodes, ""},
+	{"update", v1alpha1.GroupVersion.Group, v1alpha1.ResourceMeshNodes, "status"},
+	{"delete", v1alpha1.GroupVersion.Group, v1alpha1.ResourceMeshNodes, ""},
 }
 
 // Source is the Kubernetes side of the control plane: one shared informer
@@ -129,12 +154,20 @@ var watched = []struct{ group, resource string }{
 // before Run returns.
 type Source struct {
 	client  kubernetes.Interface
+	rest    *rest.Config
+	cfg     Config
+	mesh    *crd.Client
 	host    string
 	factory informers.SharedInformerFactory
 
 	namespaces, pods, services, slices, policies, nodes cache.SharedIndexInformer
+	meshPolicies                                        cache.SharedIndexInformer
 
-	reports *reports // the Events ReportInvalid queues
+	reports  *reports  // the Events ReportInvalid queues
+	verdicts *verdicts // the MeshNetworkPolicy verdicts the lister queues
+	// writer writes the verdicts and the views; Run sets it before it
+	// closes started.
+	writer *crd.Writer
 
 	runOnce sync.Once
 	started chan struct{} // closed once Run has started the informers
@@ -157,9 +190,17 @@ func New(cfg Config) (*Source, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
+	mc, err := crd.NewClient(rc)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
 	f := informers.NewSharedInformerFactory(c, 0)
 	s := &Source{
-		client: c, host: rc.Host, factory: f, started: make(chan struct{}), reports: newReports(),
+		client: c, rest: rest.CopyConfig(rc), cfg: cfg, mesh: mc, host: rc.Host, factory: f, started: make(chan struct{}),
+		reports: newReports(), verdicts: newVerdicts(),
+		meshPolicies: cache.NewSharedIndexInformer(
+			cache.NewListWatchFromClient(mc.RESTClient(), v1alpha1.ResourceMeshNetworkPolicies, metav1.NamespaceAll, fields.Everything()),
+			&v1alpha1.MeshNetworkPolicy{}, 0, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc}),
 		namespaces: f.Core().V1().Namespaces().Informer(),
 		pods:       f.Core().V1().Pods().Informer(),
 		services:   f.Core().V1().Services().Informer(),
@@ -189,6 +230,7 @@ func (s *Source) informerFor(resource string) cache.SharedIndexInformer {
 	return map[string]cache.SharedIndexInformer{
 		"namespaces": s.namespaces, "pods": s.pods, "services": s.services,
 		"endpointslices": s.slices, "networkpolicies": s.policies, "nodes": s.nodes,
+		v1alpha1.ResourceMeshNetworkPolicies: s.meshPolicies,
 	}[resource]
 }
 
@@ -240,6 +282,10 @@ func (s *Source) Check(ctx context.Context) error {
 			return err
 		},
 		"nodes": func() error { _, err := s.client.CoreV1().Nodes().List(ctx, limit1); return err },
+		v1alpha1.ResourceMeshNetworkPolicies: func() error {
+			return s.mesh.RESTClient().Get().Resource(v1alpha1.ResourceMeshNetworkPolicies).
+				VersionedParams(&limit1, metav1.ParameterCodec).Do(ctx).Error()
+		},
 	}
 	var denied []error
 	for _, w := range watched {
@@ -249,6 +295,8 @@ func (s *Source) Check(ctx context.Context) error {
 		case apierrors.IsForbidden(err):
 			denied = append(denied, &PermissionError{Verb: "list", Group: w.group, Resource: w.resource, Err: err})
 			continue
+		case apierrors.IsNotFound(err) && w.group == v1alpha1.GroupVersion.Group:
+			return fmt.Errorf("%w: meshplane's CRDs are not installed on %s (%w): kubectl apply -f deploy/crds/, or let mesh-controlplane install them (--install-crds)", ErrConfig, s.host, err)
 		case apierrors.IsUnauthorized(err):
 			return fmt.Errorf("%w: %s rejected the credentials (%w); check the kubeconfig's user or the service account token", ErrUnreachable, s.host, err)
 		default:
@@ -278,6 +326,23 @@ func (s *Source) Check(ctx context.Context) error {
 	if !r.Status.Allowed {
 		denied = append(denied, &PermissionError{Verb: "create", Resource: "events"})
 	}
+	for _, w := range writes {
+		r, err := s.client.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx, &authorizationv1.SelfSubjectAccessReview{
+			Spec: authorizationv1.SelfSubjectAccessReviewSpec{ResourceAttributes: &authorizationv1.ResourceAttributes{
+				Verb: w.verb, Group: w.group, Resource: w.resource, Subresource: w.subresource,
+			}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			return fmt.Errorf("%w: %s: review the permission to %s %s: %w", ErrUnreachable, s.host, w.verb, w.resource, err)
+		}
+		if !r.Status.Allowed {
+			res := w.resource
+			if w.subresource != "" {
+				res += "/" + w.subresource
+			}
+			denied = append(denied, &PermissionError{Verb: w.verb, Group: w.group, Resource: res})
+		}
+	}
 	return errors.Join(denied...)
 }
 
@@ -295,9 +360,24 @@ func (s *Source) Run(ctx context.Context, notify controlplane.Notify) error {
 }
 
 func (s *Source) run(ctx context.Context, notify controlplane.Notify) error {
+	if !s.cfg.SkipCRDInstall {
+		dc, err := dynamic.NewForConfig(s.rest)
+		if err != nil {
+			return fmt.Errorf("%w: %w", ErrConfig, err)
+		}
+		if err := crd.Install(ctx, dc, time.Minute); err != nil {
+			return fmt.Errorf("k8s: %w (or install them yourself: kubectl apply -f deploy/crds/, and pass --install-crds=false)", err)
+		}
+	}
 	if err := s.Check(ctx); err != nil {
 		return err
 	}
+	w, err := crd.New(crd.Config{REST: s.rest})
+	if err != nil {
+		return fmt.Errorf("k8s: %w", err)
+	}
+	defer w.Close()
+	s.writer = w
 	handlers := []struct {
 		inf  cache.SharedIndexInformer
 		kind controlplane.Kind
@@ -309,6 +389,7 @@ func (s *Source) run(ctx context.Context, notify controlplane.Notify) error {
 		{s.slices, controlplane.KindService, sliceService},
 		{s.policies, controlplane.KindPolicy, objectKey},
 		{s.nodes, controlplane.KindNode, objectKey},
+		{s.meshPolicies, controlplane.KindPolicy, objectKey},
 	}
 	for _, h := range handlers {
 		send := func(obj any) {
@@ -337,9 +418,11 @@ func (s *Source) run(ctx context.Context, notify controlplane.Notify) error {
 		}
 	}
 	s.factory.Start(ctx.Done())
-	close(s.started)
 	var wg sync.WaitGroup
+	wg.Go(func() { s.meshPolicies.RunWithContext(ctx) })
+	close(s.started)
 	wg.Go(func() { s.reportLoop(ctx) })
+	wg.Go(func() { s.verdictLoop(ctx, w) })
 	<-ctx.Done()
 	s.factory.Shutdown()
 	wg.Wait()
@@ -365,7 +448,7 @@ func (s *Source) WaitSynced(ctx context.Context) error {
 		return ctx.Err()
 	}
 	if !cache.WaitForCacheSync(ctx.Done(), s.namespaces.HasSynced, s.pods.HasSynced, s.services.HasSynced,
-		s.slices.HasSynced, s.policies.HasSynced, s.nodes.HasSynced) {
+		s.slices.HasSynced, s.policies.HasSynced, s.nodes.HasSynced, s.meshPolicies.HasSynced) {
 		return ctx.Err()
 	}
 	return nil
@@ -385,10 +468,8 @@ func (s *Source) Kinds() controlplane.Kinds {
 			svc := obj.(*corev1.Service)
 			return ServiceFrom(svc, s.endpointSlices(svc.Namespace+"/"+svc.Name))
 		}, controlplane.KindService, s.reports},
-		Policies: lister[*policy.Policy]{s.policies.GetStore(), func(obj any) (*policy.Policy, bool, error) {
-			p, err := PolicyFrom(obj.(*networkingv1.NetworkPolicy))
-			return p, true, err
-		}, controlplane.KindPolicy, s.reports},
+		Policies: policyLister{s},
+		Nodes:    lister[node.Member]{s.nodes.GetStore(), member, controlplane.KindNode, s.reports},
 	}
 }
 

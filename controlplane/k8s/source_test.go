@@ -18,12 +18,14 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/meshplane/meshplane/controlplane"
 	"github.com/meshplane/meshplane/controlplane/k8s"
+	"github.com/meshplane/meshplane/controlplane/k8s/crd"
 	"github.com/meshplane/meshplane/kubetest"
 	"github.com/meshplane/meshplane/pod"
 	"github.com/meshplane/meshplane/service"
@@ -97,6 +99,18 @@ func run(t *testing.T, src *k8s.Source) *notes {
 		t.Fatalf("WaitSynced: %v", err)
 	}
 	return n
+}
+
+// installCRDs applies meshplane's CRDs as the admin.
+func installCRDs(t *testing.T) {
+	t.Helper()
+	dc, err := dynamic.NewForConfig(restConfig(t, kube.Kubeconfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := crd.Install(context.Background(), dc, time.Minute); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func newSource(t *testing.T) *k8s.Source {
@@ -465,7 +479,7 @@ func TestOneWatchPerKind(t *testing.T) {
 		_ = src.Kinds()
 		_ = src.Nodes()
 	}
-	resources := []string{"namespaces", "pods", "services", "endpointslices", "networkpolicies", "nodes"}
+	resources := []string{"namespaces", "pods", "services", "endpointslices", "networkpolicies", "nodes", "meshnetworkpolicies"}
 	eventually(t, "one watch each", func() error {
 		open, maxOpen := w.snapshot()
 		for _, r := range resources {
@@ -487,8 +501,10 @@ func TestOneWatchPerKind(t *testing.T) {
 
 func TestPermissionErrors(t *testing.T) {
 	kube.Require(t)
+	installCRDs(t)
 	u := kube.NewUser(t)
-	src, err := k8s.New(k8s.Config{Kubeconfig: kube.KubeconfigFor(t, u)})
+	// The CRDs are installed: this user may not, and need not.
+	src, err := k8s.New(k8s.Config{Kubeconfig: kube.KubeconfigFor(t, u), SkipCRDInstall: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -497,7 +513,8 @@ func TestPermissionErrors(t *testing.T) {
 		t.Fatalf("Check without permissions = %v; want ErrForbidden", err)
 	}
 	t.Logf("Check without permissions:\n%v", err)
-	for _, r := range []string{"list namespaces", "list pods", "list services", "list endpointslices", "list networkpolicies", "list nodes", "create events"} {
+	for _, r := range []string{"list namespaces", "list pods", "list services", "list endpointslices", "list networkpolicies", "list nodes", "create events",
+		"list meshnetworkpolicies", "update meshnetworkpolicies/status", "list meshidentities", "delete meshnodes"} {
 		if !strings.Contains(err.Error(), "may not "+r) {
 			t.Errorf("Check's error does not name %s:\n%v", r, err)
 		}
@@ -509,6 +526,11 @@ func TestPermissionErrors(t *testing.T) {
 		kubetest.Rule{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create"}},
 		kubetest.Rule{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: []string{"get", "list", "watch"}},
 		kubetest.Rule{APIGroups: []string{"networking.k8s.io"}, Resources: []string{"networkpolicies"}, Verbs: []string{"get", "list"}},
+		kubetest.Rule{APIGroups: []string{"meshplane.io"}, Resources: []string{"meshnetworkpolicies"}, Verbs: []string{"get", "list", "watch"}},
+		kubetest.Rule{APIGroups: []string{"meshplane.io"}, Resources: []string{"meshnetworkpolicies/status"}, Verbs: []string{"update"}},
+		kubetest.Rule{APIGroups: []string{"meshplane.io"}, Resources: []string{"meshidentities", "meshnodes", "meshidentities/status", "meshnodes/status"},
+			Verbs: []string{"get", "list", "watch", "create", "update", "delete"}},
+		kubetest.Rule{APIGroups: []string{"events.k8s.io"}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
 	)
 	err = src.Check(context.Background())
 	var pe *k8s.PermissionError

@@ -39,6 +39,7 @@ type GCResult struct {
 	Nodes     int `json:"nodes"`     // nodes holding CIDRs
 	Alive     int `json:"alive"`     // of which with a node record
 	Gone      int `json:"gone"`      // without one, waiting out the grace period
+	Members   int `json:"members"`   // without one, but still members of the cluster (members/): kept
 	Reclaimed int `json:"reclaimed"` // node CIDRs freed in this pass
 	Conflicts int `json:"conflicts"` // reclaims refused: the node came back or changed its claims
 	Invalid   int `json:"invalid"`   // corrupt index keys skipped
@@ -53,6 +54,15 @@ type GCResult struct {
 // node record is still absent and the index unchanged. A node that comes
 // back in between re-creates its record first, and the reclaim fails: a
 // live node's CIDR is never taken.
+//
+// Where the control plane writes the node membership (members/<node>,
+// node.Member; any key under members/ means it does), membership decides
+// instead of the grace period: a node that is still a member keeps its
+// CIDRs however long its agent is down (it comes back to the same
+// CIDRs), and one that is no longer a member and has no record is
+// reclaimed in the pass after the one that found it gone, without
+// waiting out the grace period (Kubernetes deleted it). The reclaiming
+// transaction also compares that the node is still no member.
 type GC struct {
 	client *kvstore.Client
 	keys   kvstore.Keys
@@ -95,6 +105,18 @@ func (g *GC) Pass(ctx context.Context) (GCResult, error) {
 	for _, kv := range records {
 		alive[strings.TrimPrefix(kv.Key, g.keys.NodesPrefix())] = true
 	}
+	members, _, err := g.client.List(ctx, g.keys.MembersPrefix())
+	if err != nil {
+		return res, fmt.Errorf("ipam gc: %w", err)
+	}
+	member := make(map[string]bool, len(members))
+	for _, kv := range members {
+		member[strings.TrimPrefix(kv.Key, g.keys.MembersPrefix())] = true
+	}
+	grace := g.cfg.GracePeriod
+	if len(members) > 0 {
+		grace = 0 // membership says who is gone: see GC
+	}
 	now := g.cfg.Clock.Now()
 	seen := make(map[string]bool, len(index))
 	for _, kv := range index {
@@ -111,13 +133,18 @@ func (g *GC) Pass(ctx context.Context) (GCResult, error) {
 			delete(g.marks, node)
 			continue
 		}
+		if member[node] {
+			res.Members++
+			delete(g.marks, node)
+			continue
+		}
 		m, ok := g.marks[node]
 		if !ok || m.idxRev != kv.ModRevision {
 			g.marks[node] = gcMark{since: now, idxRev: kv.ModRevision}
 			res.Gone++
 			continue
 		}
-		if now.Sub(m.since) < g.cfg.GracePeriod {
+		if now.Sub(m.since) < grace {
 			res.Gone++
 			continue
 		}
@@ -147,6 +174,7 @@ func (g *GC) reclaim(ctx context.Context, node string, idx NodeCIDRs, idxRev int
 	}
 	resp, err := g.client.Etcd().Txn(ctx).If(
 		clientv3.Compare(clientv3.CreateRevision(g.keys.Node(node)), "=", 0),
+		clientv3.Compare(clientv3.CreateRevision(g.keys.Member(node)), "=", 0),
 		clientv3.Compare(clientv3.ModRevision(g.keys.IPAMNode(node)), "=", idxRev),
 	).Then(ops...).Commit()
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 	"github.com/meshplane/meshplane/ipam"
 	"github.com/meshplane/meshplane/kvstore"
 	"github.com/meshplane/meshplane/kvstore/etcdtest"
+	"github.com/meshplane/meshplane/node"
 )
 
 var srv *etcdtest.Server
@@ -301,4 +302,59 @@ func FuzzDecodeClaim(f *testing.F) {
 			t.Fatalf("accepted %q %q", key, value)
 		}
 	})
+}
+
+// TestReclaimByMembership: with the node membership written, a node
+// without a record that is still a member keeps its CIDR however long,
+// and one that is no member loses it in the second pass, without the
+// grace period.
+func TestReclaimByMembership(t *testing.T) {
+	t.Parallel()
+	cluster := etcdtest.Cluster(t)
+	ctx := ctxT(t)
+	c := srv.Client(t)
+	keys := mustKeys(t, cluster)
+	pools, _ := NewPools(c, cluster)
+	if err := pools.Add(ctx, pool("p", "10.71.0.0/16", 24, "", 0)); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"member", "deleted"} {
+		s, err := kvstore.NewSession(ctx, c, kvstore.SessionConfig{TTL: 10 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := newClaimer(t, c, s, cluster, name).Ensure(ctx, ipam.IPv4); err != nil {
+			t.Fatal(err)
+		}
+		_ = s.Close() // the record goes with the lease
+	}
+	b, err := node.Member{Name: "member"}.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Put(ctx, keys.Member("member"), b); err != nil {
+		t.Fatal(err)
+	}
+	clock := &fakeClock{now: time.Unix(1_000_000, 0)}
+	g, err := NewGC(c, GCConfig{Cluster: cluster, GracePeriod: time.Hour, Clock: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := g.Pass(ctx)
+	if err != nil || res.Nodes != 2 || res.Members != 1 || res.Gone != 1 || res.Reclaimed != 0 {
+		t.Fatalf("first pass: %+v, %v", res, err)
+	}
+	res, err = g.Pass(ctx) // no time passed: membership, not the grace period, decides
+	if err != nil || res.Members != 1 || res.Reclaimed != 1 {
+		t.Fatalf("second pass: %+v, %v", res, err)
+	}
+	claims, _, _ := readClaims(ctx, c, keys)
+	if len(claims) != 1 {
+		t.Fatalf("claims = %v; want the member's only", claims)
+	}
+	for _, cl := range claims {
+		if cl.Node != "member" {
+			t.Fatalf("claims = %v; want the member's only", claims)
+		}
+	}
 }

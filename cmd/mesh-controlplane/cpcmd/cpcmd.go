@@ -35,14 +35,17 @@ type Options struct {
 	// configuration. KubeContext is its context; empty, the current one.
 	Kubeconfig  string
 	KubeContext string
+	// InstallCRDs makes the source apply meshplane's CRDs at start.
+	InstallCRDs bool
 	Level       slog.Level
 	// Warnings are things an operator should fix, for Main to log.
 	Warnings []etcdflags.Warning
 }
 
 // NewSource makes the control plane's source of desired state from the
-// Kubernetes options (main passes controlplane/k8s's).
-type NewSource func(kubeconfig, kubeContext string) (controlplane.Source, error)
+// Kubernetes options (main passes controlplane/k8s's): the kubeconfig,
+// its context, and whether to install meshplane's CRDs.
+type NewSource func(kubeconfig, kubeContext string, installCRDs bool) (controlplane.Source, error)
 
 type flags struct {
 	configFile              string
@@ -50,6 +53,8 @@ type flags struct {
 	etcd                    kvstore.Config
 	etcdFlags               *etcdflags.Flags
 	kubeconfig, kubeContext string
+	installCRDs             bool
+	viewInterval            time.Duration
 	leaseTTL, resync        time.Duration
 	gcInterval, gracePeriod time.Duration
 	metricsAddr             string
@@ -65,6 +70,8 @@ func newFlagSet(f *flags, stderr io.Writer) *pflag.FlagSet {
 	f.etcdFlags = etcdflags.Bind(fs, &f.etcd) // required: --etcd-endpoints
 	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig file of the cluster's API server (default: the in-cluster configuration)")
 	fs.StringVar(&f.kubeContext, "kube-context", "", "the kubeconfig context to use (default: its current context)")
+	fs.BoolVar(&f.installCRDs, "install-crds", true, "apply meshplane's CRDs (deploy/crds) at start; needs create and patch on customresourcedefinitions")
+	fs.DurationVar(&f.viewInterval, "view-interval", controlplane.DefaultViewInterval, "how often the leader rewrites the MeshIdentity and MeshNode views in full (they follow etcd's changes too)")
 	fs.DurationVar(&f.leaseTTL, "lease-ttl", controlplane.DefaultLeaseTTL, "the leader's lease: a dead leader is replaced within about this long")
 	fs.DurationVar(&f.resync, "resync-interval", controlplane.DefaultResyncInterval, "how often every kind is compared in full with etcd")
 	fs.DurationVar(&f.gcInterval, "gc-interval", controlplane.DefaultGCInterval, "how often the leader runs the garbage collectors (identities, dead nodes' CIDRs, orphaned endpoints); negative disables them")
@@ -147,10 +154,10 @@ func (f *flags) options() (Options, error) {
 		return o, fmt.Errorf("%w: no --etcd-endpoints: pass the cluster's etcd (mesh-controlplane never starts an embedded etcd: its replicas and the agents must share one)", controlplane.ErrConfig)
 	}
 	o.Etcd = f.etcd
-	o.Kubeconfig, o.KubeContext = f.kubeconfig, f.kubeContext
+	o.Kubeconfig, o.KubeContext, o.InstallCRDs = f.kubeconfig, f.kubeContext, f.installCRDs
 	o.ControlPlane = controlplane.Config{
 		Cluster: f.cluster, Name: f.name, LeaseTTL: f.leaseTTL, ResyncInterval: f.resync,
-		GCInterval: f.gcInterval, GracePeriod: f.gracePeriod, MetricsAddr: f.metricsAddr,
+		GCInterval: f.gcInterval, GracePeriod: f.gracePeriod, MetricsAddr: f.metricsAddr, ViewInterval: f.viewInterval,
 	}
 	if f.resync <= 0 {
 		return o, fmt.Errorf("%w: --resync-interval %s: use a positive duration", controlplane.ErrConfig, f.resync)
@@ -183,7 +190,7 @@ func Main(ctx context.Context, args []string, stderr io.Writer, newSource NewSou
 	for _, w := range o.Warnings {
 		log.Warn(w.Msg, w.Attrs...)
 	}
-	src, err := newSource(o.Kubeconfig, o.KubeContext)
+	src, err := newSource(o.Kubeconfig, o.KubeContext, o.InstallCRDs)
 	if err != nil {
 		fmt.Fprintln(stderr, "mesh-controlplane:", err)
 		return 2
