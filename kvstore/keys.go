@@ -21,6 +21,7 @@ const Root = "/meshplane/v1/"
 //	<root><cluster>/ipam/cidrs/<cidr>               claim (JSON: node, pool) no lease; deleted by IPAM GC
 //	<root><cluster>/ipam/nodes/<node>               the node's CIDRs (JSON)  no lease; same transaction as the claims
 //	<root><cluster>/nodes/<node>                    node record (JSON)       the node's session lease
+//	<root><cluster>/members/<node>                  membership (JSON)        no lease; written by the control plane from Kubernetes Nodes
 //	<root><cluster>/endpoints/<ip>                  ipcache entry (JSON)     the hosting node's session lease
 //	<root><cluster>/services/<namespace>/<name>     service (JSON)           no lease; written by the control plane
 //	<root><cluster>/policies/<namespace>/<name>     policy (JSON)            no lease; written by meshctl policy apply or the control plane
