@@ -29,12 +29,14 @@ type term struct {
 
 // ControlPlane is the mesh-controlplane daemon: see the package doc.
 type ControlPlane struct {
-	cfg      Config
-	keys     kvstore.Keys
-	m        *metrics
-	queues   map[Kind]*queue
-	stores   stores
-	campaign func(ctx context.Context) (leadership, error)
+	cfg    Config
+	keys   kvstore.Keys
+	m      *metrics
+	queues map[Kind]*queue
+	stores stores
+	// campaign campaigns with owns, the prefixes this replica's resyncs
+	// own, in the leader key (LeaderInfo).
+	campaign func(ctx context.Context, owns []string) (leadership, error)
 	// leading is true during a term, terms counts them (for tests; the
 	// metrics for people).
 	leading atomic.Bool
@@ -113,7 +115,7 @@ func (cp *ControlPlane) Run(ctx context.Context) error {
 // and the caller should campaign again, or an error that ends Run.
 func (cp *ControlPlane) lead(ctx context.Context, rs []kindReconciler, kinds Kinds) error {
 	cp.cfg.Logger.Info("campaigning for leadership", "name", cp.cfg.Name)
-	l, err := cp.campaign(ctx)
+	l, err := cp.campaign(ctx, ownedPrefixes(kinds))
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -174,8 +176,9 @@ func (cp *ControlPlane) SyncOnce(ctx context.Context) error {
 	if err := cp.cfg.Source.WaitSynced(ctx); err != nil {
 		return fmt.Errorf("source: %w", err)
 	}
-	rs := newReconcilers(cp.cfg.Source.Kinds(), cp.stores, cp.queues, cp.m, &cp.cfg)
-	l, err := cp.campaign(ctx)
+	kinds := cp.cfg.Source.Kinds()
+	rs := newReconcilers(kinds, cp.stores, cp.queues, cp.m, &cp.cfg)
+	l, err := cp.campaign(ctx, ownedPrefixes(kinds))
 	if err != nil {
 		return fmt.Errorf("sync: campaign: %w", err)
 	}

@@ -2,7 +2,9 @@ package controlplane
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"slices"
 
 	"github.com/meshplane/meshplane/kvstore"
 	"github.com/meshplane/meshplane/node"
@@ -69,8 +71,9 @@ func (cp *ControlPlane) bindEtcd() {
 		policies:   open(kvstore.PolicyStore(c, k)),
 		members:    open(kvstore.NewStore(c, k.MembersPrefix(), memberStoreCodec)),
 	}
-	cp.campaign = func(ctx context.Context) (leadership, error) {
-		l, err := kvstore.Campaign(ctx, c, k.Leader(electionName), kvstore.ElectionConfig{Value: cp.cfg.Name, TTL: cp.cfg.LeaseTTL})
+	cp.campaign = func(ctx context.Context, owns []string) (leadership, error) {
+		value := LeaderInfo{Name: cp.cfg.Name, Owns: owns}.encode()
+		l, err := kvstore.Campaign(ctx, c, k.Leader(ElectionName), kvstore.ElectionConfig{Value: value, TTL: cp.cfg.LeaseTTL})
 		if err != nil {
 			return nil, err
 		}
@@ -78,5 +81,61 @@ func (cp *ControlPlane) bindEtcd() {
 	}
 }
 
-// electionName is the control plane's election (Keys.Leader).
-const electionName = "controlplane"
+// ElectionName is the control plane's election: its leader key is
+// Keys.Leader(ElectionName) + "/" + the lease, holding a LeaderInfo.
+const ElectionName = "controlplane"
+
+// LeaderInfo is what a control plane's leader key holds: who leads, and
+// the prefixes its resyncs own (it writes them from its Source and
+// deletes the keys there that its Source does not have). Other writers of
+// such a prefix (meshctl policy apply on a cluster whose control plane
+// reads Kubernetes NetworkPolicies) would see their keys deleted, so they
+// ask Leader first.
+type LeaderInfo struct {
+	Name string   `json:"name"`
+	Owns []string `json:"owns,omitempty"`
+}
+
+// OwnsPolicies reports whether the leader owns policies/.
+func (i LeaderInfo) OwnsPolicies() bool { return slices.Contains(i.Owns, "policies") }
+
+func (i LeaderInfo) encode() string {
+	b, err := json.Marshal(i)
+	if err != nil {
+		return i.Name
+	}
+	return string(b)
+}
+
+// Leader returns the current leader of the cluster's control plane; the
+// error wraps kvstore.ErrNoLeader when no replica leads. A leader key
+// that is not a LeaderInfo (a candidate of an older version) gives its
+// value as the Name, owning nothing known.
+func Leader(ctx context.Context, c *kvstore.Client, keys kvstore.Keys) (LeaderInfo, error) {
+	v, err := kvstore.Leader(ctx, c, keys.Leader(ElectionName))
+	if err != nil {
+		return LeaderInfo{}, err
+	}
+	var i LeaderInfo
+	if json.Unmarshal([]byte(v), &i) != nil || i.Name == "" {
+		return LeaderInfo{Name: v}, nil
+	}
+	return i, nil
+}
+
+// ownedPrefixes names the prefixes whose kinds the Source provides.
+func ownedPrefixes(k Kinds) []string {
+	var owns []string
+	for _, o := range []struct {
+		prefix string
+		has    bool
+	}{
+		{"pods", k.Pods != nil}, {"namespaces", k.Namespaces != nil}, {"services", k.Services != nil},
+		{"policies", k.Policies != nil}, {"members", k.Nodes != nil},
+	} {
+		if o.has {
+			owns = append(owns, o.prefix)
+		}
+	}
+	return owns
+}

@@ -77,8 +77,8 @@ func TestLeadershipLost(t *testing.T) {
 	}
 	cp, _ := h.startCP(src, nil)
 	h.holds(h.keys.PodsPrefix(), wantPods(t, src.pods))
-	for k := range h.revs(h.keys.Leader(electionName) + "/") {
-		if err := h.client.Delete(context.Background(), h.keys.Leader(electionName)+"/"+k); err != nil {
+	for k := range h.revs(h.keys.Leader(ElectionName) + "/") {
+		if err := h.client.Delete(context.Background(), h.keys.Leader(ElectionName)+"/"+k); err != nil {
 			t.Fatal(err)
 		}
 	}

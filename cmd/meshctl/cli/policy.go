@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 	"sigs.k8s.io/yaml"
 
+	"github.com/meshplane/meshplane/controlplane"
 	"github.com/meshplane/meshplane/kvstore"
 	"github.com/meshplane/meshplane/node"
 	"github.com/meshplane/meshplane/policy"
@@ -132,7 +133,31 @@ func (o *options) applyPolicies(ctx context.Context, ps []*policy.Policy) (err e
 		return err
 	}
 	defer closeClient(client, &err)
+	if err := refuseOwnedPolicies(ctx, client, keys); err != nil {
+		return err
+	}
 	return kvstore.PolicyStore(client, keys).PutAll(ctx, ps)
+}
+
+// errPoliciesOwned is wrapped when a control plane owns policies/.
+var errPoliciesOwned = errors.New("policies are owned by the control plane")
+
+// refuseOwnedPolicies refuses a write to policies/ while a mesh-controlplane
+// leads that writes them from Kubernetes: its next resync would delete
+// what meshctl wrote (or overwrite what it deleted).
+func refuseOwnedPolicies(ctx context.Context, client *kvstore.Client, keys kvstore.Keys) error {
+	leader, err := controlplane.Leader(ctx, client, keys)
+	if errors.Is(err, kvstore.ErrNoLeader) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if !leader.OwnsPolicies() {
+		return nil
+	}
+	return fmt.Errorf("%w: mesh-controlplane %q leads cluster %s and writes policies/ from the Kubernetes NetworkPolicies and MeshNetworkPolicies (its resync deletes any other policy): change the policy in Kubernetes instead (kubectl apply -f / kubectl delete)",
+		errPoliciesOwned, leader.Name, keys.Cluster())
 }
 
 // policyInfo is one stored policy as list prints it.
@@ -509,6 +534,9 @@ func (o *options) deletePolicy(ctx context.Context, ns, name string) (err error)
 		return err
 	}
 	defer closeClient(client, &err)
+	if err := refuseOwnedPolicies(ctx, client, o.keys()); err != nil {
+		return err
+	}
 	store := kvstore.PolicyStore(client, o.keys())
 	const attempts = 5
 	for range attempts {

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshplane/meshplane/controlplane"
 	"github.com/meshplane/meshplane/kvstore"
 	"github.com/meshplane/meshplane/policy"
 )
@@ -309,5 +310,54 @@ func TestPolicyApplyLimits(t *testing.T) {
 	}
 	if got := storedPolicies(t, cluster); len(got) != 0 {
 		t.Fatalf("a refused apply wrote %v", got)
+	}
+}
+
+// TestPolicyApplyRefusedWhileControlPlaneOwnsPolicies: while a
+// mesh-controlplane that writes policies/ from Kubernetes leads, apply and
+// delete refuse (its resync would undo them) and write nothing; a leader
+// that owns no policies (the lab's) leaves them alone.
+func TestPolicyApplyRefusedWhileControlPlaneOwnsPolicies(t *testing.T) {
+	t.Parallel()
+	g := inCluster(t)
+	cluster := g[3]
+	keys, err := kvstore.NewKeys(cluster)
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := writeFile(t, "policies.yaml", policyFile)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	client := srv.Client(t)
+	lead := func(info controlplane.LeaderInfo) *kvstore.Leadership {
+		t.Helper()
+		v, err := json.Marshal(info)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, err := kvstore.Campaign(ctx, client, keys.Leader(controlplane.ElectionName), kvstore.ElectionConfig{Value: string(v), TTL: 5 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+
+	lab := lead(controlplane.LeaderInfo{Name: "lab", Owns: []string{"pods", "namespaces", "services"}})
+	mustRun(t, append(g, "policy", "apply", "-f", file)...)
+	if err := lab.Resign(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	cp := lead(controlplane.LeaderInfo{Name: "cp-1", Owns: []string{"pods", "namespaces", "services", "policies", "members"}})
+	defer func() { _ = cp.Resign(context.Background()) }()
+	before := storedPolicies(t, cluster)
+	for _, args := range [][]string{{"policy", "apply", "-f", file}, {"policy", "delete", "prod/allow-web"}} {
+		_, _, err := meshctl(t, append(g, args...)...)
+		if !errors.Is(err, errPoliciesOwned) || !strings.Contains(err.Error(), `mesh-controlplane "cp-1"`) || !strings.Contains(err.Error(), "kubectl") {
+			t.Errorf("%v while cp-1 owns policies: %v, want a refusal naming cp-1 and kubectl", args, err)
+		}
+	}
+	if got := storedPolicies(t, cluster); !reflect.DeepEqual(got, before) {
+		t.Errorf("stored policies changed from %v to %v", before, got)
 	}
 }
