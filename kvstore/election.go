@@ -179,27 +179,30 @@ func (l *Leadership) watch(from int64) {
 			_ = l.release(context.Background())
 		}
 	}()
+	// live ends with the office, the lease's keepalive or the client: every
+	// etcd call below runs under it, so none of them (a Watch reconnecting,
+	// a Get to an unreachable etcd) outlasts the lease.
+	live, stopLive := context.WithCancel(l.ctx)
+	defer stopLive()
+	go func() {
+		select {
+		case <-l.sess.Done():
+		case <-l.client.etcd.Ctx().Done():
+		case <-live.Done():
+		}
+		stopLive()
+	}()
 	const minPause, maxPause = 50 * time.Millisecond, 2 * time.Second
 	pause := minPause
-	for l.ctx.Err() == nil {
-		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(l.ctx))
+	for live.Err() == nil {
+		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(live))
 		wch := l.client.etcd.Watch(wctx, l.key, clientv3.WithRev(from))
 		broken := false
 		for !broken {
 			select {
-			case <-l.sess.Done():
+			case <-live.Done():
 				cancel()
-				l.cancel(fmt.Errorf("%w: the lease %x of %s expired or was revoked (or etcd was unreachable for longer than its TTL)",
-					ErrLeadershipLost, int64(l.sess.Lease()), l.key))
-				return
-			case <-l.ctx.Done():
-				cancel()
-				return
-			case <-l.client.etcd.Ctx().Done():
-				// Closed client: no keepalive will reach etcd again, so
-				// the lease is as good as gone; do not wait out its TTL.
-				cancel()
-				l.cancel(fmt.Errorf("%w: the etcd client of %s was closed", ErrLeadershipLost, l.key))
+				l.lost()
 				return
 			case resp, ok := <-wch:
 				if !ok || resp.Err() != nil || resp.CompactRevision != 0 {
@@ -219,27 +222,10 @@ func (l *Leadership) watch(from int64) {
 		}
 		cancel()
 		// The watch broke (compaction, no raft leader, a reconnect): look
-		// at the key, then watch again from that answer. The look must
-		// not outlast the lease: with etcd unreachable, the keepalive
-		// gives up after the TTL, well before a request times out.
-		hctx, hcancel := context.WithCancel(l.ctx)
-		waited := make(chan struct{})
-		go func() {
-			defer close(waited)
-			select {
-			case <-l.sess.Done():
-			case <-l.client.etcd.Ctx().Done():
-			case <-hctx.Done():
-			}
-			hcancel()
-		}()
-		rev, ok, err := l.held(hctx)
-		hcancel()
-		<-waited
-		if hctx.Err() != nil && l.ctx.Err() == nil && err != nil {
-			continue // the lease or the client went: the select above says which
-		}
+		// at the key, then watch again from that answer.
+		rev, ok, err := l.held(live)
 		switch {
+		case live.Err() != nil:
 		case err == nil && !ok:
 			l.cancel(fmt.Errorf("%w: the leader key %s is gone", ErrLeadershipLost, l.key))
 			return
@@ -247,11 +233,26 @@ func (l *Leadership) watch(from int64) {
 			from = rev + 1
 		}
 		select {
-		case <-l.ctx.Done():
-		case <-l.sess.Done():
+		case <-live.Done():
 		case <-time.After(pause):
 		}
 		pause = min(2*pause, maxPause)
+	}
+	l.lost()
+}
+
+// lost ends the office with the reason live ended for: Resign (the office
+// already ended), the lease, or a closed client.
+func (l *Leadership) lost() {
+	select {
+	case <-l.ctx.Done():
+	case <-l.sess.Done():
+		l.cancel(fmt.Errorf("%w: the lease %x of %s expired or was revoked (or etcd was unreachable for longer than its TTL)",
+			ErrLeadershipLost, int64(l.sess.Lease()), l.key))
+	default:
+		// Closed client: no keepalive will reach etcd again, so the lease
+		// is as good as gone; do not wait out its TTL.
+		l.cancel(fmt.Errorf("%w: the etcd client of %s was closed", ErrLeadershipLost, l.key))
 	}
 }
 
