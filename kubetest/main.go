@@ -5,8 +5,6 @@ import (
 	"os"
 	"testing"
 
-	"go.uber.org/goleak"
-
 	"github.com/meshplane/meshplane/kvstore/etcdtest"
 )
 
@@ -36,56 +34,10 @@ func RunMain(m *testing.M, srv **Server) int {
 		*srv = &Server{skip: err}
 		return m.Run()
 	}
-	tb := &mainTB{}
-	code := func() (code int) {
-		defer func() {
-			if r := recover(); r != nil {
-				fmt.Fprintln(os.Stderr, "kubetest:", r)
-				code = 1
-			}
-		}()
+	return etcdtest.RunMainWith(m, "kubetest", func(tb testing.TB) {
 		etcd := etcdtest.Start(tb)
 		s := start(tb, bin, []string{etcd.Endpoint()})
 		s.Etcd = etcd
 		*srv = s
-		return m.Run()
-	}()
-	tb.cleanup()
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
-			code = 1
-		}
-	}
-	return code
-}
-
-// mainTB is the testing.TB that the servers get in TestMain, where there
-// is none: failures panic (RunMain reports them), cleanups run at the end.
-type mainTB struct {
-	testing.TB
-	cleanups []func()
-	dirs     []string
-}
-
-func (m *mainTB) Helper()          {}
-func (m *mainTB) Cleanup(f func()) { m.cleanups = append(m.cleanups, f) }
-func (m *mainTB) TempDir() string {
-	d, err := os.MkdirTemp("", "kubetest-")
-	if err != nil {
-		m.Fatalf("temp dir: %v", err)
-	}
-	m.dirs = append(m.dirs, d)
-	return d
-}
-func (m *mainTB) Fatalf(format string, args ...any) { panic(fmt.Sprintf(format, args...)) }
-func (m *mainTB) Skipf(format string, args ...any)  { panic(fmt.Sprintf(format, args...)) }
-
-func (m *mainTB) cleanup() {
-	for i := len(m.cleanups) - 1; i >= 0; i-- {
-		m.cleanups[i]()
-	}
-	for _, d := range m.dirs {
-		_ = os.RemoveAll(d)
-	}
+	})
 }

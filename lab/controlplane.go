@@ -39,39 +39,30 @@ func (l *Lab) syncCluster(ctx context.Context, cluster string) error {
 	if err != nil {
 		return err
 	}
-	l.mu.Lock()
-	cs, err := l.st.cluster(cluster)
-	l.mu.Unlock()
-	if err != nil {
-		return err
-	}
-	client, err := kvstore.New(ctx, etcdConfig(cs))
-	if err != nil {
-		return fmt.Errorf("cluster %s: %w", cluster, err)
-	}
-	defer func() { _ = client.Close() }()
-	var mu sync.Mutex
-	var invalid []error
-	cp, err := controlplane.New(controlplane.Config{
-		Client: client, Cluster: cluster, Source: src, Name: "lab", GCInterval: -1,
-		OnInvalid: func(kind controlplane.Kind, key string, err error) {
-			mu.Lock()
-			invalid = append(invalid, fmt.Errorf("%s %s: %w", kind, key, err))
-			mu.Unlock()
-		},
+	return l.withEtcd(ctx, cluster, func(client *kvstore.Client, _ kvstore.Keys) error {
+		var mu sync.Mutex
+		var invalid []error
+		cp, err := controlplane.New(controlplane.Config{
+			Client: client, Cluster: cluster, Source: src, Name: "lab", GCInterval: -1,
+			OnInvalid: func(kind controlplane.Kind, key string, err error) {
+				mu.Lock()
+				invalid = append(invalid, fmt.Errorf("%s %s: %w", kind, key, err))
+				mu.Unlock()
+			},
+		})
+		if err != nil {
+			return fmt.Errorf("cluster %s: %w", cluster, err)
+		}
+		if err := cp.SyncOnce(ctx); err != nil {
+			return fmt.Errorf("cluster %s: %w", cluster, err)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if err := errors.Join(invalid...); err != nil {
+			return fmt.Errorf("cluster %s: %w", cluster, err)
+		}
+		return nil
 	})
-	if err != nil {
-		return fmt.Errorf("cluster %s: %w", cluster, err)
-	}
-	if err := cp.SyncOnce(ctx); err != nil {
-		return fmt.Errorf("cluster %s: %w", cluster, err)
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	if err := errors.Join(invalid...); err != nil {
-		return fmt.Errorf("cluster %s: %w", cluster, err)
-	}
-	return nil
 }
 
 // topologySource is a snapshot of one cluster's desired state, taken from

@@ -18,15 +18,23 @@ import (
 //
 // Tests share the server and stay apart by cluster name (Cluster).
 func RunMain(m *testing.M, srv **Server) int {
+	return RunMainWith(m, "etcdtest", func(tb testing.TB) { *srv = Start(tb) })
+}
+
+// RunMainWith is RunMain for a test helper that starts more than the etcd
+// (kubetest starts a kube-apiserver on it): setup gets a testing.TB whose
+// Fatalf fails the run (reported under name) and whose cleanups run after
+// the tests; then the tests run, and the run fails if goroutines leaked.
+func RunMainWith(m *testing.M, name string, setup func(tb testing.TB)) int {
 	tb := &mainTB{}
 	code := func() (code int) {
 		defer func() {
 			if r := recover(); r != nil {
-				fmt.Fprintln(os.Stderr, "etcdtest:", r)
+				fmt.Fprintln(os.Stderr, name+":", r)
 				code = 1
 			}
 		}()
-		*srv = Start(tb)
+		setup(tb)
 		return m.Run()
 	}()
 	tb.cleanup()
@@ -39,7 +47,7 @@ func RunMain(m *testing.M, srv **Server) int {
 	return code
 }
 
-// mainTB is the testing.TB that Start gets in TestMain, where there is
+// mainTB is the testing.TB that RunMainWith's setup gets in TestMain, where there is
 // none: failures panic (RunMain reports them), cleanups run at the end.
 type mainTB struct {
 	testing.TB

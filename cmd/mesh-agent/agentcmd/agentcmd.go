@@ -23,9 +23,9 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
-	"sigs.k8s.io/yaml"
 
 	"github.com/meshplane/meshplane/bpf"
+	"github.com/meshplane/meshplane/cmd/internal/configfile"
 	"github.com/meshplane/meshplane/cmd/internal/etcdflags"
 	"github.com/meshplane/meshplane/health"
 	"github.com/meshplane/meshplane/ipam"
@@ -141,7 +141,7 @@ func load(args []string, stderr io.Writer) (loaded, error) {
 		return loaded{}, err
 	}
 	if f.configFile != "" {
-		if err := applyFile(fs, f.configFile); err != nil {
+		if err := configfile.Apply(fs, f.configFile, "mesh-agent"); err != nil {
 			return loaded{}, err
 		}
 	}
@@ -154,57 +154,6 @@ func load(args []string, stderr io.Writer) (loaded, error) {
 		warnings = append(warnings, w)
 	}
 	return loaded{cfg: cfg, level: level, warnings: warnings}, nil
-}
-
-// applyFile sets the flags the file names that neither the command line
-// nor the environment set.
-func applyFile(fs *pflag.FlagSet, path string) error {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Errorf("config file: %w", err)
-	}
-	var m map[string]any
-	if err := yaml.Unmarshal(b, &m); err != nil {
-		return fmt.Errorf("config file %s: %w", path, err)
-	}
-	for k, v := range m {
-		fl := fs.Lookup(k)
-		if fl == nil || k == "config" {
-			return fmt.Errorf("config file %s: unknown key %q: keys are the flag names (see mesh-agent --help)", path, k)
-		}
-		if fl.Changed {
-			continue
-		}
-		if _, env := os.LookupEnv(etcdflags.EnvName(k)); env {
-			continue
-		}
-		var s string
-		switch v := v.(type) {
-		case []any:
-			parts := make([]string, len(v))
-			for i, p := range v {
-				parts[i] = fmt.Sprint(p)
-			}
-			s = strings.Join(parts, ",")
-		case map[string]any:
-			parts := make([]string, 0, len(v))
-			for mk, mv := range v {
-				parts = append(parts, fmt.Sprintf("%s=%v", mk, mv))
-			}
-			s = strings.Join(parts, ",")
-		case float64:
-			s = fmt.Sprint(int64(v))
-			if float64(int64(v)) != v {
-				s = fmt.Sprint(v)
-			}
-		default:
-			s = fmt.Sprint(v)
-		}
-		if err := fs.Set(k, s); err != nil {
-			return fmt.Errorf("config file %s: %s: %w", path, k, err)
-		}
-	}
-	return nil
 }
 
 func (f *flags) config() (nodeagent.Config, slog.Level, error) {

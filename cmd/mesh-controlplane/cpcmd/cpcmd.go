@@ -13,13 +13,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
-	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
-	"sigs.k8s.io/yaml"
 
+	"github.com/meshplane/meshplane/cmd/internal/configfile"
 	"github.com/meshplane/meshplane/cmd/internal/etcdflags"
 	"github.com/meshplane/meshplane/controlplane"
 	"github.com/meshplane/meshplane/kvstore"
@@ -96,53 +94,13 @@ func Load(args []string, stderr io.Writer) (Options, error) {
 		return Options{}, err
 	}
 	if f.configFile != "" {
-		if err := applyFile(fs, f.configFile); err != nil {
+		if err := configfile.Apply(fs, f.configFile, "mesh-controlplane"); err != nil {
 			return Options{}, err
 		}
 	}
 	o, err := f.options()
 	o.Warnings = f.etcdFlags.Warnings()
 	return o, err
-}
-
-// applyFile sets the flags the file names that neither the command line
-// nor the environment set.
-func applyFile(fs *pflag.FlagSet, path string) error {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Errorf("config file: %w", err)
-	}
-	var m map[string]any
-	if err := yaml.Unmarshal(b, &m); err != nil {
-		return fmt.Errorf("config file %s: %w", path, err)
-	}
-	for k, v := range m {
-		fl := fs.Lookup(k)
-		if fl == nil || k == "config" {
-			return fmt.Errorf("config file %s: unknown key %q: keys are the flag names (see mesh-controlplane --help)", path, k)
-		}
-		if fl.Changed {
-			continue
-		}
-		if _, env := os.LookupEnv(etcdflags.EnvName(k)); env {
-			continue
-		}
-		var s string
-		switch v := v.(type) {
-		case []any:
-			parts := make([]string, len(v))
-			for i, p := range v {
-				parts[i] = fmt.Sprint(p)
-			}
-			s = strings.Join(parts, ",")
-		default:
-			s = fmt.Sprint(v)
-		}
-		if err := fs.Set(k, s); err != nil {
-			return fmt.Errorf("config file %s: %s: %w", path, k, err)
-		}
-	}
-	return nil
 }
 
 func (f *flags) options() (Options, error) {
