@@ -64,7 +64,21 @@ type check struct {
 	inFlight bool      // a check of this generation is under way
 	next     time.Time // when an Unresponsive or Restarting member is checked again
 	backoff  time.Duration
-	misses   int // checks in a row that found no answer (Restarting)
+	misses   int  // checks in a row that found no answer (Restarting)
+	answered bool // a check of this declared death found the node up: it has refuteGrace to refute
+	wanted   bool // the death was declared while the member was in the cluster (counts if unconfirmed)
+}
+
+// refuteGrace is how long a member memberlist declared dead, but whose
+// node answered the check, has to refute the death itself before it is
+// Unresponsive: the dead message reaches it within a gossip round or two
+// and its alive comes back as fast. Without the grace a false death that
+// memberlist repairs at once shows as Unresponsive for a moment: stale
+// gossip about a restarted member's previous life (the dead message for
+// its old incarnation still being retransmitted when it rejoins under
+// its name), or an ack lost under load.
+func (g *Gossip) refuteGrace() time.Duration {
+	return g.cfg.ProbeInterval + 2*g.cfg.GossipInterval
 }
 
 // wantCheckLocked asks the checker to check e at once.
@@ -104,7 +118,8 @@ func (g *Gossip) startChecks(now time.Time) {
 			return
 		}
 		c := &e.check
-		due := c.want || (e.mlDown && (e.m.State == Unresponsive || e.m.State == Restarting) && !now.Before(c.next))
+		again := e.m.State == Unresponsive || e.m.State == Restarting || c.answered
+		due := c.want || (e.mlDown && again && !now.Before(c.next))
 		if !due || c.inFlight || !e.m.Addr.IsValid() {
 			continue
 		}
@@ -128,8 +143,10 @@ func (g *Gossip) runCheck(name string, addr netip.AddrPort, gen uint64) {
 
 // checked applies a check's result.
 //
-//   - A declared death: a handshake makes the member Unresponsive (a
-//     death memberlist declared that did not happen); a reset or no answer
+//   - A declared death: a handshake gives the member refuteGrace to
+//     refute; a second handshake after it, with the death still standing,
+//     makes it Unresponsive (a death memberlist declared that did not
+//     happen, and that the member does not repair). A reset or no answer
 //     makes it Dead.
 //   - Unresponsive: the same, checked again later and later (up to
 //     maxRecheck): every check leaves a connection in the stalled
@@ -150,7 +167,7 @@ func (g *Gossip) checked(name string, gen uint64, res checkResult, now time.Time
 	if res == checkUnknown || !e.mlDown {
 		return // no evidence; a wanted check is tried again next round
 	}
-	wanted := c.want
+	wanted := c.want || c.wanted
 	c.want = false
 	switch {
 	case e.m.State == Restarting:
@@ -165,6 +182,10 @@ func (g *Gossip) checked(name string, gen uint64, res checkResult, now time.Time
 			return
 		}
 		c.misses = 0
+	case res == checkUp && e.m.State != Unresponsive && !c.answered:
+		c.answered, c.wanted = true, wanted
+		c.next = now.Add(g.refuteGrace())
+		return
 	case res == checkUp:
 		if e.m.State != Unresponsive {
 			if wanted {

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/memberlist"
 	"golang.org/x/sys/unix"
 )
 
@@ -93,7 +94,8 @@ func fullListener(t *testing.T) netip.AddrPort {
 }
 
 // TestCheckedStates drives the check's state machine with results: a
-// declared death becomes Unresponsive on a handshake and Dead on a reset;
+// declared death becomes Unresponsive on a handshake after the refute
+// grace (a refute in it ends the check) and Dead on a reset;
 // a restarting member stays through resets and one missed answer, and is
 // Dead after two; a stale result is dropped.
 func TestCheckedStates(t *testing.T) {
@@ -121,8 +123,16 @@ func TestCheckedStates(t *testing.T) {
 	}
 
 	put("paused", Suspect)
+	if st := apply("paused", 7, checkUp); st != Suspect {
+		t.Errorf("declared dead, handshake: %s, want suspect until the refute grace is over", st)
+	}
+	g.mu.Lock()
+	if c := g.members["paused"].check; !c.answered || c.want || time.Until(c.next) <= 0 {
+		t.Errorf("after the first handshake: %+v, want a check due after the refute grace", c)
+	}
+	g.mu.Unlock()
 	if st := apply("paused", 7, checkUp); st != Unresponsive {
-		t.Errorf("declared dead, handshake: %s, want unresponsive", st)
+		t.Errorf("declared dead, handshake after the grace: %s, want unresponsive", st)
 	}
 	if st := apply("paused", gen("paused"), checkUp); st != Unresponsive {
 		t.Errorf("unresponsive, handshake again: %s", st)
@@ -132,6 +142,24 @@ func TestCheckedStates(t *testing.T) {
 	}
 	if s := g.Stats(); s.UnconfirmedDeaths != 1 {
 		t.Errorf("unconfirmed deaths %d, want 1", s.UnconfirmedDeaths)
+	}
+
+	// A refute within the grace (memberlist's alive: a new generation)
+	// leaves it in the cluster, never Unresponsive.
+	put("refuted", Alive)
+	if st := apply("refuted", 7, checkUp); st != Alive {
+		t.Errorf("declared dead, handshake: %s, want alive", st)
+	}
+	meta, err := Meta{}.encode(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.observe(&memberlist.Node{Name: "refuted", Addr: addr.Addr().AsSlice(), Port: addr.Port(), Meta: meta}, Alive) // NotifyJoin
+	if m, _ := g.Member("refuted"); m.State != Alive {
+		t.Errorf("refuted: %s", m.State)
+	}
+	if st := apply("refuted", 7, checkUp); st != Alive {
+		t.Errorf("refuted, then the grace's check: %s, want alive (the result is stale)", st)
 	}
 
 	put("crashed", Alive)

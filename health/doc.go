@@ -46,9 +46,12 @@
 //     Restarting and did not come back. Until the check answers, the
 //     member keeps its state.
 //   - Unresponsive: memberlist declared it dead, but its node answered the
-//     check with a TCP handshake: the node is up and the member's process
-//     holds its socket, it only does not gossip (paused, starved of CPU,
-//     hung). It is checked again until it refutes (Alive) or its node
+//     check with a TCP handshake, and the member did not refute the death
+//     within a probe interval and two gossip intervals (a false death that
+//     memberlist repairs at once, such as stale gossip about a restarted
+//     member's previous life, never shows): the node is up and the
+//     member's process holds its socket, it only does not gossip (paused,
+//     starved of CPU, hung). It is checked again until it refutes (Alive) or its node
 //     refuses or stops answering (Dead). Stats.UnconfirmedDeaths counts
 //     these contradicted deaths.
 //   - Restarting: its meta carries the restart flag (AnnounceRestart;
