@@ -110,11 +110,7 @@ func CreateVeth(s VethSpec) (_ Veth, err error) {
 		return Veth{}, err
 	}
 	defer hh.Close()
-	attrs := netlink.LinkAttrs{Name: s.HostName, MTU: s.MTU}
-	if s.ContainerID != "" {
-		attrs.Alias = attachmentAlias(s.ContainerID, s.PodIfName)
-	}
-	veth := &netlink.Veth{LinkAttrs: attrs, PeerName: s.PodIfName, PeerNamespace: netlink.NsFd(pns)}
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: s.HostName, MTU: s.MTU}, PeerName: s.PodIfName, PeerNamespace: netlink.NsFd(pns)}
 	if err := hh.LinkAdd(veth); err != nil {
 		if errors.Is(err, unix.EEXIST) {
 			return Veth{}, fmt.Errorf("add veth %s: %w (%w)", s.HostName, ErrVethExists, err)
@@ -129,6 +125,12 @@ func CreateVeth(s VethSpec) (_ Veth, err error) {
 	host, err := hh.LinkByName(s.HostName)
 	if err != nil {
 		return Veth{}, fmt.Errorf("link %s: %w", s.HostName, err)
+	}
+	// (LinkAdd of a veth does not send the alias: it is set here.)
+	if s.ContainerID != "" {
+		if err := hh.LinkSetAlias(host, attachmentAlias(s.ContainerID, s.PodIfName)); err != nil {
+			return Veth{}, fmt.Errorf("alias of %s: %w", s.HostName, err)
+		}
 	}
 	if err := hh.LinkSetUp(host); err != nil {
 		return Veth{}, fmt.Errorf("set %s up: %w", s.HostName, err)

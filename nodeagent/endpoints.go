@@ -511,13 +511,14 @@ func (e *endpoints) add(ctx context.Context, d endpointDeps, meta metadataSource
 // remove deletes an endpoint; deleting an unknown one is not an error
 // (a CNI DEL may be repeated). With a containerID, an endpoint of the pod
 // that belongs to another container (a newer sandbox of the same pod) is
-// left alone: the DEL of an old attachment never removes a new one.
+// left alone (as is one made without a container ID): the DEL of an old
+// attachment never removes a new one.
 func (e *endpoints) remove(ctx context.Context, d endpointDeps, namespace, pod, containerID string) error {
 	owner := namespace + "/" + pod
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	ep, ok := e.byKey[owner]
-	if ok && containerID != "" && ep.ContainerID != "" && ep.ContainerID != containerID {
+	if ok && containerID != "" && ep.ContainerID != containerID {
 		return nil
 	}
 	if !ok {
