@@ -98,9 +98,9 @@ func (c Config) withDefaults() Config {
 // transaction more); the known_* ones for pods that share one label set
 // whose identity the agent already holds.
 type Report struct {
-	Pods     int    `json:"pods"`
-	Parallel int    `json:"parallel"`
-	Datapath string `json:"datapath"`
+	Pods     int     `json:"pods"`
+	Parallel int     `json:"parallel"`
+	Datapath string  `json:"datapath"`
 	AddP50MS float64 `json:"add_p50_ms"`
 	AddP99MS float64 `json:"add_p99_ms"`
 	AddMaxMS float64 `json:"add_max_ms"`
