@@ -38,6 +38,7 @@ bench: build kube-apiserver
 	$(BIN)/meshctl bench identity --agents 32 --labelsets 200 --shared --state-dir $$(mktemp -d)
 	$(BIN)/meshctl bench ipam --nodes 5000 --pods 100 --state-dir $$(mktemp -d)
 	$(GO) test -run '^$$' -bench . -benchmem ./bpf/ ./nodeagent/reconciler/
+	$(BIN)/meshctl bench cni --pods 100 --parallel 10
 	$(GO) test -run '^$$' -bench . -benchtime 10x ./controlplane/
 	$(BIN)/meshctl bench propagation --agents 50 --entries 1000 --state-dir $$(mktemp -d)
 	$(BIN)/meshctl bench propagation --agents 1 --entries 100000 --state-dir $$(mktemp -d)
@@ -53,6 +54,8 @@ lint:
 
 fuzz:
 	.ci/fuzz-target ./labels/ 'FuzzParseSet' $(FUZZTIME)
+	.ci/fuzz-target ./cni/ 'FuzzParseConf' $(FUZZTIME)
+	.ci/fuzz-target ./cni/ 'FuzzParseArgs' $(FUZZTIME)
 	.ci/fuzz-target ./labels/ 'FuzzParse$$' $(FUZZTIME)
 	.ci/fuzz-target ./kvstore/allocator/ 'FuzzDecodeIdentity' $(FUZZTIME)
 	.ci/fuzz-target ./ipam/ 'FuzzPool' $(FUZZTIME)

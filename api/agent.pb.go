@@ -1812,7 +1812,10 @@ type AddEndpointRequest struct {
 	NamespaceLabels map[string]string `protobuf:"bytes,9,rep,name=namespace_labels,json=namespaceLabels,proto3" json:"namespace_labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// ports are the pod's container ports; named ones resolve named ports
 	// in policies.
-	Ports         []*ContainerPort `protobuf:"bytes,10,rep,name=ports,proto3" json:"ports,omitempty"`
+	Ports []*ContainerPort `protobuf:"bytes,10,rep,name=ports,proto3" json:"ports,omitempty"`
+	// ifname is the pod side's interface name (CNI_IFNAME), recorded with
+	// container_id as the endpoint's CNI attachment.
+	Ifname        string `protobuf:"bytes,11,opt,name=ifname,proto3" json:"ifname,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1917,6 +1920,13 @@ func (x *AddEndpointRequest) GetPorts() []*ContainerPort {
 	return nil
 }
 
+func (x *AddEndpointRequest) GetIfname() string {
+	if x != nil {
+		return x.Ifname
+	}
+	return ""
+}
+
 type ContainerPort struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -1979,12 +1989,15 @@ func (x *ContainerPort) GetProtocol() string {
 }
 
 type AddEndpointResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Ips           []string               `protobuf:"bytes,1,rep,name=ips,proto3" json:"ips,omitempty"`
-	Identity      uint32                 `protobuf:"varint,2,opt,name=identity,proto3" json:"identity,omitempty"`
-	EndpointId    uint32                 `protobuf:"varint,3,opt,name=endpoint_id,json=endpointId,proto3" json:"endpoint_id,omitempty"`
-	Gateways      []string               `protobuf:"bytes,4,rep,name=gateways,proto3" json:"gateways,omitempty"`
-	PodCidrs      []string               `protobuf:"bytes,5,rep,name=pod_cidrs,json=podCidrs,proto3" json:"pod_cidrs,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Ips        []string               `protobuf:"bytes,1,rep,name=ips,proto3" json:"ips,omitempty"`
+	Identity   uint32                 `protobuf:"varint,2,opt,name=identity,proto3" json:"identity,omitempty"`
+	EndpointId uint32                 `protobuf:"varint,3,opt,name=endpoint_id,json=endpointId,proto3" json:"endpoint_id,omitempty"`
+	Gateways   []string               `protobuf:"bytes,4,rep,name=gateways,proto3" json:"gateways,omitempty"`
+	PodCidrs   []string               `protobuf:"bytes,5,rep,name=pod_cidrs,json=podCidrs,proto3" json:"pod_cidrs,omitempty"`
+	// mtu is the MTU the pod's veth must have (both ends); 0 leaves the
+	// kernel's default.
+	Mtu           uint32 `protobuf:"varint,6,opt,name=mtu,proto3" json:"mtu,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2054,10 +2067,21 @@ func (x *AddEndpointResponse) GetPodCidrs() []string {
 	return nil
 }
 
+func (x *AddEndpointResponse) GetMtu() uint32 {
+	if x != nil {
+		return x.Mtu
+	}
+	return 0
+}
+
 type DeleteEndpointRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
-	Pod           string                 `protobuf:"bytes,2,opt,name=pod,proto3" json:"pod,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Pod       string                 `protobuf:"bytes,2,opt,name=pod,proto3" json:"pod,omitempty"`
+	// container_id, if set, limits the delete to the pod's endpoint of that
+	// container: an endpoint the pod has for another container (a newer
+	// sandbox) is left alone, and the delete succeeds.
+	ContainerId   string `protobuf:"bytes,3,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2106,6 +2130,13 @@ func (x *DeleteEndpointRequest) GetPod() string {
 	return ""
 }
 
+func (x *DeleteEndpointRequest) GetContainerId() string {
+	if x != nil {
+		return x.ContainerId
+	}
+	return ""
+}
+
 type DeleteEndpointResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -2142,6 +2173,214 @@ func (*DeleteEndpointResponse) Descriptor() ([]byte, []int) {
 	return file_agent_proto_rawDescGZIP(), []int{29}
 }
 
+type ListEndpointsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// container_id, if set, lists only the endpoint of that container.
+	ContainerId   string `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListEndpointsRequest) Reset() {
+	*x = ListEndpointsRequest{}
+	mi := &file_agent_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListEndpointsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListEndpointsRequest) ProtoMessage() {}
+
+func (x *ListEndpointsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListEndpointsRequest.ProtoReflect.Descriptor instead.
+func (*ListEndpointsRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *ListEndpointsRequest) GetContainerId() string {
+	if x != nil {
+		return x.ContainerId
+	}
+	return ""
+}
+
+type ListEndpointsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Endpoints     []*LocalEndpoint       `protobuf:"bytes,1,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListEndpointsResponse) Reset() {
+	*x = ListEndpointsResponse{}
+	mi := &file_agent_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListEndpointsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListEndpointsResponse) ProtoMessage() {}
+
+func (x *ListEndpointsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListEndpointsResponse.ProtoReflect.Descriptor instead.
+func (*ListEndpointsResponse) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *ListEndpointsResponse) GetEndpoints() []*LocalEndpoint {
+	if x != nil {
+		return x.Endpoints
+	}
+	return nil
+}
+
+// LocalEndpoint is one of the agent's local pods: who it is, its CNI
+// attachment, and what it was given.
+type LocalEndpoint struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Namespace   string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Pod         string                 `protobuf:"bytes,2,opt,name=pod,proto3" json:"pod,omitempty"`
+	ContainerId string                 `protobuf:"bytes,3,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	Ifname      string                 `protobuf:"bytes,4,opt,name=ifname,proto3" json:"ifname,omitempty"`
+	Netns       string                 `protobuf:"bytes,5,opt,name=netns,proto3" json:"netns,omitempty"`
+	// ifindex is the host side of the pod's veth.
+	Ifindex       uint32   `protobuf:"varint,6,opt,name=ifindex,proto3" json:"ifindex,omitempty"`
+	Ips           []string `protobuf:"bytes,7,rep,name=ips,proto3" json:"ips,omitempty"`
+	Identity      uint32   `protobuf:"varint,8,opt,name=identity,proto3" json:"identity,omitempty"`
+	EndpointId    uint32   `protobuf:"varint,9,opt,name=endpoint_id,json=endpointId,proto3" json:"endpoint_id,omitempty"`
+	Gateways      []string `protobuf:"bytes,10,rep,name=gateways,proto3" json:"gateways,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LocalEndpoint) Reset() {
+	*x = LocalEndpoint{}
+	mi := &file_agent_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LocalEndpoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LocalEndpoint) ProtoMessage() {}
+
+func (x *LocalEndpoint) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LocalEndpoint.ProtoReflect.Descriptor instead.
+func (*LocalEndpoint) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *LocalEndpoint) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *LocalEndpoint) GetPod() string {
+	if x != nil {
+		return x.Pod
+	}
+	return ""
+}
+
+func (x *LocalEndpoint) GetContainerId() string {
+	if x != nil {
+		return x.ContainerId
+	}
+	return ""
+}
+
+func (x *LocalEndpoint) GetIfname() string {
+	if x != nil {
+		return x.Ifname
+	}
+	return ""
+}
+
+func (x *LocalEndpoint) GetNetns() string {
+	if x != nil {
+		return x.Netns
+	}
+	return ""
+}
+
+func (x *LocalEndpoint) GetIfindex() uint32 {
+	if x != nil {
+		return x.Ifindex
+	}
+	return 0
+}
+
+func (x *LocalEndpoint) GetIps() []string {
+	if x != nil {
+		return x.Ips
+	}
+	return nil
+}
+
+func (x *LocalEndpoint) GetIdentity() uint32 {
+	if x != nil {
+		return x.Identity
+	}
+	return 0
+}
+
+func (x *LocalEndpoint) GetEndpointId() uint32 {
+	if x != nil {
+		return x.EndpointId
+	}
+	return 0
+}
+
+func (x *LocalEndpoint) GetGateways() []string {
+	if x != nil {
+		return x.Gateways
+	}
+	return nil
+}
+
 type ObserveRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// last is how many recent flows from the history to send first (0:
@@ -2161,7 +2400,7 @@ type ObserveRequest struct {
 
 func (x *ObserveRequest) Reset() {
 	*x = ObserveRequest{}
-	mi := &file_agent_proto_msgTypes[30]
+	mi := &file_agent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2173,7 +2412,7 @@ func (x *ObserveRequest) String() string {
 func (*ObserveRequest) ProtoMessage() {}
 
 func (x *ObserveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[30]
+	mi := &file_agent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2186,7 +2425,7 @@ func (x *ObserveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ObserveRequest.ProtoReflect.Descriptor instead.
 func (*ObserveRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{30}
+	return file_agent_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ObserveRequest) GetLast() uint32 {
@@ -2264,7 +2503,7 @@ type Flow struct {
 
 func (x *Flow) Reset() {
 	*x = Flow{}
-	mi := &file_agent_proto_msgTypes[31]
+	mi := &file_agent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2276,7 +2515,7 @@ func (x *Flow) String() string {
 func (*Flow) ProtoMessage() {}
 
 func (x *Flow) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[31]
+	mi := &file_agent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2289,7 +2528,7 @@ func (x *Flow) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Flow.ProtoReflect.Descriptor instead.
 func (*Flow) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{31}
+	return file_agent_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Flow) GetTimeUnixNano() int64 {
@@ -2574,7 +2813,7 @@ const file_agent_proto_rawDesc = "" +
 	"service_id\x18\x03 \x01(\rR\tserviceId\x12\x1a\n" +
 	"\bbackends\x18\x04 \x03(\tR\bbackends\"J\n" +
 	"\fServiceChunk\x12:\n" +
-	"\aentries\x18\x01 \x03(\v2 .meshplane.agent.v1.ServiceEntryR\aentries\"\xb0\x04\n" +
+	"\aentries\x18\x01 \x03(\v2 .meshplane.agent.v1.ServiceEntryR\aentries\"\xc8\x04\n" +
 	"\x12AddEndpointRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x10\n" +
 	"\x03pod\x18\x02 \x01(\tR\x03pod\x12!\n" +
@@ -2586,7 +2825,8 @@ const file_agent_proto_rawDesc = "" +
 	"\bnode_mac\x18\b \x01(\tR\anodeMac\x12f\n" +
 	"\x10namespace_labels\x18\t \x03(\v2;.meshplane.agent.v1.AddEndpointRequest.NamespaceLabelsEntryR\x0fnamespaceLabels\x127\n" +
 	"\x05ports\x18\n" +
-	" \x03(\v2!.meshplane.agent.v1.ContainerPortR\x05ports\x1a9\n" +
+	" \x03(\v2!.meshplane.agent.v1.ContainerPortR\x05ports\x12\x16\n" +
+	"\x06ifname\x18\v \x01(\tR\x06ifname\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1aB\n" +
@@ -2596,18 +2836,37 @@ const file_agent_proto_rawDesc = "" +
 	"\rContainerPort\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12\x1a\n" +
-	"\bprotocol\x18\x03 \x01(\tR\bprotocol\"\x9d\x01\n" +
+	"\bprotocol\x18\x03 \x01(\tR\bprotocol\"\xaf\x01\n" +
 	"\x13AddEndpointResponse\x12\x10\n" +
 	"\x03ips\x18\x01 \x03(\tR\x03ips\x12\x1a\n" +
 	"\bidentity\x18\x02 \x01(\rR\bidentity\x12\x1f\n" +
 	"\vendpoint_id\x18\x03 \x01(\rR\n" +
 	"endpointId\x12\x1a\n" +
 	"\bgateways\x18\x04 \x03(\tR\bgateways\x12\x1b\n" +
-	"\tpod_cidrs\x18\x05 \x03(\tR\bpodCidrs\"G\n" +
+	"\tpod_cidrs\x18\x05 \x03(\tR\bpodCidrs\x12\x10\n" +
+	"\x03mtu\x18\x06 \x01(\rR\x03mtu\"j\n" +
 	"\x15DeleteEndpointRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x10\n" +
-	"\x03pod\x18\x02 \x01(\tR\x03pod\"\x18\n" +
-	"\x16DeleteEndpointResponse\"x\n" +
+	"\x03pod\x18\x02 \x01(\tR\x03pod\x12!\n" +
+	"\fcontainer_id\x18\x03 \x01(\tR\vcontainerId\"\x18\n" +
+	"\x16DeleteEndpointResponse\"9\n" +
+	"\x14ListEndpointsRequest\x12!\n" +
+	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\"X\n" +
+	"\x15ListEndpointsResponse\x12?\n" +
+	"\tendpoints\x18\x01 \x03(\v2!.meshplane.agent.v1.LocalEndpointR\tendpoints\"\x95\x02\n" +
+	"\rLocalEndpoint\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x10\n" +
+	"\x03pod\x18\x02 \x01(\tR\x03pod\x12!\n" +
+	"\fcontainer_id\x18\x03 \x01(\tR\vcontainerId\x12\x16\n" +
+	"\x06ifname\x18\x04 \x01(\tR\x06ifname\x12\x14\n" +
+	"\x05netns\x18\x05 \x01(\tR\x05netns\x12\x18\n" +
+	"\aifindex\x18\x06 \x01(\rR\aifindex\x12\x10\n" +
+	"\x03ips\x18\a \x03(\tR\x03ips\x12\x1a\n" +
+	"\bidentity\x18\b \x01(\rR\bidentity\x12\x1f\n" +
+	"\vendpoint_id\x18\t \x01(\rR\n" +
+	"endpointId\x12\x1a\n" +
+	"\bgateways\x18\n" +
+	" \x03(\tR\bgateways\"x\n" +
 	"\x0eObserveRequest\x12\x12\n" +
 	"\x04last\x18\x01 \x01(\rR\x04last\x12\x16\n" +
 	"\x06follow\x18\x02 \x01(\bR\x06follow\x12\x10\n" +
@@ -2637,7 +2896,7 @@ const file_agent_proto_rawDesc = "" +
 	"\vendpoint_id\x18\x10 \x01(\rR\n" +
 	"endpointId\x12\x1b\n" +
 	"\ttcp_flags\x18\x11 \x01(\tR\btcpFlags\x12\x14\n" +
-	"\x05reply\x18\x12 \x01(\bR\x05reply2\xcb\a\n" +
+	"\x05reply\x18\x12 \x01(\bR\x05reply2\xb1\b\n" +
 	"\x05Agent\x12O\n" +
 	"\x06Status\x12!.meshplane.agent.v1.StatusRequest\x1a\".meshplane.agent.v1.StatusResponse\x12X\n" +
 	"\tListNodes\x12$.meshplane.agent.v1.ListNodesRequest\x1a%.meshplane.agent.v1.ListNodesResponse\x12`\n" +
@@ -2649,7 +2908,8 @@ const file_agent_proto_rawDesc = "" +
 	"\fDumpServices\x12\x1f.meshplane.agent.v1.DumpRequest\x1a .meshplane.agent.v1.ServiceChunk0\x01\x12O\n" +
 	"\bDumpCIDR\x12\x1f.meshplane.agent.v1.DumpRequest\x1a .meshplane.agent.v1.IPCacheChunk0\x01\x12^\n" +
 	"\vAddEndpoint\x12&.meshplane.agent.v1.AddEndpointRequest\x1a'.meshplane.agent.v1.AddEndpointResponse\x12g\n" +
-	"\x0eDeleteEndpoint\x12).meshplane.agent.v1.DeleteEndpointRequest\x1a*.meshplane.agent.v1.DeleteEndpointResponse\x12I\n" +
+	"\x0eDeleteEndpoint\x12).meshplane.agent.v1.DeleteEndpointRequest\x1a*.meshplane.agent.v1.DeleteEndpointResponse\x12d\n" +
+	"\rListEndpoints\x12(.meshplane.agent.v1.ListEndpointsRequest\x1a).meshplane.agent.v1.ListEndpointsResponse\x12I\n" +
 	"\aObserve\x12\".meshplane.agent.v1.ObserveRequest\x1a\x18.meshplane.agent.v1.Flow0\x01B$Z\"github.com/meshplane/meshplane/apib\x06proto3"
 
 var (
@@ -2664,7 +2924,7 @@ func file_agent_proto_rawDescGZIP() []byte {
 	return file_agent_proto_rawDescData
 }
 
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_agent_proto_goTypes = []any{
 	(*StatusRequest)(nil),          // 0: meshplane.agent.v1.StatusRequest
 	(*StatusResponse)(nil),         // 1: meshplane.agent.v1.StatusResponse
@@ -2696,11 +2956,14 @@ var file_agent_proto_goTypes = []any{
 	(*AddEndpointResponse)(nil),    // 27: meshplane.agent.v1.AddEndpointResponse
 	(*DeleteEndpointRequest)(nil),  // 28: meshplane.agent.v1.DeleteEndpointRequest
 	(*DeleteEndpointResponse)(nil), // 29: meshplane.agent.v1.DeleteEndpointResponse
-	(*ObserveRequest)(nil),         // 30: meshplane.agent.v1.ObserveRequest
-	(*Flow)(nil),                   // 31: meshplane.agent.v1.Flow
-	nil,                            // 32: meshplane.agent.v1.Node.LabelsEntry
-	nil,                            // 33: meshplane.agent.v1.AddEndpointRequest.LabelsEntry
-	nil,                            // 34: meshplane.agent.v1.AddEndpointRequest.NamespaceLabelsEntry
+	(*ListEndpointsRequest)(nil),   // 30: meshplane.agent.v1.ListEndpointsRequest
+	(*ListEndpointsResponse)(nil),  // 31: meshplane.agent.v1.ListEndpointsResponse
+	(*LocalEndpoint)(nil),          // 32: meshplane.agent.v1.LocalEndpoint
+	(*ObserveRequest)(nil),         // 33: meshplane.agent.v1.ObserveRequest
+	(*Flow)(nil),                   // 34: meshplane.agent.v1.Flow
+	nil,                            // 35: meshplane.agent.v1.Node.LabelsEntry
+	nil,                            // 36: meshplane.agent.v1.AddEndpointRequest.LabelsEntry
+	nil,                            // 37: meshplane.agent.v1.AddEndpointRequest.NamespaceLabelsEntry
 }
 var file_agent_proto_depIdxs = []int32{
 	2,  // 0: meshplane.agent.v1.StatusResponse.etcd:type_name -> meshplane.agent.v1.EtcdStatus
@@ -2712,42 +2975,45 @@ var file_agent_proto_depIdxs = []int32{
 	8,  // 6: meshplane.agent.v1.IPAMStatus.conflicts:type_name -> meshplane.agent.v1.IPConflict
 	9,  // 7: meshplane.agent.v1.IPConflict.owners:type_name -> meshplane.agent.v1.IPClaim
 	12, // 8: meshplane.agent.v1.ListNodesResponse.nodes:type_name -> meshplane.agent.v1.Node
-	32, // 9: meshplane.agent.v1.Node.labels:type_name -> meshplane.agent.v1.Node.LabelsEntry
+	35, // 9: meshplane.agent.v1.Node.labels:type_name -> meshplane.agent.v1.Node.LabelsEntry
 	14, // 10: meshplane.agent.v1.IdentityChunk.identities:type_name -> meshplane.agent.v1.Identity
 	17, // 11: meshplane.agent.v1.IPCacheChunk.entries:type_name -> meshplane.agent.v1.IPCacheEntry
 	19, // 12: meshplane.agent.v1.EndpointChunk.entries:type_name -> meshplane.agent.v1.EndpointEntry
 	21, // 13: meshplane.agent.v1.PolicyChunk.entries:type_name -> meshplane.agent.v1.PolicyEntry
 	23, // 14: meshplane.agent.v1.ServiceChunk.entries:type_name -> meshplane.agent.v1.ServiceEntry
-	33, // 15: meshplane.agent.v1.AddEndpointRequest.labels:type_name -> meshplane.agent.v1.AddEndpointRequest.LabelsEntry
-	34, // 16: meshplane.agent.v1.AddEndpointRequest.namespace_labels:type_name -> meshplane.agent.v1.AddEndpointRequest.NamespaceLabelsEntry
+	36, // 15: meshplane.agent.v1.AddEndpointRequest.labels:type_name -> meshplane.agent.v1.AddEndpointRequest.LabelsEntry
+	37, // 16: meshplane.agent.v1.AddEndpointRequest.namespace_labels:type_name -> meshplane.agent.v1.AddEndpointRequest.NamespaceLabelsEntry
 	26, // 17: meshplane.agent.v1.AddEndpointRequest.ports:type_name -> meshplane.agent.v1.ContainerPort
-	0,  // 18: meshplane.agent.v1.Agent.Status:input_type -> meshplane.agent.v1.StatusRequest
-	10, // 19: meshplane.agent.v1.Agent.ListNodes:input_type -> meshplane.agent.v1.ListNodesRequest
-	13, // 20: meshplane.agent.v1.Agent.ListIdentities:input_type -> meshplane.agent.v1.ListIdentitiesRequest
-	16, // 21: meshplane.agent.v1.Agent.DumpIPCache:input_type -> meshplane.agent.v1.DumpRequest
-	16, // 22: meshplane.agent.v1.Agent.DumpEndpoints:input_type -> meshplane.agent.v1.DumpRequest
-	16, // 23: meshplane.agent.v1.Agent.DumpPolicy:input_type -> meshplane.agent.v1.DumpRequest
-	16, // 24: meshplane.agent.v1.Agent.DumpServices:input_type -> meshplane.agent.v1.DumpRequest
-	16, // 25: meshplane.agent.v1.Agent.DumpCIDR:input_type -> meshplane.agent.v1.DumpRequest
-	25, // 26: meshplane.agent.v1.Agent.AddEndpoint:input_type -> meshplane.agent.v1.AddEndpointRequest
-	28, // 27: meshplane.agent.v1.Agent.DeleteEndpoint:input_type -> meshplane.agent.v1.DeleteEndpointRequest
-	30, // 28: meshplane.agent.v1.Agent.Observe:input_type -> meshplane.agent.v1.ObserveRequest
-	1,  // 29: meshplane.agent.v1.Agent.Status:output_type -> meshplane.agent.v1.StatusResponse
-	11, // 30: meshplane.agent.v1.Agent.ListNodes:output_type -> meshplane.agent.v1.ListNodesResponse
-	15, // 31: meshplane.agent.v1.Agent.ListIdentities:output_type -> meshplane.agent.v1.IdentityChunk
-	18, // 32: meshplane.agent.v1.Agent.DumpIPCache:output_type -> meshplane.agent.v1.IPCacheChunk
-	20, // 33: meshplane.agent.v1.Agent.DumpEndpoints:output_type -> meshplane.agent.v1.EndpointChunk
-	22, // 34: meshplane.agent.v1.Agent.DumpPolicy:output_type -> meshplane.agent.v1.PolicyChunk
-	24, // 35: meshplane.agent.v1.Agent.DumpServices:output_type -> meshplane.agent.v1.ServiceChunk
-	18, // 36: meshplane.agent.v1.Agent.DumpCIDR:output_type -> meshplane.agent.v1.IPCacheChunk
-	27, // 37: meshplane.agent.v1.Agent.AddEndpoint:output_type -> meshplane.agent.v1.AddEndpointResponse
-	29, // 38: meshplane.agent.v1.Agent.DeleteEndpoint:output_type -> meshplane.agent.v1.DeleteEndpointResponse
-	31, // 39: meshplane.agent.v1.Agent.Observe:output_type -> meshplane.agent.v1.Flow
-	29, // [29:40] is the sub-list for method output_type
-	18, // [18:29] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	32, // 18: meshplane.agent.v1.ListEndpointsResponse.endpoints:type_name -> meshplane.agent.v1.LocalEndpoint
+	0,  // 19: meshplane.agent.v1.Agent.Status:input_type -> meshplane.agent.v1.StatusRequest
+	10, // 20: meshplane.agent.v1.Agent.ListNodes:input_type -> meshplane.agent.v1.ListNodesRequest
+	13, // 21: meshplane.agent.v1.Agent.ListIdentities:input_type -> meshplane.agent.v1.ListIdentitiesRequest
+	16, // 22: meshplane.agent.v1.Agent.DumpIPCache:input_type -> meshplane.agent.v1.DumpRequest
+	16, // 23: meshplane.agent.v1.Agent.DumpEndpoints:input_type -> meshplane.agent.v1.DumpRequest
+	16, // 24: meshplane.agent.v1.Agent.DumpPolicy:input_type -> meshplane.agent.v1.DumpRequest
+	16, // 25: meshplane.agent.v1.Agent.DumpServices:input_type -> meshplane.agent.v1.DumpRequest
+	16, // 26: meshplane.agent.v1.Agent.DumpCIDR:input_type -> meshplane.agent.v1.DumpRequest
+	25, // 27: meshplane.agent.v1.Agent.AddEndpoint:input_type -> meshplane.agent.v1.AddEndpointRequest
+	28, // 28: meshplane.agent.v1.Agent.DeleteEndpoint:input_type -> meshplane.agent.v1.DeleteEndpointRequest
+	30, // 29: meshplane.agent.v1.Agent.ListEndpoints:input_type -> meshplane.agent.v1.ListEndpointsRequest
+	33, // 30: meshplane.agent.v1.Agent.Observe:input_type -> meshplane.agent.v1.ObserveRequest
+	1,  // 31: meshplane.agent.v1.Agent.Status:output_type -> meshplane.agent.v1.StatusResponse
+	11, // 32: meshplane.agent.v1.Agent.ListNodes:output_type -> meshplane.agent.v1.ListNodesResponse
+	15, // 33: meshplane.agent.v1.Agent.ListIdentities:output_type -> meshplane.agent.v1.IdentityChunk
+	18, // 34: meshplane.agent.v1.Agent.DumpIPCache:output_type -> meshplane.agent.v1.IPCacheChunk
+	20, // 35: meshplane.agent.v1.Agent.DumpEndpoints:output_type -> meshplane.agent.v1.EndpointChunk
+	22, // 36: meshplane.agent.v1.Agent.DumpPolicy:output_type -> meshplane.agent.v1.PolicyChunk
+	24, // 37: meshplane.agent.v1.Agent.DumpServices:output_type -> meshplane.agent.v1.ServiceChunk
+	18, // 38: meshplane.agent.v1.Agent.DumpCIDR:output_type -> meshplane.agent.v1.IPCacheChunk
+	27, // 39: meshplane.agent.v1.Agent.AddEndpoint:output_type -> meshplane.agent.v1.AddEndpointResponse
+	29, // 40: meshplane.agent.v1.Agent.DeleteEndpoint:output_type -> meshplane.agent.v1.DeleteEndpointResponse
+	31, // 41: meshplane.agent.v1.Agent.ListEndpoints:output_type -> meshplane.agent.v1.ListEndpointsResponse
+	34, // 42: meshplane.agent.v1.Agent.Observe:output_type -> meshplane.agent.v1.Flow
+	31, // [31:43] is the sub-list for method output_type
+	19, // [19:31] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_agent_proto_init() }
@@ -2761,7 +3027,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   35,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

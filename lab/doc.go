@@ -26,8 +26,9 @@
 //     AddEndpoint gives the address, identity and gateway; the pod gets
 //     ip/32, an on-link route to the gateway, a default route through it
 //     and a permanent neighbor entry gateway -> host veth MAC; the node a
-//     route ip/32 dev lxc... and a permanent neighbor entry for the pod. A
-//     `meshctl lab echo` server in the pod serves its ports.
+//     route ip/32 dev lxc... and a permanent neighbor entry for the pod
+//     (package cni's wiring, the CNI plugin's own). A `meshctl lab echo`
+//     server in the pod serves its ports.
 //   - per cluster, what mesh-controlplane writes on Kubernetes: pod
 //     metadata (pods/<node>/<ns>/<name>), namespace labels (namespaces/<ns>)
 //     and services (services/<ns>/<name>: a frontend per port on the

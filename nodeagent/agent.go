@@ -738,8 +738,23 @@ func (a *Agent) AddEndpoint(ctx context.Context, spec EndpointSpec) (Endpoint, e
 // DeleteEndpoint removes a pod (the CNI DEL path); an unknown pod is not
 // an error.
 func (a *Agent) DeleteEndpoint(ctx context.Context, namespace, pod string) error {
+	return a.deleteEndpoint(ctx, namespace, pod, "")
+}
+
+// deleteEndpoint is DeleteEndpoint limited, with a containerID, to the
+// pod's endpoint of that container (endpoints.remove).
+func (a *Agent) deleteEndpoint(ctx context.Context, namespace, pod, containerID string) error {
 	if a.session.Load() == nil || a.ips.Load() == nil {
 		return ErrNotReady
 	}
-	return a.eps.remove(ctx, a, namespace, pod)
+	return a.eps.remove(ctx, a, namespace, pod, containerID)
+}
+
+// Endpoints returns the local endpoints, sorted by namespace and pod.
+// Before the agent has read its state directory it returns none.
+func (a *Agent) Endpoints() []Endpoint {
+	if !a.started.Load() {
+		return nil
+	}
+	return a.eps.list()
 }

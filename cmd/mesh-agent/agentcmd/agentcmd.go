@@ -59,6 +59,7 @@ type flags struct {
 	apiSocketGroup     int
 	metricsAddr        string
 	pruneInterval      time.Duration
+	podMetadataWait    time.Duration
 	datapath           string
 	logLevel           string
 }
@@ -103,6 +104,8 @@ func newFlagSet(f *flags, stderr io.Writer) *pflag.FlagSet {
 	fs.IntVar(&f.apiSocketGroup, "api-socket-group", -1, "group ID allowed to use the API socket (mode 0660); -1: only the agent's user (0600)")
 	fs.StringVar(&f.metricsAddr, "metrics-address", "127.0.0.1:9962", "host:port of the Prometheus endpoint; empty disables it")
 	fs.DurationVar(&f.pruneInterval, "prune-interval", nodeagent.DefaultPruneInterval, "how often each map is compared in full with the desired state")
+	fs.DurationVar(&f.podMetadataWait, "pod-metadata-wait", nodeagent.DefaultPodMetadataWait,
+		"how long a CNI ADD waits for the pod's labels from the control plane (pods/ and namespaces/ in etcd) before it fails; keep it below mesh-cni's timeout")
 	fs.StringVar(&f.datapath, "datapath", nodeagent.DatapathEBPF, "ebpf: attach the TC programs to pods' veths; none: fill the maps only (comparisons, debugging)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	return fs
@@ -169,6 +172,7 @@ func (f *flags) config() (nodeagent.Config, slog.Level, error) {
 		Gossip: f.gossip, LeaveOnShutdown: f.leaveOnShutdown,
 		APISocket: f.apiSocket, APISocketGroup: f.apiSocketGroup, MetricsAddr: f.metricsAddr,
 		PruneInterval:      f.pruneInterval,
+		PodMetadataWait:    f.podMetadataWait,
 		Datapath:           f.datapath,
 		IPBlockOutsideOnly: !f.ipBlockSelectsPods,
 	}

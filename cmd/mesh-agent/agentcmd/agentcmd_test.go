@@ -272,3 +272,29 @@ func TestLoadRelativeSocket(t *testing.T) {
 		t.Fatalf("APISocket = %q, want %q", cfg.APISocket, want)
 	}
 }
+
+// TestPodMetadataWait: --pod-metadata-wait (and its config-file key) sets
+// how long a CNI ADD waits for the pod's labels; the default is the
+// agent's.
+func TestPodMetadataWait(t *testing.T) {
+	base := []string{"--state-dir", t.TempDir(), "--etcd-endpoints", testEtcd, "--node-ip", "10.0.0.1", "--node-name", "n1", "--gossip-insecure"}
+	cfg, _, err := Load(base, io.Discard)
+	if err != nil || cfg.PodMetadataWait != nodeagent.DefaultPodMetadataWait {
+		t.Fatalf("default: %s, %v; want %s", cfg.PodMetadataWait, err, nodeagent.DefaultPodMetadataWait)
+	}
+	cfg, _, err = Load(append(base, "--pod-metadata-wait", "5s"), io.Discard)
+	if err != nil || cfg.PodMetadataWait != 5*time.Second {
+		t.Fatalf("--pod-metadata-wait 5s: %s, %v", cfg.PodMetadataWait, err)
+	}
+	file := filepath.Join(t.TempDir(), "agent.yaml")
+	if err := os.WriteFile(file, []byte("pod-metadata-wait: 12s\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, _, err = Load(append(base, "--config", file), io.Discard)
+	if err != nil || cfg.PodMetadataWait != 12*time.Second {
+		t.Fatalf("config file pod-metadata-wait: 12s: %s, %v", cfg.PodMetadataWait, err)
+	}
+	if _, _, err := Load(append(base, "--pod-metadata-wait", "-1s"), io.Discard); err == nil || !strings.Contains(err.Error(), "negative") {
+		t.Fatalf("--pod-metadata-wait -1s = %v, want an error", err)
+	}
+}
