@@ -34,6 +34,7 @@ func TestAgentCommands(t *testing.T) {
 		Node: node, Cluster: cluster, ClusterID: 7, Etcd: srv.Config(), StateDir: filepath.Join(dir, "state"),
 		NodeIPs: []netip.Addr{netip.MustParseAddr("127.0.2.1")}, GossipAddr: netip.MustParseAddr("127.0.0.1"),
 		GossipPort: -1, GossipInsecure: true, APISocket: sock, APISocketGroup: -1,
+		RoutingMode: nodeagent.RoutingNone,
 	})
 	if err != nil {
 		t.Fatal(err)
