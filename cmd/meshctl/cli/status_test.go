@@ -64,7 +64,7 @@ func TestAgentCommands(t *testing.T) {
 	}
 
 	out := mustRun(t, "status", "--agent-socket", sock, "--wait", "--timeout", "30s")
-	for _, want := range []string{"State:    OK", node, "ipcache", "services"} {
+	for _, want := range []string{"State:    OK", node, "ipcache", "services", "Routing:  none"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status output lacks %q:\n%s", want, out)
 		}
