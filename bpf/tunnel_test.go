@@ -106,4 +106,3 @@ func TestTunnel(t *testing.T) {
 		t.Errorf("no %q drops counted", bpf.DropNoTunnelEndpoint)
 	}
 }
-
