@@ -207,6 +207,10 @@ func (r *routing) setup() (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("routing: link %s: %w", TunnelDevice, err)
 	}
+	// No IPv6 link-local address, so the kernel sends no neighbour
+	// discovery through a device that carries IPv4 only (to_tunnel would
+	// drop and count it). Best effort: without IPv6 there is nothing to do.
+	_ = r.nl.LinkSetIP6AddrGenMode(l, 1 /* IN6_ADDR_GEN_MODE_NONE */)
 	// Routed, not bridged: no ARP on the device (a neighbour of a NOARP
 	// device resolves to the device's own MAC; from_tunnel on the other
 	// side writes the real ones).
