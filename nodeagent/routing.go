@@ -59,6 +59,10 @@ const (
 	RouteProtocol netlink.RouteProtocol = 109
 )
 
+// defaultUnderlayMTU is the underlay MTU assumed when no interface holds
+// the node's address (Ethernet's).
+const defaultUnderlayMTU = 1500
+
 // routeRetry bounds the backoff of a failed route reconcile.
 const (
 	routeRetryMin = 500 * time.Millisecond
@@ -161,7 +165,10 @@ func (r *routing) setup() (int, error) {
 	}
 	mtu, err := r.readUnderlayMTU()
 	if err != nil {
-		return 0, fmt.Errorf("routing: %w", err)
+		// Routes via the other nodes still work; only the MTU is a guess.
+		// Set --mtu where it is wrong.
+		r.log.Warn("cannot find the node's interface; assuming an underlay MTU of 1500", "mtu", defaultUnderlayMTU, "err", err)
+		mtu = defaultUnderlayMTU
 	}
 	r.underlayMTU.Store(int32(mtu))
 	old, err := r.nl.LinkByName(TunnelDevice)

@@ -161,6 +161,16 @@ func TestRoutingTunnel(t *testing.T) {
 	}
 	checkRoutes(t, ns, "10.9.3.0/24 via 192.168.91.3 dev mesh_vxlan proto 109")
 
+	// A node address on no interface: the MTU is a guess, the rest works.
+	lost := routingIn(t, ns, RoutingTunnel, &routes)
+	lost.nodeIP = netip.MustParseAddr("192.168.99.1")
+	if _, err := lost.setup(); err != nil {
+		t.Fatal(err)
+	}
+	if got := lost.underlayMTU.Load(); got != defaultUnderlayMTU {
+		t.Errorf("underlay MTU %d for an address on no interface, want %d", got, defaultUnderlayMTU)
+	}
+
 	native := routingIn(t, ns, RoutingNative, &routes)
 	if _, err := native.setup(); err != nil {
 		t.Fatal(err)
