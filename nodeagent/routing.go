@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -461,4 +462,29 @@ func routingMsg(st RoutingStatus) *api.RoutingStatus {
 		PodMtu: uint32(st.PodMTU), UnderlayMtu: uint32(st.UnderlayMTU), Routes: uint32(st.Routes),
 		Unreachable: st.Unreachable, LastError: st.LastError,
 	}
+}
+
+// routingCollector reads the routing's state at scrape time.
+type routingCollector struct{ a *Agent }
+
+var (
+	descRoutes      = prometheus.NewDesc("meshplane_routing_routes", "Routes to other nodes' pod CIDRs the agent has installed (route protocol 109), by routing mode.", []string{"mode"}, nil)
+	descUnreachable = prometheus.NewDesc("meshplane_routing_unreachable_nodes", "Other nodes the routing mode cannot reach (native routing: their address is on no link of this node).", []string{"mode"}, nil)
+	descPodMTU      = prometheus.NewDesc("meshplane_routing_pod_mtu_bytes", "The MTU pods get (the underlay's, less the tunnel's overhead in tunnel mode).", []string{"mode"}, nil)
+)
+
+func (routingCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descRoutes
+	ch <- descUnreachable
+	ch <- descPodMTU
+}
+
+func (c routingCollector) Collect(ch chan<- prometheus.Metric) {
+	if !c.a.started.Load() {
+		return
+	}
+	st := c.a.routingStatus()
+	ch <- prometheus.MustNewConstMetric(descRoutes, prometheus.GaugeValue, float64(st.Routes), st.Mode)
+	ch <- prometheus.MustNewConstMetric(descUnreachable, prometheus.GaugeValue, float64(len(st.Unreachable)), st.Mode)
+	ch <- prometheus.MustNewConstMetric(descPodMTU, prometheus.GaugeValue, float64(st.PodMTU), st.Mode)
 }
