@@ -523,7 +523,11 @@ func (l *Lab) startNode(ctx context.Context, c Cluster, cs *clusterState, n Node
 	l.mu.Lock()
 	cs.Nodes = append(cs.Nodes, ns)
 	l.mu.Unlock()
-	l.progress("node %s/%s: netns %s, %s", c.Name, n.Name, name, ip)
+	where := ip.String()
+	if n.Subnet != "" {
+		where += " (subnet " + n.Subnet + ")"
+	}
+	l.progress("node %s/%s: netns %s, %s, %s routing", c.Name, n.Name, name, where, l.st.Topology.Routing)
 	if _, err := setupNodeNetns(l.st.LabNetns, name, bridgePortName(c.Name, n.Name), sg, ip, true); err != nil {
 		return fmt.Errorf("node %s/%s: %w", c.Name, n.Name, err)
 	}
