@@ -1,17 +1,22 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * meshplane's datapath: two tcx programs on the host side of each pod's
- * veth.
+ * veth, and two on the node's VXLAN device in tunnel mode.
  *
- *   from_pod  tcx ingress of the host veth: what the pod sends, the
- *             endpoint's egress. Anti-spoofing, service translation
- *             (DNAT), conntrack, egress policy.
- *   to_pod    tcx egress of the host veth: what goes into the pod, the
- *             endpoint's ingress. Reverse translation of replies (SNAT),
- *             conntrack, ingress policy.
+ *   from_pod     tcx ingress of the host veth: what the pod sends, the
+ *                endpoint's egress. Anti-spoofing, service translation
+ *                (DNAT), conntrack, egress policy.
+ *   to_pod       tcx egress of the host veth: what goes into the pod, the
+ *                endpoint's ingress. Reverse translation of replies
+ *                (SNAT), conntrack, ingress policy.
+ *   to_tunnel    tcx egress of the VXLAN device: the tunnel key (the
+ *                remote node, from the ipcache).
+ *   from_tunnel  tcx ingress of the VXLAN device: the pod's MACs, and a
+ *                redirect to its host veth (where to_pod runs).
  *
- * Neither redirects: they rewrite, pass or drop, and the kernel routes
- * (pod IPs /32 via their veths, other nodes' pod CIDRs via those nodes).
+ * The pod programs never redirect: they rewrite, pass or drop, and the
+ * kernel routes (pod IPs /32 via their veths, other nodes' pod CIDRs as
+ * the agent's routing mode says).
  * docs/datapath.md is the reference for what follows; the Go side of every
  * map and event is in package bpf.
  */
