@@ -23,12 +23,14 @@ kube-apiserver:
 	tools/kube-apiserver/build.sh
 
 ## test: formatting, vet, the race-enabled test suite (real etcd, a real
-## kube-apiserver), and every benchmark once so they keep compiling.
+## kube-apiserver), the e2e suite again with native routing (the first run
+## tunnels), and every benchmark once so they keep compiling.
 test: kube-apiserver
 	@bad=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$bad" ]; then echo "not gofmt-ed:"; echo "$$bad"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 20m ./...
+	MESHPLANE_ROUTING_MODE=native $(GO) test -race -count=1 -timeout 20m ./e2e/
 	$(GO) test -run '^$$' -bench . -benchtime=1x -timeout 10m ./...
 
 ## bench: the benchmarks recorded in docs/benchmarks.md.

@@ -172,6 +172,7 @@ func (s *apiServer) Status(context.Context, *api.StatusRequest) (*api.StatusResp
 		},
 		Ipam:           &api.IPAMStatus{Used: uint64(st.IPAM.Used), Free: uint64(st.IPAM.Free), Unreferenced: uint64(st.IPAM.Unreferenced)},
 		PolicyRevision: st.PolicyRevision,
+		Routing:        routingMsg(st.Routing),
 	}
 	for _, p := range st.IPAM.PodCIDRs {
 		r.Ipam.PodCidrs = append(r.Ipam.PodCidrs, p.String())
