@@ -61,6 +61,8 @@ type flags struct {
 	pruneInterval      time.Duration
 	datapath           string
 	logLevel           string
+	cleanup            bool // cleanup.go
+	cleanupWait        bool
 }
 
 func newFlagSet(f *flags, stderr io.Writer) *pflag.FlagSet {
@@ -105,6 +107,7 @@ func newFlagSet(f *flags, stderr io.Writer) *pflag.FlagSet {
 	fs.DurationVar(&f.pruneInterval, "prune-interval", nodeagent.DefaultPruneInterval, "how often each map is compared in full with the desired state")
 	fs.StringVar(&f.datapath, "datapath", nodeagent.DatapathEBPF, "ebpf: attach the TC programs to pods' veths; none: fill the maps only (comparisons, debugging)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	bindCleanup(fs, f)
 	return fs
 }
 
@@ -123,9 +126,11 @@ func Load(args []string, stderr io.Writer) (nodeagent.Config, slog.Level, error)
 // loaded is what load returns: the Config, the log level, and warnings
 // about the configuration for Main to log once it has a logger.
 type loaded struct {
-	cfg      nodeagent.Config
-	level    slog.Level
-	warnings []etcdflags.Warning
+	cfg         nodeagent.Config
+	level       slog.Level
+	warnings    []etcdflags.Warning
+	cleanup     *nodeagent.Config // --cleanup: what to remove (cleanup.go)
+	cleanupWait bool
 }
 
 func load(args []string, stderr io.Writer) (loaded, error) {
@@ -144,6 +149,9 @@ func load(args []string, stderr io.Writer) (loaded, error) {
 		if err := configfile.Apply(fs, f.configFile, "mesh-agent"); err != nil {
 			return loaded{}, err
 		}
+	}
+	if f.cleanup {
+		return f.cleanupConfig()
 	}
 	cfg, level, err := f.config()
 	if err != nil {
@@ -256,6 +264,9 @@ func Main(ctx context.Context, args []string, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintln(stderr, "mesh-agent:", err)
 		return 2
+	}
+	if l.cleanup != nil {
+		return cleanup(ctx, l, stderr)
 	}
 	cfg := l.cfg
 	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: l.level}))
