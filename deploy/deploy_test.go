@@ -38,7 +38,14 @@ var defaultValues = obj{"etcd": obj{"endpoints": []any{"https://etcd.example:237
 // the chart with its defaults and with each overlay's values.
 func renders(t *testing.T) map[string][]obj {
 	t.Helper()
-	out := map[string][]obj{"helm defaults": mustHelm(t, nil, defaultValues)}
+	out := map[string][]obj{
+		"helm defaults": mustHelm(t, nil, defaultValues),
+		// A test node's private directories (kubenode).
+		"helm private host paths": mustHelm(t, nil, obj{"etcd": defaultValues["etcd"], "hostPaths": obj{
+			"bpffs": "/sys/fs/bpf/mp-test", "run": "/tmp/mp-test/run", "state": "/tmp/mp-test/state",
+			"cniBin": "/tmp/mp-test/cni/bin", "cniConf": "/tmp/mp-test/cni/net.d",
+		}}),
+	}
 	for name, dir := range overlays {
 		out["kustomize "+name] = kustomize(t, dir)
 		out["helm "+name] = mustHelm(t, []string{"ci/" + name + "-values.yaml"}, nil)
