@@ -70,6 +70,10 @@ func TestRender(t *testing.T) {
 				if l, _ := get(o, "metadata", "labels", "app.kubernetes.io/part-of").(string); l != "meshplane" {
 					t.Errorf("%s lacks the label app.kubernetes.io/part-of=meshplane", key(o))
 				}
+				// Uninstalling but the CRDs selects app.kubernetes.io/component!=crd.
+				if c, _ := get(o, "metadata", "labels", "app.kubernetes.io/component").(string); (c == "crd") != (o["kind"] == "CustomResourceDefinition") {
+					t.Errorf("%s: label app.kubernetes.io/component=%q", key(o), c)
+				}
 			}
 		})
 	}
@@ -185,6 +189,7 @@ func TestChartCRDs(t *testing.T) {
 			}
 			delete(md, "annotations")
 			delete(md["labels"].(obj), "app.kubernetes.io/part-of")
+			delete(md["labels"].(obj), "app.kubernetes.io/component")
 			if len(md["labels"].(obj)) == 0 {
 				delete(md, "labels")
 			}
