@@ -380,7 +380,9 @@ func TestUninstall(t *testing.T) {
 // (CRDs take a moment: the apiserver removes their objects first).
 func (c *cluster) uninstall(t *testing.T, objs []obj) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	// A generous deadline: the apiserver's CRD finalizer was seen to take
+	// over a minute on a loaded machine under -race.
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	for _, o := range objs {
 		if o["kind"] == "Namespace" {
@@ -397,12 +399,16 @@ func (c *cluster) uninstall(t *testing.T, objs []obj) {
 		}
 		name := get(o, "metadata", "name").(string)
 		for {
-			_, err := c.resource(t, o).Get(ctx, name, metav1.GetOptions{})
+			got, err := c.resource(t, o).Get(ctx, name, metav1.GetOptions{})
 			if apierrors.IsNotFound(err) {
 				break
 			}
 			if ctx.Err() != nil {
-				t.Fatalf("%s is still there after delete: %v", key(o), err)
+				var status any
+				if got != nil {
+					status = got.Object["status"]
+				}
+				t.Fatalf("%s is still there after delete: %v; status %v", key(o), err, status)
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
