@@ -255,6 +255,25 @@ func TestEmptyEtcdEndpoints(t *testing.T) {
 	}
 }
 
+// TestChartValuesSchema: a misspelt or mistyped value fails the render
+// (values.schema.json) instead of being ignored.
+func TestChartValuesSchema(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		set  obj
+		want string
+	}{
+		{"misspelt key", obj{"etcd": obj{"endpoints": []any{"https://e:2379"}, "endpoint": "https://e:2379"}}, "endpoint"},
+		{"cluster ID out of range", obj{"etcd": defaultValues["etcd"], "cluster": obj{"id": 300}}, "id"},
+		{"relative host path", obj{"etcd": defaultValues["etcd"], "hostPaths": obj{"run": "run"}}, "run"},
+	} {
+		_, err := helm(nil, tc.set)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: helm template = %v, want a schema error naming %s", tc.name, err, tc.want)
+		}
+	}
+}
+
 func gossipKeyFile(t *testing.T, dir string) string {
 	t.Helper()
 	p := filepath.Join(dir, "gossip-keys")
