@@ -337,6 +337,8 @@ func (r *run) startAgent(ctx context.Context, cluster string) (stop func() error
 		GossipAddr: netip.MustParseAddr("127.0.0.1"), GossipPort: -1, GossipKeys: [][]byte{key},
 		APISocket: r.socket, APISocketGroup: -1,
 		Datapath: r.cfg.Datapath,
+		// One node: there is no other node to route to.
+		RoutingMode: nodeagent.RoutingNone,
 	}
 	a, err := nodeagent.New(cfg)
 	if err != nil {
