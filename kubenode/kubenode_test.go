@@ -1,0 +1,255 @@
+package kubenode_test
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"github.com/meshplane/meshplane/kubenode"
+)
+
+var intstr8080 = intstr.FromInt32(8080)
+
+// clientset is a client-go clientset of the node's apiserver, from the
+// host's namespace through the node's dialer.
+func clientset(t *testing.T, n *kubenode.Node) *kubernetes.Clientset {
+	t.Helper()
+	cs, err := kubernetes.NewForConfig(&rest.Config{
+		Host: n.Host, BearerToken: n.AdminToken,
+		TLSClientConfig: rest.TLSClientConfig{CAData: n.CAPEM},
+		Dial:            n.Dial,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cs
+}
+
+func probePod(name string, args ...string) *corev1.Pod {
+	no := false
+	grace := int64(1)
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default", Labels: map[string]string{"app": name}},
+		Spec: corev1.PodSpec{
+			AutomountServiceAccountToken:  &no,
+			EnableServiceLinks:            &no,
+			TerminationGracePeriodSeconds: &grace,
+			Containers: []corev1.Container{{
+				Name: "probe", Image: kubenode.ProbeImage, ImagePullPolicy: corev1.PullNever,
+				Args: args,
+				ReadinessProbe: &corev1.Probe{
+					ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/ready", Port: intstr8080}},
+					PeriodSeconds: 1,
+				},
+			}},
+		},
+	}
+}
+
+// waitRunning polls until the pod is Ready with an IP and returns it.
+func waitRunning(ctx context.Context, t *testing.T, cs *kubernetes.Clientset, name string) *corev1.Pod {
+	t.Helper()
+	var last string
+	for ctx.Err() == nil {
+		p, err := cs.CoreV1().Pods("default").Get(ctx, name, metav1.GetOptions{})
+		if err == nil {
+			last = fmt.Sprintf("phase %s ip %q conditions %v", p.Status.Phase, p.Status.PodIP, p.Status.Conditions)
+			for _, c := range p.Status.Conditions {
+				if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue && p.Status.PodIP != "" {
+					return p
+				}
+			}
+		} else {
+			last = err.Error()
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	t.Fatalf("pod %s not running: %v (last: %s)", name, ctx.Err(), last)
+	return nil
+}
+
+// waitGone polls until the pod is gone from the apiserver.
+func waitGone(ctx context.Context, t *testing.T, cs *kubernetes.Clientset, name string) {
+	t.Helper()
+	for ctx.Err() == nil {
+		_, err := cs.CoreV1().Pods("default").Get(ctx, name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	t.Fatalf("pod %s not gone: %v", name, ctx.Err())
+}
+
+// TestNode starts a node with the standard bridge network, runs two pods
+// that reach each other through `kubectl exec` (the apiserver-kubelet
+// path), deletes them and checks that their IPs and namespaces are
+// released, then installs a second network with InstallCNI and checks
+// that a new pod gets its address from it.
+func TestNode(t *testing.T) {
+	t0 := time.Now()
+	n := kubenode.Start(t, kubenode.Config{})
+	t.Logf("node up: apiserver ready after %v, node Ready after %v", n.Timings.APIServer.Round(time.Millisecond), n.Timings.NodeReady.Round(time.Millisecond))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cs := clientset(t, n)
+	netnsBefore := netnsNames(t)
+
+	for _, name := range []string{"server", "client"} {
+		if _, err := cs.CoreV1().Pods("default").Create(ctx, probePod(name, "serve"), metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	server := waitRunning(ctx, t, cs, "server")
+	t.Logf("first pod Running after %v (since Start)", time.Since(t0).Round(time.Millisecond))
+	client := waitRunning(ctx, t, cs, "client")
+	var ips []netip.Addr
+	for _, p := range []*corev1.Pod{server, client} {
+		ip, err := netip.ParseAddr(p.Status.PodIP)
+		if err != nil || !n.PodCIDR.Contains(ip) {
+			t.Fatalf("pod %s has IP %q, not in the pod range %s", p.Name, p.Status.PodIP, n.PodCIDR)
+		}
+		ips = append(ips, ip)
+	}
+	held, err := n.PodIPAllocations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ip := range ips {
+		if !slices.Contains(held, ip) {
+			t.Errorf("host-local holds %v, not pod IP %s", held, ip)
+		}
+	}
+
+	out, err := n.Kubectl(ctx, "exec", "client", "--", "/probe", "get", "http://"+server.Status.PodIP+":8080/from-client")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "hello from server "; !strings.HasPrefix(string(out), want) || !strings.Contains(string(out), "remote="+client.Status.PodIP+":") {
+		t.Fatalf("client -> server: %q; want %q... remote=%s:...", out, want, client.Status.PodIP)
+	}
+	out, err = n.Kubectl(ctx, "exec", "client", "--", "/probe", "echo", server.Status.PodIP+":9000", "ping-tcp-echo")
+	if err != nil || strings.TrimSpace(string(out)) != "ping-tcp-echo" {
+		t.Fatalf("client -> server TCP echo: %q, %v", out, err)
+	}
+	// The test process reaches a pod too, from the node's namespace.
+	conn, err := n.Dial(ctx, "tcp", server.Status.PodIP+":9000")
+	if err != nil {
+		t.Fatalf("dial the server pod from the node's namespace: %v", err)
+	}
+	_ = conn.Close()
+
+	// Delete: the kubelet stops the sandboxes, CNI DEL releases the IPs,
+	// and the pods' network namespaces go.
+	for _, name := range []string{"server", "client"} {
+		if err := cs.CoreV1().Pods("default").Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, name := range []string{"server", "client"} {
+		waitGone(ctx, t, cs, name)
+	}
+	if err := pollUntil(ctx, func() (bool, string) {
+		held, err := n.PodIPAllocations()
+		if err != nil {
+			return false, err.Error()
+		}
+		extra := netnsNames(t)
+		for ns := range netnsBefore {
+			delete(extra, ns)
+		}
+		var cniNS []string
+		for ns := range extra {
+			if strings.HasPrefix(ns, "cni-") {
+				cniNS = append(cniNS, ns)
+			}
+		}
+		return len(held) == 0 && len(cniNS) == 0, fmt.Sprintf("IPs held %v, new sandbox namespaces %v", held, cniNS)
+	}); err != nil {
+		t.Fatalf("after the pods were deleted: %v", err)
+	}
+
+	t.Run("InstallCNI", func(t *testing.T) {
+		second := netip.MustParsePrefix("10.245.0.0/24")
+		c := kubenode.StandardCNI("kubenode-second", second, filepath.Join(n.Dir, "cni", "ipam-second"))
+		c.ConfName = "05-second.conflist"
+		if err := n.InstallCNI(c); err != nil {
+			t.Fatal(err)
+		}
+		// containerd picks the config up within seconds; until then a pod
+		// may still get the old network, so poll with fresh pods.
+		for i := 0; ; i++ {
+			name := fmt.Sprintf("second-%d", i)
+			if _, err := cs.CoreV1().Pods("default").Create(ctx, probePod(name, "serve"), metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			p := waitRunning(ctx, t, cs, name)
+			ip := netip.MustParseAddr(p.Status.PodIP)
+			if second.Contains(ip) {
+				t.Logf("pod %s got %s from the new network", name, ip)
+				break
+			}
+			if i >= 10 {
+				t.Fatalf("pod %s got %s, not from the new network %s", name, ip, second)
+			}
+			if err := cs.CoreV1().Pods("default").Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			waitGone(ctx, t, cs, name)
+		}
+		// The old config is gone from the conf dir.
+		ents, err := os.ReadDir(n.CNIConfDir)
+		if err != nil || len(ents) != 1 || ents[0].Name() != c.ConfName {
+			t.Fatalf("conf dir holds %v (%v); want only %s", ents, err, c.ConfName)
+		}
+	})
+}
+
+func pollUntil(ctx context.Context, f func() (bool, string)) error {
+	var last string
+	for {
+		ok, why := f()
+		if ok {
+			return nil
+		}
+		last = why
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %s", ctx.Err(), last)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// netnsNames are the names under /run/netns now.
+func netnsNames(t *testing.T) map[string]bool {
+	t.Helper()
+	ents, err := os.ReadDir("/run/netns")
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	m := map[string]bool{}
+	for _, e := range ents {
+		m[e.Name()] = true
+	}
+	return m
+}
