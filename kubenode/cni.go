@@ -26,34 +26,61 @@ type CNI struct {
 	Conflist []byte
 }
 
-// StandardCNI is the standard network of a node: Debian's bridge plugin
-// with a bridge kn-br0 in the node's namespace holding podCIDR's first
-// address (the pods' gateway, so that the kubelet reaches them for
-// probes), host-local IPAM on podCIDR with its state in ipamDir, no IP
-// masquerade. isGateway makes the bridge plugin set ip_forward, in the
-// node's namespace only.
-func StandardCNI(network string, podCIDR netip.Prefix, ipamDir string) CNI {
-	gw := podCIDR.Masked().Addr().Next()
+// Bridge is a network of Debian's standard plugins: a bridge in the
+// node's namespace holding the pod range's first address (the pods'
+// gateway, so that the kubelet reaches them for probes), host-local IPAM
+// on the range, no IP masquerade. isGateway makes the bridge plugin set
+// ip_forward, in the node's namespace only. A node's standard network is
+// Node.StandardCNI.
+type Bridge struct {
+	// Network is the network's name (the conflist's "name"). Required.
+	Network string
+	// Bridge is the bridge interface's name. A second network needs a
+	// bridge of its own: the plugin refuses a bridge that holds another
+	// range's gateway. Required.
+	Bridge string
+	// PodCIDR is the pods' range. Required.
+	PodCIDR netip.Prefix
+	// IPAMDir holds host-local's state: one file per IP held. Required.
+	IPAMDir string
+	// ConfName is the config's file name; empty means
+	// 10-<Network>.conflist.
+	ConfName string
+}
+
+// CNI is the network as an InstallCNI argument.
+func (b Bridge) CNI() CNI {
+	gw := b.PodCIDR.Masked().Addr().Next()
 	conf := map[string]any{
 		"cniVersion": "0.4.0",
-		"name":       network,
+		"name":       b.Network,
 		"plugins": []any{map[string]any{
-			"type": "bridge", "bridge": "kn-br0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
+			"type": "bridge", "bridge": b.Bridge, "isGateway": true, "ipMasq": false, "hairpinMode": true,
 			"ipam": map[string]any{
-				"type": "host-local", "dataDir": ipamDir,
-				"ranges": [][]map[string]string{{{"subnet": podCIDR.Masked().String(), "gateway": gw.String()}}},
+				"type": "host-local", "dataDir": b.IPAMDir,
+				"ranges": [][]map[string]string{{{"subnet": b.PodCIDR.Masked().String(), "gateway": gw.String()}}},
 			},
 		}},
 	}
-	b, _ := json.MarshalIndent(conf, "", "  ")
+	js, _ := json.MarshalIndent(conf, "", "  ")
+	name := b.ConfName
+	if name == "" {
+		name = "10-" + b.Network + ".conflist"
+	}
 	return CNI{
 		Plugins: map[string]string{
 			"bridge":     filepath.Join(StandardCNIDir, "bridge"),
 			"host-local": filepath.Join(StandardCNIDir, "host-local"),
 		},
-		ConfName: "10-kubenode.conflist",
-		Conflist: b,
+		ConfName: name,
+		Conflist: js,
 	}
+}
+
+// StandardCNI is the node's standard network (Start installs it unless
+// Config.NoCNI): bridge kn-br0 on Node.PodCIDR.
+func (n *Node) StandardCNI() Bridge {
+	return Bridge{Network: n.network, Bridge: "kn-br0", PodCIDR: n.PodCIDR, IPAMDir: n.dirs.ipam}
 }
 
 // InstallCNI puts c's plugins into the node's CNI bin dir (with

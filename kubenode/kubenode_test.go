@@ -109,7 +109,7 @@ func TestNode(t *testing.T) {
 	t0 := time.Now()
 	n := kubenode.Start(t, kubenode.Config{})
 	t.Logf("node up: apiserver ready after %v, node Ready after %v", n.Timings.APIServer.Round(time.Millisecond), n.Timings.NodeReady.Round(time.Millisecond))
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cs := clientset(t, n)
 	netnsBefore := netnsNames(t)
@@ -190,8 +190,10 @@ func TestNode(t *testing.T) {
 
 	t.Run("InstallCNI", func(t *testing.T) {
 		second := netip.MustParsePrefix("10.245.0.0/24")
-		c := kubenode.StandardCNI("kubenode-second", second, filepath.Join(n.Dir, "cni", "ipam-second"))
-		c.ConfName = "05-second.conflist"
+		c := kubenode.Bridge{
+			Network: "kubenode-second", Bridge: "kn-br1", PodCIDR: second,
+			IPAMDir: filepath.Join(n.Dir, "cni", "ipam-second"), ConfName: "05-second.conflist",
+		}.CNI()
 		if err := n.InstallCNI(c); err != nil {
 			t.Fatal(err)
 		}

@@ -270,7 +270,7 @@ func (n *Node) start(t0 time.Time, cfg Config) error {
 		return err
 	}
 	if !cfg.NoCNI {
-		if err := n.InstallCNI(StandardCNI(n.network, n.PodCIDR, n.dirs.ipam)); err != nil {
+		if err := n.InstallCNI(n.StandardCNI().CNI()); err != nil {
 			return err
 		}
 	}
@@ -416,6 +416,9 @@ func (n *Node) startAPIServer(ctx context.Context, cfg Config) (kubeapiserver.Se
 		"--allow-privileged=true",
 		"--kubelet-client-certificate="+kpki.apiserverCert, "--kubelet-client-key="+kpki.apiserverKey,
 		"--kubelet-certificate-authority="+kpki.caFile,
+		// Makes the apiserver publish extension-apiserver-authentication,
+		// which the controller manager and scheduler read.
+		"--client-ca-file="+kpki.caFile,
 		"--kubelet-preferred-address-types=InternalIP",
 	)
 	n.kubeletPKI = kpki
@@ -690,6 +693,11 @@ const podsGoneTimeout = 90 * time.Second
 // cgroups, the host paths and the directory. The namespace goes last
 // (netnstest's cleanup).
 func (n *Node) cleanup() {
+	if n.tb.Failed() {
+		for _, p := range append(append([]*proc(nil), n.procs...), n.extra...) {
+			n.tb.Logf("kubenode: the log of %s ends:\n%s", p.name, p.logTail(25))
+		}
+	}
 	var errs []error
 	stop := func(name string) {
 		if p := n.byName[name]; p != nil {
