@@ -263,16 +263,18 @@ func (n *Node) start(t0 time.Time, cfg Config) error {
 		return err
 	}
 	n.Timings.APIServer = time.Since(t0)
+	// The config is there before containerd starts, so its first load
+	// finds it.
+	if !cfg.NoCNI {
+		if err := n.InstallCNI(n.StandardCNI().CNI()); err != nil {
+			return err
+		}
+	}
 	if err := n.startContainerd(ctx); err != nil {
 		return err
 	}
 	if err := n.importImages(ctx); err != nil {
 		return err
-	}
-	if !cfg.NoCNI {
-		if err := n.InstallCNI(n.StandardCNI().CNI()); err != nil {
-			return err
-		}
 	}
 	if err := n.startControllers(setup, cfg); err != nil {
 		return err
@@ -751,12 +753,38 @@ func (n *Node) cleanup() {
 			errs = append(errs, err)
 		}
 	}
+	if keep := os.Getenv(LogsEnv); keep != "" {
+		if err := n.keepLogs(keep); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if err := os.RemoveAll(n.Dir); err != nil {
 		errs = append(errs, err)
 	}
 	if err := errors.Join(errs...); err != nil {
 		n.tb.Errorf("kubenode cleanup: %v", err)
 	}
+}
+
+// LogsEnv names a directory that cleanup copies the node's logs into
+// (<dir>/<cgroup root name>/<process>.log), to read after the test.
+const LogsEnv = "MESHPLANE_KUBENODE_LOGS"
+
+func (n *Node) keepLogs(dir string) error {
+	dst := filepath.Join(dir, n.cgroup)
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		return err
+	}
+	ents, err := os.ReadDir(n.dirs.logs)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if err := copyFile(filepath.Join(dst, e.Name()), filepath.Join(n.dirs.logs, e.Name()), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // deletePods deletes every pod and waits until containerd runs none of
