@@ -121,7 +121,7 @@ func layerTar(files map[string]string) ([]byte, error) {
 	var names []string
 	for p := range files {
 		clean := strings.TrimPrefix(path.Clean("/"+p), "/")
-		if clean == "" || clean != strings.TrimPrefix(p, "/") {
+		if !strings.HasPrefix(p, "/") || clean == "" || clean != p[1:] {
 			return nil, fmt.Errorf("%w: path %q in the image: give a clean absolute path, e.g. /usr/local/bin/x", ErrSpec, p)
 		}
 		names = append(names, clean)
@@ -148,9 +148,6 @@ func layerTar(files map[string]string) ([]byte, error) {
 	}
 	for _, n := range names {
 		src := files["/"+n]
-		if src == "" {
-			src = files[n]
-		}
 		data, err := os.ReadFile(src)
 		if err != nil {
 			return nil, err
