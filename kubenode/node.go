@@ -600,7 +600,7 @@ func (n *Node) WaitReady(ctx context.Context) error {
 				if c.Status == "True" {
 					return true, nil
 				}
-				return false, fmt.Errorf("Ready=%s %s: %s", c.Status, c.Reason, c.Message)
+				return false, fmt.Errorf("condition Ready=%s %s: %s", c.Status, c.Reason, c.Message)
 			}
 		}
 		return false, errors.New("no Ready condition yet")

@@ -40,7 +40,7 @@ func main() {
 
 func run(args []string) error {
 	if len(args) == 0 {
-		return errors.New("usage: probe serve|get|echo|pause ...")
+		return errors.New("usage: probe serve|get|echo|pause [args]")
 	}
 	switch args[0] {
 	case "serve":
