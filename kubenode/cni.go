@@ -28,9 +28,11 @@ type CNI struct {
 
 // Bridge is a network of Debian's standard plugins: a bridge in the
 // node's namespace holding the pod range's first address (the pods'
-// gateway, so that the kubelet reaches them for probes), host-local IPAM
-// on the range, no IP masquerade. isGateway makes the bridge plugin set
-// ip_forward, in the node's namespace only. A node's standard network is
+// gateway, so that the kubelet reaches them for probes; their default
+// route, so that they reach Service IPs the node's namespace translates),
+// host-local IPAM on the range, no IP masquerade. The node's namespace
+// has no route out of the machine, so nothing goes further. isGateway
+// makes the bridge plugin set ip_forward, in the node's namespace only. A node's standard network is
 // Node.StandardCNI.
 type Bridge struct {
 	// Network is the network's name (the conflist's "name"). Required.
@@ -55,7 +57,7 @@ func (b Bridge) CNI() CNI {
 		"cniVersion": "0.4.0",
 		"name":       b.Network,
 		"plugins": []any{map[string]any{
-			"type": "bridge", "bridge": b.Bridge, "isGateway": true, "ipMasq": false, "hairpinMode": true,
+			"type": "bridge", "bridge": b.Bridge, "isGateway": true, "isDefaultGateway": true, "ipMasq": false, "hairpinMode": true,
 			"ipam": map[string]any{
 				"type": "host-local", "dataDir": b.IPAMDir,
 				"ranges": [][]map[string]string{{{"subnet": b.PodCIDR.Masked().String(), "gateway": gw.String()}}},

@@ -151,6 +151,14 @@ func TestNode(t *testing.T) {
 	if err != nil || strings.TrimSpace(string(out)) != "ping-tcp-echo" {
 		t.Fatalf("client -> server TCP echo: %q, %v", out, err)
 	}
+	// The kubernetes Service reaches the apiserver once proxied.
+	if err := n.ProxyKubernetesService(ctx); err != nil {
+		t.Fatal(err)
+	}
+	out, err = n.Kubectl(ctx, "exec", "client", "--", "/probe", "dial", n.KubernetesServiceIP.String()+":443")
+	if err != nil || strings.TrimSpace(string(out)) != "connected" {
+		t.Fatalf("client -> kubernetes Service: %q, %v", out, err)
+	}
 	// The test process reaches a pod too, from the node's namespace.
 	conn, err := n.Dial(ctx, "tcp", server.Status.PodIP+":9000")
 	if err != nil {
@@ -224,6 +232,42 @@ func TestNode(t *testing.T) {
 			t.Fatalf("conf dir holds %v (%v); want only %s", ents, err, c.ConfName)
 		}
 	})
+}
+
+// TestNodeNoCNI starts a node without a network, as a test of a CNI
+// plugin does: the node registers NotReady, and is Ready once InstallCNI
+// gives it the standard network (written after containerd started:
+// containerd picks it up), and a pod runs.
+func TestNodeNoCNI(t *testing.T) {
+	n := kubenode.Start(t, kubenode.Config{NoCNI: true, Name: "nocni", PodCIDR: netip.MustParsePrefix("10.246.0.0/24")})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cs := clientset(t, n)
+	node, err := cs.CoreV1().Nodes().Get(ctx, "nocni", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range node.Status.Conditions {
+		if c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue {
+			t.Fatalf("node Ready without a network: %+v", c)
+		}
+	}
+	t0 := time.Now()
+	if err := n.InstallCNI(n.StandardCNI().CNI()); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("node Ready %v after InstallCNI", time.Since(t0).Round(time.Millisecond))
+	if _, err := cs.CoreV1().Pods("default").Create(ctx, probePod("one", "serve"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	p := waitRunning(ctx, t, cs, "one")
+	if ip := netip.MustParseAddr(p.Status.PodIP); !n.PodCIDR.Contains(ip) {
+		t.Fatalf("pod IP %s not in %s", ip, n.PodCIDR)
+	}
+	// The pod is left for the node's cleanup to delete.
 }
 
 func pollUntil(ctx context.Context, f func() (bool, string)) error {

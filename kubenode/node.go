@@ -101,6 +101,9 @@ type Node struct {
 	CAPEM      []byte
 	AdminToken string
 	Kubeconfig string
+	// KubernetesServiceIP is the kubernetes Service's ClusterIP (the
+	// service range's first address): see ProxyKubernetesService.
+	KubernetesServiceIP netip.Addr
 	// EtcdEndpoint is the node's etcd (inside NS), which the apiserver
 	// stores in under its own prefix; meshplane may use it too.
 	EtcdEndpoint string
@@ -388,6 +391,7 @@ func (n *Node) startAPIServer(ctx context.Context, cfg Config) (kubeapiserver.Se
 		svc = kubeapiserver.DefaultServiceCIDR
 	}
 	firstSvc := svc.Masked().Addr().Next()
+	n.KubernetesServiceIP = firstSvc
 	setup, err := kubeapiserver.Prepare(kubeapiserver.Config{
 		Dir: filepath.Join(n.Dir, "apiserver"), EtcdEndpoints: []string{n.EtcdEndpoint},
 		ServiceCIDR: svc, ServingIPs: []netip.Addr{n.NodeIP, firstSvc},
@@ -764,6 +768,25 @@ func (n *Node) cleanup() {
 	if err := errors.Join(errs...); err != nil {
 		n.tb.Errorf("kubenode cleanup: %v", err)
 	}
+}
+
+// ProxyKubernetesService makes the kubernetes Service's ClusterIP (the
+// service range's first address, port 443) reach the apiserver, for pods
+// and host-network pods that use the in-cluster config: the node runs no
+// kube-proxy. It adds two DNAT rules to the nat table of the node's
+// namespace (not the host's), which go with the namespace. A test whose
+// own service datapath should carry that Service does not call it.
+func (n *Node) ProxyKubernetesService(ctx context.Context) error {
+	port := n.Host[strings.LastIndex(n.Host, ":")+1:]
+	to := net.JoinHostPort(n.NodeIP.String(), port)
+	for _, chain := range []string{"PREROUTING", "OUTPUT"} {
+		out, err := n.NS.Exec(ctx, "iptables", "-w", "-t", "nat", "-A", chain, "-d", n.KubernetesServiceIP.String()+"/32",
+			"-p", "tcp", "--dport", "443", "-j", "DNAT", "--to-destination", to)
+		if err != nil {
+			return fmt.Errorf("kubenode: DNAT %s:443 to %s (%s): %w: %s", n.KubernetesServiceIP, to, chain, err, strings.TrimSpace(string(out)))
+		}
+	}
+	return nil
 }
 
 // LogsEnv names a directory that cleanup copies the node's logs into

@@ -6,6 +6,7 @@
 //	                                    and a TCP echo on :9000
 //	probe get URL                       GET URL and print the body (5 s timeout)
 //	probe echo ADDR MESSAGE             send MESSAGE to a TCP echo at ADDR, print the answer
+//	probe dial ADDR                     open a TCP connection to ADDR, print "connected"
 //	probe pause                         wait for SIGTERM or SIGINT, reaping children
 //
 // Run as "pause" (argv[0], the sandbox image's entrypoint /pause) it is
@@ -40,7 +41,7 @@ func main() {
 
 func run(args []string) error {
 	if len(args) == 0 {
-		return errors.New("usage: probe serve|get|echo|pause [args]")
+		return errors.New("usage: probe serve|get|echo|dial|pause [args]")
 	}
 	switch args[0] {
 	case "serve":
@@ -62,11 +63,22 @@ func run(args []string) error {
 			return errors.New("usage: probe echo ADDR MESSAGE")
 		}
 		return echo(args[1], args[2])
+	case "dial":
+		if len(args) != 2 {
+			return errors.New("usage: probe dial ADDR")
+		}
+		c, err := net.DialTimeout("tcp", args[1], 5*time.Second)
+		if err != nil {
+			return err
+		}
+		_ = c.Close()
+		fmt.Println("connected")
+		return nil
 	case "pause":
 		pause()
 		return nil
 	}
-	return fmt.Errorf("unknown mode %q: want serve, get, echo or pause", args[0])
+	return fmt.Errorf("unknown mode %q: want serve, get, echo, dial or pause", args[0])
 }
 
 func serve(httpAddr, tcpAddr string) error {
