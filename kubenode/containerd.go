@@ -2,6 +2,8 @@ package kubenode
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -9,6 +11,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // containerdConfig is `containerd config default` (Debian's 1.6) with
@@ -106,12 +110,13 @@ func (n *Node) removeContainers(ctx context.Context) ([]string, error) {
 	return netnsPaths, nil
 }
 
-// shimPIDs are the processes of containerd shims that serve the node's
-// containerd (their command line names its socket): shims outlive
-// containerd by design, so cleanup kills them by PID.
-func shimPIDs(sock string) []int {
+// killShims kills the containerd shims that serve the node's containerd
+// (their command line names its socket) by PID, and removes their
+// sockets: shims outlive containerd by design, and one that is killed
+// leaves its socket, /run/containerd/s/<sha256 of address/namespace/id>
+// (containerd 1.6's shim.SocketAddress).
+func killShims(sock string) {
 	ents, _ := os.ReadDir("/proc")
-	var pids []int
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil {
@@ -125,11 +130,17 @@ func shimPIDs(sock string) []int {
 		if len(args) == 0 || !strings.HasPrefix(filepath.Base(args[0]), "containerd-shim") {
 			continue
 		}
-		for i, a := range args {
-			if a == "-address" && i+1 < len(args) && args[i+1] == sock {
-				pids = append(pids, pid)
+		flags := map[string]string{}
+		for i := 0; i+1 < len(args); i++ {
+			if strings.HasPrefix(args[i], "-") {
+				flags[args[i]] = args[i+1]
 			}
 		}
+		if flags["-address"] != sock {
+			continue
+		}
+		_ = unix.Kill(pid, unix.SIGKILL)
+		sum := sha256.Sum256([]byte(filepath.Join(sock, flags["-namespace"], flags["-id"])))
+		_ = os.Remove(filepath.Join(shimDir, "s", hex.EncodeToString(sum[:])))
 	}
-	return pids
 }

@@ -67,6 +67,16 @@ func (h hostDirs) clean(logDir, network string) error {
 			}
 		}
 	}
+	// The sandboxes that cleanup removed without the kubelet (their
+	// namespaces are gone now) leave loopback entries.
+	errs = append(errs, sweepLoopbackCache(), h.cleanEmpty())
+	return errors.Join(errs...)
+}
+
+// cleanEmpty removes the directories that did not exist before, if they
+// are empty now.
+func (h hostDirs) cleanEmpty() error {
+	var errs []error
 	// Deepest first, so a parent is empty when its turn comes.
 	var ours []string
 	for d, existed := range h {

@@ -190,9 +190,16 @@ func newNode(tb testing.TB, bins Binaries, cfg Config) (*Node, error) {
 	if err := lock(tb); err != nil {
 		return nil, err
 	}
+	if err := sweepStale(); err != nil {
+		return nil, err
+	}
 	id := fmt.Sprintf("%d-%d", os.Getpid(), seq.Add(1))
 	root, err := os.MkdirTemp("", "kn-")
 	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(root, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o600); err != nil {
+		_ = os.RemoveAll(root)
 		return nil, err
 	}
 	d := dirs{
@@ -216,6 +223,9 @@ func newNode(tb testing.TB, bins Binaries, cfg Config) (*Node, error) {
 	// The namespace's cleanup runs after the node's (LIFO): the
 	// processes in it are gone by then.
 	n.NS = netnstest.New(tb)
+	if err := os.WriteFile(filepath.Join(root, netnsFile), []byte(n.NS.Name()), 0o600); err != nil {
+		return nil, err
+	}
 	n.host = snapshotHostDirs()
 	tb.Cleanup(n.cleanup)
 	for _, p := range []string{d.containerdRoot, d.containerdState, d.containerdOpt, d.runcRoot, d.cniBin, d.cniConf,
@@ -737,9 +747,7 @@ func (n *Node) cleanup() {
 	for i := len(n.procs) - 1; i >= 0; i-- {
 		n.procs[i].stop(10 * time.Second)
 	}
-	for _, pid := range shimPIDs(n.dirs.containerdSock) {
-		_ = unix.Kill(pid, unix.SIGKILL)
-	}
+	killShims(n.dirs.containerdSock)
 	if n.sp != nil {
 		n.sp.close()
 	}
