@@ -30,6 +30,20 @@ func buildProbe(ctx context.Context, dir string) (string, error) {
 	return out, nil
 }
 
+// ImportSpec writes s as a docker-archive image (package image) in the
+// node's directory and imports it, e.g. the manifests' meshplane image:
+//
+//	s, err := image.Meshplane("../bin") // CGO_ENABLED=0 make build
+//	...
+//	err = n.ImportSpec(ctx, s)
+func (n *Node) ImportSpec(ctx context.Context, s image.Spec) error {
+	tar := filepath.Join(n.dirs.images, strings.NewReplacer("/", "_", ":", "_").Replace(s.Name)+".tar")
+	if err := image.WriteFile(tar, s); err != nil {
+		return err
+	}
+	return n.ImportImage(ctx, tar)
+}
+
 // importImages builds the probe and imports the pause and probe images.
 func (n *Node) importImages(ctx context.Context) error {
 	probe, err := buildProbe(ctx, n.dirs.images)
@@ -41,11 +55,7 @@ func (n *Node) importImages(ctx context.Context) error {
 		{Name: PauseImage, Files: map[string]string{"/pause": probe}, Entrypoint: []string{"/pause"}},
 		{Name: ProbeImage, Files: map[string]string{"/probe": probe}, Entrypoint: []string{"/probe"}, Cmd: []string{"serve"}},
 	} {
-		tar := filepath.Join(n.dirs.images, strings.NewReplacer("/", "_", ":", "_").Replace(s.Name)+".tar")
-		if err := image.WriteFile(tar, s); err != nil {
-			return err
-		}
-		if err := n.ImportImage(ctx, tar); err != nil {
+		if err := n.ImportSpec(ctx, s); err != nil {
 			return err
 		}
 	}

@@ -19,6 +19,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/meshplane/meshplane/kubenode"
+	"github.com/meshplane/meshplane/kubenode/image"
 )
 
 var intstr8080 = intstr.FromInt32(8080)
@@ -195,6 +196,39 @@ func TestNode(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("after the pods were deleted: %v", err)
 	}
+
+	// The manifests' image, with stand-ins for the binaries (the probe
+	// under each name): its layout imports and runs.
+	t.Run("MeshplaneImage", func(t *testing.T) {
+		bin := t.TempDir()
+		probe, err := os.ReadFile(n.ProbeBinary)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, b := range image.MeshplaneBinaries {
+			if err := os.WriteFile(filepath.Join(bin, b), probe, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		spec, err := image.Meshplane(bin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := n.ImportSpec(ctx, spec); err != nil {
+			t.Fatal(err)
+		}
+		pod := probePod("meshplane-image", "serve")
+		pod.Spec.Containers[0].Image = image.MeshplaneName
+		pod.Spec.Containers[0].Command = []string{"/usr/local/bin/mesh-agent"}
+		if _, err := cs.CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		waitRunning(ctx, t, cs, "meshplane-image")
+		if err := cs.CoreV1().Pods("default").Delete(ctx, "meshplane-image", metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		waitGone(ctx, t, cs, "meshplane-image")
+	})
 
 	t.Run("InstallCNI", func(t *testing.T) {
 		second := netip.MustParsePrefix("10.245.0.0/24")
