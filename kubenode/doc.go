@@ -64,5 +64,13 @@
 // kubelet's mounts, the sandboxes' namespaces, the cgroups, and the
 // namespace. It first deletes every pod through the kubelet, so that the
 // CNI plugin's DEL runs. It never runs `kube-proxy --cleanup` (which
-// flushes every IPVS service of its namespace); there is no kube-proxy.
+// flushes every IPVS service of its namespace); there is no kube-proxy
+// (ProxyKubernetesService DNATs the kubernetes Service in the node's
+// namespace for in-cluster clients).
+//
+// A test binary killed at its timeout runs no cleanup: its daemons die
+// with it, its shims and containers do not. The next Start removes what
+// such a dead node left (its owner's PID is in its cgroup root's and
+// directory's names and files). MESHPLANE_KUBENODE_LOGS=<dir> keeps the
+// node's logs after the test; a failed test logs their ends.
 package kubenode
