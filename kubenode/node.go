@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -130,8 +131,9 @@ type Node struct {
 	// kubeletPKI and kubeletKubeconfig are the kubelet's credentials.
 	kubeletPKI        kubeletPKI
 	kubeletKubeconfig string
-	procs             []*proc // in start order; cleanup stops them in reverse
-	extra             []*proc // StartProcess's, stopped before the kubelet
+	procs             []*proc    // in start order; cleanup stops them in reverse
+	extra             []*proc    // StartProcess's, stopped before the kubelet
+	mu                sync.Mutex // mu guards extra and byName
 	byName            map[string]*proc
 }
 
@@ -297,7 +299,7 @@ func (n *Node) start(t0 time.Time, cfg Config) error {
 	}
 	// ServiceAccount admission refuses pods until the controller manager
 	// has made the namespace's default service account.
-	if err := poll(ctx, "default service account", n.byName["kube-controller-manager"], func() (bool, error) {
+	if err := poll(ctx, "default service account", n.procNamed("kube-controller-manager"), func() (bool, error) {
 		err := n.client.Do(ctx, "GET", "/api/v1/namespaces/default/serviceaccounts/default", "", nil, nil)
 		return err == nil, err
 	}); err != nil {
@@ -363,7 +365,9 @@ func (n *Node) run(name, bin string, args ...string) (*proc, error) {
 		return nil, err
 	}
 	n.procs = append(n.procs, p)
+	n.mu.Lock()
 	n.byName[name] = p
+	n.mu.Unlock()
 	return p, nil
 }
 
@@ -595,7 +599,7 @@ func (n *Node) getNode(ctx context.Context) (nodeStatus, error) {
 }
 
 func (n *Node) waitNodeRegistered(ctx context.Context) error {
-	return poll(ctx, "node registered", n.byName["kubelet"], func() (bool, error) {
+	return poll(ctx, "node registered", n.procNamed("kubelet"), func() (bool, error) {
 		_, err := n.getNode(ctx)
 		return err == nil, err
 	})
@@ -604,7 +608,7 @@ func (n *Node) waitNodeRegistered(ctx context.Context) error {
 // WaitReady waits until the node's Ready condition is True (up to ctx's
 // end), or the kubelet exits.
 func (n *Node) WaitReady(ctx context.Context) error {
-	return poll(ctx, "node Ready", n.byName["kubelet"], func() (bool, error) {
+	return poll(ctx, "node Ready", n.procNamed("kubelet"), func() (bool, error) {
 		ns, err := n.getNode(ctx)
 		if err != nil {
 			return false, err
@@ -658,6 +662,8 @@ func (n *Node) Kubectl(ctx context.Context, args ...string) ([]byte, error) {
 // after the pods are gone and before the kubelet. The process dies with
 // the test binary.
 func (n *Node) StartProcess(name, bin string, args ...string) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
 	if _, ok := n.byName[name]; ok {
 		return fmt.Errorf("kubenode: a process named %s runs already: pick another name", name)
 	}
@@ -668,6 +674,13 @@ func (n *Node) StartProcess(name, bin string, args ...string) error {
 	n.extra = append(n.extra, p)
 	n.byName[name] = p
 	return nil
+}
+
+// procNamed returns the node's process name, or nil.
+func (n *Node) procNamed(name string) *proc {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.byName[name]
 }
 
 // Log returns the log so far of the node's process name: etcd,
@@ -710,28 +723,34 @@ const podsGoneTimeout = 90 * time.Second
 // (netnstest's cleanup).
 func (n *Node) cleanup() {
 	if n.tb.Failed() {
-		for _, p := range append(append([]*proc(nil), n.procs...), n.extra...) {
+		n.mu.Lock()
+		all := append(append([]*proc(nil), n.procs...), n.extra...)
+		n.mu.Unlock()
+		for _, p := range all {
 			n.tb.Logf("kubenode: the log of %s ends:\n%s", p.name, p.logTail(25))
 		}
 	}
 	var errs []error
 	stop := func(name string) {
-		if p := n.byName[name]; p != nil {
+		if p := n.procNamed(name); p != nil {
 			p.stop(10 * time.Second)
 		}
 	}
 	stop("kube-controller-manager")
 	stop("kube-scheduler")
-	if kl := n.byName["kubelet"]; kl != nil && kl.running() && n.byName["kube-apiserver"].running() {
+	if kl := n.procNamed("kubelet"); kl != nil && kl.running() && n.procNamed("kube-apiserver").running() {
 		if err := n.deletePods(); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	for i := len(n.extra) - 1; i >= 0; i-- {
-		n.extra[i].stop(10 * time.Second)
+	n.mu.Lock()
+	extra := n.extra
+	n.mu.Unlock()
+	for i := len(extra) - 1; i >= 0; i-- {
+		extra[i].stop(10 * time.Second)
 	}
 	stop("kubelet")
-	if p := n.byName["containerd"]; p != nil && p.running() {
+	if p := n.procNamed("containerd"); p != nil && p.running() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		paths, err := n.removeContainers(ctx)
 		cancel()
@@ -827,7 +846,7 @@ func (n *Node) deletePods() error {
 	if out, err := n.Kubectl(ctx, "delete", "pods", "--all", "--all-namespaces", "--grace-period=1", "--wait=false"); err != nil {
 		return fmt.Errorf("delete pods: %w: %s", err, out)
 	}
-	return poll(ctx, "pods torn down", n.byName["kubelet"], func() (bool, error) {
+	return poll(ctx, "pods torn down", n.procNamed("kubelet"), func() (bool, error) {
 		out, err := n.ctr(ctx, criNamespace, "tasks", "ls", "-q")
 		if err != nil {
 			return false, err
