@@ -30,12 +30,14 @@ kube-node:
 	nice -n 5 tools/kubernetes/build.sh node
 
 ## test: formatting, vet, the race-enabled test suite (real etcd, a real
-## kube-apiserver), and every benchmark once so they keep compiling.
+## kube-apiserver, a real node), the e2e suite again with native routing
+## (the first run tunnels), and every benchmark once so they keep compiling.
 test: kube-apiserver kube-node
 	@bad=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$bad" ]; then echo "not gofmt-ed:"; echo "$$bad"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 20m ./...
+	MESHPLANE_ROUTING_MODE=native $(GO) test -race -count=1 -timeout 20m ./e2e/
 	$(GO) test -run '^$$' -bench . -benchtime=1x -timeout 10m ./...
 
 ## bench: the benchmarks recorded in docs/benchmarks.md.
@@ -45,6 +47,7 @@ bench: build kube-apiserver
 	$(BIN)/meshctl bench identity --agents 32 --labelsets 200 --shared --state-dir $$(mktemp -d)
 	$(BIN)/meshctl bench ipam --nodes 5000 --pods 100 --state-dir $$(mktemp -d)
 	$(GO) test -run '^$$' -bench . -benchmem ./bpf/ ./nodeagent/reconciler/
+	$(BIN)/meshctl bench cni --pods 100 --parallel 10
 	$(GO) test -run '^$$' -bench . -benchtime 10x ./controlplane/
 	$(BIN)/meshctl bench propagation --agents 50 --entries 1000 --state-dir $$(mktemp -d)
 	$(BIN)/meshctl bench propagation --agents 1 --entries 100000 --state-dir $$(mktemp -d)
@@ -60,6 +63,8 @@ lint:
 
 fuzz:
 	.ci/fuzz-target ./labels/ 'FuzzParseSet' $(FUZZTIME)
+	.ci/fuzz-target ./cni/ 'FuzzParseConf' $(FUZZTIME)
+	.ci/fuzz-target ./cni/ 'FuzzParseArgs' $(FUZZTIME)
 	.ci/fuzz-target ./labels/ 'FuzzParse$$' $(FUZZTIME)
 	.ci/fuzz-target ./kvstore/allocator/ 'FuzzDecodeIdentity' $(FUZZTIME)
 	.ci/fuzz-target ./ipam/ 'FuzzPool' $(FUZZTIME)

@@ -159,6 +159,14 @@ func TestDaemonDeps(t *testing.T) {
 			"test helpers stay out of binaries"},
 		{[]string{"cmd/mesh-agent", "nodeagent"}, "k8s.io/client-go/...",
 			"agents do not talk to Kubernetes: they read etcd, which the control plane writes"},
+		// The CNI plugin is a short-lived process the runtime execs for
+		// every pod: it talks to the agent's socket and links nothing of
+		// the agent, etcd or Kubernetes (docs/cni.md gives its size).
+		{[]string{"cmd/mesh-cni", "cni"}, mod + "nodeagent/...", "mesh-cni is a small binary: it asks the agent over its socket (api/), it does not link it"},
+		{[]string{"cmd/mesh-cni", "cni"}, mod + "kvstore/...", "mesh-cni is a small binary: the agent, not the plugin, talks to etcd"},
+		{[]string{"cmd/mesh-cni", "cni"}, mod + "controlplane/...", "mesh-cni is a small binary: the pod's labels reach the agent through etcd"},
+		{[]string{"cmd/mesh-cni", "cni"}, "go.etcd.io/...", "mesh-cni is a small binary: no etcd client or server"},
+		{[]string{"cmd/mesh-cni", "cni"}, "k8s.io/...", "mesh-cni is a small binary: no Kubernetes client; the runtime passes the pod's name in CNI_ARGS"},
 		// No binary links the testing package or a test helper (meshctl
 		// bench controlplane runs its apiserver with kubeapiserver, not
 		// kubetest).

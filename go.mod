@@ -3,6 +3,7 @@ module github.com/meshplane/meshplane
 go 1.26.8
 
 require (
+	github.com/containernetworking/cni v1.3.0
 	github.com/spf13/cobra v1.10.2
 	github.com/spf13/pflag v1.0.10
 	go.etcd.io/etcd/api/v3 v3.7.3

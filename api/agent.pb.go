@@ -84,8 +84,10 @@ type StatusResponse struct {
 	// the policies: every change under policies/ at or below it is in its
 	// maps (0 until the agent is synced).
 	PolicyRevision int64 `protobuf:"varint,100,opt,name=policy_revision,json=policyRevision,proto3" json:"policy_revision,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// routing is how the node reaches pods on other nodes.
+	Routing       *RoutingStatus `protobuf:"bytes,110,opt,name=routing,proto3" json:"routing,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -209,6 +211,125 @@ func (x *StatusResponse) GetPolicyRevision() int64 {
 	return 0
 }
 
+func (x *StatusResponse) GetRouting() *RoutingStatus {
+	if x != nil {
+		return x.Routing
+	}
+	return nil
+}
+
+// RoutingStatus is the node's routing between nodes (docs/operations.md,
+// "Choosing a routing mode").
+type RoutingStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// mode is "tunnel" (VXLAN), "native" or "none".
+	Mode string `protobuf:"bytes,1,opt,name=mode,proto3" json:"mode,omitempty"`
+	// tunnel_device and tunnel_port are the VXLAN device and its UDP port
+	// (tunnel mode only).
+	TunnelDevice string `protobuf:"bytes,2,opt,name=tunnel_device,json=tunnelDevice,proto3" json:"tunnel_device,omitempty"`
+	TunnelPort   uint32 `protobuf:"varint,3,opt,name=tunnel_port,json=tunnelPort,proto3" json:"tunnel_port,omitempty"`
+	// pod_mtu is the MTU pods get; underlay_mtu that of the node's
+	// interface (0: unknown).
+	PodMtu      uint32 `protobuf:"varint,4,opt,name=pod_mtu,json=podMtu,proto3" json:"pod_mtu,omitempty"`
+	UnderlayMtu uint32 `protobuf:"varint,5,opt,name=underlay_mtu,json=underlayMtu,proto3" json:"underlay_mtu,omitempty"`
+	// routes counts the routes to other nodes' pod CIDRs installed (route
+	// protocol 109).
+	Routes uint32 `protobuf:"varint,6,opt,name=routes,proto3" json:"routes,omitempty"`
+	// unreachable says, per node, why it has no route (native mode: its
+	// address is not on a link of this node).
+	Unreachable []string `protobuf:"bytes,7,rep,name=unreachable,proto3" json:"unreachable,omitempty"`
+	// last_error is the last route reconcile's failure.
+	LastError     string `protobuf:"bytes,8,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RoutingStatus) Reset() {
+	*x = RoutingStatus{}
+	mi := &file_agent_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoutingStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoutingStatus) ProtoMessage() {}
+
+func (x *RoutingStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoutingStatus.ProtoReflect.Descriptor instead.
+func (*RoutingStatus) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *RoutingStatus) GetMode() string {
+	if x != nil {
+		return x.Mode
+	}
+	return ""
+}
+
+func (x *RoutingStatus) GetTunnelDevice() string {
+	if x != nil {
+		return x.TunnelDevice
+	}
+	return ""
+}
+
+func (x *RoutingStatus) GetTunnelPort() uint32 {
+	if x != nil {
+		return x.TunnelPort
+	}
+	return 0
+}
+
+func (x *RoutingStatus) GetPodMtu() uint32 {
+	if x != nil {
+		return x.PodMtu
+	}
+	return 0
+}
+
+func (x *RoutingStatus) GetUnderlayMtu() uint32 {
+	if x != nil {
+		return x.UnderlayMtu
+	}
+	return 0
+}
+
+func (x *RoutingStatus) GetRoutes() uint32 {
+	if x != nil {
+		return x.Routes
+	}
+	return 0
+}
+
+func (x *RoutingStatus) GetUnreachable() []string {
+	if x != nil {
+		return x.Unreachable
+	}
+	return nil
+}
+
+func (x *RoutingStatus) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
 type EtcdStatus struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Endpoints []string               `protobuf:"bytes,1,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
@@ -227,7 +348,7 @@ type EtcdStatus struct {
 
 func (x *EtcdStatus) Reset() {
 	*x = EtcdStatus{}
-	mi := &file_agent_proto_msgTypes[2]
+	mi := &file_agent_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -239,7 +360,7 @@ func (x *EtcdStatus) String() string {
 func (*EtcdStatus) ProtoMessage() {}
 
 func (x *EtcdStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[2]
+	mi := &file_agent_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -252,7 +373,7 @@ func (x *EtcdStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EtcdStatus.ProtoReflect.Descriptor instead.
 func (*EtcdStatus) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{2}
+	return file_agent_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *EtcdStatus) GetEndpoints() []string {
@@ -329,7 +450,7 @@ type GossipStatus struct {
 
 func (x *GossipStatus) Reset() {
 	*x = GossipStatus{}
-	mi := &file_agent_proto_msgTypes[3]
+	mi := &file_agent_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -341,7 +462,7 @@ func (x *GossipStatus) String() string {
 func (*GossipStatus) ProtoMessage() {}
 
 func (x *GossipStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[3]
+	mi := &file_agent_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -354,7 +475,7 @@ func (x *GossipStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GossipStatus.ProtoReflect.Descriptor instead.
 func (*GossipStatus) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{3}
+	return file_agent_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *GossipStatus) GetAddress() string {
@@ -440,7 +561,7 @@ type CacheStatus struct {
 
 func (x *CacheStatus) Reset() {
 	*x = CacheStatus{}
-	mi := &file_agent_proto_msgTypes[4]
+	mi := &file_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -452,7 +573,7 @@ func (x *CacheStatus) String() string {
 func (*CacheStatus) ProtoMessage() {}
 
 func (x *CacheStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[4]
+	mi := &file_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -465,7 +586,7 @@ func (x *CacheStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CacheStatus.ProtoReflect.Descriptor instead.
 func (*CacheStatus) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{4}
+	return file_agent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CacheStatus) GetName() string {
@@ -552,7 +673,7 @@ type InvalidValue struct {
 
 func (x *InvalidValue) Reset() {
 	*x = InvalidValue{}
-	mi := &file_agent_proto_msgTypes[5]
+	mi := &file_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -564,7 +685,7 @@ func (x *InvalidValue) String() string {
 func (*InvalidValue) ProtoMessage() {}
 
 func (x *InvalidValue) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[5]
+	mi := &file_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -577,7 +698,7 @@ func (x *InvalidValue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InvalidValue.ProtoReflect.Descriptor instead.
 func (*InvalidValue) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{5}
+	return file_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *InvalidValue) GetKey() string {
@@ -634,7 +755,7 @@ type MapStatus struct {
 
 func (x *MapStatus) Reset() {
 	*x = MapStatus{}
-	mi := &file_agent_proto_msgTypes[6]
+	mi := &file_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -646,7 +767,7 @@ func (x *MapStatus) String() string {
 func (*MapStatus) ProtoMessage() {}
 
 func (x *MapStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[6]
+	mi := &file_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -659,7 +780,7 @@ func (x *MapStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MapStatus.ProtoReflect.Descriptor instead.
 func (*MapStatus) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{6}
+	return file_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *MapStatus) GetName() string {
@@ -750,7 +871,7 @@ type IPAMStatus struct {
 
 func (x *IPAMStatus) Reset() {
 	*x = IPAMStatus{}
-	mi := &file_agent_proto_msgTypes[7]
+	mi := &file_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -762,7 +883,7 @@ func (x *IPAMStatus) String() string {
 func (*IPAMStatus) ProtoMessage() {}
 
 func (x *IPAMStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[7]
+	mi := &file_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -775,7 +896,7 @@ func (x *IPAMStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IPAMStatus.ProtoReflect.Descriptor instead.
 func (*IPAMStatus) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{7}
+	return file_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *IPAMStatus) GetPodCidrs() []string {
@@ -824,7 +945,7 @@ type IPConflict struct {
 
 func (x *IPConflict) Reset() {
 	*x = IPConflict{}
-	mi := &file_agent_proto_msgTypes[8]
+	mi := &file_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -836,7 +957,7 @@ func (x *IPConflict) String() string {
 func (*IPConflict) ProtoMessage() {}
 
 func (x *IPConflict) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[8]
+	mi := &file_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -849,7 +970,7 @@ func (x *IPConflict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IPConflict.ProtoReflect.Descriptor instead.
 func (*IPConflict) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{8}
+	return file_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *IPConflict) GetIp() string {
@@ -878,7 +999,7 @@ type IPClaim struct {
 
 func (x *IPClaim) Reset() {
 	*x = IPClaim{}
-	mi := &file_agent_proto_msgTypes[9]
+	mi := &file_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -890,7 +1011,7 @@ func (x *IPClaim) String() string {
 func (*IPClaim) ProtoMessage() {}
 
 func (x *IPClaim) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[9]
+	mi := &file_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -903,7 +1024,7 @@ func (x *IPClaim) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IPClaim.ProtoReflect.Descriptor instead.
 func (*IPClaim) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{9}
+	return file_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *IPClaim) GetOwner() string {
@@ -928,7 +1049,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_agent_proto_msgTypes[10]
+	mi := &file_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -940,7 +1061,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[10]
+	mi := &file_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -953,7 +1074,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{10}
+	return file_agent_proto_rawDescGZIP(), []int{11}
 }
 
 type ListNodesResponse struct {
@@ -965,7 +1086,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_agent_proto_msgTypes[11]
+	mi := &file_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -977,7 +1098,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[11]
+	mi := &file_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -990,7 +1111,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{11}
+	return file_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -1022,7 +1143,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_agent_proto_msgTypes[12]
+	mi := &file_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1034,7 +1155,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[12]
+	mi := &file_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1047,7 +1168,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{12}
+	return file_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Node) GetName() string {
@@ -1128,7 +1249,7 @@ type ListIdentitiesRequest struct {
 
 func (x *ListIdentitiesRequest) Reset() {
 	*x = ListIdentitiesRequest{}
-	mi := &file_agent_proto_msgTypes[13]
+	mi := &file_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1140,7 +1261,7 @@ func (x *ListIdentitiesRequest) String() string {
 func (*ListIdentitiesRequest) ProtoMessage() {}
 
 func (x *ListIdentitiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[13]
+	mi := &file_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1153,7 +1274,7 @@ func (x *ListIdentitiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListIdentitiesRequest.ProtoReflect.Descriptor instead.
 func (*ListIdentitiesRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{13}
+	return file_agent_proto_rawDescGZIP(), []int{14}
 }
 
 type Identity struct {
@@ -1166,7 +1287,7 @@ type Identity struct {
 
 func (x *Identity) Reset() {
 	*x = Identity{}
-	mi := &file_agent_proto_msgTypes[14]
+	mi := &file_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1178,7 +1299,7 @@ func (x *Identity) String() string {
 func (*Identity) ProtoMessage() {}
 
 func (x *Identity) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[14]
+	mi := &file_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1191,7 +1312,7 @@ func (x *Identity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Identity.ProtoReflect.Descriptor instead.
 func (*Identity) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{14}
+	return file_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Identity) GetId() uint32 {
@@ -1217,7 +1338,7 @@ type IdentityChunk struct {
 
 func (x *IdentityChunk) Reset() {
 	*x = IdentityChunk{}
-	mi := &file_agent_proto_msgTypes[15]
+	mi := &file_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1229,7 +1350,7 @@ func (x *IdentityChunk) String() string {
 func (*IdentityChunk) ProtoMessage() {}
 
 func (x *IdentityChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[15]
+	mi := &file_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1242,7 +1363,7 @@ func (x *IdentityChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdentityChunk.ProtoReflect.Descriptor instead.
 func (*IdentityChunk) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{15}
+	return file_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *IdentityChunk) GetIdentities() []*Identity {
@@ -1260,7 +1381,7 @@ type DumpRequest struct {
 
 func (x *DumpRequest) Reset() {
 	*x = DumpRequest{}
-	mi := &file_agent_proto_msgTypes[16]
+	mi := &file_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1272,7 +1393,7 @@ func (x *DumpRequest) String() string {
 func (*DumpRequest) ProtoMessage() {}
 
 func (x *DumpRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[16]
+	mi := &file_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1285,7 +1406,7 @@ func (x *DumpRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DumpRequest.ProtoReflect.Descriptor instead.
 func (*DumpRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{16}
+	return file_agent_proto_rawDescGZIP(), []int{17}
 }
 
 type IPCacheEntry struct {
@@ -1300,7 +1421,7 @@ type IPCacheEntry struct {
 
 func (x *IPCacheEntry) Reset() {
 	*x = IPCacheEntry{}
-	mi := &file_agent_proto_msgTypes[17]
+	mi := &file_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1312,7 +1433,7 @@ func (x *IPCacheEntry) String() string {
 func (*IPCacheEntry) ProtoMessage() {}
 
 func (x *IPCacheEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[17]
+	mi := &file_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1325,7 +1446,7 @@ func (x *IPCacheEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IPCacheEntry.ProtoReflect.Descriptor instead.
 func (*IPCacheEntry) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{17}
+	return file_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *IPCacheEntry) GetPrefix() string {
@@ -1365,7 +1486,7 @@ type IPCacheChunk struct {
 
 func (x *IPCacheChunk) Reset() {
 	*x = IPCacheChunk{}
-	mi := &file_agent_proto_msgTypes[18]
+	mi := &file_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1377,7 +1498,7 @@ func (x *IPCacheChunk) String() string {
 func (*IPCacheChunk) ProtoMessage() {}
 
 func (x *IPCacheChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[18]
+	mi := &file_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1390,7 +1511,7 @@ func (x *IPCacheChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IPCacheChunk.ProtoReflect.Descriptor instead.
 func (*IPCacheChunk) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{18}
+	return file_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *IPCacheChunk) GetEntries() []*IPCacheEntry {
@@ -1415,7 +1536,7 @@ type EndpointEntry struct {
 
 func (x *EndpointEntry) Reset() {
 	*x = EndpointEntry{}
-	mi := &file_agent_proto_msgTypes[19]
+	mi := &file_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1427,7 +1548,7 @@ func (x *EndpointEntry) String() string {
 func (*EndpointEntry) ProtoMessage() {}
 
 func (x *EndpointEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[19]
+	mi := &file_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1440,7 +1561,7 @@ func (x *EndpointEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndpointEntry.ProtoReflect.Descriptor instead.
 func (*EndpointEntry) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{19}
+	return file_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *EndpointEntry) GetIp() string {
@@ -1501,7 +1622,7 @@ type EndpointChunk struct {
 
 func (x *EndpointChunk) Reset() {
 	*x = EndpointChunk{}
-	mi := &file_agent_proto_msgTypes[20]
+	mi := &file_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1513,7 +1634,7 @@ func (x *EndpointChunk) String() string {
 func (*EndpointChunk) ProtoMessage() {}
 
 func (x *EndpointChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[20]
+	mi := &file_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1526,7 +1647,7 @@ func (x *EndpointChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndpointChunk.ProtoReflect.Descriptor instead.
 func (*EndpointChunk) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{20}
+	return file_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *EndpointChunk) GetEntries() []*EndpointEntry {
@@ -1553,7 +1674,7 @@ type PolicyEntry struct {
 
 func (x *PolicyEntry) Reset() {
 	*x = PolicyEntry{}
-	mi := &file_agent_proto_msgTypes[21]
+	mi := &file_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1565,7 +1686,7 @@ func (x *PolicyEntry) String() string {
 func (*PolicyEntry) ProtoMessage() {}
 
 func (x *PolicyEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[21]
+	mi := &file_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1578,7 +1699,7 @@ func (x *PolicyEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyEntry.ProtoReflect.Descriptor instead.
 func (*PolicyEntry) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{21}
+	return file_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *PolicyEntry) GetEndpointId() uint32 {
@@ -1646,7 +1767,7 @@ type PolicyChunk struct {
 
 func (x *PolicyChunk) Reset() {
 	*x = PolicyChunk{}
-	mi := &file_agent_proto_msgTypes[22]
+	mi := &file_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1658,7 +1779,7 @@ func (x *PolicyChunk) String() string {
 func (*PolicyChunk) ProtoMessage() {}
 
 func (x *PolicyChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[22]
+	mi := &file_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1671,7 +1792,7 @@ func (x *PolicyChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyChunk.ProtoReflect.Descriptor instead.
 func (*PolicyChunk) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{22}
+	return file_agent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *PolicyChunk) GetEntries() []*PolicyEntry {
@@ -1693,7 +1814,7 @@ type ServiceEntry struct {
 
 func (x *ServiceEntry) Reset() {
 	*x = ServiceEntry{}
-	mi := &file_agent_proto_msgTypes[23]
+	mi := &file_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1705,7 +1826,7 @@ func (x *ServiceEntry) String() string {
 func (*ServiceEntry) ProtoMessage() {}
 
 func (x *ServiceEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[23]
+	mi := &file_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1718,7 +1839,7 @@ func (x *ServiceEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceEntry.ProtoReflect.Descriptor instead.
 func (*ServiceEntry) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{23}
+	return file_agent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ServiceEntry) GetFrontend() string {
@@ -1758,7 +1879,7 @@ type ServiceChunk struct {
 
 func (x *ServiceChunk) Reset() {
 	*x = ServiceChunk{}
-	mi := &file_agent_proto_msgTypes[24]
+	mi := &file_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1770,7 +1891,7 @@ func (x *ServiceChunk) String() string {
 func (*ServiceChunk) ProtoMessage() {}
 
 func (x *ServiceChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[24]
+	mi := &file_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1783,7 +1904,7 @@ func (x *ServiceChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceChunk.ProtoReflect.Descriptor instead.
 func (*ServiceChunk) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{24}
+	return file_agent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ServiceChunk) GetEntries() []*ServiceEntry {
@@ -1812,14 +1933,17 @@ type AddEndpointRequest struct {
 	NamespaceLabels map[string]string `protobuf:"bytes,9,rep,name=namespace_labels,json=namespaceLabels,proto3" json:"namespace_labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// ports are the pod's container ports; named ones resolve named ports
 	// in policies.
-	Ports         []*ContainerPort `protobuf:"bytes,10,rep,name=ports,proto3" json:"ports,omitempty"`
+	Ports []*ContainerPort `protobuf:"bytes,10,rep,name=ports,proto3" json:"ports,omitempty"`
+	// ifname is the pod side's interface name (CNI_IFNAME), recorded with
+	// container_id as the endpoint's CNI attachment.
+	Ifname        string `protobuf:"bytes,11,opt,name=ifname,proto3" json:"ifname,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AddEndpointRequest) Reset() {
 	*x = AddEndpointRequest{}
-	mi := &file_agent_proto_msgTypes[25]
+	mi := &file_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1831,7 +1955,7 @@ func (x *AddEndpointRequest) String() string {
 func (*AddEndpointRequest) ProtoMessage() {}
 
 func (x *AddEndpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[25]
+	mi := &file_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1844,7 +1968,7 @@ func (x *AddEndpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddEndpointRequest.ProtoReflect.Descriptor instead.
 func (*AddEndpointRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{25}
+	return file_agent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *AddEndpointRequest) GetNamespace() string {
@@ -1917,6 +2041,13 @@ func (x *AddEndpointRequest) GetPorts() []*ContainerPort {
 	return nil
 }
 
+func (x *AddEndpointRequest) GetIfname() string {
+	if x != nil {
+		return x.Ifname
+	}
+	return ""
+}
+
 type ContainerPort struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -1929,7 +2060,7 @@ type ContainerPort struct {
 
 func (x *ContainerPort) Reset() {
 	*x = ContainerPort{}
-	mi := &file_agent_proto_msgTypes[26]
+	mi := &file_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1941,7 +2072,7 @@ func (x *ContainerPort) String() string {
 func (*ContainerPort) ProtoMessage() {}
 
 func (x *ContainerPort) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[26]
+	mi := &file_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1954,7 +2085,7 @@ func (x *ContainerPort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerPort.ProtoReflect.Descriptor instead.
 func (*ContainerPort) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{26}
+	return file_agent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ContainerPort) GetName() string {
@@ -1979,19 +2110,22 @@ func (x *ContainerPort) GetProtocol() string {
 }
 
 type AddEndpointResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Ips           []string               `protobuf:"bytes,1,rep,name=ips,proto3" json:"ips,omitempty"`
-	Identity      uint32                 `protobuf:"varint,2,opt,name=identity,proto3" json:"identity,omitempty"`
-	EndpointId    uint32                 `protobuf:"varint,3,opt,name=endpoint_id,json=endpointId,proto3" json:"endpoint_id,omitempty"`
-	Gateways      []string               `protobuf:"bytes,4,rep,name=gateways,proto3" json:"gateways,omitempty"`
-	PodCidrs      []string               `protobuf:"bytes,5,rep,name=pod_cidrs,json=podCidrs,proto3" json:"pod_cidrs,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Ips        []string               `protobuf:"bytes,1,rep,name=ips,proto3" json:"ips,omitempty"`
+	Identity   uint32                 `protobuf:"varint,2,opt,name=identity,proto3" json:"identity,omitempty"`
+	EndpointId uint32                 `protobuf:"varint,3,opt,name=endpoint_id,json=endpointId,proto3" json:"endpoint_id,omitempty"`
+	Gateways   []string               `protobuf:"bytes,4,rep,name=gateways,proto3" json:"gateways,omitempty"`
+	PodCidrs   []string               `protobuf:"bytes,5,rep,name=pod_cidrs,json=podCidrs,proto3" json:"pod_cidrs,omitempty"`
+	// mtu is the MTU the pod's veth must have (both ends); 0 leaves the
+	// kernel's default.
+	Mtu           uint32 `protobuf:"varint,6,opt,name=mtu,proto3" json:"mtu,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AddEndpointResponse) Reset() {
 	*x = AddEndpointResponse{}
-	mi := &file_agent_proto_msgTypes[27]
+	mi := &file_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2003,7 +2137,7 @@ func (x *AddEndpointResponse) String() string {
 func (*AddEndpointResponse) ProtoMessage() {}
 
 func (x *AddEndpointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[27]
+	mi := &file_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2016,7 +2150,7 @@ func (x *AddEndpointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddEndpointResponse.ProtoReflect.Descriptor instead.
 func (*AddEndpointResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{27}
+	return file_agent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *AddEndpointResponse) GetIps() []string {
@@ -2054,17 +2188,28 @@ func (x *AddEndpointResponse) GetPodCidrs() []string {
 	return nil
 }
 
+func (x *AddEndpointResponse) GetMtu() uint32 {
+	if x != nil {
+		return x.Mtu
+	}
+	return 0
+}
+
 type DeleteEndpointRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
-	Pod           string                 `protobuf:"bytes,2,opt,name=pod,proto3" json:"pod,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Pod       string                 `protobuf:"bytes,2,opt,name=pod,proto3" json:"pod,omitempty"`
+	// container_id, if set, limits the delete to the pod's endpoint of that
+	// container: an endpoint the pod has for another container (a newer
+	// sandbox) is left alone, and the delete succeeds.
+	ContainerId   string `protobuf:"bytes,3,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DeleteEndpointRequest) Reset() {
 	*x = DeleteEndpointRequest{}
-	mi := &file_agent_proto_msgTypes[28]
+	mi := &file_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2076,7 +2221,7 @@ func (x *DeleteEndpointRequest) String() string {
 func (*DeleteEndpointRequest) ProtoMessage() {}
 
 func (x *DeleteEndpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[28]
+	mi := &file_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2089,7 +2234,7 @@ func (x *DeleteEndpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEndpointRequest.ProtoReflect.Descriptor instead.
 func (*DeleteEndpointRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{28}
+	return file_agent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *DeleteEndpointRequest) GetNamespace() string {
@@ -2106,6 +2251,13 @@ func (x *DeleteEndpointRequest) GetPod() string {
 	return ""
 }
 
+func (x *DeleteEndpointRequest) GetContainerId() string {
+	if x != nil {
+		return x.ContainerId
+	}
+	return ""
+}
+
 type DeleteEndpointResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -2114,7 +2266,7 @@ type DeleteEndpointResponse struct {
 
 func (x *DeleteEndpointResponse) Reset() {
 	*x = DeleteEndpointResponse{}
-	mi := &file_agent_proto_msgTypes[29]
+	mi := &file_agent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2126,7 +2278,7 @@ func (x *DeleteEndpointResponse) String() string {
 func (*DeleteEndpointResponse) ProtoMessage() {}
 
 func (x *DeleteEndpointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[29]
+	mi := &file_agent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2139,7 +2291,215 @@ func (x *DeleteEndpointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEndpointResponse.ProtoReflect.Descriptor instead.
 func (*DeleteEndpointResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{29}
+	return file_agent_proto_rawDescGZIP(), []int{30}
+}
+
+type ListEndpointsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// container_id, if set, lists only the endpoint of that container.
+	ContainerId   string `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListEndpointsRequest) Reset() {
+	*x = ListEndpointsRequest{}
+	mi := &file_agent_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListEndpointsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListEndpointsRequest) ProtoMessage() {}
+
+func (x *ListEndpointsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListEndpointsRequest.ProtoReflect.Descriptor instead.
+func (*ListEndpointsRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *ListEndpointsRequest) GetContainerId() string {
+	if x != nil {
+		return x.ContainerId
+	}
+	return ""
+}
+
+type ListEndpointsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Endpoints     []*LocalEndpoint       `protobuf:"bytes,1,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListEndpointsResponse) Reset() {
+	*x = ListEndpointsResponse{}
+	mi := &file_agent_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListEndpointsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListEndpointsResponse) ProtoMessage() {}
+
+func (x *ListEndpointsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListEndpointsResponse.ProtoReflect.Descriptor instead.
+func (*ListEndpointsResponse) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *ListEndpointsResponse) GetEndpoints() []*LocalEndpoint {
+	if x != nil {
+		return x.Endpoints
+	}
+	return nil
+}
+
+// LocalEndpoint is one of the agent's local pods: who it is, its CNI
+// attachment, and what it was given.
+type LocalEndpoint struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Namespace   string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Pod         string                 `protobuf:"bytes,2,opt,name=pod,proto3" json:"pod,omitempty"`
+	ContainerId string                 `protobuf:"bytes,3,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	Ifname      string                 `protobuf:"bytes,4,opt,name=ifname,proto3" json:"ifname,omitempty"`
+	Netns       string                 `protobuf:"bytes,5,opt,name=netns,proto3" json:"netns,omitempty"`
+	// ifindex is the host side of the pod's veth.
+	Ifindex       uint32   `protobuf:"varint,6,opt,name=ifindex,proto3" json:"ifindex,omitempty"`
+	Ips           []string `protobuf:"bytes,7,rep,name=ips,proto3" json:"ips,omitempty"`
+	Identity      uint32   `protobuf:"varint,8,opt,name=identity,proto3" json:"identity,omitempty"`
+	EndpointId    uint32   `protobuf:"varint,9,opt,name=endpoint_id,json=endpointId,proto3" json:"endpoint_id,omitempty"`
+	Gateways      []string `protobuf:"bytes,10,rep,name=gateways,proto3" json:"gateways,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LocalEndpoint) Reset() {
+	*x = LocalEndpoint{}
+	mi := &file_agent_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LocalEndpoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LocalEndpoint) ProtoMessage() {}
+
+func (x *LocalEndpoint) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LocalEndpoint.ProtoReflect.Descriptor instead.
+func (*LocalEndpoint) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *LocalEndpoint) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *LocalEndpoint) GetPod() string {
+	if x != nil {
+		return x.Pod
+	}
+	return ""
+}
+
+func (x *LocalEndpoint) GetContainerId() string {
+	if x != nil {
+		return x.ContainerId
+	}
+	return ""
+}
+
+func (x *LocalEndpoint) GetIfname() string {
+	if x != nil {
+		return x.Ifname
+	}
+	return ""
+}
+
+func (x *LocalEndpoint) GetNetns() string {
+	if x != nil {
+		return x.Netns
+	}
+	return ""
+}
+
+func (x *LocalEndpoint) GetIfindex() uint32 {
+	if x != nil {
+		return x.Ifindex
+	}
+	return 0
+}
+
+func (x *LocalEndpoint) GetIps() []string {
+	if x != nil {
+		return x.Ips
+	}
+	return nil
+}
+
+func (x *LocalEndpoint) GetIdentity() uint32 {
+	if x != nil {
+		return x.Identity
+	}
+	return 0
+}
+
+func (x *LocalEndpoint) GetEndpointId() uint32 {
+	if x != nil {
+		return x.EndpointId
+	}
+	return 0
+}
+
+func (x *LocalEndpoint) GetGateways() []string {
+	if x != nil {
+		return x.Gateways
+	}
+	return nil
 }
 
 type ObserveRequest struct {
@@ -2161,7 +2521,7 @@ type ObserveRequest struct {
 
 func (x *ObserveRequest) Reset() {
 	*x = ObserveRequest{}
-	mi := &file_agent_proto_msgTypes[30]
+	mi := &file_agent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2173,7 +2533,7 @@ func (x *ObserveRequest) String() string {
 func (*ObserveRequest) ProtoMessage() {}
 
 func (x *ObserveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[30]
+	mi := &file_agent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2186,7 +2546,7 @@ func (x *ObserveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ObserveRequest.ProtoReflect.Descriptor instead.
 func (*ObserveRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{30}
+	return file_agent_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ObserveRequest) GetLast() uint32 {
@@ -2264,7 +2624,7 @@ type Flow struct {
 
 func (x *Flow) Reset() {
 	*x = Flow{}
-	mi := &file_agent_proto_msgTypes[31]
+	mi := &file_agent_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2276,7 +2636,7 @@ func (x *Flow) String() string {
 func (*Flow) ProtoMessage() {}
 
 func (x *Flow) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[31]
+	mi := &file_agent_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2289,7 +2649,7 @@ func (x *Flow) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Flow.ProtoReflect.Descriptor instead.
 func (*Flow) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{31}
+	return file_agent_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *Flow) GetTimeUnixNano() int64 {
@@ -2423,7 +2783,7 @@ var File_agent_proto protoreflect.FileDescriptor
 const file_agent_proto_rawDesc = "" +
 	"\n" +
 	"\vagent.proto\x12\x12meshplane.agent.v1\"\x0f\n" +
-	"\rStatusRequest\"\x85\x04\n" +
+	"\rStatusRequest\"\xc2\x04\n" +
 	"\x0eStatusResponse\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12\x1d\n" +
@@ -2439,7 +2799,19 @@ const file_agent_proto_rawDesc = "" +
 	" \x03(\v2\x1d.meshplane.agent.v1.MapStatusR\x04maps\x122\n" +
 	"\x04ipam\x18\v \x01(\v2\x1e.meshplane.agent.v1.IPAMStatusR\x04ipam\x12%\n" +
 	"\x0euptime_seconds\x18\f \x01(\x01R\ruptimeSeconds\x12'\n" +
-	"\x0fpolicy_revision\x18d \x01(\x03R\x0epolicyRevision\"\xe2\x01\n" +
+	"\x0fpolicy_revision\x18d \x01(\x03R\x0epolicyRevision\x12;\n" +
+	"\arouting\x18n \x01(\v2!.meshplane.agent.v1.RoutingStatusR\arouting\"\xfe\x01\n" +
+	"\rRoutingStatus\x12\x12\n" +
+	"\x04mode\x18\x01 \x01(\tR\x04mode\x12#\n" +
+	"\rtunnel_device\x18\x02 \x01(\tR\ftunnelDevice\x12\x1f\n" +
+	"\vtunnel_port\x18\x03 \x01(\rR\n" +
+	"tunnelPort\x12\x17\n" +
+	"\apod_mtu\x18\x04 \x01(\rR\x06podMtu\x12!\n" +
+	"\funderlay_mtu\x18\x05 \x01(\rR\vunderlayMtu\x12\x16\n" +
+	"\x06routes\x18\x06 \x01(\rR\x06routes\x12 \n" +
+	"\vunreachable\x18\a \x03(\tR\vunreachable\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\b \x01(\tR\tlastError\"\xe2\x01\n" +
 	"\n" +
 	"EtcdStatus\x12\x1c\n" +
 	"\tendpoints\x18\x01 \x03(\tR\tendpoints\x12\x14\n" +
@@ -2574,7 +2946,7 @@ const file_agent_proto_rawDesc = "" +
 	"service_id\x18\x03 \x01(\rR\tserviceId\x12\x1a\n" +
 	"\bbackends\x18\x04 \x03(\tR\bbackends\"J\n" +
 	"\fServiceChunk\x12:\n" +
-	"\aentries\x18\x01 \x03(\v2 .meshplane.agent.v1.ServiceEntryR\aentries\"\xb0\x04\n" +
+	"\aentries\x18\x01 \x03(\v2 .meshplane.agent.v1.ServiceEntryR\aentries\"\xc8\x04\n" +
 	"\x12AddEndpointRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x10\n" +
 	"\x03pod\x18\x02 \x01(\tR\x03pod\x12!\n" +
@@ -2586,7 +2958,8 @@ const file_agent_proto_rawDesc = "" +
 	"\bnode_mac\x18\b \x01(\tR\anodeMac\x12f\n" +
 	"\x10namespace_labels\x18\t \x03(\v2;.meshplane.agent.v1.AddEndpointRequest.NamespaceLabelsEntryR\x0fnamespaceLabels\x127\n" +
 	"\x05ports\x18\n" +
-	" \x03(\v2!.meshplane.agent.v1.ContainerPortR\x05ports\x1a9\n" +
+	" \x03(\v2!.meshplane.agent.v1.ContainerPortR\x05ports\x12\x16\n" +
+	"\x06ifname\x18\v \x01(\tR\x06ifname\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1aB\n" +
@@ -2596,18 +2969,37 @@ const file_agent_proto_rawDesc = "" +
 	"\rContainerPort\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12\x1a\n" +
-	"\bprotocol\x18\x03 \x01(\tR\bprotocol\"\x9d\x01\n" +
+	"\bprotocol\x18\x03 \x01(\tR\bprotocol\"\xaf\x01\n" +
 	"\x13AddEndpointResponse\x12\x10\n" +
 	"\x03ips\x18\x01 \x03(\tR\x03ips\x12\x1a\n" +
 	"\bidentity\x18\x02 \x01(\rR\bidentity\x12\x1f\n" +
 	"\vendpoint_id\x18\x03 \x01(\rR\n" +
 	"endpointId\x12\x1a\n" +
 	"\bgateways\x18\x04 \x03(\tR\bgateways\x12\x1b\n" +
-	"\tpod_cidrs\x18\x05 \x03(\tR\bpodCidrs\"G\n" +
+	"\tpod_cidrs\x18\x05 \x03(\tR\bpodCidrs\x12\x10\n" +
+	"\x03mtu\x18\x06 \x01(\rR\x03mtu\"j\n" +
 	"\x15DeleteEndpointRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x10\n" +
-	"\x03pod\x18\x02 \x01(\tR\x03pod\"\x18\n" +
-	"\x16DeleteEndpointResponse\"x\n" +
+	"\x03pod\x18\x02 \x01(\tR\x03pod\x12!\n" +
+	"\fcontainer_id\x18\x03 \x01(\tR\vcontainerId\"\x18\n" +
+	"\x16DeleteEndpointResponse\"9\n" +
+	"\x14ListEndpointsRequest\x12!\n" +
+	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\"X\n" +
+	"\x15ListEndpointsResponse\x12?\n" +
+	"\tendpoints\x18\x01 \x03(\v2!.meshplane.agent.v1.LocalEndpointR\tendpoints\"\x95\x02\n" +
+	"\rLocalEndpoint\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x10\n" +
+	"\x03pod\x18\x02 \x01(\tR\x03pod\x12!\n" +
+	"\fcontainer_id\x18\x03 \x01(\tR\vcontainerId\x12\x16\n" +
+	"\x06ifname\x18\x04 \x01(\tR\x06ifname\x12\x14\n" +
+	"\x05netns\x18\x05 \x01(\tR\x05netns\x12\x18\n" +
+	"\aifindex\x18\x06 \x01(\rR\aifindex\x12\x10\n" +
+	"\x03ips\x18\a \x03(\tR\x03ips\x12\x1a\n" +
+	"\bidentity\x18\b \x01(\rR\bidentity\x12\x1f\n" +
+	"\vendpoint_id\x18\t \x01(\rR\n" +
+	"endpointId\x12\x1a\n" +
+	"\bgateways\x18\n" +
+	" \x03(\tR\bgateways\"x\n" +
 	"\x0eObserveRequest\x12\x12\n" +
 	"\x04last\x18\x01 \x01(\rR\x04last\x12\x16\n" +
 	"\x06follow\x18\x02 \x01(\bR\x06follow\x12\x10\n" +
@@ -2637,7 +3029,7 @@ const file_agent_proto_rawDesc = "" +
 	"\vendpoint_id\x18\x10 \x01(\rR\n" +
 	"endpointId\x12\x1b\n" +
 	"\ttcp_flags\x18\x11 \x01(\tR\btcpFlags\x12\x14\n" +
-	"\x05reply\x18\x12 \x01(\bR\x05reply2\xcb\a\n" +
+	"\x05reply\x18\x12 \x01(\bR\x05reply2\xb1\b\n" +
 	"\x05Agent\x12O\n" +
 	"\x06Status\x12!.meshplane.agent.v1.StatusRequest\x1a\".meshplane.agent.v1.StatusResponse\x12X\n" +
 	"\tListNodes\x12$.meshplane.agent.v1.ListNodesRequest\x1a%.meshplane.agent.v1.ListNodesResponse\x12`\n" +
@@ -2649,7 +3041,8 @@ const file_agent_proto_rawDesc = "" +
 	"\fDumpServices\x12\x1f.meshplane.agent.v1.DumpRequest\x1a .meshplane.agent.v1.ServiceChunk0\x01\x12O\n" +
 	"\bDumpCIDR\x12\x1f.meshplane.agent.v1.DumpRequest\x1a .meshplane.agent.v1.IPCacheChunk0\x01\x12^\n" +
 	"\vAddEndpoint\x12&.meshplane.agent.v1.AddEndpointRequest\x1a'.meshplane.agent.v1.AddEndpointResponse\x12g\n" +
-	"\x0eDeleteEndpoint\x12).meshplane.agent.v1.DeleteEndpointRequest\x1a*.meshplane.agent.v1.DeleteEndpointResponse\x12I\n" +
+	"\x0eDeleteEndpoint\x12).meshplane.agent.v1.DeleteEndpointRequest\x1a*.meshplane.agent.v1.DeleteEndpointResponse\x12d\n" +
+	"\rListEndpoints\x12(.meshplane.agent.v1.ListEndpointsRequest\x1a).meshplane.agent.v1.ListEndpointsResponse\x12I\n" +
 	"\aObserve\x12\".meshplane.agent.v1.ObserveRequest\x1a\x18.meshplane.agent.v1.Flow0\x01B$Z\"github.com/meshplane/meshplane/apib\x06proto3"
 
 var (
@@ -2664,90 +3057,98 @@ func file_agent_proto_rawDescGZIP() []byte {
 	return file_agent_proto_rawDescData
 }
 
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_agent_proto_goTypes = []any{
 	(*StatusRequest)(nil),          // 0: meshplane.agent.v1.StatusRequest
 	(*StatusResponse)(nil),         // 1: meshplane.agent.v1.StatusResponse
-	(*EtcdStatus)(nil),             // 2: meshplane.agent.v1.EtcdStatus
-	(*GossipStatus)(nil),           // 3: meshplane.agent.v1.GossipStatus
-	(*CacheStatus)(nil),            // 4: meshplane.agent.v1.CacheStatus
-	(*InvalidValue)(nil),           // 5: meshplane.agent.v1.InvalidValue
-	(*MapStatus)(nil),              // 6: meshplane.agent.v1.MapStatus
-	(*IPAMStatus)(nil),             // 7: meshplane.agent.v1.IPAMStatus
-	(*IPConflict)(nil),             // 8: meshplane.agent.v1.IPConflict
-	(*IPClaim)(nil),                // 9: meshplane.agent.v1.IPClaim
-	(*ListNodesRequest)(nil),       // 10: meshplane.agent.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),      // 11: meshplane.agent.v1.ListNodesResponse
-	(*Node)(nil),                   // 12: meshplane.agent.v1.Node
-	(*ListIdentitiesRequest)(nil),  // 13: meshplane.agent.v1.ListIdentitiesRequest
-	(*Identity)(nil),               // 14: meshplane.agent.v1.Identity
-	(*IdentityChunk)(nil),          // 15: meshplane.agent.v1.IdentityChunk
-	(*DumpRequest)(nil),            // 16: meshplane.agent.v1.DumpRequest
-	(*IPCacheEntry)(nil),           // 17: meshplane.agent.v1.IPCacheEntry
-	(*IPCacheChunk)(nil),           // 18: meshplane.agent.v1.IPCacheChunk
-	(*EndpointEntry)(nil),          // 19: meshplane.agent.v1.EndpointEntry
-	(*EndpointChunk)(nil),          // 20: meshplane.agent.v1.EndpointChunk
-	(*PolicyEntry)(nil),            // 21: meshplane.agent.v1.PolicyEntry
-	(*PolicyChunk)(nil),            // 22: meshplane.agent.v1.PolicyChunk
-	(*ServiceEntry)(nil),           // 23: meshplane.agent.v1.ServiceEntry
-	(*ServiceChunk)(nil),           // 24: meshplane.agent.v1.ServiceChunk
-	(*AddEndpointRequest)(nil),     // 25: meshplane.agent.v1.AddEndpointRequest
-	(*ContainerPort)(nil),          // 26: meshplane.agent.v1.ContainerPort
-	(*AddEndpointResponse)(nil),    // 27: meshplane.agent.v1.AddEndpointResponse
-	(*DeleteEndpointRequest)(nil),  // 28: meshplane.agent.v1.DeleteEndpointRequest
-	(*DeleteEndpointResponse)(nil), // 29: meshplane.agent.v1.DeleteEndpointResponse
-	(*ObserveRequest)(nil),         // 30: meshplane.agent.v1.ObserveRequest
-	(*Flow)(nil),                   // 31: meshplane.agent.v1.Flow
-	nil,                            // 32: meshplane.agent.v1.Node.LabelsEntry
-	nil,                            // 33: meshplane.agent.v1.AddEndpointRequest.LabelsEntry
-	nil,                            // 34: meshplane.agent.v1.AddEndpointRequest.NamespaceLabelsEntry
+	(*RoutingStatus)(nil),          // 2: meshplane.agent.v1.RoutingStatus
+	(*EtcdStatus)(nil),             // 3: meshplane.agent.v1.EtcdStatus
+	(*GossipStatus)(nil),           // 4: meshplane.agent.v1.GossipStatus
+	(*CacheStatus)(nil),            // 5: meshplane.agent.v1.CacheStatus
+	(*InvalidValue)(nil),           // 6: meshplane.agent.v1.InvalidValue
+	(*MapStatus)(nil),              // 7: meshplane.agent.v1.MapStatus
+	(*IPAMStatus)(nil),             // 8: meshplane.agent.v1.IPAMStatus
+	(*IPConflict)(nil),             // 9: meshplane.agent.v1.IPConflict
+	(*IPClaim)(nil),                // 10: meshplane.agent.v1.IPClaim
+	(*ListNodesRequest)(nil),       // 11: meshplane.agent.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),      // 12: meshplane.agent.v1.ListNodesResponse
+	(*Node)(nil),                   // 13: meshplane.agent.v1.Node
+	(*ListIdentitiesRequest)(nil),  // 14: meshplane.agent.v1.ListIdentitiesRequest
+	(*Identity)(nil),               // 15: meshplane.agent.v1.Identity
+	(*IdentityChunk)(nil),          // 16: meshplane.agent.v1.IdentityChunk
+	(*DumpRequest)(nil),            // 17: meshplane.agent.v1.DumpRequest
+	(*IPCacheEntry)(nil),           // 18: meshplane.agent.v1.IPCacheEntry
+	(*IPCacheChunk)(nil),           // 19: meshplane.agent.v1.IPCacheChunk
+	(*EndpointEntry)(nil),          // 20: meshplane.agent.v1.EndpointEntry
+	(*EndpointChunk)(nil),          // 21: meshplane.agent.v1.EndpointChunk
+	(*PolicyEntry)(nil),            // 22: meshplane.agent.v1.PolicyEntry
+	(*PolicyChunk)(nil),            // 23: meshplane.agent.v1.PolicyChunk
+	(*ServiceEntry)(nil),           // 24: meshplane.agent.v1.ServiceEntry
+	(*ServiceChunk)(nil),           // 25: meshplane.agent.v1.ServiceChunk
+	(*AddEndpointRequest)(nil),     // 26: meshplane.agent.v1.AddEndpointRequest
+	(*ContainerPort)(nil),          // 27: meshplane.agent.v1.ContainerPort
+	(*AddEndpointResponse)(nil),    // 28: meshplane.agent.v1.AddEndpointResponse
+	(*DeleteEndpointRequest)(nil),  // 29: meshplane.agent.v1.DeleteEndpointRequest
+	(*DeleteEndpointResponse)(nil), // 30: meshplane.agent.v1.DeleteEndpointResponse
+	(*ListEndpointsRequest)(nil),   // 31: meshplane.agent.v1.ListEndpointsRequest
+	(*ListEndpointsResponse)(nil),  // 32: meshplane.agent.v1.ListEndpointsResponse
+	(*LocalEndpoint)(nil),          // 33: meshplane.agent.v1.LocalEndpoint
+	(*ObserveRequest)(nil),         // 34: meshplane.agent.v1.ObserveRequest
+	(*Flow)(nil),                   // 35: meshplane.agent.v1.Flow
+	nil,                            // 36: meshplane.agent.v1.Node.LabelsEntry
+	nil,                            // 37: meshplane.agent.v1.AddEndpointRequest.LabelsEntry
+	nil,                            // 38: meshplane.agent.v1.AddEndpointRequest.NamespaceLabelsEntry
 }
 var file_agent_proto_depIdxs = []int32{
-	2,  // 0: meshplane.agent.v1.StatusResponse.etcd:type_name -> meshplane.agent.v1.EtcdStatus
-	3,  // 1: meshplane.agent.v1.StatusResponse.gossip:type_name -> meshplane.agent.v1.GossipStatus
-	4,  // 2: meshplane.agent.v1.StatusResponse.caches:type_name -> meshplane.agent.v1.CacheStatus
-	6,  // 3: meshplane.agent.v1.StatusResponse.maps:type_name -> meshplane.agent.v1.MapStatus
-	7,  // 4: meshplane.agent.v1.StatusResponse.ipam:type_name -> meshplane.agent.v1.IPAMStatus
-	5,  // 5: meshplane.agent.v1.CacheStatus.invalid_values:type_name -> meshplane.agent.v1.InvalidValue
-	8,  // 6: meshplane.agent.v1.IPAMStatus.conflicts:type_name -> meshplane.agent.v1.IPConflict
-	9,  // 7: meshplane.agent.v1.IPConflict.owners:type_name -> meshplane.agent.v1.IPClaim
-	12, // 8: meshplane.agent.v1.ListNodesResponse.nodes:type_name -> meshplane.agent.v1.Node
-	32, // 9: meshplane.agent.v1.Node.labels:type_name -> meshplane.agent.v1.Node.LabelsEntry
-	14, // 10: meshplane.agent.v1.IdentityChunk.identities:type_name -> meshplane.agent.v1.Identity
-	17, // 11: meshplane.agent.v1.IPCacheChunk.entries:type_name -> meshplane.agent.v1.IPCacheEntry
-	19, // 12: meshplane.agent.v1.EndpointChunk.entries:type_name -> meshplane.agent.v1.EndpointEntry
-	21, // 13: meshplane.agent.v1.PolicyChunk.entries:type_name -> meshplane.agent.v1.PolicyEntry
-	23, // 14: meshplane.agent.v1.ServiceChunk.entries:type_name -> meshplane.agent.v1.ServiceEntry
-	33, // 15: meshplane.agent.v1.AddEndpointRequest.labels:type_name -> meshplane.agent.v1.AddEndpointRequest.LabelsEntry
-	34, // 16: meshplane.agent.v1.AddEndpointRequest.namespace_labels:type_name -> meshplane.agent.v1.AddEndpointRequest.NamespaceLabelsEntry
-	26, // 17: meshplane.agent.v1.AddEndpointRequest.ports:type_name -> meshplane.agent.v1.ContainerPort
-	0,  // 18: meshplane.agent.v1.Agent.Status:input_type -> meshplane.agent.v1.StatusRequest
-	10, // 19: meshplane.agent.v1.Agent.ListNodes:input_type -> meshplane.agent.v1.ListNodesRequest
-	13, // 20: meshplane.agent.v1.Agent.ListIdentities:input_type -> meshplane.agent.v1.ListIdentitiesRequest
-	16, // 21: meshplane.agent.v1.Agent.DumpIPCache:input_type -> meshplane.agent.v1.DumpRequest
-	16, // 22: meshplane.agent.v1.Agent.DumpEndpoints:input_type -> meshplane.agent.v1.DumpRequest
-	16, // 23: meshplane.agent.v1.Agent.DumpPolicy:input_type -> meshplane.agent.v1.DumpRequest
-	16, // 24: meshplane.agent.v1.Agent.DumpServices:input_type -> meshplane.agent.v1.DumpRequest
-	16, // 25: meshplane.agent.v1.Agent.DumpCIDR:input_type -> meshplane.agent.v1.DumpRequest
-	25, // 26: meshplane.agent.v1.Agent.AddEndpoint:input_type -> meshplane.agent.v1.AddEndpointRequest
-	28, // 27: meshplane.agent.v1.Agent.DeleteEndpoint:input_type -> meshplane.agent.v1.DeleteEndpointRequest
-	30, // 28: meshplane.agent.v1.Agent.Observe:input_type -> meshplane.agent.v1.ObserveRequest
-	1,  // 29: meshplane.agent.v1.Agent.Status:output_type -> meshplane.agent.v1.StatusResponse
-	11, // 30: meshplane.agent.v1.Agent.ListNodes:output_type -> meshplane.agent.v1.ListNodesResponse
-	15, // 31: meshplane.agent.v1.Agent.ListIdentities:output_type -> meshplane.agent.v1.IdentityChunk
-	18, // 32: meshplane.agent.v1.Agent.DumpIPCache:output_type -> meshplane.agent.v1.IPCacheChunk
-	20, // 33: meshplane.agent.v1.Agent.DumpEndpoints:output_type -> meshplane.agent.v1.EndpointChunk
-	22, // 34: meshplane.agent.v1.Agent.DumpPolicy:output_type -> meshplane.agent.v1.PolicyChunk
-	24, // 35: meshplane.agent.v1.Agent.DumpServices:output_type -> meshplane.agent.v1.ServiceChunk
-	18, // 36: meshplane.agent.v1.Agent.DumpCIDR:output_type -> meshplane.agent.v1.IPCacheChunk
-	27, // 37: meshplane.agent.v1.Agent.AddEndpoint:output_type -> meshplane.agent.v1.AddEndpointResponse
-	29, // 38: meshplane.agent.v1.Agent.DeleteEndpoint:output_type -> meshplane.agent.v1.DeleteEndpointResponse
-	31, // 39: meshplane.agent.v1.Agent.Observe:output_type -> meshplane.agent.v1.Flow
-	29, // [29:40] is the sub-list for method output_type
-	18, // [18:29] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	3,  // 0: meshplane.agent.v1.StatusResponse.etcd:type_name -> meshplane.agent.v1.EtcdStatus
+	4,  // 1: meshplane.agent.v1.StatusResponse.gossip:type_name -> meshplane.agent.v1.GossipStatus
+	5,  // 2: meshplane.agent.v1.StatusResponse.caches:type_name -> meshplane.agent.v1.CacheStatus
+	7,  // 3: meshplane.agent.v1.StatusResponse.maps:type_name -> meshplane.agent.v1.MapStatus
+	8,  // 4: meshplane.agent.v1.StatusResponse.ipam:type_name -> meshplane.agent.v1.IPAMStatus
+	2,  // 5: meshplane.agent.v1.StatusResponse.routing:type_name -> meshplane.agent.v1.RoutingStatus
+	6,  // 6: meshplane.agent.v1.CacheStatus.invalid_values:type_name -> meshplane.agent.v1.InvalidValue
+	9,  // 7: meshplane.agent.v1.IPAMStatus.conflicts:type_name -> meshplane.agent.v1.IPConflict
+	10, // 8: meshplane.agent.v1.IPConflict.owners:type_name -> meshplane.agent.v1.IPClaim
+	13, // 9: meshplane.agent.v1.ListNodesResponse.nodes:type_name -> meshplane.agent.v1.Node
+	36, // 10: meshplane.agent.v1.Node.labels:type_name -> meshplane.agent.v1.Node.LabelsEntry
+	15, // 11: meshplane.agent.v1.IdentityChunk.identities:type_name -> meshplane.agent.v1.Identity
+	18, // 12: meshplane.agent.v1.IPCacheChunk.entries:type_name -> meshplane.agent.v1.IPCacheEntry
+	20, // 13: meshplane.agent.v1.EndpointChunk.entries:type_name -> meshplane.agent.v1.EndpointEntry
+	22, // 14: meshplane.agent.v1.PolicyChunk.entries:type_name -> meshplane.agent.v1.PolicyEntry
+	24, // 15: meshplane.agent.v1.ServiceChunk.entries:type_name -> meshplane.agent.v1.ServiceEntry
+	37, // 16: meshplane.agent.v1.AddEndpointRequest.labels:type_name -> meshplane.agent.v1.AddEndpointRequest.LabelsEntry
+	38, // 17: meshplane.agent.v1.AddEndpointRequest.namespace_labels:type_name -> meshplane.agent.v1.AddEndpointRequest.NamespaceLabelsEntry
+	27, // 18: meshplane.agent.v1.AddEndpointRequest.ports:type_name -> meshplane.agent.v1.ContainerPort
+	33, // 19: meshplane.agent.v1.ListEndpointsResponse.endpoints:type_name -> meshplane.agent.v1.LocalEndpoint
+	0,  // 20: meshplane.agent.v1.Agent.Status:input_type -> meshplane.agent.v1.StatusRequest
+	11, // 21: meshplane.agent.v1.Agent.ListNodes:input_type -> meshplane.agent.v1.ListNodesRequest
+	14, // 22: meshplane.agent.v1.Agent.ListIdentities:input_type -> meshplane.agent.v1.ListIdentitiesRequest
+	17, // 23: meshplane.agent.v1.Agent.DumpIPCache:input_type -> meshplane.agent.v1.DumpRequest
+	17, // 24: meshplane.agent.v1.Agent.DumpEndpoints:input_type -> meshplane.agent.v1.DumpRequest
+	17, // 25: meshplane.agent.v1.Agent.DumpPolicy:input_type -> meshplane.agent.v1.DumpRequest
+	17, // 26: meshplane.agent.v1.Agent.DumpServices:input_type -> meshplane.agent.v1.DumpRequest
+	17, // 27: meshplane.agent.v1.Agent.DumpCIDR:input_type -> meshplane.agent.v1.DumpRequest
+	26, // 28: meshplane.agent.v1.Agent.AddEndpoint:input_type -> meshplane.agent.v1.AddEndpointRequest
+	29, // 29: meshplane.agent.v1.Agent.DeleteEndpoint:input_type -> meshplane.agent.v1.DeleteEndpointRequest
+	31, // 30: meshplane.agent.v1.Agent.ListEndpoints:input_type -> meshplane.agent.v1.ListEndpointsRequest
+	34, // 31: meshplane.agent.v1.Agent.Observe:input_type -> meshplane.agent.v1.ObserveRequest
+	1,  // 32: meshplane.agent.v1.Agent.Status:output_type -> meshplane.agent.v1.StatusResponse
+	12, // 33: meshplane.agent.v1.Agent.ListNodes:output_type -> meshplane.agent.v1.ListNodesResponse
+	16, // 34: meshplane.agent.v1.Agent.ListIdentities:output_type -> meshplane.agent.v1.IdentityChunk
+	19, // 35: meshplane.agent.v1.Agent.DumpIPCache:output_type -> meshplane.agent.v1.IPCacheChunk
+	21, // 36: meshplane.agent.v1.Agent.DumpEndpoints:output_type -> meshplane.agent.v1.EndpointChunk
+	23, // 37: meshplane.agent.v1.Agent.DumpPolicy:output_type -> meshplane.agent.v1.PolicyChunk
+	25, // 38: meshplane.agent.v1.Agent.DumpServices:output_type -> meshplane.agent.v1.ServiceChunk
+	19, // 39: meshplane.agent.v1.Agent.DumpCIDR:output_type -> meshplane.agent.v1.IPCacheChunk
+	28, // 40: meshplane.agent.v1.Agent.AddEndpoint:output_type -> meshplane.agent.v1.AddEndpointResponse
+	30, // 41: meshplane.agent.v1.Agent.DeleteEndpoint:output_type -> meshplane.agent.v1.DeleteEndpointResponse
+	32, // 42: meshplane.agent.v1.Agent.ListEndpoints:output_type -> meshplane.agent.v1.ListEndpointsResponse
+	35, // 43: meshplane.agent.v1.Agent.Observe:output_type -> meshplane.agent.v1.Flow
+	32, // [32:44] is the sub-list for method output_type
+	20, // [20:32] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_agent_proto_init() }
@@ -2761,7 +3162,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   35,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

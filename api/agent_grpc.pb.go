@@ -36,6 +36,7 @@ const (
 	Agent_DumpCIDR_FullMethodName       = "/meshplane.agent.v1.Agent/DumpCIDR"
 	Agent_AddEndpoint_FullMethodName    = "/meshplane.agent.v1.Agent/AddEndpoint"
 	Agent_DeleteEndpoint_FullMethodName = "/meshplane.agent.v1.Agent/DeleteEndpoint"
+	Agent_ListEndpoints_FullMethodName  = "/meshplane.agent.v1.Agent/ListEndpoints"
 	Agent_Observe_FullMethodName        = "/meshplane.agent.v1.Agent/Observe"
 )
 
@@ -66,6 +67,10 @@ type AgentClient interface {
 	AddEndpoint(ctx context.Context, in *AddEndpointRequest, opts ...grpc.CallOption) (*AddEndpointResponse, error)
 	// DeleteEndpoint releases a pod's IPs and removes it from the datapath.
 	DeleteEndpoint(ctx context.Context, in *DeleteEndpointRequest, opts ...grpc.CallOption) (*DeleteEndpointResponse, error)
+	// ListEndpoints lists the agent's local endpoints with the CNI
+	// attachment each belongs to (container ID, interface), for the CNI
+	// plugin's CHECK and GC.
+	ListEndpoints(ctx context.Context, in *ListEndpointsRequest, opts ...grpc.CallOption) (*ListEndpointsResponse, error)
 	// Observe streams the datapath's flows: first up to `last` recent ones
 	// from the agent's history, then, with follow, new ones as they happen.
 	Observe(ctx context.Context, in *ObserveRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Flow], error)
@@ -233,6 +238,16 @@ func (c *agentClient) DeleteEndpoint(ctx context.Context, in *DeleteEndpointRequ
 	return out, nil
 }
 
+func (c *agentClient) ListEndpoints(ctx context.Context, in *ListEndpointsRequest, opts ...grpc.CallOption) (*ListEndpointsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListEndpointsResponse)
+	err := c.cc.Invoke(ctx, Agent_ListEndpoints_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *agentClient) Observe(ctx context.Context, in *ObserveRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Flow], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	stream, err := c.cc.NewStream(ctx, &Agent_ServiceDesc.Streams[6], Agent_Observe_FullMethodName, cOpts...)
@@ -279,6 +294,10 @@ type AgentServer interface {
 	AddEndpoint(context.Context, *AddEndpointRequest) (*AddEndpointResponse, error)
 	// DeleteEndpoint releases a pod's IPs and removes it from the datapath.
 	DeleteEndpoint(context.Context, *DeleteEndpointRequest) (*DeleteEndpointResponse, error)
+	// ListEndpoints lists the agent's local endpoints with the CNI
+	// attachment each belongs to (container ID, interface), for the CNI
+	// plugin's CHECK and GC.
+	ListEndpoints(context.Context, *ListEndpointsRequest) (*ListEndpointsResponse, error)
 	// Observe streams the datapath's flows: first up to `last` recent ones
 	// from the agent's history, then, with follow, new ones as they happen.
 	Observe(*ObserveRequest, grpc.ServerStreamingServer[Flow]) error
@@ -321,6 +340,9 @@ func (UnimplementedAgentServer) AddEndpoint(context.Context, *AddEndpointRequest
 }
 func (UnimplementedAgentServer) DeleteEndpoint(context.Context, *DeleteEndpointRequest) (*DeleteEndpointResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteEndpoint not implemented")
+}
+func (UnimplementedAgentServer) ListEndpoints(context.Context, *ListEndpointsRequest) (*ListEndpointsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListEndpoints not implemented")
 }
 func (UnimplementedAgentServer) Observe(*ObserveRequest, grpc.ServerStreamingServer[Flow]) error {
 	return status.Error(codes.Unimplemented, "method Observe not implemented")
@@ -484,6 +506,24 @@ func _Agent_DeleteEndpoint_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Agent_ListEndpoints_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListEndpointsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServer).ListEndpoints(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Agent_ListEndpoints_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServer).ListEndpoints(ctx, req.(*ListEndpointsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Agent_Observe_Handler(srv interface{}, stream grpc.ServerStream) error {
 	m := new(ObserveRequest)
 	if err := stream.RecvMsg(m); err != nil {
@@ -517,6 +557,10 @@ var Agent_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteEndpoint",
 			Handler:    _Agent_DeleteEndpoint_Handler,
+		},
+		{
+			MethodName: "ListEndpoints",
+			Handler:    _Agent_ListEndpoints_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

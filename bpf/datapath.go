@@ -43,12 +43,14 @@ type Datapath struct {
 	cfg      Config // with defaults
 	linksDir string
 
-	mu       sync.RWMutex // mu guards the fields below: nil once closed
-	fromPod  *ebpf.Program
-	toPod    *ebpf.Program
-	ct       *Map[CTKey, CTValue]
-	flows    *ebpf.Map
-	counters *ebpf.Map
+	mu         sync.RWMutex // mu guards the fields below: nil once closed
+	fromPod    *ebpf.Program
+	toPod      *ebpf.Program
+	fromTunnel *ebpf.Program
+	toTunnel   *ebpf.Program
+	ct         *Map[CTKey, CTValue]
+	flows      *ebpf.Map
+	counters   *ebpf.Map
 }
 
 // datapathMapDefs returns the definitions of the datapath's own maps for c
@@ -159,6 +161,7 @@ func (d *Datapath) load(m *Maps) error {
 		return fmt.Errorf("load programs: %w", classify(err))
 	}
 	d.fromPod, d.toPod = progs.FromPod, progs.ToPod
+	d.fromTunnel, d.toTunnel = progs.FromTunnel, progs.ToTunnel
 	return nil
 }
 
@@ -181,14 +184,14 @@ func (d *Datapath) Close() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var errs []error
-	for _, c := range []interface{ Close() error }{d.fromPod, d.toPod, d.flows, d.counters} {
+	for _, c := range []interface{ Close() error }{d.fromPod, d.toPod, d.fromTunnel, d.toTunnel, d.flows, d.counters} {
 		// Typed nils (what a failed LoadDatapath leaves) close as no-ops.
 		errs = append(errs, c.Close())
 	}
 	if d.ct != nil {
 		errs = append(errs, d.ct.Close())
 	}
-	d.fromPod, d.toPod, d.flows, d.counters, d.ct = nil, nil, nil, nil, nil
+	d.fromPod, d.toPod, d.fromTunnel, d.toTunnel, d.flows, d.counters, d.ct = nil, nil, nil, nil, nil, nil, nil
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("close datapath: %w", err)
 	}
@@ -241,7 +244,12 @@ func (d *Datapath) Attach(ifindex int) error {
 }
 
 func (d *Datapath) attach(ifindex int, suffix string, at ebpf.AttachType, prog *ebpf.Program) error {
-	path := d.linkPin(ifindex, suffix)
+	return attachPinned(d.linkPin(ifindex, suffix), ifindex, at, prog)
+}
+
+// attachPinned attaches prog to ifindex at at with a tcx link pinned at
+// path, or swaps prog into the link pinned there (see Attach).
+func attachPinned(path string, ifindex int, at ebpf.AttachType, prog *ebpf.Program) error {
 	l, err := link.LoadPinnedLink(path, nil)
 	switch {
 	case err == nil:
@@ -289,22 +297,82 @@ func (d *Datapath) attach(ifindex int, suffix string, at ebpf.AttachType, prog *
 func (d *Datapath) Detach(ifindex int) error {
 	var errs []error
 	for _, a := range attachments {
-		path := d.linkPin(ifindex, a.suffix)
-		l, err := link.LoadPinnedLink(path, nil)
-		if errors.Is(err, os.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("open pinned link %s: %w", path, classify(err)))
-			continue
-		}
-		// Closing our fd last makes the release, and so the detach,
-		// synchronous: the unpin alone would free the link from a
-		// workqueue.
-		errs = append(errs, l.Unpin(), l.Close())
+		errs = append(errs, detachPinned(d.linkPin(ifindex, a.suffix)))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("detach datapath from ifindex %d: %w", ifindex, err)
+	}
+	return nil
+}
+
+// detachPinned removes the link pinned at path; none there is no error.
+func detachPinned(path string) error {
+	l, err := link.LoadPinnedLink(path, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("open pinned link %s: %w", path, classify(err))
+	}
+	// Closing our fd last makes the release, and so the detach,
+	// synchronous: the unpin alone would free the link from a
+	// workqueue.
+	return errors.Join(l.Unpin(), l.Close())
+}
+
+// The tunnel programs and where each is attached on the VXLAN device:
+// pinned as <PinDir>/links/tunnel-<suffix>, names that Attached never
+// lists, so pruning pods' veths leaves them alone.
+var tunnelAttachments = []struct {
+	suffix string
+	attach ebpf.AttachType
+	prog   func(d *Datapath) *ebpf.Program
+}{
+	// What the device decapsulated arrives at its ingress.
+	{"from-tunnel", ebpf.AttachTCXIngress, func(d *Datapath) *ebpf.Program { return d.fromTunnel }},
+	// What the node routes into the tunnel leaves through its egress.
+	{"to-tunnel", ebpf.AttachTCXEgress, func(d *Datapath) *ebpf.Program { return d.toTunnel }},
+}
+
+func (d *Datapath) tunnelPin(suffix string) string {
+	return filepath.Join(d.linksDir, "tunnel-"+suffix)
+}
+
+// AttachTunnel attaches the tunnel programs to the node's flow-based
+// (external, collect_metadata) VXLAN device, ifindex in the calling
+// thread's network namespace: to_tunnel on its egress sets the tunnel key
+// (the remote node, from the ipcache) of what the node routes into it,
+// from_tunnel on its ingress delivers what it decapsulates to the pod's
+// host veth. As Attach: pinned, idempotent, and an atomic swap of the
+// programs where the links are pinned already; a pin whose link is on
+// another (gone) device is replaced.
+func (d *Datapath) AttachTunnel(ifindex int) error {
+	if ifindex <= 0 {
+		return fmt.Errorf("attach tunnel programs: ifindex %d: want an interface index", ifindex)
+	}
+	err := d.open(func() error {
+		for _, a := range tunnelAttachments {
+			if err := attachPinned(d.tunnelPin(a.suffix), ifindex, a.attach, a.prog(d)); err != nil {
+				return fmt.Errorf("%s: %w", a.suffix, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("attach tunnel programs to ifindex %d: %w", ifindex, err)
+	}
+	return nil
+}
+
+// DetachTunnel removes the tunnel programs' pinned links (native routing
+// needs none). Links that are not there are no error.
+func (d *Datapath) DetachTunnel() error {
+	var errs []error
+	for _, a := range tunnelAttachments {
+		errs = append(errs, detachPinned(d.tunnelPin(a.suffix)))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("detach tunnel programs: %w", err)
 	}
 	return nil
 }

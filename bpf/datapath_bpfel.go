@@ -26,7 +26,9 @@ const (
 	dpMapMpPolicy    = "mp_policy"
 	dpMapMpServices  = "mp_services"
 	dpProgFromPod    = "from_pod"
+	dpProgFromTunnel = "from_tunnel"
 	dpProgToPod      = "to_pod"
+	dpProgToTunnel   = "to_tunnel"
 )
 
 // loadDp returns the embedded CollectionSpec for dp.
@@ -71,8 +73,10 @@ type dpSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type dpProgramSpecs struct {
-	FromPod *ebpf.ProgramSpec `ebpf:"from_pod"`
-	ToPod   *ebpf.ProgramSpec `ebpf:"to_pod"`
+	FromPod    *ebpf.ProgramSpec `ebpf:"from_pod"`
+	FromTunnel *ebpf.ProgramSpec `ebpf:"from_tunnel"`
+	ToPod      *ebpf.ProgramSpec `ebpf:"to_pod"`
+	ToTunnel   *ebpf.ProgramSpec `ebpf:"to_tunnel"`
 }
 
 // dpMapSpecs contains maps before they are loaded into the kernel.
@@ -151,14 +155,18 @@ type dpVariables struct {
 //
 // It can be passed to loadDpObjects or ebpf.CollectionSpec.LoadAndAssign.
 type dpPrograms struct {
-	FromPod *ebpf.Program `ebpf:"from_pod"`
-	ToPod   *ebpf.Program `ebpf:"to_pod"`
+	FromPod    *ebpf.Program `ebpf:"from_pod"`
+	FromTunnel *ebpf.Program `ebpf:"from_tunnel"`
+	ToPod      *ebpf.Program `ebpf:"to_pod"`
+	ToTunnel   *ebpf.Program `ebpf:"to_tunnel"`
 }
 
 func (p *dpPrograms) Close() error {
 	return _DpClose(
 		p.FromPod,
+		p.FromTunnel,
 		p.ToPod,
+		p.ToTunnel,
 	)
 }
 

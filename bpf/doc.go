@@ -22,6 +22,7 @@
 //	<Dir>/meshplane/<Node>/mp_flows      ring buffer of flow events (LoadDatapath, FlowReader)
 //	<Dir>/meshplane/<Node>/mp_counters   per-CPU array: direction, drop reason -> packets, bytes (LoadDatapath)
 //	<Dir>/meshplane/<Node>/links/<ifindex>-from-pod, <ifindex>-to-pod   tcx links (Attach)
+//	<Dir>/meshplane/<Node>/links/tunnel-from-tunnel, tunnel-to-tunnel   tcx links on the VXLAN device (AttachTunnel)
 //
 // The pin's file name is also the map's kernel name (bpftool map show). The
 // agent creates the maps, the datapath's programs use them through
@@ -32,9 +33,13 @@
 //
 // # Datapath
 //
-// LoadDatapath loads two programs bound to the maps above; Attach puts
+// LoadDatapath loads four programs bound to the maps above; Attach puts
 // from_pod on the tcx ingress and to_pod on the tcx egress of a pod's host
-// veth and pins the links, so the datapath keeps forwarding while no agent
+// veth and pins the links; AttachTunnel puts from_tunnel and to_tunnel on
+// the node's flow-based VXLAN device in tunnel mode (to_tunnel sets the
+// tunnel key from the ipcache's node address, from_tunnel gives the
+// decapsulated frame the pod's MACs and redirects it to the pod's host
+// veth, where to_pod runs), so the datapath keeps forwarding while no agent
 // runs. A new agent's LoadDatapath reuses the pinned conntrack, flow and
 // counter maps and its Attach swaps the new programs into the pinned links
 // atomically: established connections survive an upgrade. Close releases
@@ -45,7 +50,7 @@
 // structs, checked against the Go types by TestHeaderLayouts and
 // TestHeaderConstants), maps.h, parse.h, conntrack.h, nat.h (service
 // translation and ICMP errors) and datapath.c (counters, flow events,
-// policy and the two programs).
+// policy and the four programs).
 //
 // # ABI
 //

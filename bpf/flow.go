@@ -68,6 +68,12 @@ const (
 	// DropNATFailed is a packet the datapath could not rewrite (the kernel
 	// could not make it writable).
 	DropNATFailed DropReason = 9
+	// DropNoTunnelEndpoint is a packet routed into the tunnel whose
+	// destination has no remote node in the ipcache (tunnel mode).
+	DropNoTunnelEndpoint DropReason = 10
+	// DropTunnelFailed is a packet the kernel would not give tunnel
+	// metadata (bpf_skb_set_tunnel_key failed).
+	DropTunnelFailed DropReason = 11
 )
 
 // maxDropReason is the number of counter slots per direction
@@ -98,6 +104,10 @@ func (r DropReason) String() string {
 		return "unsupported translation"
 	case DropNATFailed:
 		return "translation failed"
+	case DropNoTunnelEndpoint:
+		return "no tunnel endpoint"
+	case DropTunnelFailed:
+		return "tunnel encapsulation failed"
 	}
 	return fmt.Sprintf("reason(%d)", uint8(r))
 }

@@ -140,6 +140,8 @@ func TestHeaderConstants(t *testing.T) {
 		"MP_DROP_UNSUPPORTED_L3":         int(DropUnsupportedL3),
 		"MP_DROP_UNSUPPORTED_NAT":        int(DropUnsupportedNAT),
 		"MP_DROP_NAT_FAILED":             int(DropNATFailed),
+		"MP_DROP_NO_TUNNEL_ENDPOINT":     int(DropNoTunnelEndpoint),
+		"MP_DROP_TUNNEL_FAILED":          int(DropTunnelFailed),
 		"MP_REASON_SLOTS":                maxDropReason,
 		"MP_COUNTER_LOST_FLOWS":          counterLostFlow,
 	}

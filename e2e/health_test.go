@@ -47,6 +47,7 @@ func startHealthLab(t *testing.T, agentFlags ...string) *lab.Lab {
 	if err != nil {
 		t.Fatal(err)
 	}
+	setRouting(t, topo)
 	meshctl, agent := binaries()
 	opts := lab.Options{Meshctl: meshctl, Agent: agent, AgentFlags: agentFlags}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)

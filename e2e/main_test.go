@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"go.uber.org/goleak"
+
+	"github.com/meshplane/meshplane/lab"
 )
 
 // binDir holds meshctl, mesh-agent and mesh-controlplane, built once by TestMain (or taken
@@ -57,6 +59,23 @@ func requireRoot(t testing.TB) {
 		t.Fatal("MESHPLANE_REQUIRE_BPF is set, but the e2e tests need root")
 	}
 	t.Skip("the e2e tests build network namespaces and load eBPF: they need root")
+}
+
+// routingModeEnv names the routing mode of the suite's labs: tunnel (the
+// lab's default) or native. make test runs the suite in both.
+const routingModeEnv = "MESHPLANE_ROUTING_MODE"
+
+// setRouting gives topo the routing mode of MESHPLANE_ROUTING_MODE, if
+// set; the tests of routing itself set theirs and do not call it.
+func setRouting(t testing.TB, topo *lab.Topology) {
+	t.Helper()
+	switch m := os.Getenv(routingModeEnv); m {
+	case "":
+	case lab.RoutingTunnel, lab.RoutingNative:
+		topo.Routing = m
+	default:
+		t.Fatalf("%s=%q: use %s or %s", routingModeEnv, m, lab.RoutingTunnel, lab.RoutingNative)
+	}
 }
 
 func binaries() (meshctl, agent string) {

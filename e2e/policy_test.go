@@ -145,6 +145,7 @@ func startLabFile(t testing.TB, file string, agentFlags ...string) *lab.Lab {
 	if err != nil {
 		t.Fatal(err)
 	}
+	setRouting(t, topo)
 	meshctl, agent := binaries()
 	opts := lab.Options{Meshctl: meshctl, Agent: agent, AgentFlags: agentFlags}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)

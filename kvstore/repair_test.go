@@ -86,9 +86,18 @@ func TestSessionRepairsOwnedKeys(t *testing.T) {
 	if _, ok, err := c.Get(ctx, gone); err != nil || ok {
 		t.Errorf("the key the session deleted itself: found %v (err %v), want it to stay deleted", ok, err)
 	}
-	if n := s.Repairs(); n != 3 {
+	if n := waitRepairs(t, s, 3); n != 3 {
 		t.Errorf("Repairs() = %d, want 3", n)
 	}
+	// OnRepair runs after the count.
+	eventually(t, 10*time.Second, "OnRepair called 3 times", func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(repairs) < 3 {
+			return fmt.Errorf("OnRepair called %d times", len(repairs))
+		}
+		return nil
+	})
 	mu.Lock()
 	defer mu.Unlock()
 	wantReasons := map[string]kvstore.RepairReason{node: kvstore.RepairChanged, ep: kvstore.RepairDeleted, ep2: kvstore.RepairLease}
@@ -135,7 +144,7 @@ func TestSessionOwnWritesAreNotRepaired(t *testing.T) {
 	if err := ownedAs(ctx, c, key, "199", lease); err != nil {
 		t.Error(err)
 	}
-	if n := s.Repairs(); n != 1 {
+	if n := waitRepairs(t, s, 1); n != 1 {
 		t.Errorf("Repairs() = %d, want 1 (the sentinel): the session repaired its own writes", n)
 	}
 }
@@ -237,7 +246,22 @@ func TestSessionLeaseLossIsNotARepair(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, 10*time.Second, "sentinel repaired", func() error { return ownedAs(ctx, c, key, "0", s.State().Lease) })
-	if r := s.Repairs(); r != 1 {
+	if r := waitRepairs(t, s, 1); r != 1 {
 		t.Errorf("Repairs() = %d after a lease loss and one delete, want 1", r)
 	}
+}
+
+// waitRepairs waits until the session has counted at least want repairs
+// and returns the count. The guard counts a repair after its write
+// commits, so a test that sees the key back may read the count before it
+// is incremented.
+func waitRepairs(t *testing.T, s *kvstore.Session, want int64) int64 {
+	t.Helper()
+	eventually(t, 10*time.Second, fmt.Sprintf("%d repairs counted", want), func() error {
+		if n := s.Repairs(); n < want {
+			return fmt.Errorf("%d repairs counted", n)
+		}
+		return nil
+	})
+	return s.Repairs()
 }

@@ -9,14 +9,20 @@
 // A topology (docs/lab.md; ParseTopology) names clusters, their nodes,
 // namespaces, pods and services. Up builds it:
 //
-//   - a lab namespace "mp-<lab>-lab" holding a bridge, br0. The host's root
-//     namespace is never changed: no interface, route or sysctl.
+//   - a lab namespace "mp-<lab>-lab" holding a bridge, br0, and one more
+//     per subnet (br1, ...). The host's root namespace is never changed:
+//     no interface, route or sysctl.
+//   - with subnets, a router "mp-<lab>-router": forwarding on, an
+//     interface on every bridge with the first host of its network, and
+//     no pod CIDR routes, so native routing cannot cross it and the
+//     tunnel can. Nodes and externals then route by default through it.
 //   - per node, a namespace "mp-<lab>-n_<cluster>_<node>": eth0 with the
-//     node's address on the bridge (the peer is in the lab namespace),
-//     forwarding on, rp_filter off, a route to every other node's pod CIDR
-//     through that node's address (direct routing), and a mesh-agent
-//     running inside it (through `meshctl lab nsexec`, which changes only
-//     the network namespace, so the agent sees /sys/fs/bpf).
+//     node's address on its network's bridge (the peer is in the lab
+//     namespace), forwarding on, rp_filter off, and a mesh-agent running
+//     inside it (through `meshctl lab nsexec`, which changes only the
+//     network namespace, so the agent sees /sys/fs/bpf) with the
+//     topology's --routing-mode: the agents route between the nodes (a
+//     VXLAN device and routes of protocol 109), the lab does not.
 //   - per cluster, an etcd: embedded in a `meshctl lab etcd` process in the
 //     root namespace on loopback, or an external one; either way reached
 //     through a unix socket, which crosses namespaces. Up creates the
@@ -26,8 +32,9 @@
 //     AddEndpoint gives the address, identity and gateway; the pod gets
 //     ip/32, an on-link route to the gateway, a default route through it
 //     and a permanent neighbor entry gateway -> host veth MAC; the node a
-//     route ip/32 dev lxc... and a permanent neighbor entry for the pod. A
-//     `meshctl lab echo` server in the pod serves its ports.
+//     route ip/32 dev lxc... and a permanent neighbor entry for the pod
+//     (package cni's wiring, the CNI plugin's own). A `meshctl lab echo`
+//     server in the pod serves its ports.
 //   - per cluster, what mesh-controlplane writes on Kubernetes: pod
 //     metadata (pods/<node>/<ns>/<name>), namespace labels (namespaces/<ns>)
 //     and services (services/<ns>/<name>: a frontend per port on the
@@ -50,12 +57,12 @@
 //     there too; NetworkPolicies are created there by the user.
 //   - per external (a host outside every cluster, the "world" of ipBlock
 //     policies), a namespace "mp-<lab>-x_<name>" on the bridge at its
-//     address, not a router, with a route to every node's pod CIDR through
-//     that node (made after the agents, like the node routes) and an echo
+//     address, not a router, with a route to the pod CIDR of every node on
+//     the lab network through that node (made after the agents) and an echo
 //     server answering "ext:<name>". Probe takes it as a source or target
 //     ("ext:<name>", or the bare name when no pod has it).
 //
-// The name grammar after "mp-<lab>-" ("lab", "n_...", "p_...", "x_...")
+// The name grammar after "mp-<lab>-" ("lab", "router", "n_...", "p_...", "x_...")
 // cannot be produced by another lab's prefix, since lab names have no '_':
 // Down of lab "demo" never touches lab "demo-x".
 //

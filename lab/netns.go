@@ -50,10 +50,14 @@ func externalNetnsName(lab, name string) string {
 	return netnsPrefix(lab) + "x_" + name
 }
 
+// routerNetnsName is the router between the lab's networks (labs with
+// subnets only).
+func routerNetnsName(lab string) string { return netnsPrefix(lab) + "router" }
+
 // isLabNetns reports whether name is one of lab's namespaces.
 func isLabNetns(lab, name string) bool {
 	rest, ok := strings.CutPrefix(name, netnsPrefix(lab))
-	return ok && (rest == "lab" || strings.HasPrefix(rest, "n_") || strings.HasPrefix(rest, "p_") || strings.HasPrefix(rest, "x_"))
+	return ok && (rest == "lab" || rest == "router" || strings.HasPrefix(rest, "n_") || strings.HasPrefix(rest, "p_") || strings.HasPrefix(rest, "x_"))
 }
 
 func netnsPath(name string) string { return filepath.Join(netnsDir, name) }
@@ -81,6 +85,12 @@ func bridgePortName(cluster, node string) string {
 // have none.
 func externalPortName(name string) string {
 	return "veth" + shortHash(11, "external:"+name)
+}
+
+// routerPortName is the lab-namespace side of the router's link to the
+// bridge of a network ("" the lab's).
+func routerPortName(subnet string) string {
+	return "veth" + shortHash(11, "router:"+subnet)
 }
 
 // inNetns runs fn on an OS thread that is in the network namespace at
@@ -350,8 +360,9 @@ func setSysctls(path string, kv map[string]string, optional bool) error {
 	})
 }
 
-// setupLabNetns creates the lab namespace and its bridge.
-func setupLabNetns(lab string) (string, error) {
+// setupLabNetns creates the lab namespace and its bridges: br0 for the
+// lab's network, and one per further name in bridges (the subnets').
+func setupLabNetns(lab string, bridges ...string) (string, error) {
 	path, err := createNetns(labNetnsName(lab))
 	if err != nil {
 		return "", err
@@ -367,11 +378,16 @@ func setupLabNetns(lab string) (string, error) {
 	if err := linkUp(h, "lo"); err != nil {
 		return path, err
 	}
-	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: bridgeName}}
-	if err := h.LinkAdd(br); err != nil {
-		return path, fmt.Errorf("add bridge %s: %w", bridgeName, err)
+	for _, name := range append([]string{bridgeName}, bridges...) {
+		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name}}
+		if err := h.LinkAdd(br); err != nil {
+			return path, fmt.Errorf("add bridge %s: %w", name, err)
+		}
+		if err := linkUp(h, name); err != nil {
+			return path, err
+		}
 	}
-	return path, linkUp(h, bridgeName)
+	return path, nil
 }
 
 func linkUp(h *netlink.Handle, name string) error {
@@ -386,9 +402,49 @@ func linkUp(h *netlink.Handle, name string) error {
 }
 
 // setupNodeNetns creates a node's namespace (or an external's, which is
-// no router) and joins it to the bridge: eth0 with the node's address in
-// the node, its peer on the bridge in the lab namespace.
-func setupNodeNetns(labNs, name, port string, addr netip.Prefix, router bool) (string, error) {
+// no router) and joins it to its segment's bridge: eth0 with the node's
+// address in the node, its peer on the bridge in the lab namespace. In a
+// lab with subnets, the default route goes to the lab's router.
+func setupNodeNetns(labNs, name, port string, sg segment, ip netip.Addr, router bool) (string, error) {
+	path, err := joinBridge(labNs, name, port, sg.bridge, netip.PrefixFrom(ip, sg.network.Bits()), router)
+	if err != nil || !sg.router.IsValid() {
+		return path, err
+	}
+	h, err := handleAt(path)
+	if err != nil {
+		return path, err
+	}
+	defer h.Close()
+	if err := h.RouteReplace(&netlink.Route{Gw: sg.router.AsSlice()}); err != nil {
+		return path, fmt.Errorf("default route via the router %s in %s: %w", sg.router, name, err)
+	}
+	return path, nil
+}
+
+// setupRouter creates the router of a lab with subnets: a namespace that
+// forwards, with eth<i> on the bridge of every segment holding the
+// router's address there. It knows the segments' networks only, no pod
+// CIDR: traffic to a pod crosses it only in a tunnel.
+func setupRouter(labNs, lab string, segs []segment) (string, error) {
+	var path string
+	for i, sg := range segs {
+		name := routerNetnsName(lab)
+		var err error
+		if i == 0 {
+			path, err = joinBridge(labNs, name, routerPortName(sg.subnet), sg.bridge, netip.PrefixFrom(sg.router, sg.network.Bits()), true)
+		} else {
+			err = addBridgeLink(labNs, path, name, routerPortName(sg.subnet), sg.bridge, fmt.Sprintf("eth%d", i), netip.PrefixFrom(sg.router, sg.network.Bits()))
+		}
+		if err != nil {
+			return path, err
+		}
+	}
+	return path, nil
+}
+
+// joinBridge creates a namespace and joins it to bridge (see
+// setupNodeNetns).
+func joinBridge(labNs, name, port, bridge string, addr netip.Prefix, router bool) (string, error) {
 	path, err := createNetns(name)
 	if err != nil {
 		return "", err
@@ -401,38 +457,6 @@ func setupNodeNetns(labNs, name, port string, addr netip.Prefix, router bool) (s
 			return path, err
 		}
 	}
-	nodeNs, err := netns.GetFromPath(path)
-	if err != nil {
-		return path, fmt.Errorf("open netns %s: %w", path, err)
-	}
-	defer func() { _ = nodeNs.Close() }()
-	lh, err := handleAt(labNs)
-	if err != nil {
-		return path, err
-	}
-	defer lh.Close()
-	veth := &netlink.Veth{
-		LinkAttrs:     netlink.LinkAttrs{Name: port},
-		PeerName:      ifaceName,
-		PeerNamespace: netlink.NsFd(nodeNs),
-	}
-	if err := lh.LinkAdd(veth); err != nil {
-		return path, fmt.Errorf("add veth %s to node %s: %w", port, name, err)
-	}
-	br, err := lh.LinkByName(bridgeName)
-	if err != nil {
-		return path, fmt.Errorf("bridge: %w", err)
-	}
-	l, err := lh.LinkByName(port)
-	if err != nil {
-		return path, fmt.Errorf("link %s: %w", port, err)
-	}
-	if err := lh.LinkSetMaster(l, br); err != nil {
-		return path, fmt.Errorf("attach %s to the bridge: %w", port, err)
-	}
-	if err := lh.LinkSetUp(l); err != nil {
-		return path, fmt.Errorf("set %s up: %w", port, err)
-	}
 	nh, err := handleAt(path)
 	if err != nil {
 		return path, err
@@ -441,165 +465,78 @@ func setupNodeNetns(labNs, name, port string, addr netip.Prefix, router bool) (s
 	if err := linkUp(nh, "lo"); err != nil {
 		return path, err
 	}
-	eth, err := nh.LinkByName(ifaceName)
-	if err != nil {
-		return path, fmt.Errorf("link %s in %s: %w", ifaceName, name, err)
-	}
-	if err := nh.AddrAdd(eth, &netlink.Addr{IPNet: ipNet(addr)}); err != nil {
-		return path, fmt.Errorf("address %s on %s: %w", addr, name, err)
-	}
-	if err := nh.LinkSetUp(eth); err != nil {
-		return path, fmt.Errorf("set %s up in %s: %w", ifaceName, name, err)
-	}
-	return path, nil
+	return path, addBridgeLink(labNs, path, name, port, bridge, ifaceName, addr)
 }
 
-// routeNode installs (or replaces) the route to another node's pod CIDR
-// through that node's address: direct routing.
-func routeNode(nodeNs string, podCIDR netip.Prefix, via netip.Addr) error {
-	h, err := handleAt(nodeNs)
+// addBridgeLink joins the namespace at path (called name) to bridge: a
+// veth, port on the bridge in the lab namespace, dev with addr in the
+// namespace, both up.
+func addBridgeLink(labNs, path, name, port, bridge, dev string, addr netip.Prefix) error {
+	ns, err := netns.GetFromPath(path)
+	if err != nil {
+		return fmt.Errorf("open netns %s: %w", path, err)
+	}
+	defer func() { _ = ns.Close() }()
+	lh, err := handleAt(labNs)
+	if err != nil {
+		return err
+	}
+	defer lh.Close()
+	veth := &netlink.Veth{
+		LinkAttrs:     netlink.LinkAttrs{Name: port},
+		PeerName:      dev,
+		PeerNamespace: netlink.NsFd(ns),
+	}
+	if err := lh.LinkAdd(veth); err != nil {
+		return fmt.Errorf("add veth %s to %s: %w", port, name, err)
+	}
+	br, err := lh.LinkByName(bridge)
+	if err != nil {
+		return fmt.Errorf("bridge %s: %w", bridge, err)
+	}
+	l, err := lh.LinkByName(port)
+	if err != nil {
+		return fmt.Errorf("link %s: %w", port, err)
+	}
+	if err := lh.LinkSetMaster(l, br); err != nil {
+		return fmt.Errorf("attach %s to bridge %s: %w", port, bridge, err)
+	}
+	if err := lh.LinkSetUp(l); err != nil {
+		return fmt.Errorf("set %s up: %w", port, err)
+	}
+	nh, err := handleAt(path)
+	if err != nil {
+		return err
+	}
+	defer nh.Close()
+	eth, err := nh.LinkByName(dev)
+	if err != nil {
+		return fmt.Errorf("link %s in %s: %w", dev, name, err)
+	}
+	if err := nh.AddrAdd(eth, &netlink.Addr{IPNet: ipNet(addr)}); err != nil {
+		return fmt.Errorf("address %s on %s: %w", addr, name, err)
+	}
+	if err := nh.LinkSetUp(eth); err != nil {
+		return fmt.Errorf("set %s up in %s: %w", dev, name, err)
+	}
+	return nil
+}
+
+// routeExternal gives an external host a route to a node's pod CIDR via
+// the node. The agents route between nodes; the world outside the
+// cluster is not theirs to program. The datapath does not masquerade, so
+// an external answers a pod at the pod's own address, and needs to know
+// where that is: only via a node on its own network (the router knows no
+// pod CIDR), so pods on nodes of other subnets do not reach externals.
+func routeExternal(extNs string, podCIDR netip.Prefix, via netip.Addr) error {
+	h, err := handleAt(extNs)
 	if err != nil {
 		return err
 	}
 	defer h.Close()
 	r := &netlink.Route{Dst: ipNet(podCIDR), Gw: via.AsSlice()}
 	if err := h.RouteReplace(r); err != nil {
-		return fmt.Errorf("route %s via %s in %s: %w", podCIDR, via, nodeNs, err)
-	}
-	return nil
-}
-
-// podLink is what creating a pod's veth gives: the host side's index and
-// MAC, and the pod side's MAC (the AddEndpoint request's fields).
-type podLink struct {
-	IfIndex         int
-	HostMAC, PodMAC net.HardwareAddr
-}
-
-// createPodVeth creates the pod's veth: host side named hostVeth in the
-// node namespace, eth0 in the pod's; both up, and lo in the pod.
-func createPodVeth(nodeNs, podNs, hostVeth string) (podLink, error) {
-	var out podLink
-	pns, err := netns.GetFromPath(podNs)
-	if err != nil {
-		return out, fmt.Errorf("open netns %s: %w", podNs, err)
-	}
-	defer func() { _ = pns.Close() }()
-	nh, err := handleAt(nodeNs)
-	if err != nil {
-		return out, err
-	}
-	defer nh.Close()
-	veth := &netlink.Veth{
-		LinkAttrs:     netlink.LinkAttrs{Name: hostVeth},
-		PeerName:      ifaceName,
-		PeerNamespace: netlink.NsFd(pns),
-	}
-	if err := nh.LinkAdd(veth); err != nil {
-		return out, fmt.Errorf("add veth %s: %w", hostVeth, err)
-	}
-	host, err := nh.LinkByName(hostVeth)
-	if err != nil {
-		return out, fmt.Errorf("link %s: %w", hostVeth, err)
-	}
-	if err := nh.LinkSetUp(host); err != nil {
-		return out, fmt.Errorf("set %s up: %w", hostVeth, err)
-	}
-	out.IfIndex, out.HostMAC = host.Attrs().Index, host.Attrs().HardwareAddr
-	ph, err := handleAt(podNs)
-	if err != nil {
-		return out, err
-	}
-	defer ph.Close()
-	if err := linkUp(ph, "lo"); err != nil {
-		return out, err
-	}
-	eth, err := ph.LinkByName(ifaceName)
-	if err != nil {
-		return out, fmt.Errorf("pod link %s: %w", ifaceName, err)
-	}
-	if err := ph.LinkSetUp(eth); err != nil {
-		return out, fmt.Errorf("set pod %s up: %w", ifaceName, err)
-	}
-	out.PodMAC = eth.Attrs().HardwareAddr
-	return out, nil
-}
-
-// configurePod gives the pod its address and routes, as Calico and
-// Cilium do: ip/32 on eth0, the gateway on-link, the default route through
-// it, and a permanent neighbor entry for the gateway with the host veth's
-// MAC, so the pod never needs an ARP answer from the node.
-func configurePod(podNs string, ip, gw netip.Addr, hostMAC net.HardwareAddr) error {
-	h, err := handleAt(podNs)
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	eth, err := h.LinkByName(ifaceName)
-	if err != nil {
-		return fmt.Errorf("pod link %s: %w", ifaceName, err)
-	}
-	idx := eth.Attrs().Index
-	if err := h.AddrAdd(eth, &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(ip, 32))}); err != nil {
-		return fmt.Errorf("pod address %s: %w", ip, err)
-	}
-	if err := h.RouteReplace(&netlink.Route{LinkIndex: idx, Dst: ipNet(netip.PrefixFrom(gw, 32)), Scope: netlink.SCOPE_LINK}); err != nil {
-		return fmt.Errorf("pod route to gateway %s: %w", gw, err)
-	}
-	if err := h.RouteReplace(&netlink.Route{LinkIndex: idx, Gw: gw.AsSlice()}); err != nil {
-		return fmt.Errorf("pod default route via %s: %w", gw, err)
-	}
-	return permanentNeigh(h, idx, gw, hostMAC)
-}
-
-// routePod makes the node deliver the pod's address to its veth, with a
-// permanent neighbor entry for the pod's MAC.
-func routePod(nodeNs, hostVeth string, ip netip.Addr, podMAC net.HardwareAddr) error {
-	h, err := handleAt(nodeNs)
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	l, err := h.LinkByName(hostVeth)
-	if err != nil {
-		return fmt.Errorf("link %s: %w", hostVeth, err)
-	}
-	idx := l.Attrs().Index
-	if err := h.RouteReplace(&netlink.Route{LinkIndex: idx, Dst: ipNet(netip.PrefixFrom(ip, 32)), Scope: netlink.SCOPE_LINK}); err != nil {
-		return fmt.Errorf("route %s dev %s: %w", ip, hostVeth, err)
-	}
-	return permanentNeigh(h, idx, ip, podMAC)
-}
-
-func permanentNeigh(h *netlink.Handle, idx int, ip netip.Addr, mac net.HardwareAddr) error {
-	n := &netlink.Neigh{LinkIndex: idx, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT, IP: ip.AsSlice(), HardwareAddr: mac}
-	if err := h.NeighSet(n); err != nil {
-		return fmt.Errorf("neighbor %s lladdr %s: %w", ip, mac, err)
-	}
-	return nil
-}
-
-// deleteLink removes an interface (both ends of a veth); a missing one is
-// not an error.
-func deleteLink(nsPath, name string) error {
-	h, err := handleAt(nsPath)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil
-		}
-		return err
-	}
-	defer h.Close()
-	l, err := h.LinkByName(name)
-	if err != nil {
-		var nf netlink.LinkNotFoundError
-		if errors.As(err, &nf) {
-			return nil
-		}
-		return fmt.Errorf("link %s: %w", name, err)
-	}
-	if err := h.LinkDel(l); err != nil {
-		return fmt.Errorf("delete %s: %w", name, err)
+		return fmt.Errorf("route %s via %s in %s: %w", podCIDR, via, extNs, err)
 	}
 	return nil
 }

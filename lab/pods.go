@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/meshplane/meshplane/api"
+	"github.com/meshplane/meshplane/cni"
 	"github.com/meshplane/meshplane/service"
 )
 
@@ -148,13 +149,15 @@ func (l *Lab) addPod(ctx context.Context, c *Cluster, ns *nodeState, spec PodSpe
 	if err := setSysctls(ps.Netns, hostSysctls, true); err != nil {
 		return ps, err
 	}
-	link, err := createPodVeth(ns.Netns, ps.Netns, ps.HostVeth)
+	// The wiring is the CNI plugin's (package cni), with the node's
+	// namespace as the host.
+	link, err := cni.CreateVeth(cni.VethSpec{HostNetns: ns.Netns, HostName: ps.HostVeth, PodNetns: ps.Netns, PodIfName: ifaceName})
 	if err != nil {
 		return ps, err
 	}
 	req := &api.AddEndpointRequest{
 		Namespace: spec.Namespace, Pod: spec.Name, ContainerId: "lab-" + shortHash(12, l.st.Name, c.Name, spec.Namespace, spec.Name),
-		Netns: ps.Netns, Ifindex: uint32(link.IfIndex),
+		Netns: ps.Netns, Ifname: ifaceName, Ifindex: uint32(link.HostIndex),
 		Mac: link.PodMAC.String(), NodeMac: link.HostMAC.String(),
 	}
 	// On Kubernetes the request names the pod only, as a CNI plugin's
@@ -198,10 +201,15 @@ func (l *Lab) addPod(ctx context.Context, c *Cluster, ns *nodeState, spec PodSpe
 	if err := l.save(); err != nil {
 		return ps, err
 	}
-	if err := configurePod(ps.Netns, ip, gw, link.HostMAC); err != nil {
+	if resp.Mtu > 0 {
+		if err := cni.SetMTU(ns.Netns, ps.Netns, link, int(resp.Mtu)); err != nil {
+			return ps, err
+		}
+	}
+	if err := cni.ConfigurePod(ps.Netns, ifaceName, []cni.PodIP{{IP: ip, Gateway: gw}}, link.HostMAC); err != nil {
 		return ps, err
 	}
-	if err := routePod(ns.Netns, ps.HostVeth, ip, link.PodMAC); err != nil {
+	if err := cni.RouteToPod(ns.Netns, ps.HostVeth, []netip.Addr{ip}, link.PodMAC); err != nil {
 		return ps, err
 	}
 	setPID := func(pid int) { ps.EchoPID = pid }
@@ -293,7 +301,7 @@ func (l *Lab) removePod(ctx context.Context, ps *podState) error {
 			return fmt.Errorf("DeleteEndpoint %s on node %s/%s: %w", ps.Ref(), ns.Cluster, ns.Name, err)
 		}
 	}
-	if err := deleteLink(ns.Netns, ps.HostVeth); err != nil {
+	if err := cni.Remove(ns.Netns, ps.HostVeth); err != nil {
 		errs = append(errs, err)
 	}
 	if err := deleteNetns(filepath.Base(ps.Netns)); err != nil {

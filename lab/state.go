@@ -38,9 +38,11 @@ func (p Pod) Ref() string { return p.Cluster + "/" + p.Namespace + "/" + p.Name 
 
 // Node is a running node of the lab.
 type Node struct {
-	Cluster string     `json:"cluster"`
-	Name    string     `json:"name"`
-	IP      netip.Addr `json:"ip"`
+	Cluster string `json:"cluster"`
+	Name    string `json:"name"`
+	// Subnet is the node's subnet; empty: the lab's network.
+	Subnet string     `json:"subnet,omitempty"`
+	IP     netip.Addr `json:"ip"`
 	// Netns is the path of the node's network namespace.
 	Netns string `json:"netns"`
 	// AgentSocket is the agent's API socket (meshctl status --agent-socket).

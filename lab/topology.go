@@ -53,10 +53,38 @@ type Topology struct {
 	Network string `json:"network,omitempty"`
 	// Clusters are the lab's clusters; they share the bridge.
 	Clusters []Cluster `json:"clusters"`
+	// Subnets are further networks for nodes, each on a bridge of its
+	// own: nodes of different networks (Network and the subnets) reach
+	// each other only through the lab's router, a namespace with an
+	// address (the first host) in every network that forwards between
+	// them and knows no pod CIDR. So native routing cannot reach pods
+	// across them, and tunnel mode can (docs/lab.md).
+	Subnets []SubnetSpec `json:"subnets,omitempty"`
+	// Routing is the agents' routing mode between nodes (their
+	// --routing-mode): "tunnel" (VXLAN; works across subnets) or
+	// "native" (routes via the nodes' addresses). Empty means tunnel.
+	Routing string `json:"routing,omitempty"`
 	// Externals are hosts outside every cluster, on the lab's bridge: to
 	// the datapath they are the world (or the CIDR identities of ipBlock
 	// policies).
 	Externals []ExternalSpec `json:"externals,omitempty"`
+}
+
+// The routing modes of Topology.Routing (nodeagent's; the lab runs the
+// agent as a process and does not import it).
+const (
+	RoutingTunnel = "tunnel"
+	RoutingNative = "native"
+)
+
+// SubnetSpec is a network of nodes behind the lab's router.
+type SubnetSpec struct {
+	// Name is a DNS label of at most 12 characters, unique among the
+	// subnets; nodes name it in their subnet field.
+	Name string `json:"name"`
+	// Network is the subnet's IPv4 network, /8 to /28, overlapping no
+	// other network or pod CIDR of the lab.
+	Network string `json:"network"`
 }
 
 // ExternalSpec is a host outside every cluster: a network namespace on the
@@ -121,8 +149,11 @@ type Namespace struct {
 type NodeSpec struct {
 	// Name is the node's name: a DNS label, unique in the cluster.
 	Name string `json:"name"`
-	// IP is the node's address on the lab bridge. Empty means the next
-	// free one from .11 of the lab's network.
+	// Subnet, if set, names the subnet the node is on; empty means the
+	// lab's network.
+	Subnet string `json:"subnet,omitempty"`
+	// IP is the node's address in its network (the lab's or its
+	// subnet's). Empty means the next free one from .11 of it.
 	IP string `json:"ip,omitempty"`
 	// Pods start on the node when the lab comes up.
 	Pods []PodSpec `json:"pods,omitempty"`
@@ -231,6 +262,17 @@ func (t *Topology) Validate() error {
 		network = p
 	}
 	t.Network = network.String()
+	switch t.Routing {
+	case "":
+		t.Routing = RoutingTunnel
+	case RoutingTunnel, RoutingNative:
+	default:
+		return topoErr("routing", "%q: use tunnel (VXLAN, works across subnets) or native (routes via the nodes' addresses)", t.Routing)
+	}
+	segments, err := t.validateSubnets(network)
+	if err != nil {
+		return err
+	}
 	if len(t.Clusters) == 0 {
 		return topoErr("clusters", "a lab needs at least one cluster")
 	}
@@ -262,8 +304,10 @@ func (t *Topology) Validate() error {
 		if err != nil {
 			return topoErr(at+".podCIDR", "%v", err)
 		}
-		if pool.IPv4[0].Overlaps(network) {
-			return topoErr(at+".podCIDR", "%s overlaps the lab network %s", pool.IPv4[0], network)
+		for _, sg := range segments {
+			if pool.IPv4[0].Overlaps(sg.network) {
+				return topoErr(at+".podCIDR", "%s overlaps the %s %s", pool.IPv4[0], sg.what(), sg.network)
+			}
 		}
 		for i, p := range pools {
 			if p.IPv4[0].Overlaps(pool.IPv4[0]) {
@@ -298,12 +342,16 @@ func (t *Topology) Validate() error {
 			if err := checkNetnsName(nat+".name", nodeNetnsName(t.Name, c.Name, n.Name)); err != nil {
 				return err
 			}
+			sg, ok := segments[n.Subnet]
+			if !ok {
+				return topoErr(nat+".subnet", "%q is not a subnet of the lab (%s)", n.Subnet, t.subnetNames())
+			}
 			if n.IP != "" {
 				ip, err := netip.ParseAddr(n.IP)
 				if err != nil || !ip.Is4() {
 					return topoErr(nat+".ip", "%q is not an IPv4 address", n.IP)
 				}
-				if err := hostOf(network, ip); err != nil {
+				if err := hostOf(sg.network, ip); err != nil {
 					return topoErr(nat+".ip", "%v", err)
 				}
 				if other, ok := nodeIPs[ip]; ok {
@@ -337,8 +385,10 @@ func (t *Topology) Validate() error {
 			}
 			svcNames[key] = true
 			ip := netip.MustParseAddr(s.ClusterIP) // validated
-			if ip.Unmap() == network.Addr() || network.Contains(ip) {
-				return topoErr(sat+".clusterIP", "%s is inside the lab network %s", ip, network)
+			for _, sg := range segments {
+				if sg.network.Contains(ip) {
+					return topoErr(sat+".clusterIP", "%s is inside the %s %s", ip, sg.what(), sg.network)
+				}
 			}
 			for i, p := range pools {
 				if p.IPv4[0].Contains(ip) {
@@ -368,7 +418,83 @@ func (t *Topology) Validate() error {
 	if err := t.validateExternals(network, nodeIPs); err != nil {
 		return err
 	}
-	return t.assignNodeIPs(network, nodeIPs)
+	return t.assignNodeIPs(segments, nodeIPs)
+}
+
+// segment is one network of the lab: the lab's (subnet "") or a subnet.
+type segment struct {
+	subnet  string
+	network netip.Prefix
+	bridge  string     // in the lab namespace
+	router  netip.Addr // the router's address in it; invalid without subnets
+}
+
+func (sg segment) what() string {
+	if sg.subnet == "" {
+		return "lab network"
+	}
+	return "subnet " + sg.subnet
+}
+
+// maxSubnetName keeps the bridge and port names within IFNAMSIZ.
+const maxSubnetName = 12
+
+// validateSubnets checks the subnets and returns every segment by subnet
+// name ("" the lab's network). With subnets, the first host of every
+// network is the router's.
+func (t *Topology) validateSubnets(network netip.Prefix) (map[string]segment, error) {
+	segs := map[string]segment{"": {network: network, bridge: bridgeName}}
+	for i := range t.Subnets {
+		sn := &t.Subnets[i]
+		at := fmt.Sprintf("subnets[%d]", i)
+		if len(sn.Name) > maxSubnetName || !dnsLabel.MatchString(sn.Name) {
+			return nil, topoErr(at+".name", "%q: use a DNS label of at most %d characters", sn.Name, maxSubnetName)
+		}
+		if _, ok := segs[sn.Name]; ok {
+			return nil, topoErr(at+".name", "subnet %q appears twice", sn.Name)
+		}
+		p, err := parseCIDR(sn.Network)
+		if err != nil {
+			return nil, topoErr(at+".network", "%v", err)
+		}
+		if p.Bits() < 8 || p.Bits() > 28 {
+			return nil, topoErr(at+".network", "%s: use an IPv4 network between /8 and /28", p)
+		}
+		for _, o := range segs {
+			if o.network.Overlaps(p) {
+				return nil, topoErr(at+".network", "%s overlaps the %s %s", p, o.what(), o.network)
+			}
+		}
+		sn.Network = p.String()
+		segs[sn.Name] = segment{subnet: sn.Name, network: p, bridge: fmt.Sprintf("br%d", i+1)}
+	}
+	if len(t.Subnets) > 0 {
+		for name, sg := range segs {
+			sg.router = sg.network.Addr().Next()
+			segs[name] = sg
+		}
+	}
+	return segs, nil
+}
+
+func (t *Topology) subnetNames() string {
+	if len(t.Subnets) == 0 {
+		return "it has none: declare them under subnets"
+	}
+	names := make([]string, len(t.Subnets))
+	for i, sn := range t.Subnets {
+		names[i] = sn.Name
+	}
+	return "declared: " + strings.Join(names, ", ")
+}
+
+// segments returns the validated topology's segments by subnet name.
+func (t *Topology) segments() map[string]segment {
+	segs, err := t.validateSubnets(netip.MustParsePrefix(t.Network))
+	if err != nil {
+		panic("lab: segments of an invalid topology: " + err.Error())
+	}
+	return segs
 }
 
 // validateExternals checks the externals and adds their addresses to
@@ -407,11 +533,22 @@ func (t *Topology) validateExternals(network netip.Prefix, taken map[netip.Addr]
 }
 
 // assignNodeIPs gives the nodes without an address the next free ones
-// from .11, in file order.
-func (t *Topology) assignNodeIPs(network netip.Prefix, taken map[netip.Addr]string) error {
-	next := network.Addr()
-	for range firstNodeHost {
-		next = next.Next()
+// of their network from .11, in file order. With subnets, the router's
+// addresses are taken.
+func (t *Topology) assignNodeIPs(segments map[string]segment, taken map[netip.Addr]string) error {
+	next := make(map[string]netip.Addr)
+	for name, sg := range segments {
+		if sg.router.IsValid() {
+			if other := taken[sg.router]; other != "" {
+				return topoErr("subnets", "%s is the lab router's address in the %s %s, but %s has it: use another", sg.router, sg.what(), sg.network, other)
+			}
+			taken[sg.router] = "the router"
+		}
+		a := sg.network.Addr()
+		for range firstNodeHost {
+			a = a.Next()
+		}
+		next[name] = a
 	}
 	for ci := range t.Clusters {
 		for ni := range t.Clusters[ci].Nodes {
@@ -419,15 +556,17 @@ func (t *Topology) assignNodeIPs(network netip.Prefix, taken map[netip.Addr]stri
 			if n.IP != "" {
 				continue
 			}
-			for taken[next] != "" {
-				next = next.Next()
+			sg := segments[n.Subnet]
+			a := next[n.Subnet]
+			for taken[a] != "" {
+				a = a.Next()
 			}
-			if hostOf(network, next) != nil {
-				return topoErr(fmt.Sprintf("clusters[%d].nodes[%d].ip", ci, ni), "the lab network %s has no free address left for node %s: use a larger network", network, n.Name)
+			if hostOf(sg.network, a) != nil {
+				return topoErr(fmt.Sprintf("clusters[%d].nodes[%d].ip", ci, ni), "the %s %s has no free address left for node %s: use a larger network", sg.what(), sg.network, n.Name)
 			}
-			n.IP = next.String()
-			taken[next] = "node " + t.Clusters[ci].Name + "/" + n.Name
-			next = next.Next()
+			n.IP = a.String()
+			taken[a] = "node " + t.Clusters[ci].Name + "/" + n.Name
+			next[n.Subnet] = a.Next()
 		}
 	}
 	return nil

@@ -122,6 +122,17 @@ func TestParseTopologyErrors(t *testing.T) {
 		{"service unknown namespace", "{name: web, namespace: prod", "{name: web, namespace: dev", [2]string{}, "clusters[0].services[0].namespace", "not a namespace"},
 		{"duplicate namespace", "- {name: prod, labels: {env: prod}}", "- {name: prod}\n      - {name: prod}", [2]string{}, "clusters[0].namespaces[1].name", "twice"},
 		{"not yaml", base, "name: [", [2]string{}, "", "invalid lab topology"},
+		{"bad routing", "name: t\n", "name: t\nrouting: bgp\n", [2]string{}, "routing", "use tunnel"},
+		{"native routing", "name: t\n", "name: t\nrouting: native\n", [2]string{}, "", ""},
+		{"subnet", "name: t\n", "name: t\nsubnets: [{name: far, network: 192.168.78.0/24}]\n", [2]string{"- name: n2", "- name: n2\n        subnet: far"}, "", ""},
+		{"unknown subnet", "- name: n2", "- name: n2\n        subnet: far", [2]string{}, "clusters[0].nodes[1].subnet", "not a subnet of the lab"},
+		{"subnet overlaps the network", "name: t\n", "name: t\nsubnets: [{name: far, network: 192.168.77.128/25}]\n", [2]string{}, "subnets[0].network", "overlaps the lab network"},
+		{"subnet overlaps pods", "name: t\n", "name: t\nsubnets: [{name: far, network: 10.200.1.0/24}]\n", [2]string{}, "clusters[0].podCIDR", "overlaps the subnet far"},
+		{"duplicate subnet", "name: t\n", "name: t\nsubnets: [{name: far, network: 192.168.78.0/24}, {name: far, network: 192.168.79.0/24}]\n", [2]string{}, "subnets[1].name", "twice"},
+		{"long subnet name", "name: t\n", "name: t\nsubnets: [{name: abcdefghijklm, network: 192.168.78.0/24}]\n", [2]string{}, "subnets[0].name", "at most 12"},
+		{"node IP outside its subnet", "name: t\n", "name: t\nsubnets: [{name: far, network: 192.168.78.0/24}]\n", [2]string{"- name: n2", "- name: n2\n        subnet: far\n        ip: 192.168.77.30"}, "clusters[0].nodes[1].ip", "outside"},
+		{"node on the router's address", "name: t\n", "name: t\nsubnets: [{name: far, network: 192.168.78.0/24}]\n", [2]string{"- name: n2", "- name: n2\n        ip: 192.168.77.1"}, "subnets", "router's address"},
+		{"service IP in a subnet", "name: t\n", "name: t\nsubnets: [{name: far, network: 10.96.0.0/24}]\n", [2]string{}, "clusters[0].services[0].clusterIP", "inside the subnet far"},
 		{"kubernetes", "podCIDR: 10.200.0.0/16", "podCIDR: 10.200.0.0/16\n    kubernetes: true", [2]string{}, "", ""},
 		{"kubernetes with external etcd", "podCIDR: 10.200.0.0/16", "podCIDR: 10.200.0.0/16\n    kubernetes: true\n    etcd: {endpoints: [\"http://127.0.0.1:2379\"]}", [2]string{}, "clusters[0].kubernetes", "drop etcd"},
 		{"kubernetes service IP", "podCIDR: 10.200.0.0/16", "podCIDR: 10.200.0.0/16\n    kubernetes: true", [2]string{"10.96.0.10", "10.96.0.1"}, "clusters[0].services[0].clusterIP", "own kubernetes service"},
@@ -308,6 +319,28 @@ func TestTopologyMultiCluster(t *testing.T) {
 	}
 }
 
+// TestParseTopologySubnets: nodes get addresses of their own network from
+// .11, the router the first host of each.
+func TestParseTopologySubnets(t *testing.T) {
+	in := strings.Replace(strings.Replace(base, "name: t\n", "name: t\nsubnets: [{name: far, network: 192.168.78.0/24}]\n", 1),
+		"- name: n2", "- name: n2\n        subnet: far", 1)
+	topo, err := ParseTopology([]byte(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes := topo.Clusters[0].Nodes
+	if nodes[0].IP != "192.168.77.11" || nodes[1].IP != "192.168.78.11" || topo.Routing != RoutingTunnel {
+		t.Errorf("node IPs %s, %s, routing %q; want 192.168.77.11, 192.168.78.11, tunnel", nodes[0].IP, nodes[1].IP, topo.Routing)
+	}
+	segs := topo.segments()
+	if segs[""].router.String() != "192.168.77.1" || segs["far"].router.String() != "192.168.78.1" || segs["far"].bridge != "br1" {
+		t.Errorf("segments %+v", segs)
+	}
+	if n := routerPortName("abcdefghijkl"); len(n) > 15 {
+		t.Errorf("router port name %q is longer than IFNAMSIZ allows", n)
+	}
+}
+
 func TestNetnsNames(t *testing.T) {
 	tests := []struct {
 		lab, name string
@@ -317,6 +350,8 @@ func TestNetnsNames(t *testing.T) {
 		{"demo", "mp-demo-n_c1_node1", true},
 		{"demo", "mp-demo-p_c1_prod_web-1", true},
 		{"demo", "mp-demo-x_ext1", true},
+		{"demo", "mp-demo-router", true},
+		{"demo", "mp-demo-x-router", false}, // lab demo-x's
 		{"demo", "mp-demo-x-x_ext1", false}, // lab demo-x's
 		{"demo", "mp-demo-x-lab", false},    // lab demo-x's
 		{"demo", "mp-demo-x-n_c1_node1", false},

@@ -214,13 +214,27 @@ func (l *Lab) up(ctx context.Context) error {
 	if err := os.MkdirAll(st.BPFFS, 0o700); err != nil {
 		return fmt.Errorf("bpffs dir: %w", err)
 	}
-	l.progress("lab %s: bridge in netns %s", st.Name, labNetnsName(st.Name))
-	labNs, err := setupLabNetns(st.Name)
+	segs := st.Topology.segments()
+	var bridges []string
+	for _, sn := range st.Topology.Subnets {
+		bridges = append(bridges, segs[sn.Name].bridge)
+	}
+	l.progress("lab %s: bridges %s in netns %s", st.Name, strings.Join(append([]string{bridgeName}, bridges...), ", "), labNetnsName(st.Name))
+	labNs, err := setupLabNetns(st.Name, bridges...)
 	st.LabNetns = labNs
 	if err != nil {
 		return err
 	}
-	network := netip.MustParsePrefix(st.Topology.Network) // validated
+	if len(st.Topology.Subnets) > 0 {
+		order := []segment{segs[""]}
+		for _, sn := range st.Topology.Subnets {
+			order = append(order, segs[sn.Name])
+		}
+		l.progress("lab %s: router in netns %s", st.Name, routerNetnsName(st.Name))
+		if _, err := setupRouter(labNs, st.Name, order); err != nil {
+			return fmt.Errorf("router: %w", err)
+		}
+	}
 	for _, c := range st.Topology.Clusters {
 		if err := l.startEtcd(ctx, c); err != nil {
 			return err
@@ -232,7 +246,7 @@ func (l *Lab) up(ctx context.Context) error {
 			}
 		}
 		for _, n := range c.Nodes {
-			if err := l.startNode(ctx, c, cs, n, network); err != nil {
+			if err := l.startNode(ctx, c, cs, n, segs[n.Subnet]); err != nil {
 				return err
 			}
 		}
@@ -242,9 +256,6 @@ func (l *Lab) up(ctx context.Context) error {
 			if err := l.waitAgent(ctx, n); err != nil {
 				return err
 			}
-		}
-		if err := l.routeCluster(c); err != nil {
-			return err
 		}
 		if c.Kube != nil {
 			// Namespaces and services first, and a control plane that
@@ -260,7 +271,7 @@ func (l *Lab) up(ctx context.Context) error {
 	// Externals come after the agents: their routes need every node's pod
 	// CIDR.
 	for _, x := range st.Topology.Externals {
-		if err := l.addExternal(ctx, x, network); err != nil {
+		if err := l.addExternal(ctx, x, segs[""]); err != nil {
 			return fmt.Errorf("external %s: %w", x.Name, err)
 		}
 	}
@@ -493,9 +504,9 @@ func (l *Lab) waitEtcd(ctx context.Context, cs *clusterState) (*kvstore.Client, 
 	}
 }
 
-// startNode creates a node's namespace, joins it to the bridge and starts
-// its agent inside it.
-func (l *Lab) startNode(ctx context.Context, c Cluster, cs *clusterState, n NodeSpec, network netip.Prefix) error {
+// startNode creates a node's namespace, joins it to its segment's bridge
+// and starts its agent inside it.
+func (l *Lab) startNode(ctx context.Context, c Cluster, cs *clusterState, n NodeSpec, sg segment) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -504,7 +515,7 @@ func (l *Lab) startNode(ctx context.Context, c Cluster, cs *clusterState, n Node
 	dir := filepath.Join(l.clusterDir(c.Name), "nodes", n.Name)
 	ns := &nodeState{
 		Node: Node{
-			Cluster: c.Name, Name: n.Name, IP: ip, Netns: netnsPath(name),
+			Cluster: c.Name, Name: n.Name, Subnet: n.Subnet, IP: ip, Netns: netnsPath(name),
 			AgentSocket: socketPath(l.st.Dir, "a", c.Name, n.Name),
 		},
 		AgentLog: filepath.Join(dir, "agent.log"),
@@ -512,8 +523,12 @@ func (l *Lab) startNode(ctx context.Context, c Cluster, cs *clusterState, n Node
 	l.mu.Lock()
 	cs.Nodes = append(cs.Nodes, ns)
 	l.mu.Unlock()
-	l.progress("node %s/%s: netns %s, %s", c.Name, n.Name, name, ip)
-	if _, err := setupNodeNetns(l.st.LabNetns, name, bridgePortName(c.Name, n.Name), netip.PrefixFrom(ip, network.Bits()), true); err != nil {
+	where := ip.String()
+	if n.Subnet != "" {
+		where += " (subnet " + n.Subnet + ")"
+	}
+	l.progress("node %s/%s: netns %s, %s, %s routing", c.Name, n.Name, name, where, l.st.Topology.Routing)
+	if _, err := setupNodeNetns(l.st.LabNetns, name, bridgePortName(c.Name, n.Name), sg, ip, true); err != nil {
 		return fmt.Errorf("node %s/%s: %w", c.Name, n.Name, err)
 	}
 	bpffs := filepath.Join(l.st.BPFFS, c.Name)
@@ -534,6 +549,7 @@ func (l *Lab) startNode(ctx context.Context, c Cluster, cs *clusterState, n Node
 		"--api-socket=" + ns.AgentSocket,
 		"--metrics-address=",
 		"--no-default-pool",
+		"--routing-mode=" + l.st.Topology.Routing,
 	}
 	ns.AgentArgs = append(ns.AgentArgs, l.o.AgentFlags...)
 	return l.spawnAgent(ns)
@@ -614,29 +630,11 @@ func firstIPv4(ss []string) (netip.Addr, error) {
 	return netip.Addr{}, fmt.Errorf("no IPv4 address in %v", ss)
 }
 
-// routeCluster installs direct routing: in every node of the cluster, a
-// route to every other node's pod CIDR through that node's address.
-// Clusters of a mesh will add their routes the same way (all share the
-// bridge).
-func (l *Lab) routeCluster(cs *clusterState) error {
-	for _, n := range cs.Nodes {
-		for _, m := range cs.Nodes {
-			if m == n {
-				continue
-			}
-			if err := routeNode(n.Netns, m.PodCIDR, m.IP); err != nil {
-				return fmt.Errorf("node %s/%s: %w", n.Cluster, n.Name, err)
-			}
-		}
-	}
-	return nil
-}
-
-// addExternal makes an external host: a namespace on the bridge (no
-// router), a route to every node's pod CIDR through that node, and its
-// echo server. It is recorded in the state first, so Down finds whatever
-// a failure left.
-func (l *Lab) addExternal(ctx context.Context, x ExternalSpec, network netip.Prefix) error {
+// addExternal makes an external host: a namespace on the lab's bridge
+// (no router), a route to the pod CIDR of every node on the lab's network
+// through that node (routeExternal says why), and its echo server. It is
+// recorded in the state first, so Down finds whatever a failure left.
+func (l *Lab) addExternal(ctx context.Context, x ExternalSpec, sg segment) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -656,11 +654,14 @@ func (l *Lab) addExternal(ctx context.Context, x ExternalSpec, network netip.Pre
 		return err
 	}
 	l.progress("external %s: netns %s, %s", x.Name, name, ip)
-	if _, err := setupNodeNetns(l.st.LabNetns, name, externalPortName(x.Name), netip.PrefixFrom(ip, network.Bits()), false); err != nil {
+	if _, err := setupNodeNetns(l.st.LabNetns, name, externalPortName(x.Name), sg, ip, false); err != nil {
 		return err
 	}
 	for _, n := range nodes {
-		if err := routeNode(xs.Netns, n.PodCIDR, n.IP); err != nil {
+		if n.Subnet != "" {
+			continue
+		}
+		if err := routeExternal(xs.Netns, n.PodCIDR, n.IP); err != nil {
 			return err
 		}
 	}

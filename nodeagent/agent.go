@@ -42,20 +42,21 @@ type Agent struct {
 	keys  kvstore.Keys
 	start time.Time
 
-	maps   *bpf.Maps
-	ipcT   *reconciler.Table[bpf.IPCacheKey, bpf.IPCacheValue]
-	epT    *reconciler.Table[bpf.EndpointKey, bpf.EndpointValue]
-	polT   *reconciler.Table[bpf.PolicyKey, bpf.PolicyValue]
-	svcT   *reconciler.Table[bpf.ServiceKey, bpf.ServiceValue]
-	beT    *reconciler.Table[bpf.BackendKey, bpf.BackendValue]
-	cidrT  *reconciler.Table[bpf.IPCacheKey, bpf.CIDRValue]
-	recs   []mapReconciler // set up by Run before it publishes started
-	mirror *mirror
-	eps    *endpoints
-	pol    *policyState
-	dp     *datapath
-	flows  *flowHub
-	met    *metrics
+	maps    *bpf.Maps
+	ipcT    *reconciler.Table[bpf.IPCacheKey, bpf.IPCacheValue]
+	epT     *reconciler.Table[bpf.EndpointKey, bpf.EndpointValue]
+	polT    *reconciler.Table[bpf.PolicyKey, bpf.PolicyValue]
+	svcT    *reconciler.Table[bpf.ServiceKey, bpf.ServiceValue]
+	beT     *reconciler.Table[bpf.BackendKey, bpf.BackendValue]
+	cidrT   *reconciler.Table[bpf.IPCacheKey, bpf.CIDRValue]
+	recs    []mapReconciler // set up by Run before it publishes started
+	mirror  *mirror
+	eps     *endpoints
+	pol     *policyState
+	dp      *datapath
+	routing *routing // set by Run (setupRouting) before it publishes started
+	flows   *flowHub
+	met     *metrics
 
 	// Set once, as Run gets that far; read by the API (nil before).
 	client  atomic.Pointer[kvstore.Client]
@@ -149,10 +150,17 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	if err := os.MkdirAll(a.cfg.StateDir, 0o700); err != nil {
 		return fmt.Errorf("state dir: %w", err)
 	}
+	rt, err := a.setupRouting()
+	if err != nil {
+		return err
+	}
+	defer rt.close()
 	a.met = newMetrics(a)
 	if err := a.buildMirror(); err != nil {
 		return err
 	}
+	a.mirror.routesChanged = rt.pokeRoutes
+	rt.routes = a.mirror.wantedRoutes
 	a.started.Store(true)
 
 	ctx, cancel := context.WithCancel(ctx)
@@ -355,6 +363,10 @@ func (a *Agent) runControl(ctx context.Context, g *errgroup.Group) error {
 	a.polT.MarkReady()
 	a.cidrT.MarkReady()
 	a.ready.Store(true)
+	// Routes follow the node records only once all are read: before,
+	// a missing node may just not be loaded yet (the kernel keeps the
+	// routes of the last run meanwhile).
+	g.Go(func() error { a.routing.run(ctx, a.cfg.PruneInterval); return nil })
 	a.log.Info("agent synced", "node", a.cfg.Node, "podCIDRs", cidrs, "took", time.Since(a.start))
 	<-ctx.Done()
 	return nil
@@ -738,8 +750,23 @@ func (a *Agent) AddEndpoint(ctx context.Context, spec EndpointSpec) (Endpoint, e
 // DeleteEndpoint removes a pod (the CNI DEL path); an unknown pod is not
 // an error.
 func (a *Agent) DeleteEndpoint(ctx context.Context, namespace, pod string) error {
+	return a.deleteEndpoint(ctx, namespace, pod, "")
+}
+
+// deleteEndpoint is DeleteEndpoint limited, with a containerID, to the
+// pod's endpoint of that container (endpoints.remove).
+func (a *Agent) deleteEndpoint(ctx context.Context, namespace, pod, containerID string) error {
 	if a.session.Load() == nil || a.ips.Load() == nil {
 		return ErrNotReady
 	}
-	return a.eps.remove(ctx, a, namespace, pod)
+	return a.eps.remove(ctx, a, namespace, pod, containerID)
+}
+
+// Endpoints returns the local endpoints, sorted by namespace and pod.
+// Before the agent has read its state directory it returns none.
+func (a *Agent) Endpoints() []Endpoint {
+	if !a.started.Load() {
+		return nil
+	}
+	return a.eps.list()
 }

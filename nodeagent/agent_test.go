@@ -55,6 +55,8 @@ func agentConfig(t *testing.T, s *etcdtest.Server, cluster string, i int) nodeag
 		GossipInsecure: true,
 		APISocket:      filepath.Join(dir, "api.sock"),
 		APISocketGroup: -1,
+		// In-process agents share the test's network namespace: no routes.
+		RoutingMode: nodeagent.RoutingNone,
 	}
 	if os.Getenv("MESHPLANE_TEST_LOG") != "" {
 		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", name)

@@ -52,6 +52,7 @@ func TestAPI(t *testing.T) {
 		`meshplane_kvstore_watch_events_total{cache="nodes"}`,
 		`meshplane_gossip_members{state="alive"} 1`,
 		`meshplane_kvstore_session_up 1`,
+		`meshplane_routing_routes{mode="none"} 0`,
 	} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("/metrics lacks %s", want)

@@ -129,6 +129,20 @@ type Config struct {
 	// Datapath is DatapathEBPF (load and attach the TC programs; empty
 	// means it) or DatapathNone (fill the maps only).
 	Datapath string
+	// RoutingMode is how pods on other nodes are reached (routing.go,
+	// docs/operations.md "Choosing a routing mode"): RoutingTunnel (VXLAN
+	// from the eBPF datapath; works across subnets; zero means it),
+	// RoutingNative (routes via the other nodes' addresses; the nodes
+	// must reach each other directly) or RoutingNone (the agent programs
+	// no routes: something else does). Tunnel mode needs DatapathEBPF.
+	RoutingMode string
+	// TunnelPort is the VXLAN UDP port of tunnel mode, the same on every
+	// node. Zero means DefaultTunnelPort (8472, Cilium's).
+	TunnelPort int
+	// MTU, if not zero, is the pod MTU the CNI plugin sets, overriding
+	// the one derived from the underlay (its interface's MTU, less
+	// TunnelOverhead in tunnel mode). 576-65535.
+	MTU int
 	// IPBlockOutsideOnly makes NetworkPolicy ipBlocks match only addresses
 	// without an identity of their own (outside the cluster), as Cilium
 	// does: a pod (or node) inside an ipBlock is then matched by selectors
@@ -236,6 +250,26 @@ func (c *Config) Validate() error {
 	case DatapathEBPF, DatapathNone:
 	default:
 		return fmt.Errorf("%w: datapath %q: use %q or %q", ErrConfig, c.Datapath, DatapathEBPF, DatapathNone)
+	}
+	switch c.RoutingMode {
+	case "":
+		c.RoutingMode = RoutingTunnel
+	case RoutingTunnel, RoutingNative, RoutingNone:
+	default:
+		return fmt.Errorf("%w: routing mode %q: use %q (VXLAN, works across subnets), %q (the nodes reach each other directly) or %q (something else routes the pod CIDRs)",
+			ErrConfig, c.RoutingMode, RoutingTunnel, RoutingNative, RoutingNone)
+	}
+	if c.RoutingMode == RoutingTunnel && c.Datapath != DatapathEBPF {
+		return fmt.Errorf("%w: routing mode %q needs the eBPF datapath, which sets the tunnel's remote end: use datapath %q, or routing mode %q", ErrConfig, RoutingTunnel, DatapathEBPF, RoutingNative)
+	}
+	switch {
+	case c.TunnelPort == 0:
+		c.TunnelPort = DefaultTunnelPort
+	case c.TunnelPort < 1 || c.TunnelPort > 65535:
+		return fmt.Errorf("%w: tunnel port %d: use 1-65535 (the same on every node)", ErrConfig, c.TunnelPort)
+	}
+	if c.MTU != 0 && (c.MTU < 576 || c.MTU > 65535) {
+		return fmt.Errorf("%w: MTU %d: use 576-65535, or 0 to derive it from the node's interface", ErrConfig, c.MTU)
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

@@ -100,7 +100,7 @@ func crashChild(planJSON string) {
 		Node: p.Node, Cluster: p.Cluster, ClusterID: 1, Etcd: p.Etcd, StateDir: p.StateDir,
 		NodeIPs: []netip.Addr{netip.MustParseAddr("127.0.1.1")}, GossipAddr: netip.MustParseAddr("127.0.0.1"),
 		GossipPort: -1, GossipInsecure: true, APISocket: p.APISocket, APISocketGroup: -1,
-		Datapath: nodeagent.DatapathNone,
+		Datapath: nodeagent.DatapathNone, RoutingMode: nodeagent.RoutingNone,
 	}
 	if os.Getenv("MESHPLANE_TEST_LOG") != "" {
 		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil)).With("node", p.Node, "pid", os.Getpid())

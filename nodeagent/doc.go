@@ -69,6 +69,20 @@
 // keep its routes for their restart grace (Config.Gossip.RestartGrace);
 // with Config.LeaveOnShutdown it leaves for good instead.
 //
+// # Routing between nodes
+//
+// routing.go programs the node's routes to the other nodes' pod CIDRs
+// from the same view (Config.RoutingMode): in tunnel mode through the
+// flow-based VXLAN device mesh_vxlan, whose tunnel programs take the
+// remote node from the ipcache; in native mode via the nodes' addresses.
+// A dead or departed node's routes go with its ipcache entries and come
+// back with them. The agent owns the routes of protocol RouteProtocol
+// (109) in the main table and no other: a level-triggered loop compares
+// them with the wanted ones after every node or health change and every
+// PruneInterval. The routes and the device outlive the agent; the loop
+// starts once the caches are delivered. podMTU (mtu.go) is the pod MTU
+// the CNI plugin sets.
+//
 // # Restarts and outages
 //
 // Run first takes an flock on StateDir/agent.lock (lock.go): a second
@@ -101,7 +115,8 @@
 // then starts the identity allocator, the six watch caches (each with
 // its delivery goroutine), the gossip join loop, the etcd probe, the
 // endpoint restorer (which then becomes the relabel loop), the usage
-// publisher and the policy revision publisher. The etcd session owns its lease goroutine and, for the
+// publisher, the policy revision publisher and, once synced, the routing
+// loop (the only user of its netlink handle). The etcd session owns its lease goroutine and, for the
 // guarded prefixes, a watch goroutine per prefix and a repairer. Gossip callbacks and cache
 // handlers never block: they update the mirror under its mutex, and the
 // tables only mark keys for their reconcilers.

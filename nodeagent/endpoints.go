@@ -54,6 +54,9 @@ type EndpointSpec struct {
 	ContainerID string            `json:"containerID,omitempty"`
 	Labels      map[string]string `json:"labels,omitempty"`
 	Netns       string            `json:"netns,omitempty"`
+	// IfName is the pod side's interface name (CNI_IFNAME): with
+	// ContainerID, the endpoint's CNI attachment, which CNI GC matches.
+	IfName string `json:"ifName,omitempty"`
 	// IfIndex is the host side of the pod's veth.
 	IfIndex uint32 `json:"ifIndex,omitempty"`
 	// MAC is the pod side's address; NodeMAC the host side's.
@@ -211,6 +214,7 @@ func (ep *Endpoint) differences(o EndpointSpec) []string {
 	add(requested && !ep.PodMetadata && !slices.Equal(s.Ports, o.Ports), "ports")
 	add(s.ContainerID != o.ContainerID, "container ID")
 	add(s.Netns != o.Netns, "netns")
+	add(s.IfName != o.IfName, "interface name")
 	add(s.IfIndex != o.IfIndex, "ifindex")
 	add(!sameMAC(s.MAC, o.MAC), "MAC")
 	add(!sameMAC(s.NodeMAC, o.NodeMAC), "node MAC")
@@ -505,12 +509,18 @@ func (e *endpoints) add(ctx context.Context, d endpointDeps, meta metadataSource
 }
 
 // remove deletes an endpoint; deleting an unknown one is not an error
-// (a CNI DEL may be repeated).
-func (e *endpoints) remove(ctx context.Context, d endpointDeps, namespace, pod string) error {
+// (a CNI DEL may be repeated). With a containerID, an endpoint of the pod
+// that belongs to another container (a newer sandbox of the same pod) is
+// left alone (as is one made without a container ID): the DEL of an old
+// attachment never removes a new one.
+func (e *endpoints) remove(ctx context.Context, d endpointDeps, namespace, pod, containerID string) error {
 	owner := namespace + "/" + pod
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	ep, ok := e.byKey[owner]
+	if ok && containerID != "" && ep.ContainerID != containerID {
+		return nil
+	}
 	if !ok {
 		// No endpoint, but the pod may still hold an IP (an ADD that
 		// crashed before its state file) or etcd entries.

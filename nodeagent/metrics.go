@@ -51,7 +51,7 @@ func newMetrics(a *Agent) *metrics {
 		Name: "meshplane_endpoint_relabel_errors_total",
 		Help: "Relabels of local endpoints that failed: etcd trouble (retried with backoff) or invalid metadata (waits for a fix).",
 	})
-	m.reg.MustRegister(m.ops, m.errs, m.reconcile, m.relabels, m.relabelErrors, statusCollector{a}, datapathCollector{a},
+	m.reg.MustRegister(m.ops, m.errs, m.reconcile, m.relabels, m.relabelErrors, statusCollector{a}, datapathCollector{a}, routingCollector{a},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -3,6 +3,7 @@ package nodeagent
 import (
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/meshplane/meshplane/bpf"
@@ -33,6 +34,9 @@ type mirror struct {
 	// nodeChanged, if set, is poked (without blocking) when a node record
 	// changes, so gossip can join a new node at once.
 	nodeChanged chan struct{}
+	// routesChanged, if set, is called (it must not block) when the
+	// routes wantedRoutes returns may have changed.
+	routesChanged func()
 
 	mu        sync.Mutex
 	nodes     map[string]node.Record                // mu guards: the node records
@@ -235,6 +239,9 @@ func (m *mirror) refreshNodeLocked(name string) {
 		}
 	}
 	m.ipc.update(srcNode+name, entries)
+	if m.routesChanged != nil && name != m.local {
+		m.routesChanged()
+	}
 	for ip, id := range m.epByNode[name] {
 		m.ipc.update(srcEndpoint+ip.String(), []kv[bpf.IPCacheKey, bpf.IPCacheValue]{m.endpointEntryLocked(ip, id, name)})
 	}
@@ -243,6 +250,34 @@ func (m *mirror) refreshNodeLocked(name string) {
 	for ip := range m.isolated {
 		m.ipc.update(srcEndpoint+ip.String(), []kv[bpf.IPCacheKey, bpf.IPCacheValue]{m.isolatedEntryLocked(ip)})
 	}
+}
+
+// wantedRoutes returns the routes to other nodes' pod CIDRs: those of
+// every usable node (a dead one's go, as its ipcache entries do, and come
+// back when it is alive), each via the node's address of the CIDR's
+// family, sorted by node and prefix.
+func (m *mirror) wantedRoutes() []nodeRoute {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []nodeRoute
+	for name, r := range m.nodes {
+		if name == m.local || !m.usableLocked(name) {
+			continue
+		}
+		for _, p := range r.PodCIDRs {
+			p = p.Masked()
+			if via := m.nodeIPLocked(name, p.Addr().Is4()); via.IsValid() {
+				out = append(out, nodeRoute{node: name, dst: p, via: via})
+			}
+		}
+	}
+	slices.SortFunc(out, func(x, y nodeRoute) int {
+		if c := strings.Compare(x.node, y.node); c != 0 {
+			return c
+		}
+		return x.dst.Addr().Compare(y.dst.Addr())
+	})
+	return out
 }
 
 // isolatedEntryLocked is the ipcache entry of an IP whose endpoints/ value

@@ -140,6 +140,10 @@ func toStatus(err error) error {
 		return status.Error(codes.InvalidArgument, err.Error())
 	case errors.Is(err, ErrEndpointExists):
 		return status.Error(codes.FailedPrecondition, err.Error())
+	case errors.Is(err, ErrNoMetadata):
+		// The CNI plugin tells it apart: the control plane has not
+		// published the pod (yet), which is not the agent being down.
+		return status.Error(codes.NotFound, err.Error())
 	case errors.Is(err, context.Canceled):
 		return status.Error(codes.Canceled, err.Error())
 	case errors.Is(err, context.DeadlineExceeded):
@@ -168,6 +172,7 @@ func (s *apiServer) Status(context.Context, *api.StatusRequest) (*api.StatusResp
 		},
 		Ipam:           &api.IPAMStatus{Used: uint64(st.IPAM.Used), Free: uint64(st.IPAM.Free), Unreferenced: uint64(st.IPAM.Unreferenced)},
 		PolicyRevision: st.PolicyRevision,
+		Routing:        routingMsg(st.Routing),
 	}
 	for _, p := range st.IPAM.PodCIDRs {
 		r.Ipam.PodCidrs = append(r.Ipam.PodCidrs, p.String())
@@ -384,13 +389,13 @@ func (s *apiServer) AddEndpoint(ctx context.Context, r *api.AddEndpointRequest) 
 	}
 	ep, err := s.a.AddEndpoint(ctx, EndpointSpec{
 		Namespace: r.Namespace, Pod: r.Pod, ContainerID: r.ContainerId, Labels: r.Labels, Netns: r.Netns,
-		IfIndex: r.Ifindex, MAC: r.Mac, NodeMAC: r.NodeMac, NamespaceLabels: r.NamespaceLabels,
+		IfName: r.Ifname, IfIndex: r.Ifindex, MAC: r.Mac, NodeMAC: r.NodeMac, NamespaceLabels: r.NamespaceLabels,
 		Ports: ports,
 	})
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	resp := &api.AddEndpointResponse{Identity: uint32(ep.Identity), EndpointId: ep.ID}
+	resp := &api.AddEndpointResponse{Identity: uint32(ep.Identity), EndpointId: ep.ID, Mtu: uint32(max(s.a.podMTU(), 0))}
 	for _, ip := range ep.IPs {
 		resp.Ips = append(resp.Ips, ip.String())
 	}
@@ -404,10 +409,31 @@ func (s *apiServer) AddEndpoint(ctx context.Context, r *api.AddEndpointRequest) 
 }
 
 func (s *apiServer) DeleteEndpoint(ctx context.Context, r *api.DeleteEndpointRequest) (*api.DeleteEndpointResponse, error) {
-	if err := s.a.DeleteEndpoint(ctx, r.Namespace, r.Pod); err != nil {
+	if err := s.a.deleteEndpoint(ctx, r.Namespace, r.Pod, r.ContainerId); err != nil {
 		return nil, toStatus(err)
 	}
 	return &api.DeleteEndpointResponse{}, nil
+}
+
+func (s *apiServer) ListEndpoints(_ context.Context, r *api.ListEndpointsRequest) (*api.ListEndpointsResponse, error) {
+	var resp api.ListEndpointsResponse
+	for _, ep := range s.a.Endpoints() {
+		if r.ContainerId != "" && ep.ContainerID != r.ContainerId {
+			continue
+		}
+		le := &api.LocalEndpoint{
+			Namespace: ep.Namespace, Pod: ep.Pod, ContainerId: ep.ContainerID, Ifname: ep.IfName,
+			Netns: ep.Netns, Ifindex: ep.IfIndex, Identity: uint32(ep.Identity), EndpointId: ep.ID,
+		}
+		for _, ip := range ep.IPs {
+			le.Ips = append(le.Ips, ip.String())
+		}
+		for _, gw := range ep.Gateways {
+			le.Gateways = append(le.Gateways, gw.String())
+		}
+		resp.Endpoints = append(resp.Endpoints, le)
+	}
+	return &resp, nil
 }
 
 // Observe sends the recent flows the request asks for, then, with

@@ -41,6 +41,8 @@ type Status struct {
 	Caches []CacheStatus
 	Maps   []MapStatus
 	IPAM   IPAMStatus
+	// Routing is how the node reaches other nodes' pods (routing.go).
+	Routing RoutingStatus
 	// PolicyRevision is the etcd revision up to which the node enforces
 	// the policies (published in its node record; see policyrev.go).
 	PolicyRevision int64
@@ -151,6 +153,7 @@ func (a *Agent) Status() Status {
 		st.IPAM.Free += u.Free
 	}
 	st.IPAM.Conflicts, st.IPAM.Unreferenced = a.podIPs.problems()
+	st.Routing = a.routingStatus()
 
 	switch {
 	case !a.ready.Load():
@@ -176,6 +179,7 @@ func (a *Agent) Status() Status {
 	}
 	if a.started.Load() {
 		st.Reasons = append(st.Reasons, a.dp.problems()...)
+		st.Reasons = append(st.Reasons, routingReasons(st.Routing)...)
 		st.Reasons = append(st.Reasons, conflictReasons(st.IPAM.Conflicts)...)
 		if n, err := a.pol.errors(); n > 0 {
 			st.Reasons = append(st.Reasons, fmt.Sprintf("policy: %d entries could not become map keys: %v", n, err))

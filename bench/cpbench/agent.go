@@ -49,7 +49,7 @@ func startAgent(ctx context.Context, r *run) (*benchAgent, error) {
 		NodeIPs:    []netip.Addr{netip.MustParseAddr("127.0.9.1")},
 		GossipAddr: netip.MustParseAddr("127.0.0.1"), GossipPort: -1, GossipKeys: [][]byte{key},
 		APISocket: filepath.Join(r.dir, "agent.sock"), APISocketGroup: -1,
-		Datapath: nodeagent.DatapathNone,
+		Datapath: nodeagent.DatapathNone, RoutingMode: nodeagent.RoutingNone,
 	}
 	a, err := nodeagent.New(cfg)
 	if err != nil {

@@ -67,6 +67,24 @@ struct __sk_buff {
 	__u32 data_end;
 };
 
+/* The tunnel metadata bpf_skb_set_tunnel_key takes (UAPI struct
+ * bpf_tunnel_key, 44 bytes): the remote IPv4 address in host byte order. */
+struct bpf_tunnel_key {
+	__u32 tunnel_id;
+	__u32 remote_ipv4;
+	__u32 remote_ipv6_rest[3];
+	__u8 tunnel_tos;
+	__u8 tunnel_ttl;
+	__be16 tunnel_flags;
+	__u32 tunnel_label;
+	__u32 local_ipv4;
+	__u32 local_ipv6_rest[3];
+};
+
+/* Flags of bpf_skb_set_tunnel_key: no UDP checksum on the outer IPv4
+ * header (as Cilium sends VXLAN). */
+#define BPF_F_ZERO_CSUM_TX (1ULL << 1)
+
 /* Helpers, by their stable numbers (enum bpf_func_id). */
 static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *)1;
 static long (*bpf_map_update_elem)(void *map, const void *key, const void *value, __u64 flags) = (void *)2;
@@ -76,6 +94,9 @@ static long (*bpf_skb_store_bytes)(struct __sk_buff *skb, __u32 offset, const vo
 				   __u64 flags) = (void *)9;
 static long (*bpf_l3_csum_replace)(struct __sk_buff *skb, __u32 offset, __u64 from, __u64 to, __u64 size) = (void *)10;
 static long (*bpf_l4_csum_replace)(struct __sk_buff *skb, __u32 offset, __u64 from, __u64 to, __u64 flags) = (void *)11;
+static long (*bpf_skb_set_tunnel_key)(struct __sk_buff *skb, struct bpf_tunnel_key *key, __u32 size,
+				      __u64 flags) = (void *)21;
+static long (*bpf_redirect)(__u32 ifindex, __u64 flags) = (void *)23;
 static long (*bpf_skb_load_bytes)(const void *skb, __u32 offset, void *to, __u32 len) = (void *)26;
 static long (*bpf_ringbuf_output)(void *ringbuf, void *data, __u64 size, __u64 flags) = (void *)130;
 static __u64 (*bpf_ringbuf_query)(void *ringbuf, __u64 flags) = (void *)134;
@@ -90,6 +111,7 @@ static __u64 (*bpf_ringbuf_query)(void *ringbuf, __u64 flags) = (void *)134;
 #endif
 #define bpf_htons(x) ((__be16)__builtin_bswap16(x))
 #define bpf_ntohs(x) ((__u16)__builtin_bswap16(x))
+#define bpf_ntohl(x) ((__u32)__builtin_bswap32(x))
 
 /* Protocol numbers. */
 #define ETH_HLEN 14

@@ -1,17 +1,22 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * meshplane's datapath: two tcx programs on the host side of each pod's
- * veth.
+ * veth, and two on the node's VXLAN device in tunnel mode.
  *
- *   from_pod  tcx ingress of the host veth: what the pod sends, the
- *             endpoint's egress. Anti-spoofing, service translation
- *             (DNAT), conntrack, egress policy.
- *   to_pod    tcx egress of the host veth: what goes into the pod, the
- *             endpoint's ingress. Reverse translation of replies (SNAT),
- *             conntrack, ingress policy.
+ *   from_pod     tcx ingress of the host veth: what the pod sends, the
+ *                endpoint's egress. Anti-spoofing, service translation
+ *                (DNAT), conntrack, egress policy.
+ *   to_pod       tcx egress of the host veth: what goes into the pod, the
+ *                endpoint's ingress. Reverse translation of replies
+ *                (SNAT), conntrack, ingress policy.
+ *   to_tunnel    tcx egress of the VXLAN device: the tunnel key (the
+ *                remote node, from the ipcache).
+ *   from_tunnel  tcx ingress of the VXLAN device: the pod's MACs, and a
+ *                redirect to its host veth (where to_pod runs).
  *
- * Neither redirects: they rewrite, pass or drop, and the kernel routes
- * (pod IPs /32 via their veths, other nodes' pod CIDRs via those nodes).
+ * The pod programs never redirect: they rewrite, pass or drop, and the
+ * kernel routes (pod IPs /32 via their veths, other nodes' pod CIDRs as
+ * the agent's routing mode says).
  * docs/datapath.md is the reference for what follows; the Go side of every
  * map and event is in package bpf.
  */
@@ -344,3 +349,80 @@ int to_pod(struct __sk_buff *skb)
 	return pass(&c);
 }
 
+
+/*
+ * Tunnel mode (docs/datapath.md, "Tunnel mode"): two programs on the
+ * node's flow-based VXLAN device (mesh_vxlan). The node routes other
+ * nodes' pod CIDRs through it; the device encapsulates with the key the
+ * egress program sets, and decapsulates what comes in on its UDP port.
+ */
+
+/* The outer IPv4 TTL of encapsulated packets. */
+#define MP_TUNNEL_TTL 64
+
+/*
+ * to_tunnel, tcx egress of the VXLAN device: a packet the node routed
+ * into the tunnel. The ipcache's entry for the inner destination (a pod's
+ * /32 or its node's pod CIDR) names the node that hosts it: the tunnel's
+ * remote end. Policy was applied by from_pod on the way in (and is again
+ * by to_pod on the other node).
+ */
+SEC("tcx/egress")
+int to_tunnel(struct __sk_buff *skb)
+{
+	struct ctx c = {.dir = MP_DIR_EGRESS};
+	struct bpf_tunnel_key key;
+	struct mp_ipcache_key k;
+	struct mp_ipcache_value *v;
+
+	switch (parse(skb, &c.p)) {
+	case PARSE_NOT_IP:
+	case PARSE_IPV6:
+		/* Nothing to route to: the tunnel carries IPv4 only. */
+		return drop(skb, &c, MP_DROP_UNSUPPORTED_L3, 0);
+	case PARSE_MALFORMED:
+		return drop(skb, &c, MP_DROP_MALFORMED, 0);
+	}
+	prefix_key4(&k, c.p.daddr);
+	v = bpf_map_lookup_elem(&mp_ipcache, &k);
+	if (!v || v->node_family != MP_FAMILY_IPV4 || (v->flags & MP_IPCACHE_LOCAL))
+		return drop(skb, &c, MP_DROP_NO_TUNNEL_ENDPOINT, 0);
+	__builtin_memset(&key, 0, sizeof(key));
+	key.remote_ipv4 = bpf_ntohl(*(__be32 *)v->node_addr);
+	key.tunnel_ttl = MP_TUNNEL_TTL;
+	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX) < 0)
+		return drop(skb, &c, MP_DROP_TUNNEL_FAILED, 0);
+	return TCX_PASS;
+}
+
+/*
+ * from_tunnel, tcx ingress of the VXLAN device: a decapsulated packet.
+ * Its Ethernet destination is the sending node's device's, not a MAC of
+ * this node, so the kernel would not take it: the program gives it the
+ * pod's MAC and the host veth's (both in the endpoint's entry) and
+ * redirects it to the egress of the pod's host veth, where to_pod runs
+ * as for any packet into the pod.
+ */
+SEC("tcx/ingress")
+int from_tunnel(struct __sk_buff *skb)
+{
+	struct ctx c = {.dir = MP_DIR_INGRESS};
+	struct mp_endpoint_key ek;
+	struct mp_endpoint_value *ep;
+
+	switch (parse(skb, &c.p)) {
+	case PARSE_NOT_IP:
+	case PARSE_IPV6:
+		return drop(skb, &c, MP_DROP_UNSUPPORTED_L3, 0);
+	case PARSE_MALFORMED:
+		return drop(skb, &c, MP_DROP_MALFORMED, 0);
+	}
+	ep = endpoint(&ek, c.p.daddr);
+	if (!ep)
+		return drop(skb, &c, MP_DROP_UNKNOWN_ENDPOINT, 0);
+	/* pod_mac and node_mac follow each other: the new destination and
+	 * source. */
+	if (bpf_skb_store_bytes(skb, 0, ep->pod_mac, 12, 0) < 0)
+		return drop(skb, &c, MP_DROP_NAT_FAILED, 0);
+	return bpf_redirect(ep->ifindex, 0);
+}

@@ -170,6 +170,8 @@ struct mp_ct_value {
 #define MP_DROP_UNSUPPORTED_L3 7
 #define MP_DROP_UNSUPPORTED_NAT 8 /* SCTP service with a port change: its CRC32c covers the ports */
 #define MP_DROP_NAT_FAILED 9	    /* a rewrite helper failed (e.g. no memory to unclone the packet) */
+#define MP_DROP_NO_TUNNEL_ENDPOINT 10 /* to_tunnel: the ipcache names no remote node for the destination */
+#define MP_DROP_TUNNEL_FAILED 11      /* to_tunnel: bpf_skb_set_tunnel_key failed */
 
 struct mp_flow {
 	__u64 ktime;

@@ -84,6 +84,12 @@ func (c Case) validate() error {
 type Config struct {
 	// Enforcers to compare, in this order. Empty means ebpf and iptables.
 	Enforcers []string
+	// Routing are the routing modes between the nodes (lab.RoutingNative,
+	// lab.RoutingTunnel) the ebpf enforcer is measured in, each in a lab
+	// of its own; iptables runs native routing only (without the eBPF
+	// datapath there is no tunnel). Empty means both, native first: the
+	// tunnel rows then carry their cost as ratios to native.
+	Routing []string
 	// Cases are the rows, measured in order, each on every enforcer
 	// before the next. Empty means DefaultCases.
 	Cases []Case
@@ -135,6 +141,9 @@ func (c Config) withDefaults() (Config, error) {
 	if len(c.Cases) == 0 {
 		c.Cases = DefaultCases
 	}
+	if len(c.Routing) == 0 {
+		c.Routing = []string{lab.RoutingNative, lab.RoutingTunnel}
+	}
 	def := func(v *int, d int) {
 		if *v == 0 {
 			*v = d
@@ -164,6 +173,13 @@ func (c Config) withDefaults() (Config, error) {
 		}
 		seen[e] = true
 	}
+	seenRouting := map[string]bool{}
+	for _, r := range c.Routing {
+		if r != lab.RoutingNative && r != lab.RoutingTunnel || seenRouting[r] {
+			return c, fmt.Errorf("%w: routing %v: name native and/or tunnel, each once", ErrConfig, c.Routing)
+		}
+		seenRouting[r] = true
+	}
 	for _, cs := range c.Cases {
 		if err := cs.validate(); err != nil {
 			return c, err
@@ -188,6 +204,8 @@ func (c Config) withDefaults() (Config, error) {
 // the interface scripts read.
 type Row struct {
 	Enforcer string `json:"enforcer"`
+	// Routing is the routing mode between the nodes: native or tunnel.
+	Routing  string `json:"routing"`
 	Rules    int    `json:"rules"`
 	Services int    `json:"services"`
 	// ConnPerS, RRP50US and RRP99US are each the median of the rounds.
@@ -206,6 +224,13 @@ type Row struct {
 	// ApplyS is how long the Case took to be in force, from the first
 	// write (etcd, or iptables-restore) to the check of the maps.
 	ApplyS float64 `json:"apply_s"`
+	// The tunnel's cost, on ebpf tunnel rows when the same run measured
+	// ebpf with native routing: this row's conn/s and latencies divided
+	// by the native row's of the same case (conn/s below 1 and latency
+	// above 1 are the tunnel's overhead).
+	ConnPerSVsNativeRatio float64 `json:"conn_per_s_vs_native_ratio,omitempty"`
+	RRP50VsNativeRatio    float64 `json:"rr_p50_vs_native_ratio,omitempty"`
+	RRP99VsNativeRatio    float64 `json:"rr_p99_vs_native_ratio,omitempty"`
 }
 
 // Report is the result of Run.
@@ -240,10 +265,31 @@ type enforcer interface {
 	close() error
 }
 
-// bench is what both enforcers share: the lab and its pods.
+// bench is what both enforcers share: the lab, its routing mode and its
+// pods.
 type bench struct {
 	l                     *lab.Lab
+	routing               string
 	client, other, server lab.Pod
+}
+
+// setup is one lab of the run: an enforcer in a routing mode.
+type setup struct{ enforcer, routing string }
+
+// setups are the labs cfg asks for, in order: ebpf in each routing mode,
+// iptables in native routing.
+func (c Config) setups() []setup {
+	var out []setup
+	for _, e := range c.Enforcers {
+		if e != EnforcerEBPF {
+			out = append(out, setup{e, lab.RoutingNative})
+			continue
+		}
+		for _, r := range c.Routing {
+			out = append(out, setup{e, r})
+		}
+	}
+	return out
 }
 
 // The lab's cluster, namespace and pods.
@@ -255,11 +301,12 @@ const (
 	echoPort  = 80
 )
 
-// topology is a lab of one cluster with two nodes: the client and the
-// other pod on node1, the server on node2.
-func topology(name string) *lab.Topology {
+// topology is a lab of one cluster with two nodes on one L2 segment,
+// routing between them as routing says: the client and the other pod on
+// node1, the server on node2.
+func topology(name, routing string) *lab.Topology {
 	return &lab.Topology{
-		Name: name,
+		Name: name, Routing: routing,
 		Clusters: []lab.Cluster{{
 			Name: cluster, ID: 1, PodCIDR: "10.244.0.0/16",
 			Namespaces: []lab.Namespace{{Name: namespace}},
@@ -318,23 +365,27 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 		for _, e := range enforcers {
 			err = errors.Join(err, e.close())
 		}
-		for _, e := range cfg.Enforcers {
-			name := labName(e)
+		for _, su := range cfg.setups() {
+			name := labName(su)
 			if derr := lab.Down(dctx, name, cfg.Lab); derr != nil {
 				err = errors.Join(err, fmt.Errorf("remove lab %s (remove it with: meshctl lab down %s): %w", name, name, derr))
 			}
 		}
 	}()
-	for _, e := range cfg.Enforcers {
-		b, err := up(ctx, cfg, e)
+	for _, su := range cfg.setups() {
+		b, err := up(ctx, cfg, su)
 		if err != nil {
 			return rep, err
 		}
-		switch e {
+		switch su.enforcer {
 		case EnforcerEBPF:
-			ebpf, err = newEBPFLab(ctx, b, cfg.AllowByIPBlock)
-			if ebpf != nil {
-				enforcers = append(enforcers, ebpf)
+			var e *ebpfLab
+			e, err = newEBPFLab(ctx, b, cfg.AllowByIPBlock)
+			if e != nil {
+				enforcers = append(enforcers, e)
+				if ebpf == nil {
+					ebpf = e // the policy applies are timed on the first
+				}
 			}
 		case EnforcerIPTables:
 			enforcers = append(enforcers, newIPTablesLab(b, cfg.IPTablesRestore))
@@ -349,6 +400,7 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 		if err != nil {
 			return rep, fmt.Errorf("%d rules, %d services: %w", c.Rules, c.Services, err)
 		}
+		tunnelCost(rows)
 		rep.Rows = append(rep.Rows, rows...)
 	}
 	if ebpf != nil && cfg.Applies > 0 {
@@ -366,27 +418,69 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 	return rep, nil
 }
 
-// labName is the name of an enforcer's lab: unique per process, at most
-// 16 characters.
-func labName(enforcer string) string {
-	return "bench-" + enforcer[:1] + "-" + strconv.Itoa(os.Getpid())
+// tunnelCost sets the ratios of the ebpf tunnel rows to the ebpf native
+// row of the same case, if there is one.
+func tunnelCost(rows []Row) {
+	var native *Row
+	for i := range rows {
+		if rows[i].Enforcer == EnforcerEBPF && rows[i].Routing == lab.RoutingNative {
+			native = &rows[i]
+		}
+	}
+	if native == nil {
+		return
+	}
+	ratio := func(v, n float64) float64 {
+		if n == 0 {
+			return 0
+		}
+		return round(v/n, 3)
+	}
+	for i := range rows {
+		r := &rows[i]
+		if r.Enforcer == EnforcerEBPF && r.Routing == lab.RoutingTunnel {
+			r.ConnPerSVsNativeRatio = ratio(r.ConnPerS, native.ConnPerS)
+			r.RRP50VsNativeRatio = ratio(r.RRP50US, native.RRP50US)
+			r.RRP99VsNativeRatio = ratio(r.RRP99US, native.RRP99US)
+		}
+	}
 }
 
-// up builds the lab of an enforcer and finds its pods.
-func up(ctx context.Context, cfg Config, enforcer string) (*bench, error) {
+// labName is the name of a setup's lab: unique per process, at most 16
+// characters. ebpf with native routing is "e", with the tunnel "t",
+// iptables "i".
+func labName(su setup) string {
+	code := su.enforcer[:1]
+	if su.enforcer == EnforcerEBPF && su.routing == lab.RoutingTunnel {
+		code = "t"
+	}
+	return "bench-" + code + "-" + strconv.Itoa(os.Getpid())
+}
+
+// label names a setup in progress lines: "ebpf", "ebpf/tunnel".
+func (su setup) label() string {
+	if su.routing == lab.RoutingTunnel {
+		return su.enforcer + "/" + su.routing
+	}
+	return su.enforcer
+}
+
+// up builds the lab of a setup and finds its pods.
+func up(ctx context.Context, cfg Config, su setup) (*bench, error) {
 	o := cfg.Lab
 	o.Stdout = nil
 	o.AgentFlags = nil
-	if enforcer == EnforcerIPTables {
+	if su.enforcer == EnforcerIPTables {
 		o.AgentFlags = []string{"--datapath=none"}
 	}
-	name := labName(enforcer)
+	name := labName(su)
+	enforcer := su.label()
 	fmt.Fprintf(cfg.Progress, "%s: building lab %s...\n", enforcer, name)
-	l, err := lab.Up(ctx, topology(name), o)
+	l, err := lab.Up(ctx, topology(name, su.routing), o)
 	if err != nil {
 		return nil, fmt.Errorf("%s lab: %w", enforcer, err)
 	}
-	b := &bench{l: l}
+	b := &bench{l: l, routing: su.routing}
 	for _, p := range []struct {
 		ref string
 		pod *lab.Pod
@@ -408,15 +502,15 @@ func measureCase(ctx context.Context, cfg Config, enforcers []enforcer, c Case) 
 	target := netip.AddrPortFrom(clusterIP(c.Services-1), echoPort)
 	rows := make([]Row, len(enforcers))
 	for i, e := range enforcers {
-		rows[i] = Row{Enforcer: e.name(), Rules: c.Rules, Services: c.Services}
-		fmt.Fprintf(cfg.Progress, "%s: %d rules, %d services: applying...\n", e.name(), c.Rules, c.Services)
+		rows[i] = Row{Enforcer: e.name(), Routing: e.base().routing, Rules: c.Rules, Services: c.Services}
+		fmt.Fprintf(cfg.Progress, "%s: %d rules, %d services: applying...\n", labelOf(e), c.Rules, c.Services)
 		start := time.Now()
 		if err := e.apply(ctx, c); err != nil {
-			return nil, fmt.Errorf("%s: %w", e.name(), err)
+			return nil, fmt.Errorf("%s: %w", labelOf(e), err)
 		}
 		rows[i].ApplyS = round(time.Since(start).Seconds(), 3)
 		if err := e.base().check(ctx, target); err != nil {
-			return nil, fmt.Errorf("%s: %w", e.name(), err)
+			return nil, fmt.Errorf("%s: %w", labelOf(e), err)
 		}
 	}
 	samples := make([]struct {
@@ -433,7 +527,7 @@ func measureCase(ctx context.Context, cfg Config, enforcers []enforcer, c Case) 
 			cpu0 := cpuTime(agents)
 			conn, err := connRate(ctx, b.client.Netns, target, cfg.Workers, cfg.Warmup, cfg.Duration)
 			if err != nil {
-				return nil, fmt.Errorf("%s: %w", e.name(), err)
+				return nil, fmt.Errorf("%s: %w", labelOf(e), err)
 			}
 			// The warm-up is in the CPU time, so in the wall time too.
 			samples[i].agentCPU += cpuTime(agents) - cpu0
@@ -441,7 +535,7 @@ func measureCase(ctx context.Context, cfg Config, enforcers []enforcer, c Case) 
 			client := b.client
 			lat, err := requestResponse(ctx, client.Netns, target, cfg.RRCount, cfg.RRSize)
 			if err != nil {
-				return nil, fmt.Errorf("%s: %w", e.name(), err)
+				return nil, fmt.Errorf("%s: %w", labelOf(e), err)
 			}
 			slices.Sort(lat)
 			s := &samples[i]
@@ -454,7 +548,7 @@ func measureCase(ctx context.Context, cfg Config, enforcers []enforcer, c Case) 
 				failed = fmt.Sprintf(" (%d connections failed, the last: %v)", conn.errs, conn.lastErr)
 			}
 			fmt.Fprintf(cfg.Progress, "%s: %d rules, %d services, round %d: %.0f conn/s%s, rr p50 %.1f µs, p99 %.1f µs\n",
-				e.name(), c.Rules, c.Services, r+1, s.conn[r], failed, s.p50[r], s.p99[r])
+				labelOf(e), c.Rules, c.Services, r+1, s.conn[r], failed, s.p50[r], s.p99[r])
 		}
 	}
 	for i := range rows {
@@ -465,6 +559,9 @@ func measureCase(ctx context.Context, cfg Config, enforcers []enforcer, c Case) 
 	}
 	return rows, nil
 }
+
+// labelOf names an enforcer's lab in progress lines and errors.
+func labelOf(e enforcer) string { return setup{e.name(), e.base().routing}.label() }
 
 // median of v (the mean of the middle two for an even count); v is
 // sorted in place.

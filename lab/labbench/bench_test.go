@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/meshplane/meshplane/lab"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -48,13 +50,15 @@ func TestConfigDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(c.Enforcers) != 2 || len(c.Cases) != len(DefaultCases) || c.Duration != DefaultDuration || c.Workers != DefaultWorkers ||
+	if len(c.Enforcers) != 2 || len(c.Routing) != 2 || len(c.setups()) != 3 || len(c.Cases) != len(DefaultCases) || c.Duration != DefaultDuration || c.Workers != DefaultWorkers ||
 		c.Rounds != 1 || c.RRCount != DefaultRRCount || c.RRSize != 1 || c.Applies != DefaultApplies || c.IPTablesRestore != "iptables-restore" {
 		t.Fatalf("defaults: %+v", c)
 	}
 	for _, bad := range []Config{
 		{Enforcers: []string{"nft"}},
 		{Enforcers: []string{"ebpf", "ebpf"}},
+		{Routing: []string{"bgp"}},
+		{Routing: []string{"tunnel", "tunnel"}},
 		{Cases: []Case{{Rules: 1, Services: 0}}},
 		{Duration: 2 * time.Minute},
 		{Warmup: -time.Second},
@@ -82,8 +86,32 @@ func TestAddresses(t *testing.T) {
 			t.Errorf("got %s, want %s", tt.got, tt.want)
 		}
 	}
-	if !strings.HasPrefix(labName(EnforcerIPTables), "bench-i-") || len(labName(EnforcerEBPF)) > 16 {
-		t.Errorf("lab names %s, %s", labName(EnforcerEBPF), labName(EnforcerIPTables))
+	ipt, native, tunnel := labName(setup{EnforcerIPTables, lab.RoutingNative}), labName(setup{EnforcerEBPF, lab.RoutingNative}), labName(setup{EnforcerEBPF, lab.RoutingTunnel})
+	if !strings.HasPrefix(ipt, "bench-i-") || !strings.HasPrefix(tunnel, "bench-t-") || len(native) > 16 || native == tunnel {
+		t.Errorf("lab names %s, %s, %s", native, tunnel, ipt)
+	}
+}
+
+// TestTunnelCost: the tunnel rows get their ratios to the native row of
+// their case; without a native row, none.
+func TestTunnelCost(t *testing.T) {
+	rows := []Row{
+		{Enforcer: EnforcerEBPF, Routing: lab.RoutingNative, ConnPerS: 1000, RRP50US: 50, RRP99US: 100},
+		{Enforcer: EnforcerEBPF, Routing: lab.RoutingTunnel, ConnPerS: 800, RRP50US: 60, RRP99US: 150},
+		{Enforcer: EnforcerIPTables, Routing: lab.RoutingNative, ConnPerS: 900, RRP50US: 55, RRP99US: 110},
+	}
+	tunnelCost(rows)
+	if r := rows[1]; r.ConnPerSVsNativeRatio != 0.8 || r.RRP50VsNativeRatio != 1.2 || r.RRP99VsNativeRatio != 1.5 {
+		t.Errorf("tunnel row %+v", r)
+	}
+	if r := rows[2]; r.ConnPerSVsNativeRatio != 0 {
+		t.Errorf("iptables row has a ratio: %+v", r)
+	}
+	alone := rows[1:2]
+	alone[0].ConnPerSVsNativeRatio = 0
+	tunnelCost(alone)
+	if alone[0].ConnPerSVsNativeRatio != 0 {
+		t.Errorf("ratio without a native row: %+v", alone[0])
 	}
 }
 

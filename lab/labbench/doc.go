@@ -1,7 +1,10 @@
-// Package labbench measures the datapath in the lab against iptables:
-// `meshctl bench datapath`. It builds one lab per enforcer, each of one
-// cluster with two nodes (a client pod and a second, unallowed pod on
-// node1; a server pod with an echo server on port 80 on node2), sets each
+// Package labbench measures the datapath in the lab against iptables, and
+// its tunnel against native routing: `meshctl bench datapath`. It builds
+// one lab per enforcer and routing mode (ebpf with native routing, ebpf
+// with the VXLAN tunnel, iptables with native routing), each of one
+// cluster with two nodes on one L2 segment (a client pod and a second,
+// unallowed pod on node1; a server pod with an echo server on port 80 on
+// node2), sets each
 // up with the same number of policy rules and services, and measures, from
 // inside the client pod, TCP connections per second and request/response
 // latency to the server. docs/benchmarks.md records and reads the results.
@@ -59,6 +62,11 @@
 // With Config.Rounds, each Case is measured that many times, the enforcers
 // taking turns, and a row reports the medians: load from outside the bench
 // (other processes on the machine) then falls on both alike.
+//   - conn_per_s_vs_native_ratio, rr_p50_vs_native_ratio,
+//     rr_p99_vs_native_ratio (ebpf tunnel rows): the row's figure over the
+//     ebpf native row's of the same case, measured in the same rounds: the
+//     tunnel's cost (encapsulation, the tunnel programs, the VXLAN
+//     device's extra trip through the stack).
 //   - policy_apply_p50_ms, policy_apply_p99_ms (ebpf only): Config.Applies
 //     times, a policy selecting every pod of the namespace (on both nodes)
 //     with a new port is put into etcd, and timed until every node's pinned

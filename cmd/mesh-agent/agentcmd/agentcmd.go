@@ -59,7 +59,11 @@ type flags struct {
 	apiSocketGroup     int
 	metricsAddr        string
 	pruneInterval      time.Duration
+	podMetadataWait    time.Duration
 	datapath           string
+	routingMode        string
+	tunnelPort         int
+	mtu                int
 	logLevel           string
 }
 
@@ -103,7 +107,12 @@ func newFlagSet(f *flags, stderr io.Writer) *pflag.FlagSet {
 	fs.IntVar(&f.apiSocketGroup, "api-socket-group", -1, "group ID allowed to use the API socket (mode 0660); -1: only the agent's user (0600)")
 	fs.StringVar(&f.metricsAddr, "metrics-address", "127.0.0.1:9962", "host:port of the Prometheus endpoint; empty disables it")
 	fs.DurationVar(&f.pruneInterval, "prune-interval", nodeagent.DefaultPruneInterval, "how often each map is compared in full with the desired state")
+	fs.DurationVar(&f.podMetadataWait, "pod-metadata-wait", nodeagent.DefaultPodMetadataWait,
+		"how long a CNI ADD waits for the pod's labels from the control plane (pods/ and namespaces/ in etcd) before it fails; keep it below mesh-cni's timeout")
 	fs.StringVar(&f.datapath, "datapath", nodeagent.DatapathEBPF, "ebpf: attach the TC programs to pods' veths; none: fill the maps only (comparisons, debugging)")
+	fs.StringVar(&f.routingMode, "routing-mode", nodeagent.RoutingTunnel, "how pods on other nodes are reached: tunnel (VXLAN from the eBPF datapath; works across subnets), native (routes via the nodes' addresses; they must reach each other directly) or none (something else routes the pod CIDRs)")
+	fs.IntVar(&f.tunnelPort, "tunnel-port", nodeagent.DefaultTunnelPort, "UDP port of the VXLAN tunnel (tunnel mode), the same on every node")
+	fs.IntVar(&f.mtu, "mtu", 0, "pod MTU the CNI plugin sets (0: the node interface's MTU, less 50 in tunnel mode)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	return fs
 }
@@ -169,7 +178,11 @@ func (f *flags) config() (nodeagent.Config, slog.Level, error) {
 		Gossip: f.gossip, LeaveOnShutdown: f.leaveOnShutdown,
 		APISocket: f.apiSocket, APISocketGroup: f.apiSocketGroup, MetricsAddr: f.metricsAddr,
 		PruneInterval:      f.pruneInterval,
+		PodMetadataWait:    f.podMetadataWait,
 		Datapath:           f.datapath,
+		RoutingMode:        f.routingMode,
+		TunnelPort:         f.tunnelPort,
+		MTU:                f.mtu,
 		IPBlockOutsideOnly: !f.ipBlockSelectsPods,
 	}
 	for _, s := range f.nodeIPs {

@@ -86,6 +86,10 @@ func TestLoadErrors(t *testing.T) {
 		{"bad family", []string{"--node-ip", "10.0.0.1", "--pod-cidr-families", "ipv5"}, "", "ipv5"},
 		{"unknown file key", []string{"--node-ip", "10.0.0.1"}, "node-nam: x\n", `unknown key "node-nam"`},
 		{"bad log level", []string{"--node-ip", "10.0.0.1", "--log-level", "loud"}, "", "--log-level"},
+		{"bad routing mode", []string{"--node-ip", "10.0.0.1", "--node-name", "n1", "--gossip-insecure", "--routing-mode", "bgp"}, "", `routing mode "bgp": use "tunnel"`},
+		{"tunnel without the eBPF datapath", []string{"--node-ip", "10.0.0.1", "--node-name", "n1", "--gossip-insecure", "--datapath", "none"}, "", `routing mode "tunnel" needs the eBPF datapath`},
+		{"bad tunnel port", []string{"--node-ip", "10.0.0.1", "--node-name", "n1", "--gossip-insecure"}, "tunnel-port: 70000\n", "tunnel port 70000"},
+		{"bad MTU", []string{"--node-ip", "10.0.0.1", "--node-name", "n1", "--gossip-insecure", "--mtu", "100"}, "", "MTU 100: use 576-65535"},
 		{"stray argument", []string{"run"}, "", `unexpected argument "run"`},
 	}
 	// Without endpoints the agent does not start an etcd of its own: it
@@ -115,6 +119,27 @@ func TestLoadErrors(t *testing.T) {
 
 // TestLoadIPBlockOption checks --policy-ipblock-selects-pods (default true:
 // the Kubernetes semantics) from each source, and --bpf-cidr-max.
+// TestLoadRouting checks the routing flags: their defaults (tunnel mode
+// on 8472, a derived MTU) and their config-file keys.
+func TestLoadRouting(t *testing.T) {
+	base := []string{"--state-dir", t.TempDir(), "--etcd-endpoints", testEtcd, "--node-ip", "10.0.0.1", "--node-name", "n1", "--gossip-insecure"}
+	cfg, _, err := Load(base, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.RoutingMode != nodeagent.RoutingTunnel || cfg.TunnelPort != nodeagent.DefaultTunnelPort || cfg.MTU != 0 {
+		t.Errorf("defaults: mode %q port %d mtu %d; want tunnel, %d, 0", cfg.RoutingMode, cfg.TunnelPort, cfg.MTU, nodeagent.DefaultTunnelPort)
+	}
+	file := writeFile(t, "agent.yaml", "routing-mode: native\ntunnel-port: 4789\nmtu: 9000\n")
+	cfg, _, err = Load(append(base, "--config", file), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.RoutingMode != nodeagent.RoutingNative || cfg.TunnelPort != 4789 || cfg.MTU != 9000 {
+		t.Errorf("from the file: mode %q port %d mtu %d; want native, 4789, 9000", cfg.RoutingMode, cfg.TunnelPort, cfg.MTU)
+	}
+}
+
 func TestLoadIPBlockOption(t *testing.T) {
 	base := []string{"--node-ip", "10.0.0.1", "--node-name", "n1", "--gossip-insecure"}
 	for _, tc := range []struct {
@@ -270,5 +295,31 @@ func TestLoadRelativeSocket(t *testing.T) {
 	wd, _ := os.Getwd()
 	if want := filepath.Join(wd, "run/agent.sock"); cfg.APISocket != want {
 		t.Fatalf("APISocket = %q, want %q", cfg.APISocket, want)
+	}
+}
+
+// TestPodMetadataWait: --pod-metadata-wait (and its config-file key) sets
+// how long a CNI ADD waits for the pod's labels; the default is the
+// agent's.
+func TestPodMetadataWait(t *testing.T) {
+	base := []string{"--state-dir", t.TempDir(), "--etcd-endpoints", testEtcd, "--node-ip", "10.0.0.1", "--node-name", "n1", "--gossip-insecure"}
+	cfg, _, err := Load(base, io.Discard)
+	if err != nil || cfg.PodMetadataWait != nodeagent.DefaultPodMetadataWait {
+		t.Fatalf("default: %s, %v; want %s", cfg.PodMetadataWait, err, nodeagent.DefaultPodMetadataWait)
+	}
+	cfg, _, err = Load(append(base, "--pod-metadata-wait", "5s"), io.Discard)
+	if err != nil || cfg.PodMetadataWait != 5*time.Second {
+		t.Fatalf("--pod-metadata-wait 5s: %s, %v", cfg.PodMetadataWait, err)
+	}
+	file := filepath.Join(t.TempDir(), "agent.yaml")
+	if err := os.WriteFile(file, []byte("pod-metadata-wait: 12s\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, _, err = Load(append(base, "--config", file), io.Discard)
+	if err != nil || cfg.PodMetadataWait != 12*time.Second {
+		t.Fatalf("config file pod-metadata-wait: 12s: %s, %v", cfg.PodMetadataWait, err)
+	}
+	if _, _, err := Load(append(base, "--pod-metadata-wait", "-1s"), io.Discard); err == nil || !strings.Contains(err.Error(), "negative") {
+		t.Fatalf("--pod-metadata-wait -1s = %v, want an error", err)
 	}
 }

@@ -25,12 +25,14 @@ func newBenchDatapathCmd(o *options) *cobra.Command {
 	}
 	cmd := &cobra.Command{
 		Use:   "datapath",
-		Short: "Measure the eBPF datapath against iptables in the lab: connections/s and latency under policy rules and services",
-		Long: `bench datapath builds two labs (docs/lab.md), one whose agents run the eBPF
-datapath and one whose agents run none (--datapath=none) with iptables rules
-instead, each of one cluster with two nodes: a client pod and another pod on
-node1, a server pod (echo server on TCP 80) on node2. It needs root, a bpffs
-and, for the iptables lab, iptables.
+		Short: "Measure the eBPF datapath against iptables, and its tunnel against native routing, in the lab: connections/s and latency under policy rules and services",
+		Long: `bench datapath builds labs (docs/lab.md) of one cluster with two nodes on one
+L2 segment: a client pod and another pod on node1, a server pod (echo server
+on TCP 80) on node2. The agents of the ebpf labs run the eBPF datapath, one
+lab per routing mode (--routing: native routes via the node addresses,
+tunnel is VXLAN from the datapath); those of the iptables lab run none
+(--datapath=none, native routing) with iptables rules instead. It needs
+root, a bpffs and, for the iptables lab, iptables.
 
 For each case RULES/SERVICES (--cases), both labs get the same state:
 
@@ -52,7 +54,10 @@ client pod: after a check that the client is answered and the other pod is
 denied, conn_per_s (--workers loops of connect, read the echo server's hello,
 close, for --duration) and rr_p50_us/rr_p99_us (one connection, --rr-count
 ping-pongs of --rr-size bytes). With --rounds N, each row is measured N
-times, the enforcers taking turns, and shows the medians. Then, on the ebpf lab, --applies times: a
+times, the enforcers taking turns, and shows the medians. Each ebpf tunnel row
+also shows its conn/s and latencies as ratios to the ebpf native row of the
+same case (conn_per_s_vs_native_ratio, rr_p50_vs_native_ratio,
+rr_p99_vs_native_ratio): the tunnel's cost. Then, on the (first) ebpf lab, --applies times: a
 policy selecting the pods of both nodes is put into etcd and timed until
 every node's pinned policy map holds it (policy_apply_p50_ms, _p99_ms).
 
@@ -60,6 +65,7 @@ The labs are removed at the end, also on error or interrupt. Results and
 how to read them: docs/benchmarks.md.`,
 		Example: `  meshctl bench datapath
   meshctl bench datapath --cases 0/1,10000/1 --duration 5s -o json
+  meshctl bench datapath --enforcers ebpf --cases 0/1 --rounds 3   # tunnel vs native
   meshctl bench datapath --enforcers iptables --iptables-restore iptables-legacy-restore`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -91,6 +97,7 @@ how to read them: docs/benchmarks.md.`,
 	}
 	fs := cmd.Flags()
 	fs.StringSliceVar(&cfg.Enforcers, "enforcers", []string{labbench.EnforcerEBPF, labbench.EnforcerIPTables}, "enforcers to compare: ebpf, iptables")
+	fs.StringSliceVar(&cfg.Routing, "routing", []string{lab.RoutingNative, lab.RoutingTunnel}, "routing modes between the nodes for the ebpf enforcer, a lab each: native, tunnel")
 	fs.StringSliceVar(&cases, "cases", defCases, "rows as RULES/SERVICES")
 	fs.DurationVar(&cfg.Duration, "duration", labbench.DefaultDuration, "how long each connection-rate measurement runs")
 	fs.DurationVar(&cfg.Warmup, "warmup", labbench.DefaultWarmup, "connection loops before each measurement, uncounted")
@@ -116,10 +123,14 @@ how to read them: docs/benchmarks.md.`,
 // printDatapathReport prints the rows as a table and the policy applies
 // on a line of their own.
 func printDatapathReport(w io.Writer, rep labbench.Report) error {
-	t := newTable(w, "ENFORCER", "RULES", "SERVICES", "CONN/S", "RR P50 µs", "RR P99 µs", "AGENTS CPU %", "CONN ERRORS", "APPLY s")
+	t := newTable(w, "ENFORCER", "ROUTING", "RULES", "SERVICES", "CONN/S", "RR P50 µs", "RR P99 µs", "VS NATIVE (CONN/S, P50, P99)", "AGENTS CPU %", "CONN ERRORS", "APPLY s")
 	f := func(v float64) string { return strconv.FormatFloat(v, 'f', -1, 64) }
 	for _, r := range rep.Rows {
-		t.row(r.Enforcer, strconv.Itoa(r.Rules), strconv.Itoa(r.Services), f(r.ConnPerS), f(r.RRP50US), f(r.RRP99US),
+		vs := "-"
+		if r.ConnPerSVsNativeRatio != 0 {
+			vs = fmt.Sprintf("%s×, %s×, %s×", f(r.ConnPerSVsNativeRatio), f(r.RRP50VsNativeRatio), f(r.RRP99VsNativeRatio))
+		}
+		t.row(r.Enforcer, r.Routing, strconv.Itoa(r.Rules), strconv.Itoa(r.Services), f(r.ConnPerS), f(r.RRP50US), f(r.RRP99US), vs,
 			f(r.AgentCPUPct), strconv.Itoa(r.ConnErrors), f(r.ApplyS))
 	}
 	if err := t.flush(); err != nil {

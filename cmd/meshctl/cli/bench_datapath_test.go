@@ -21,6 +21,7 @@ func TestBenchDatapathFlags(t *testing.T) {
 		{"too many rules", []string{"--cases", "1000000/1"}, "0-100000 rules"},
 		{"bad enforcer", []string{"--enforcers", "nft"}, "ebpf and/or iptables"},
 		{"enforcer twice", []string{"--enforcers", "ebpf,ebpf"}, "each once"},
+		{"bad routing", []string{"--routing", "bgp"}, "native and/or tunnel"},
 		{"too many workers", []string{"--workers", "100"}, "1-64"},
 		{"too many rounds", []string{"--rounds", "21"}, "1-20"},
 		{"long duration", []string{"--duration", "2m"}, "up to 1m0s"},
@@ -37,7 +38,7 @@ func TestBenchDatapathFlags(t *testing.T) {
 	}
 }
 
-// TestBenchDatapath runs the bench small (two labs, three cases, short
+// TestBenchDatapath runs the bench small (three labs, three cases, short
 // measurements), so that it keeps working; the figures are not checked
 // beyond being there. It is not parallel: it keeps the CPUs busy.
 func TestBenchDatapath(t *testing.T) {
@@ -74,13 +75,21 @@ func TestBenchDatapath(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &rep); err != nil {
 		t.Fatalf("bench datapath printed %q: %v", out, err)
 	}
-	if want := 3 * len(strings.Split(enforcers, ",")); len(rep.Rows) != want {
+	// ebpf runs in both routing modes, iptables in native routing.
+	if want := 3 * (len(strings.Split(enforcers, ",")) + 1); len(rep.Rows) != want {
 		t.Fatalf("%d rows, want %d: %s", len(rep.Rows), want, out)
 	}
 	for _, r := range rep.Rows {
-		for _, f := range []string{"enforcer", "rules", "services", "conn_per_s", "rr_p50_us", "rr_p99_us"} {
+		for _, f := range []string{"enforcer", "routing", "rules", "services", "conn_per_s", "rr_p50_us", "rr_p99_us"} {
 			if _, ok := r[f]; !ok {
 				t.Errorf("row %v has no %s", r, f)
+			}
+		}
+		if r["routing"] == "tunnel" {
+			for _, f := range []string{"conn_per_s_vs_native_ratio", "rr_p50_vs_native_ratio", "rr_p99_vs_native_ratio"} {
+				if v, _ := r[f].(float64); v <= 0 {
+					t.Errorf("tunnel row %v: no %s", r, f)
+				}
 			}
 		}
 		if c, _ := r["conn_per_s"].(float64); c <= 0 {

@@ -28,7 +28,7 @@ func newBenchCmd(o *options) *cobra.Command {
 	}
 	cmd.AddCommand(newBenchIdentityCmd(o), newBenchIPAMCmd(o), newBenchGossipCmd(o))
 	cmd.AddCommand(newBenchPropagationCmd(o), newBenchDatapathCmd(o), newBenchHealthCmd(o))
-	cmd.AddCommand(newBenchControlPlaneCmd(o))
+	cmd.AddCommand(newBenchControlPlaneCmd(o), newBenchCNICmd(o))
 	return cmd
 }
 

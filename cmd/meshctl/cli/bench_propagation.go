@@ -193,6 +193,8 @@ func (o *options) benchPropagation(ctx context.Context, cfg benchPropConfig) (re
 			NodeIPs:    []netip.Addr{benchIP([4]byte{127, 1, 0, 1}, i)},
 			GossipAddr: netip.MustParseAddr("127.0.0.1"), GossipPort: -1, GossipKeys: [][]byte{gossipKey},
 			APISocket: filepath.Join(dir, strconv.Itoa(i)+".sock"), APISocketGroup: -1,
+			// In-process agents share this network namespace: no routes.
+			RoutingMode: nodeagent.RoutingNone,
 		}
 	}
 	var agents []*benchAgent

@@ -30,6 +30,7 @@ func startCLIAgent(t *testing.T, cluster string) (name, sock string) {
 		Node: name, Cluster: cluster, ClusterID: 7, Etcd: srv.Config(), StateDir: filepath.Join(dir, "state"),
 		NodeIPs: []netip.Addr{netip.MustParseAddr("127.0.2.1")}, GossipAddr: netip.MustParseAddr("127.0.0.1"),
 		GossipPort: -1, GossipInsecure: true, APISocket: sock, APISocketGroup: -1, Datapath: nodeagent.DatapathNone,
+		RoutingMode: nodeagent.RoutingNone,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -191,6 +191,20 @@ func printStatus(w io.Writer, st *api.StatusResponse, format string) error {
 		}
 		fmt.Fprintln(w)
 	}
+	if r := st.Routing; r != nil && r.Mode != "" {
+		fmt.Fprintf(w, "Routing:  %s", r.Mode)
+		if r.TunnelDevice != "" {
+			fmt.Fprintf(w, " (%s, UDP %d)", r.TunnelDevice, r.TunnelPort)
+		}
+		fmt.Fprintf(w, ", %d routes to other nodes, pod MTU %d (underlay %d)", r.Routes, r.PodMtu, r.UnderlayMtu)
+		if r.LastError != "" {
+			fmt.Fprintf(w, ", last error: %s", r.LastError)
+		}
+		fmt.Fprintln(w)
+		for _, u := range r.Unreachable {
+			fmt.Fprintf(w, "          unreachable: %s\n", u)
+		}
+	}
 	if st.PolicyRevision > 0 {
 		fmt.Fprintf(w, "Policies: enforced up to etcd revision %d\n", st.PolicyRevision)
 	}

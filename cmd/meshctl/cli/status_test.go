@@ -34,6 +34,7 @@ func TestAgentCommands(t *testing.T) {
 		Node: node, Cluster: cluster, ClusterID: 7, Etcd: srv.Config(), StateDir: filepath.Join(dir, "state"),
 		NodeIPs: []netip.Addr{netip.MustParseAddr("127.0.2.1")}, GossipAddr: netip.MustParseAddr("127.0.0.1"),
 		GossipPort: -1, GossipInsecure: true, APISocket: sock, APISocketGroup: -1,
+		RoutingMode: nodeagent.RoutingNone,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -63,7 +64,7 @@ func TestAgentCommands(t *testing.T) {
 	}
 
 	out := mustRun(t, "status", "--agent-socket", sock, "--wait", "--timeout", "30s")
-	for _, want := range []string{"State:    OK", node, "ipcache", "services"} {
+	for _, want := range []string{"State:    OK", node, "ipcache", "services", "Routing:  none"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status output lacks %q:\n%s", want, out)
 		}
