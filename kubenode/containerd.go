@@ -91,7 +91,10 @@ func (n *Node) removeContainers(ctx context.Context) ([]string, error) {
 			}
 			if json.Unmarshal(info, &c) == nil {
 				for _, ns := range c.Spec.Linux.Namespaces {
-					if ns.Type == "network" && ns.Path != "" {
+					// A sandbox's namespace is a bind mount in /run/netns; a
+					// container joins it by /proc/<pid>/ns/net, nothing to
+					// remove.
+					if ns.Type == "network" && (strings.HasPrefix(ns.Path, netnsDir+"/") || strings.HasPrefix(ns.Path, "/var/run/netns/")) {
 						netnsPaths = append(netnsPaths, ns.Path)
 					}
 				}

@@ -200,6 +200,10 @@ func TestNode(t *testing.T) {
 	// The manifests' image, with stand-ins for the binaries (the probe
 	// under each name): its layout imports and runs.
 	t.Run("MeshplaneImage", func(t *testing.T) {
+		if dir := os.Getenv("MESHPLANE_LAB_BIN"); dir != "" {
+			realMeshplaneImage(ctx, t, n, cs, dir)
+			return
+		}
 		bin := t.TempDir()
 		probe, err := os.ReadFile(n.ProbeBinary)
 		if err != nil {
@@ -302,6 +306,47 @@ func TestNodeNoCNI(t *testing.T) {
 		t.Fatalf("pod IP %s not in %s", ip, n.PodCIDR)
 	}
 	// The pod is left for the node's cleanup to delete.
+}
+
+// realMeshplaneImage imports the meshplane image from the binaries of
+// MESHPLANE_LAB_BIN (CGO_ENABLED=0 builds) and runs mesh-cni VERSION in a
+// pod of it.
+func realMeshplaneImage(ctx context.Context, t *testing.T, n *kubenode.Node, cs *kubernetes.Clientset, dir string) {
+	spec, err := image.Meshplane(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.ImportSpec(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	no := false
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "mesh-cni-version", Namespace: "default"},
+		Spec: corev1.PodSpec{
+			AutomountServiceAccountToken: &no, RestartPolicy: corev1.RestartPolicyNever,
+			Containers: []corev1.Container{{
+				Name: "cni", Image: image.MeshplaneName, ImagePullPolicy: corev1.PullNever,
+				Command: []string{"/usr/local/bin/mesh-cni"},
+				Env:     []corev1.EnvVar{{Name: "CNI_COMMAND", Value: "VERSION"}},
+			}},
+		},
+	}
+	if _, err := cs.CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := pollUntil(ctx, func() (bool, string) {
+		p, err := cs.CoreV1().Pods("default").Get(ctx, pod.Name, metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		return p.Status.Phase == corev1.PodSucceeded, string(p.Status.Phase)
+	}); err != nil {
+		t.Fatalf("mesh-cni VERSION in the meshplane image: %v (binaries built with CGO_ENABLED=0?)", err)
+	}
+	out, err := n.Kubectl(ctx, "logs", pod.Name)
+	if err != nil || !strings.Contains(string(out), `"supportedVersions"`) {
+		t.Fatalf("mesh-cni VERSION printed %q (%v)", out, err)
+	}
 }
 
 func pollUntil(ctx context.Context, f func() (bool, string)) error {
