@@ -7,7 +7,8 @@
 #
 # Usage: build.sh [NAME...]   NAME is kube-apiserver (the default),
 # kubelet, kube-controller-manager, kube-scheduler or kubectl; `node` means
-# all five. kubeapiserver.Find (kubetest) and kubenode look for the binaries
+# all five; e2e.test (the upstream e2e suite, `go test -c`) and agnhost (its
+# test image's binary) are what `make netpol-e2e` runs. kubeapiserver.Find (kubetest) and kubenode look for the binaries
 # at the same paths.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -18,8 +19,8 @@ names=()
 for n in "$@"; do
   case $n in
     node) names+=(kubelet kube-apiserver kube-controller-manager kube-scheduler kubectl) ;;
-    kube-apiserver|kubelet|kube-controller-manager|kube-scheduler|kubectl) names+=("$n") ;;
-    *) echo "build.sh: unknown component $n: want kube-apiserver, kubelet, kube-controller-manager, kube-scheduler, kubectl or node" >&2; exit 2 ;;
+    kube-apiserver|kubelet|kube-controller-manager|kube-scheduler|kubectl|e2e.test|agnhost) names+=("$n") ;;
+    *) echo "build.sh: unknown component $n: want kube-apiserver, kubelet, kube-controller-manager, kube-scheduler, kubectl, node, e2e.test or agnhost" >&2; exit 2 ;;
   esac
 done
 cache=${MESHPLANE_CACHE:-$HOME/.cache/meshplane}
@@ -37,7 +38,11 @@ for n in "${names[@]}"; do
   if [ ! -x "$out" ]; then
     echo "building $n $kv into $out (takes minutes the first time)" >&2
     tmp=$(mktemp "$cache/.$n-$kv.XXXXXX")
-    CGO_ENABLED=0 go build -trimpath -tags providerless,notest -ldflags "$ld" -o "$tmp" "k8s.io/kubernetes/cmd/$n"
+    case $n in
+      e2e.test) CGO_ENABLED=0 go test -c -trimpath -tags providerless -ldflags "$ld" -o "$tmp" k8s.io/kubernetes/test/e2e ;;
+      agnhost) CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$tmp" k8s.io/kubernetes/test/images/agnhost ;;
+      *) CGO_ENABLED=0 go build -trimpath -tags providerless,notest -ldflags "$ld" -o "$tmp" "k8s.io/kubernetes/cmd/$n" ;;
+    esac
     chmod 755 "$tmp"
     mv "$tmp" "$out"
     tmp=
