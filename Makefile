@@ -24,10 +24,11 @@ kube-apiserver:
 
 ## kube-node: build what a real node (package kubenode) runs besides
 ## Debian's containerd, runc and etcd: kubelet, kube-apiserver,
-## kube-controller-manager, kube-scheduler and kubectl, into the same cache
+## kube-controller-manager, kube-scheduler and kubectl, and the upstream e2e
+## suite (e2e.test) with agnhost for the NetworkPolicy run, into the same cache
 ## (the first build takes about 15 minutes on 2 cores; see docs/development.md).
 kube-node:
-	nice -n 5 tools/kubernetes/build.sh node
+	nice -n 5 tools/kubernetes/build.sh node e2e.test agnhost
 
 ## test: formatting, vet, the race-enabled test suite (real etcd, a real
 ## kube-apiserver, a real node), the e2e suite again with native routing
