@@ -240,6 +240,21 @@ func TestRealNode(t *testing.T) {
 		t.Logf("ClusterIP %s answered %v after the Service was created", svc.Spec.ClusterIP, time.Since(t2).Round(time.Millisecond))
 	})
 
+	// The kubernetes Service (no kube-proxy, no
+	// ProxyKubernetesService): the control plane publishes it with the
+	// apiserver's endpoint (the node's address), the datapath translates
+	// it, so in-cluster clients reach the apiserver.
+	t.Run("kubernetes Service", func(t *testing.T) {
+		addr := n.KubernetesServiceIP.String() + ":443"
+		err := poll(ctx, func() (bool, string) {
+			out, err := m.exec(ctx, "client", "dial", addr)
+			return err == nil && out == "connected", fmt.Sprintf("%q %v", out, err)
+		})
+		if err != nil {
+			t.Fatalf("client -> %s: %v", addr, err)
+		}
+	})
+
 	t.Run("NetworkPolicy", func(t *testing.T) {
 		np := &networkingv1.NetworkPolicy{
 			ObjectMeta: metav1.ObjectMeta{Name: "server", Namespace: ns},
