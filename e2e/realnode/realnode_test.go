@@ -171,6 +171,11 @@ func TestRealNode(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	usedBefore := m.ipamUsed(ctx, t)
+	// containerd reloads the conf dir on each write event: the installer
+	// never leaves the conflist empty or half-written in between.
+	if log := n.Log("containerd"); strings.Contains(log, "failed to reload cni configuration") {
+		t.Errorf("containerd read a partial conflist during install-cni:\n%s", grepLines(log, "failed to reload cni configuration"))
+	}
 
 	names := []string{"server", "client", "other"}
 	t1 := time.Now()
@@ -328,4 +333,15 @@ func TestRealNode(t *testing.T) {
 			t.Fatalf("after deleting the pods: %v", err)
 		}
 	})
+}
+
+// grepLines are the lines of s that contain substr.
+func grepLines(s, substr string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, substr) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
