@@ -8,7 +8,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -79,13 +81,16 @@ func StartMeshplane(t *testing.T, cfg kubenode.Config) *Meshplane {
 		}
 	}
 	kubenode.Require(t)
+	sweepStale(t)
 	m := &Meshplane{}
 	var err error
-	// Short: the agent's socket path is bounded.
-	if m.Dir, err = os.MkdirTemp("", "mpr-"); err != nil {
+	// Short: the agent's socket path is bounded. The PID in the names
+	// lets the next run remove what a killed test binary left.
+	prefix := fmt.Sprintf("mpr-%d-", os.Getpid())
+	if m.Dir, err = os.MkdirTemp("", prefix); err != nil {
 		t.Fatal(err)
 	}
-	m.BPFFS = fmt.Sprintf("/sys/fs/bpf/mpr-%d-%s", os.Getpid(), filepath.Base(m.Dir)[4:])
+	m.BPFFS = filepath.Join("/sys/fs/bpf", filepath.Base(m.Dir))
 	if err := os.MkdirAll(m.BPFFS, 0o700); err != nil {
 		_ = os.RemoveAll(m.Dir)
 		t.Fatal(err)
@@ -370,6 +375,27 @@ func (m *Meshplane) cleanup(t *testing.T, bin string) {
 	}
 	if err := os.RemoveAll(m.Dir); err != nil {
 		t.Error(err)
+	}
+}
+
+// sweepStale removes the directories (agent state, socket, pins) of
+// test binaries that were killed before their cleanup ran (a -timeout
+// panic): /tmp/mpr-<pid>-* and /sys/fs/bpf/mpr-<pid>-* whose PID is gone.
+// kubenode's Start sweeps the rest (the node, its daemons, containers and
+// namespace).
+func sweepStale(t *testing.T) {
+	t.Helper()
+	for _, pattern := range []string{filepath.Join(os.TempDir(), "mpr-*-*"), "/sys/fs/bpf/mpr-*-*"} {
+		paths, _ := filepath.Glob(pattern)
+		for _, p := range paths {
+			pid, err := strconv.Atoi(strings.SplitN(filepath.Base(p), "-", 3)[1])
+			if err != nil || pid == os.Getpid() || syscall.Kill(pid, 0) != syscall.ESRCH {
+				continue
+			}
+			if err := os.RemoveAll(p); err != nil {
+				t.Logf("stale %s: %v", p, err)
+			}
+		}
 	}
 }
 
