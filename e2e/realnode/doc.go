@@ -6,8 +6,9 @@
 // their addresses from mesh-cni, reach each other and a ClusterIP
 // Service, and a NetworkPolicy is enforced on their traffic.
 //
-// It has no code beyond test helpers. The tests skip without kubenode's
-// binaries (make kube-node, Debian's containerd, runc, CNI plugins,
-// etcd-server) or without MESHPLANE_LAB_BIN (make build), and fail
-// instead with MESHPLANE_REQUIRE_KUBENODE=1 (CI).
+// It has no code beyond test helpers. The tests skip without root or
+// kubenode's binaries (make kube-node, Debian's containerd, runc, CNI
+// plugins, etcd-server), and fail instead with
+// MESHPLANE_REQUIRE_KUBENODE=1 (CI). The meshplane binaries are
+// MESHPLANE_LAB_BIN's (make build), or TestMain builds them.
 package realnode

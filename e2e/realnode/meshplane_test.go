@@ -58,8 +58,8 @@ type Meshplane struct {
 
 // StartMeshplane starts a kubenode without a network and meshplane on it,
 // and returns when the node is Ready. It skips (or fails, with
-// MESHPLANE_REQUIRE_KUBENODE) without kubenode's binaries or
-// MESHPLANE_LAB_BIN. cfg.NoCNI is forced. The agent routes natively (one
+// MESHPLANE_REQUIRE_KUBENODE) without kubenode's binaries or root; the
+// meshplane binaries are MESHPLANE_LAB_BIN's or TestMain's. cfg.NoCNI is forced. The agent routes natively (one
 // node) with the eBPF datapath; the control plane authenticates as the
 // manifests' ServiceAccount with the manifests' ClusterRole (a token from
 // the TokenRequest API). Cleanup: the node's (pods deleted while the
@@ -67,20 +67,18 @@ type Meshplane struct {
 // `mesh-agent --cleanup` (the uninstall's command) and the directories.
 func StartMeshplane(t *testing.T, cfg kubenode.Config) *Meshplane {
 	t.Helper()
-	bin := os.Getenv("MESHPLANE_LAB_BIN")
+	kubenode.Require(t)
+	bin := binDir
 	if bin == "" {
-		msg := "MESHPLANE_LAB_BIN is not set: run make build and set it to $PWD/bin"
-		if os.Getenv(kubenode.RequireEnv) != "" {
-			t.Fatalf("%s (%s is set)", msg, kubenode.RequireEnv)
-		}
-		t.Skip(msg)
+		// Only without root or kubenode's binaries, which Require
+		// reported.
+		t.Fatal("no meshplane binaries: set MESHPLANE_LAB_BIN (make build)")
 	}
 	for _, b := range []string{"mesh-agent", "mesh-controlplane", "mesh-cni"} {
 		if _, err := os.Stat(filepath.Join(bin, b)); err != nil {
 			t.Fatalf("MESHPLANE_LAB_BIN=%s: %v (run make build)", bin, err)
 		}
 	}
-	kubenode.Require(t)
 	sweepStale(t)
 	m := &Meshplane{}
 	var err error
