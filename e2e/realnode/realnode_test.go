@@ -278,6 +278,17 @@ func TestRealNode(t *testing.T) {
 		t.Logf("deny-all ingress enforced %v after create", time.Since(t2).Round(time.Millisecond))
 		m.expectHTTP(t, "other", url, false)
 		m.expectDropped(t, "default/client", "default/server")
+		// The node itself (the kubelet's probes) still gets in: an
+		// isolated pod always admits traffic from its node.
+		conn, err := n.Dial(ctx, "tcp", serverIP+":8080")
+		if err != nil {
+			t.Errorf("node -> server under deny-all ingress: %v; want it allowed (kubelet probes)", err)
+		} else {
+			_ = conn.Close()
+		}
+		if p, err := m.Kube.CoreV1().Pods(ns).Get(ctx, "server", metav1.GetOptions{}); err != nil || !podReady(p) {
+			t.Errorf("server under deny-all ingress: ready %v (%v); want the kubelet's probe to pass", p != nil && podReady(p), err)
+		}
 
 		np.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{{
 			From: []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "client"}}}},
@@ -344,4 +355,13 @@ func grepLines(s, substr string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+func podReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
 }
