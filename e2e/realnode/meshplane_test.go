@@ -34,6 +34,10 @@ import (
 // the control plane runs with.
 const overlay = "../../deploy/kustomize/overlays/single"
 
+// cleanupOverlay is the manifests' uninstall: its commands remove the CNI
+// config and the agent's pins and state.
+const cleanupOverlay = "../../deploy/kustomize/overlays/cleanup"
+
 // Meshplane is meshplane running on a kubenode: the CNI config installed
 // by the manifests' install-cni command, mesh-agent and
 // mesh-controlplane as processes in the node's namespace on the node's
@@ -50,10 +54,15 @@ type Meshplane struct {
 	// kubeconfig; BPFFS the agent's pins.
 	Dir, BPFFS string
 	// InstallCommand is the install-cni init container's command as run
-	// (host paths rewritten to the node's).
-	InstallCommand []string
+	// (host paths rewritten to the node's); UninstallCommand and
+	// CleanupCommand the cleanup overlay's uninstall-cni and remove-pins
+	// (run by Uninstall and by the cleanup).
+	InstallCommand, UninstallCommand, CleanupCommand []string
 	// Timings of StartMeshplane, for the log.
 	Timings struct{ Node, CNI, Agent, ControlPlane, NodeReady time.Duration }
+
+	bin     string
+	volumes map[string]string // the manifests' hostPath volumes -> private dirs
 }
 
 // StartMeshplane starts a kubenode without a network and meshplane on it,
@@ -95,7 +104,7 @@ func StartMeshplane(t *testing.T, cfg kubenode.Config) *Meshplane {
 	}
 	// Registered before the node's: runs after it (LIFO), once the agent
 	// is stopped.
-	t.Cleanup(func() { m.cleanup(t, bin) })
+	t.Cleanup(func() { m.cleanup(t) })
 
 	t0 := time.Now()
 	cfg.NoCNI = true
@@ -109,7 +118,11 @@ func StartMeshplane(t *testing.T, cfg kubenode.Config) *Meshplane {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
-	objs := render(t)
+	objs := render(t, overlay)
+	m.rewriteHostPaths(t, bin)
+	cleanupObjs := render(t, cleanupOverlay)
+	m.UninstallCommand = m.command(t, cleanupObjs, "mesh-cleanup", "uninstall-cni")
+	m.CleanupCommand = m.command(t, cleanupObjs, "mesh-cleanup", "remove-pins")
 	t1 := time.Now()
 	m.installCNI(ctx, t, objs, bin)
 	m.Timings.CNI = time.Since(t1)
@@ -146,12 +159,12 @@ type object struct {
 }
 
 // render builds the overlay with krusty (kustomize build).
-func render(t *testing.T) []object {
+func render(t *testing.T, dir string) []object {
 	t.Helper()
 	k := krusty.MakeKustomizer(krusty.MakeDefaultOptions())
-	rm, err := k.Run(filesys.MakeFsOnDisk(), overlay)
+	rm, err := k.Run(filesys.MakeFsOnDisk(), dir)
 	if err != nil {
-		t.Fatalf("kustomize build %s: %v", overlay, err)
+		t.Fatalf("kustomize build %s: %v", dir, err)
 	}
 	var objs []object
 	for _, r := range rm.Resources() {
@@ -168,54 +181,93 @@ func render(t *testing.T) []object {
 	return objs
 }
 
-// installCommand is the command of the agent DaemonSet's install-cni
-// init container, with the container's paths of the host's CNI dirs
-// replaced by the node's private ones, the agent's socket by ours, and
-// the binary by MESHPLANE_LAB_BIN's.
-func installCommand(t *testing.T, objs []object, bin, binDir, confDir, socket string) []string {
+// rewriteHostPaths sets what the manifests' volumes become here: each
+// hostPath volume's private directory on this node.
+// The run and state directories are made here, as the volumes'
+// DirectoryOrCreate would.
+func (m *Meshplane) rewriteHostPaths(t *testing.T, bin string) {
+	t.Helper()
+	m.bin = bin
+	m.volumes = map[string]string{
+		"cni-bin": m.Node.CNIBinDir, "cni-conf": m.Node.CNIConfDir,
+		"bpffs": m.BPFFS, "run": filepath.Join(m.Dir, "run"), "state": filepath.Join(m.Dir, "state"),
+	}
+	for _, v := range []string{"run", "state"} {
+		if err := os.Mkdir(m.volumes[v], 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// command is the command of container (an init container or not) of the
+// DaemonSet ds in objs, as it would run on this node: every argument
+// under one of the container's mount paths, or under a volume's host path
+// (the install's --socket is the host's path, not mounted), moved to the
+// volume's private directory; $(MESHPLANE_NODE_NAME) the node's name; the binary
+// MESHPLANE_LAB_BIN's.
+func (m *Meshplane) command(t *testing.T, objs []object, ds, container string) []string {
 	t.Helper()
 	for _, o := range objs {
-		if o.kind != "DaemonSet" || o.name != "mesh-agent" {
+		if o.kind != "DaemonSet" || o.name != ds {
 			continue
 		}
 		spec := o.m["spec"].(map[string]any)["template"].(map[string]any)["spec"].(map[string]any)
-		inits, _ := spec["initContainers"].([]any)
-		for _, c := range inits {
+		hostPaths := map[string]string{} // volume -> host path
+		for _, v := range spec["volumes"].([]any) {
+			v := v.(map[string]any)
+			if hp, ok := v["hostPath"].(map[string]any); ok {
+				hostPaths[v["name"].(string)] = hp["path"].(string)
+			}
+		}
+		cs, _ := spec["initContainers"].([]any)
+		cs = append(cs, spec["containers"].([]any)...)
+		for _, c := range cs {
 			c := c.(map[string]any)
-			if c["name"] != "install-cni" {
+			if c["name"] != container {
 				continue
 			}
-			// The volumes' mount paths in the container, by volume name.
-			mounts := map[string]string{}
+			var prefixes [][2]string // from, to
 			for _, vm := range c["volumeMounts"].([]any) {
 				vm := vm.(map[string]any)
-				mounts[vm["name"].(string)] = vm["mountPath"].(string)
+				name := vm["name"].(string)
+				to, ok := m.volumes[name]
+				if !ok {
+					continue
+				}
+				prefixes = append(prefixes, [2]string{vm["mountPath"].(string), to})
 			}
-			repl := map[string]string{mounts["cni-bin"]: binDir, mounts["cni-conf"]: confDir}
+			// A host path is the node's whatever the container mounts.
+			for name, hp := range hostPaths {
+				if to, ok := m.volumes[name]; ok {
+					prefixes = append(prefixes, [2]string{hp, to})
+				}
+			}
 			var cmd []string
 			for i, a := range c["command"].([]any) {
-				s := a.(string)
-				switch {
-				case i == 0:
-					s = filepath.Join(bin, filepath.Base(s))
-				case repl[s] != "":
-					s = repl[s]
-				case i > 0 && cmd[i-1] == "--socket":
-					s = socket
+				s := strings.ReplaceAll(a.(string), "$(MESHPLANE_NODE_NAME)", m.Node.Name)
+				if i == 0 {
+					s = filepath.Join(m.bin, filepath.Base(s))
+				}
+				for _, p := range prefixes {
+					if p[0] != "" && (s == p[0] || strings.HasPrefix(s, p[0]+"/")) {
+						s = p[1] + strings.TrimPrefix(s, p[0])
+						break
+					}
 				}
 				cmd = append(cmd, s)
-			}
-			if len(repl) != 2 || !strings.Contains(strings.Join(cmd, " "), binDir) || !strings.Contains(strings.Join(cmd, " "), confDir) {
-				t.Fatalf("the install-cni command %v does not name the cni-bin and cni-conf mounts %v", c["command"], mounts)
 			}
 			return cmd
 		}
 	}
-	t.Fatalf("%s renders no DaemonSet mesh-agent with an install-cni init container", overlay)
+	t.Fatalf("no DaemonSet %s with a container %s in the manifests", ds, container)
 	return nil
 }
 
-func (m *Meshplane) socket() string { return filepath.Join(m.Dir, "agent.sock") }
+func (m *Meshplane) socket() string { return filepath.Join(m.volumes["run"], "agent.sock") }
+
+// stateDir is the agent's --state-dir, /var/lib/meshplane/<node> in the
+// manifests.
+func (m *Meshplane) stateDir() string { return filepath.Join(m.volumes["state"], m.Node.Name) }
 
 // installCNI runs the init container's command against the node's CNI
 // dirs. The runtime's loopback plugin comes from the distribution on a
@@ -224,7 +276,12 @@ func (m *Meshplane) socket() string { return filepath.Join(m.Dir, "agent.sock") 
 func (m *Meshplane) installCNI(ctx context.Context, t *testing.T, objs []object, bin string) {
 	t.Helper()
 	n := m.Node
-	m.InstallCommand = installCommand(t, objs, bin, n.CNIBinDir, n.CNIConfDir, m.socket())
+	m.InstallCommand = m.command(t, objs, "mesh-agent", "install-cni")
+	for _, dir := range []string{n.CNIBinDir, n.CNIConfDir, m.socket()} {
+		if !strings.Contains(strings.Join(m.InstallCommand, " "), dir) {
+			t.Fatalf("the install-cni command %v does not name %s", m.InstallCommand, dir)
+		}
+	}
 	t.Logf("install-cni: %s", strings.Join(m.InstallCommand, " "))
 	cmd := exec.CommandContext(ctx, m.InstallCommand[0], m.InstallCommand[1:]...)
 	if out, err := cmd.CombinedOutput(); err != nil {
@@ -278,7 +335,7 @@ func (m *Meshplane) agentArgs() []string {
 		"--node-ip=" + n.NodeIP.String(),
 		"--cluster-name=default", "--cluster-id=1",
 		"--etcd-endpoints=" + n.EtcdEndpoint,
-		"--state-dir=" + filepath.Join(m.Dir, "state"),
+		"--state-dir=" + m.stateDir(),
 		"--bpffs=" + m.BPFFS,
 		"--api-socket=" + m.socket(),
 		"--metrics-address=",
@@ -352,12 +409,15 @@ func joinDocs(docs [][]byte) []byte {
 // cleanup runs after the node's: the agent is stopped and the node's
 // namespace gone. mesh-agent --cleanup removes its pins, state and
 // socket, as the manifests' uninstall does.
-func (m *Meshplane) cleanup(t *testing.T, bin string) {
-	if m.Node != nil {
-		args := []string{"--cleanup", "--node-name=" + m.Node.Name, "--bpffs=" + m.BPFFS,
-			"--state-dir=" + filepath.Join(m.Dir, "state"), "--api-socket=" + m.socket()}
-		if out, err := exec.Command(filepath.Join(bin, "mesh-agent"), args...).CombinedOutput(); err != nil {
-			t.Errorf("mesh-agent --cleanup: %v\n%s", err, out)
+func (m *Meshplane) cleanup(t *testing.T) {
+	if m.CleanupCommand != nil {
+		cmd := exec.Command(m.CleanupCommand[0], m.CleanupCommand[1:]...)
+		cmd.Env = append(os.Environ(), "MESHPLANE_NODE_NAME="+m.Node.Name)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("remove-pins %v: %v\n%s", m.CleanupCommand, err, out)
+		}
+		if _, err := os.Stat(m.stateDir()); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("remove-pins left the state dir %s (%v)", m.stateDir(), err)
 		}
 	}
 	// --cleanup removes <bpffs>/meshplane/<node>; the empty
@@ -414,4 +474,14 @@ func poll(ctx context.Context, f func() (bool, string)) error {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// Uninstall runs the cleanup overlay's uninstall-cni command: the
+// conflist and the plugin go, and the node turns NotReady.
+func (m *Meshplane) Uninstall(ctx context.Context) error {
+	out, err := exec.CommandContext(ctx, m.UninstallCommand[0], m.UninstallCommand[1:]...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("uninstall-cni %v: %w\n%s", m.UninstallCommand, err, out)
+	}
+	return nil
 }

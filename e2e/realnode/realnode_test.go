@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -160,7 +162,8 @@ func (m *Meshplane) expectDropped(t *testing.T, src, dst string) {
 // and the agent, reach each other over HTTP and TCP, reach the server
 // through a ClusterIP Service, a NetworkPolicy denying all ingress to the
 // server blocks both clients and one allowing app=client lets client
-// (only) in again; deleting the pods releases their IPs and veths.
+// (only) in again; deleting the pods releases their IPs and veths; the
+// cleanup overlay's commands uninstall it all.
 func TestRealNode(t *testing.T) {
 	t0 := time.Now()
 	m := StartMeshplane(t, kubenode.Config{Name: "realnode"})
@@ -342,6 +345,36 @@ func TestRealNode(t *testing.T) {
 		})
 		if err != nil {
 			t.Fatalf("after deleting the pods: %v", err)
+		}
+	})
+
+	// The cleanup overlay's uninstall-cni: the config and the plugin go,
+	// the node turns NotReady (the rest of the uninstall, remove-pins,
+	// runs in the cleanup, once the agent is stopped).
+	t.Run("uninstall", func(t *testing.T) {
+		t.Logf("uninstall-cni: %s; remove-pins (at cleanup): %s", strings.Join(m.UninstallCommand, " "), strings.Join(m.CleanupCommand, " "))
+		if err := m.Uninstall(ctx); err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range []string{filepath.Join(n.CNIConfDir, "05-meshplane.conflist"), filepath.Join(n.CNIBinDir, "mesh-cni")} {
+			if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("%s after uninstall: %v", p, err)
+			}
+		}
+		err := poll(ctx, func() (bool, string) {
+			node, err := m.Kube.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
+			if err != nil {
+				return false, err.Error()
+			}
+			for _, c := range node.Status.Conditions {
+				if c.Type == corev1.NodeReady {
+					return c.Status != corev1.ConditionTrue, fmt.Sprintf("Ready=%s %s", c.Status, c.Message)
+				}
+			}
+			return false, "no Ready condition"
+		})
+		if err != nil {
+			t.Fatalf("node after uninstall-cni: %v", err)
 		}
 	})
 }
