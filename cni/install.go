@@ -88,8 +88,8 @@ func (c InstallConfig) Conflist() ([]byte, error) {
 
 // Install copies the plugin binary into BinDir (atomically: a temporary
 // file renamed into place, so the runtime never runs half a binary) and
-// writes the conflist into ConfDir in place (open, truncate, write,
-// fsync): containerd 1.6 ignores a file moved into its conf dir and
+// writes the conflist into ConfDir in place (written over, cut to
+// length, fsync): containerd 1.6 ignores a file moved into its conf dir and
 // reloads only on a write. An unchanged conflist is not rewritten.
 func Install(c InstallConfig) error {
 	c, err := c.validate()
@@ -179,7 +179,13 @@ func same(a, b string) bool {
 	return err == nil && os.SameFile(sa, sb)
 }
 
-// writeInPlace writes b to path through the file itself, not a rename.
+// writeInPlace writes b to path through the file itself, not a rename:
+// over the old content from offset 0, then cut to b's length if the old
+// was longer. The file is never empty in between, and a new or same-length
+// file gets a single write event: containerd 1.6 reloads on each event,
+// and after a truncate first it read an empty file and logged "unexpected
+// end of JSON input" on every fresh install (seen on a real kubelet,
+// e2e/realnode).
 func writeInPlace(path string, b []byte) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
@@ -191,15 +197,18 @@ func writeInPlace(path string, b []byte) error {
 	if err != nil {
 		return err
 	}
-	if err := f.Truncate(0); err != nil {
+	if _, err := f.WriteAt(b, 0); err != nil {
 		_ = f.Close()
 		return err
 	}
-	if _, err := f.Write(b); err != nil {
-		_ = f.Close()
-		return err
+	st, err := f.Stat()
+	if err == nil && st.Size() > int64(len(b)) {
+		err = f.Truncate(int64(len(b)))
 	}
-	if err := f.Sync(); err != nil {
+	if err == nil {
+		err = f.Sync()
+	}
+	if err != nil {
 		_ = f.Close()
 		return err
 	}

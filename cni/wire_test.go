@@ -178,6 +178,10 @@ func TestInstall(t *testing.T) {
 	if !strings.Contains(string(b), "/run/other/agent.sock") || !strings.Contains(string(b), `"1m30s"`) {
 		t.Fatalf("conflist after the second install:\n%s", b)
 	}
+	// Shorter than the first: cut to length, nothing of the old left.
+	if _, err := libcni.ConfListFromFile(path); err != nil {
+		t.Fatalf("libcni after the second install: %v\n%s", err, b)
+	}
 	if out, err := exec.Command(pluginBin, "install", "--bin-dir", bin).CombinedOutput(); err == nil || !strings.Contains(string(out), "--conf-dir") {
 		t.Fatalf("install without --conf-dir = %v: %s", err, out)
 	}
@@ -188,5 +192,40 @@ func TestInstall(t *testing.T) {
 		if _, err := os.Stat(p); !os.IsNotExist(err) {
 			t.Errorf("%s after uninstall: %v", p, err)
 		}
+	}
+}
+
+// TestInstallOverLonger: a conflist longer than the new one is written
+// over from the start and cut to length (writeInPlace never truncates
+// first: containerd 1.6 would read the empty file), and libcni loads the
+// result.
+func TestInstallOverLonger(t *testing.T) {
+	dir := t.TempDir()
+	bin, conf := filepath.Join(dir, "bin"), filepath.Join(dir, "net.d")
+	if err := os.Mkdir(conf, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(conf, cni.DefaultConfName)
+	if err := os.WriteFile(path, []byte(strings.Repeat(" ", 4096)+"{}"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	before, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(pluginBin, "install", "--bin-dir", bin, "--conf-dir", conf).CombinedOutput()
+	if err != nil {
+		t.Fatalf("install: %v\n%s", err, out)
+	}
+	after, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !os.SameFile(before, after) || after.Size() >= 4096 {
+		t.Fatalf("conflist: same file %v, %d bytes; want the same file, cut", os.SameFile(before, after), after.Size())
+	}
+	if _, err := libcni.ConfListFromFile(path); err != nil {
+		b, _ := os.ReadFile(path)
+		t.Fatalf("libcni: %v\n%q", err, b)
 	}
 }
