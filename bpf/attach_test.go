@@ -210,3 +210,78 @@ func TestAttachModeSwitch(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkAttach measures Attach and Detach of a pod's veth in each mode
+// (one op: both programs), on fresh veths. The pod's DEL deletes the veth
+// right after the agent's Detach; "delete-veth" measures that delete with
+// the programs attached, Detach skipped.
+func BenchmarkAttach(b *testing.B) {
+	for _, mode := range []bpf.AttachMode{bpf.AttachTC, bpf.AttachTCX} {
+		b.Run(string(mode), func(b *testing.B) {
+			n := newNodeMode(b, mode)
+			nl := n.ns.Netlink()
+			veths := func(count int) []int {
+				b.StopTimer()
+				defer b.StartTimer()
+				out := make([]int, count)
+				for i := range out {
+					name := "bench" + strconv.Itoa(i)
+					if err := nl.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: name + "p"}); err != nil {
+						b.Fatal(err)
+					}
+					l, err := nl.LinkByName(name)
+					if err != nil {
+						b.Fatal(err)
+					}
+					out[i] = l.Attrs().Index
+				}
+				return out
+			}
+			del := func(idx []int) {
+				for _, i := range idx {
+					if err := nl.LinkDel(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Index: i}}); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+			each := func(idx []int, f func(int) error) {
+				if err := n.ns.Do(func() error {
+					for _, i := range idx {
+						if err := f(i); err != nil {
+							return err
+						}
+					}
+					return nil
+				}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.Run("attach", func(b *testing.B) {
+				idx := veths(b.N)
+				b.ResetTimer()
+				each(idx, n.dp.Attach)
+				b.StopTimer()
+				each(idx, n.dp.Detach)
+				del(idx)
+			})
+			b.Run("detach", func(b *testing.B) {
+				idx := veths(b.N)
+				b.StopTimer()
+				each(idx, n.dp.Attach)
+				b.StartTimer()
+				each(idx, n.dp.Detach)
+				b.StopTimer()
+				del(idx)
+			})
+			b.Run("delete-veth", func(b *testing.B) {
+				idx := veths(b.N)
+				b.StopTimer()
+				each(idx, n.dp.Attach)
+				b.StartTimer()
+				del(idx)
+				b.StopTimer()
+				each(idx, n.dp.Detach) // the stale tcx pins
+			})
+		})
+	}
+}

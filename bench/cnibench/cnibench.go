@@ -351,6 +351,11 @@ func (r *run) startAgent(ctx context.Context, cluster string) (stop func() error
 		Datapath: r.cfg.Datapath,
 		BPF:      bpf.Config{Attach: r.cfg.Attach},
 	}
+	if cfg.Datapath == nodeagent.DatapathNone {
+		// Tunnel mode, the default, needs the eBPF datapath; the bench
+		// has one node, so no routes to program.
+		cfg.RoutingMode = nodeagent.RoutingNone
+	}
 	a, err := nodeagent.New(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("cnibench: agent: %w", err)
