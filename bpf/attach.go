@@ -23,7 +23,7 @@ import (
 // of the others: about 12 ms each on a 6.18 kernel with HZ=250, two per
 // veth. A cls_bpf filter is swapped in with RCU pointer updates whose
 // old objects are freed later (call_rcu): about 1.2 ms each on the same
-// veths. docs/datapath.md ("Attachment modes") has the measurements.
+// veths. docs/datapath.md ("Attachments and upgrades") has the measurements.
 type AttachMode string
 
 // The attachment modes.
