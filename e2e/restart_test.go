@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"path/filepath"
 	"runtime"
+	"slices"
 	"testing"
 	"time"
 
@@ -133,6 +135,17 @@ func TestAgentRestartDuringTraffic(t *testing.T) {
 			}
 		}
 		checkNow(t, l, policyHolds)
+		// tcx pins its pods' links beside the maps; tc pins none (its
+		// filters are on the veths), and removes those of tcx.
+		for _, n := range []string{"n1", "n2"} {
+			pins, err := filepath.Glob(filepath.Join(l.BPFFS("c1"), "meshplane", n, "links", "*-from-pod"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tcx := slices.Contains(flags, "--datapath-attach=tcx"); tcx != (len(pins) > 0) {
+				t.Errorf("node %s after a restart with %q: pinned tcx links %q", n, flags, pins)
+			}
+		}
 	}
 	cancel()
 	if err := <-errc; err != nil {
