@@ -5,7 +5,7 @@ GOLANGCI_LINT_VERSION := v2.15.0
 # Fuzz time per target in `make fuzz`.
 FUZZTIME      ?= 20s
 
-.PHONY: all build demo test bench lint fuzz generate clean kube-apiserver
+.PHONY: all build demo test bench lint fuzz generate clean kube-apiserver kube-node
 
 all: build
 
@@ -20,12 +20,19 @@ demo: build
 ## from the Go module proxy into ${MESHPLANE_CACHE:-$HOME/.cache/meshplane};
 ## a binary already there is kept (the first build takes minutes).
 kube-apiserver:
-	tools/kube-apiserver/build.sh
+	tools/kubernetes/build.sh kube-apiserver
+
+## kube-node: build what a real node (package kubenode) runs besides
+## Debian's containerd, runc and etcd: kubelet, kube-apiserver,
+## kube-controller-manager, kube-scheduler and kubectl, into the same cache
+## (the first build takes about 15 minutes on 2 cores; see docs/development.md).
+kube-node:
+	nice -n 5 tools/kubernetes/build.sh node
 
 ## test: formatting, vet, the race-enabled test suite (real etcd, a real
-## kube-apiserver), the e2e suite again with native routing (the first run
-## tunnels), and every benchmark once so they keep compiling.
-test: kube-apiserver
+## kube-apiserver, a real node), the e2e suite again with native routing
+## (the first run tunnels), and every benchmark once so they keep compiling.
+test: kube-apiserver kube-node
 	@bad=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$bad" ]; then echo "not gofmt-ed:"; echo "$$bad"; exit 1; fi
 	$(GO) vet ./...

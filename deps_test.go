@@ -21,8 +21,9 @@ var (
 	daemons = []string{"nodeagent", "controlplane", "clustermesh"}
 	// testHelpers are the packages for _test files (they import testing):
 	// only other test helpers import them outside _test files (kubetest
-	// runs its apiserver on etcdtest's etcd).
-	testHelpers = []string{"kvstore/etcdtest", "kubetest", "bpf/bpftest", "netnstest"}
+	// runs its apiserver on etcdtest's etcd; kubenode its node in a
+	// netnstest namespace).
+	testHelpers = []string{"kvstore/etcdtest", "kubetest", "bpf/bpftest", "netnstest", "kubenode"}
 )
 
 // under returns a predicate true for the packages at or below any of dirs
@@ -118,8 +119,9 @@ var importRules = []importRule{
 	{mod + "kubetest", under(testHelpers...), "kubetest is a test helper: import it from _test files (outside tests, kubeapiserver.Start runs a kube-apiserver)"},
 	{mod + "bpf/bpftest", under(testHelpers...), "bpftest is a test helper: import it from _test files"},
 	{mod + "netnstest", under(testHelpers...), "netnstest is a test helper: import it from _test files"},
-	{mod + "kubeapiserver", under("kubetest", "bench", "lab", "cmd/meshctl", "e2e"),
-		"a kube-apiserver process is for one machine (the lab, benches, meshctl, kubetest, the e2e tests): daemons talk to a cluster's apiserver through controlplane/k8s"},
+	{mod + "kubenode", under(testHelpers...), "kubenode is a test helper: import it from _test files (its image writer, kubenode/image, is not: anyone may use that)"},
+	{mod + "kubeapiserver", under("kubetest", "kubenode", "bench", "lab", "cmd/meshctl", "e2e"),
+		"a kube-apiserver process is for one machine (the lab, benches, meshctl, kubetest, kubenode, the e2e tests): daemons talk to a cluster's apiserver through controlplane/k8s"},
 }
 
 // TestImportBoundaries checks every package's direct imports against
@@ -172,6 +174,7 @@ func TestDaemonDeps(t *testing.T) {
 		{[]string{"cmd"}, "go.uber.org/goleak/...", "goleak is for TestMain"},
 		{[]string{"cmd"}, mod + "kvstore/etcdtest", "test helpers stay out of binaries"},
 		{[]string{"cmd"}, mod + "kubetest", "test helpers stay out of binaries: use kubeapiserver"},
+		{[]string{"cmd"}, mod + "kubenode", "test helpers stay out of binaries"},
 	}
 	for _, b := range banned {
 		var roots []string

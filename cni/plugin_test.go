@@ -65,6 +65,7 @@ func startNode(t *testing.T, metadataWait time.Duration) *node {
 		GossipAddr: netip.MustParseAddr("127.0.0.1"), GossipPort: -1, GossipInsecure: true,
 		APISocket: n.socket, APISocketGroup: -1,
 		Datapath:        nodeagent.DatapathNone,
+		RoutingMode:     nodeagent.RoutingNone, // the agent shares the test's network namespace
 		PodMetadataWait: metadataWait,
 	}
 	t.Cleanup(func() { _ = bpf.RemovePins(bpf.Config{Node: name}) })

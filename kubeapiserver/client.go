@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -26,7 +27,12 @@ type Client struct {
 
 // NewClient returns the admin's client of the apiserver s describes. Its
 // CA is s.CAPEM, or else read from s.CAFile. The caller calls Close.
-func NewClient(s Setup) (*Client, error) {
+func NewClient(s Setup) (*Client, error) { return NewClientDial(s, nil) }
+
+// NewClientDial is NewClient with the client's connections made by dial
+// (nil: the default dialer): kubenode's, which reaches an apiserver inside
+// a network namespace of its own from outside it.
+func NewClientDial(s Setup, dial func(ctx context.Context, network, addr string) (net.Conn, error)) (*Client, error) {
 	ca := s.CAPEM
 	if len(ca) == 0 {
 		var err error
@@ -39,7 +45,7 @@ func NewClient(s Setup) (*Client, error) {
 		return nil, fmt.Errorf("kubeapiserver: CA %s: no PEM certificate", s.CAFile)
 	}
 	return &Client{host: s.Host, token: s.AdminToken, http: &http.Client{
-		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}},
+		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, DialContext: dial},
 		Timeout:   30 * time.Second,
 	}}, nil
 }

@@ -4,7 +4,7 @@
 // binaries (meshctl lab, meshctl bench controlplane) may link it.
 //
 // The binary is built from the Go module proxy by `make kube-apiserver`
-// (tools/kube-apiserver) into a cache outside the repository; Find locates
+// (tools/kubernetes) into a cache outside the repository; Find locates
 // it (CachePath, or $MESHPLANE_KUBE_APISERVER).
 //
 // Prepare writes what one apiserver needs into the directory the caller

@@ -7,7 +7,7 @@ import (
 	"path/filepath"
 )
 
-// Version is the Kubernetes version tools/kube-apiserver/go.mod pins; the
+// Version is the Kubernetes version tools/kubernetes/go.mod pins; the
 // binary's cache path carries it, so a version change builds anew.
 const Version = "v1.37.2"
 
@@ -19,16 +19,21 @@ const BuildCommand = "make kube-apiserver"
 
 // CachePath is where `make kube-apiserver` puts the binary:
 // ${MESHPLANE_CACHE:-$HOME/.cache/meshplane}/kube-apiserver-<Version>.
-func CachePath() (string, error) {
+func CachePath() (string, error) { return ComponentPath("kube-apiserver") }
+
+// ComponentPath is where tools/kubernetes/build.sh puts the Kubernetes
+// component name (kubelet, kubectl, ...; `make kube-node` builds them):
+// ${MESHPLANE_CACHE:-$HOME/.cache/meshplane}/<name>-<Version>.
+func ComponentPath(name string) (string, error) {
 	dir := os.Getenv("MESHPLANE_CACHE")
 	if dir == "" {
 		home, err := os.UserHomeDir()
 		if err != nil {
-			return "", fmt.Errorf("kube-apiserver cache: %w; set MESHPLANE_CACHE", err)
+			return "", fmt.Errorf("%s cache: %w; set MESHPLANE_CACHE", name, err)
 		}
 		dir = filepath.Join(home, ".cache", "meshplane")
 	}
-	return filepath.Join(dir, "kube-apiserver-"+Version), nil
+	return filepath.Join(dir, name+"-"+Version), nil
 }
 
 // Find returns the path of the kube-apiserver binary: $MESHPLANE_KUBE_APISERVER

@@ -3,6 +3,8 @@ package kubeapiserver_test
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"net/http"
 	"net/netip"
@@ -100,6 +102,72 @@ func TestPrepare(t *testing.T) {
 	}
 	if setup.EtcdPrefix != "/given" || !slices.Contains(setup.Args, "--etcd-prefix=/given") || !slices.Contains(setup.Args, "--service-cluster-ip-range=10.97.0.0/24") {
 		t.Errorf("prefix %q, args %q: want the given prefix and service range", setup.EtcdPrefix, setup.Args)
+	}
+}
+
+// TestPrepareExtra checks Prepare's extra users (with their groups, in
+// the token file) and serving IPs (in the certificate), and refuses a
+// user name that would break the token file.
+func TestPrepareExtra(t *testing.T) {
+	dir := t.TempDir()
+	setup, err := kubeapiserver.Prepare(kubeapiserver.Config{
+		Dir: dir, EtcdEndpoints: []string{etcd.Endpoint()},
+		ServingIPs: []netip.Addr{netip.MustParseAddr("10.99.0.1")},
+		ExtraUsers: []kubeapiserver.Identity{
+			{Name: "system:node:n1", Groups: []string{"system:nodes", "extra"}},
+			{Name: "system:kube-scheduler"},
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(setup.ExtraUsers) != 2 || setup.ExtraUsers[0].Name != "system:node:n1" || setup.ExtraUsers[1].Token == "" {
+		t.Fatalf("extra users = %+v", setup.ExtraUsers)
+	}
+	tokens, err := os.ReadFile(filepath.Join(dir, "tokens.csv"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"\n" + setup.ExtraUsers[0].Token + ",system:node:n1,uid-extra-0,\"system:nodes,extra\"\n",
+		"\n" + setup.ExtraUsers[1].Token + ",system:kube-scheduler,uid-extra-1\n",
+	} {
+		if !strings.Contains(string(tokens), want) {
+			t.Errorf("token file lacks %q", want)
+		}
+	}
+	if _, err := os.Stat(setup.ServiceAccountKeyFile); err != nil {
+		t.Errorf("service-account key: %v", err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "apiserver.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode(b)
+	if block == nil {
+		t.Fatal("serving certificate: no PEM")
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cert.VerifyHostname("10.99.0.1"); err != nil {
+		t.Errorf("serving certificate: %v", err)
+	}
+	if err := cert.VerifyHostname("kubernetes.default.svc"); err != nil {
+		t.Errorf("serving certificate: %v", err)
+	}
+	kc, err := setup.WriteKubeconfig("scheduler", setup.ExtraUsers[1].Name, setup.ExtraUsers[1].Token)
+	if b, rerr := os.ReadFile(kc); err != nil || rerr != nil || !strings.Contains(string(b), setup.ExtraUsers[1].Token) {
+		t.Errorf("WriteKubeconfig: %v, %v", err, rerr)
+	}
+
+	_, err = kubeapiserver.Prepare(kubeapiserver.Config{
+		Dir: t.TempDir(), EtcdEndpoints: []string{etcd.Endpoint()},
+		ExtraUsers: []kubeapiserver.Identity{{Name: "a,b"}},
+	})
+	if !errors.Is(err, kubeapiserver.ErrConfig) {
+		t.Errorf("Prepare with user \"a,b\" = %v, want ErrConfig", err)
 	}
 }
 

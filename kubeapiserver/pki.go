@@ -11,13 +11,15 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"time"
 )
 
 // pki is what one apiserver is given: a CA and a serving certificate it
-// signed (for 127.0.0.1 and localhost), and a service-account key pair.
+// signed (for 127.0.0.1, localhost, the kubernetes Service's names and
+// any serving IPs the caller adds), and a service-account key pair.
 // They are valid for a year: a lab's apiserver may stay up for long.
 type pki struct {
 	caPEM                      []byte
@@ -25,7 +27,7 @@ type pki struct {
 	saPublicFile, saSignerFile string
 }
 
-func newPKI(dir string) (pki, error) {
+func newPKI(dir string, servingIPs []netip.Addr) (pki, error) {
 	p := pki{
 		caFile: filepath.Join(dir, "ca.crt"), certFile: filepath.Join(dir, "apiserver.crt"),
 		keyFile: filepath.Join(dir, "apiserver.key"), saPublicFile: filepath.Join(dir, "sa.pub"),
@@ -63,7 +65,11 @@ func newPKI(dir string) (pki, error) {
 		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(365 * 24 * time.Hour),
 		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, DNSNames: []string{"localhost"},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		DNSNames:    []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"},
+	}
+	for _, ip := range servingIPs {
+		tmpl.IPAddresses = append(tmpl.IPAddresses, net.IP(ip.AsSlice()))
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
 	if err != nil {

@@ -32,6 +32,23 @@ type Config struct {
 	// ServiceCIDR is the --service-cluster-ip-range; zero means
 	// 10.96.0.0/16.
 	ServiceCIDR netip.Prefix
+	// ServingIPs are IP addresses the serving certificate is valid for
+	// besides 127.0.0.1: the address it advertises, its Service's
+	// ClusterIP, for clients that reach it there (kubenode's pods). None
+	// means loopback only.
+	ServingIPs []netip.Addr
+	// ExtraUsers are users of the token file besides the admin and the
+	// limited ones, each with its groups: the identities of a kubelet
+	// (system:node:<name> in system:nodes), a controller manager and a
+	// scheduler, which the built-in RBAC bindings and the Node authorizer
+	// know by name. Prepare gives each a token (Setup.ExtraUsers).
+	ExtraUsers []Identity
+}
+
+// Identity is a user of the token file with groups: Config.ExtraUsers.
+type Identity struct {
+	Name   string
+	Groups []string
 }
 
 // ErrConfig is wrapped by Prepare's and Start's errors about their Config.
@@ -70,6 +87,12 @@ type Setup struct {
 	EtcdPrefix string
 	// Users are the limited users of the token file (UserCount of them).
 	Users []User
+	// ExtraUsers are Config.ExtraUsers with their tokens, in order.
+	ExtraUsers []User
+	// ServiceAccountKeyFile is the private key that signs service-account
+	// tokens (--service-account-signing-key-file): a controller manager's
+	// --service-account-private-key-file.
+	ServiceAccountKeyFile string
 }
 
 // User is a user of the static token file with no permissions of its own:
@@ -118,12 +141,17 @@ func Prepare(cfg Config) (Setup, error) {
 	if !cfg.ServiceCIDR.IsValid() {
 		cfg.ServiceCIDR = DefaultServiceCIDR
 	}
-	p, err := newPKI(dir)
+	for _, id := range cfg.ExtraUsers {
+		if id.Name == "" || strings.ContainsAny(id.Name+strings.Join(id.Groups, ""), ",\"\n") {
+			return Setup{}, fmt.Errorf("%w: extra user %q (groups %q): a name is required, and names and groups may not hold commas, quotes or newlines", ErrConfig, id.Name, id.Groups)
+		}
+	}
+	p, err := newPKI(dir, cfg.ServingIPs)
 	if err != nil {
 		return Setup{}, fmt.Errorf("kubeapiserver: make certificates: %w", err)
 	}
-	s := Setup{Dir: dir, CAPEM: p.caPEM, CAFile: p.caFile, EtcdPrefix: cfg.EtcdPrefix}
-	tokenFile, err := s.writeTokens(dir)
+	s := Setup{Dir: dir, CAPEM: p.caPEM, CAFile: p.caFile, EtcdPrefix: cfg.EtcdPrefix, ServiceAccountKeyFile: p.saSignerFile}
+	tokenFile, err := s.writeTokens(dir, cfg.ExtraUsers)
 	if err != nil {
 		return Setup{}, fmt.Errorf("kubeapiserver: write token file: %w", err)
 	}
@@ -161,7 +189,7 @@ func Prepare(cfg Config) (Setup, error) {
 	return s, nil
 }
 
-func (s *Setup) writeTokens(dir string) (string, error) {
+func (s *Setup) writeTokens(dir string, extra []Identity) (string, error) {
 	var b strings.Builder
 	tok, err := newToken()
 	if err != nil {
@@ -177,6 +205,18 @@ func (s *Setup) writeTokens(dir string) (string, error) {
 		u := User{Name: fmt.Sprintf("kubetest-user-%d", i), Token: tok}
 		s.Users = append(s.Users, u)
 		fmt.Fprintf(&b, "%s,%s,uid-user-%d\n", u.Token, u.Name, i)
+	}
+	for i, id := range extra {
+		tok, err := newToken()
+		if err != nil {
+			return "", err
+		}
+		s.ExtraUsers = append(s.ExtraUsers, User{Name: id.Name, Token: tok})
+		fmt.Fprintf(&b, "%s,%s,uid-extra-%d", tok, id.Name, i)
+		if len(id.Groups) > 0 {
+			fmt.Fprintf(&b, ",\"%s\"", strings.Join(id.Groups, ","))
+		}
+		b.WriteString("\n")
 	}
 	path := filepath.Join(dir, "tokens.csv")
 	return path, os.WriteFile(path, []byte(b.String()), 0o600)
@@ -216,4 +256,16 @@ func freePort() (int, error) {
 	}
 	defer func() { _ = l.Close() }()
 	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// WriteKubeconfig writes a kubeconfig file for user, who authenticates
+// with token, as <file>.kubeconfig in Dir, and returns its path: what
+// Server.WriteKubeconfig does, before the process runs (kubenode writes
+// the kubelet's, the controller manager's and the scheduler's).
+func (s Setup) WriteKubeconfig(file, user, token string) (string, error) {
+	p := filepath.Join(s.Dir, file+".kubeconfig")
+	if err := writeKubeconfig(p, s.Host, s.CAPEM, user, token); err != nil {
+		return "", err
+	}
+	return p, nil
 }

@@ -4,7 +4,7 @@
 // kubetest adds what tests need: TestMain wiring, skipping without the
 // binary, users handed out one per test, grants and namespaces. The binary
 // is built from the Go module proxy by `make kube-apiserver`
-// (tools/kube-apiserver) into a cache outside the repository; Find locates
+// (tools/kubernetes) into a cache outside the repository; Find locates
 // it.
 //
 // A Server is one kube-apiserver process against an etcd it is given, under

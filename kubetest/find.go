@@ -2,7 +2,7 @@ package kubetest
 
 import "github.com/meshplane/meshplane/kubeapiserver"
 
-// Version is the Kubernetes version tools/kube-apiserver/go.mod pins
+// Version is the Kubernetes version tools/kubernetes/go.mod pins
 // (kubeapiserver.Version).
 const Version = kubeapiserver.Version
 

@@ -112,14 +112,14 @@ func TestLimitedUserForbidden(t *testing.T) {
 }
 
 // TestVersionMatchesBuild holds Version to the version that
-// tools/kube-apiserver/go.mod (and so `make kube-apiserver`) builds.
+// tools/kubernetes/go.mod (and so `make kube-apiserver`) builds.
 func TestVersionMatchesBuild(t *testing.T) {
-	b, err := os.ReadFile("../tools/kube-apiserver/go.mod")
+	b, err := os.ReadFile("../tools/kubernetes/go.mod")
 	if err != nil {
 		t.Fatal(err)
 	}
 	m := regexp.MustCompile(`(?m)^require k8s.io/kubernetes (\S+)$`).FindSubmatch(b)
 	if m == nil || string(m[1]) != kubetest.Version {
-		t.Fatalf("tools/kube-apiserver/go.mod requires k8s.io/kubernetes %q; kubetest.Version is %q", m, kubetest.Version)
+		t.Fatalf("tools/kubernetes/go.mod requires k8s.io/kubernetes %q; kubetest.Version is %q", m, kubetest.Version)
 	}
 }

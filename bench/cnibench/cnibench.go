@@ -350,11 +350,8 @@ func (r *run) startAgent(ctx context.Context, cluster string) (stop func() error
 		APISocket: r.socket, APISocketGroup: -1,
 		Datapath: r.cfg.Datapath,
 		BPF:      bpf.Config{Attach: r.cfg.Attach},
-	}
-	if cfg.Datapath == nodeagent.DatapathNone {
-		// Tunnel mode, the default, needs the eBPF datapath; the bench
-		// has one node, so no routes to program.
-		cfg.RoutingMode = nodeagent.RoutingNone
+		// One node: there is no other node to route to.
+		RoutingMode: nodeagent.RoutingNone,
 	}
 	a, err := nodeagent.New(cfg)
 	if err != nil {

@@ -10,7 +10,8 @@ package crds
 
 import "embed"
 
-// FS holds one CRD manifest per file, meshplane.io_<plural>.yaml.
+// FS holds one CRD manifest per file, meshplane.io_<plural>.yaml (and
+// not kustomization.yaml, which makes the directory a kustomize base).
 //
-//go:embed *.yaml
+//go:embed meshplane.io_*.yaml
 var FS embed.FS

@@ -65,6 +65,8 @@ type flags struct {
 	tunnelPort         int
 	mtu                int
 	logLevel           string
+	cleanup            bool // cleanup.go
+	cleanupWait        bool
 }
 
 func newFlagSet(f *flags, stderr io.Writer) *pflag.FlagSet {
@@ -116,6 +118,7 @@ func newFlagSet(f *flags, stderr io.Writer) *pflag.FlagSet {
 	fs.IntVar(&f.tunnelPort, "tunnel-port", nodeagent.DefaultTunnelPort, "UDP port of the VXLAN tunnel (tunnel mode), the same on every node")
 	fs.IntVar(&f.mtu, "mtu", 0, "pod MTU the CNI plugin sets (0: the node interface's MTU, less 50 in tunnel mode)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	bindCleanup(fs, f)
 	return fs
 }
 
@@ -134,9 +137,11 @@ func Load(args []string, stderr io.Writer) (nodeagent.Config, slog.Level, error)
 // loaded is what load returns: the Config, the log level, and warnings
 // about the configuration for Main to log once it has a logger.
 type loaded struct {
-	cfg      nodeagent.Config
-	level    slog.Level
-	warnings []etcdflags.Warning
+	cfg         nodeagent.Config
+	level       slog.Level
+	warnings    []etcdflags.Warning
+	cleanup     *nodeagent.Config // --cleanup: what to remove (cleanup.go)
+	cleanupWait bool
 }
 
 func load(args []string, stderr io.Writer) (loaded, error) {
@@ -155,6 +160,9 @@ func load(args []string, stderr io.Writer) (loaded, error) {
 		if err := configfile.Apply(fs, f.configFile, "mesh-agent"); err != nil {
 			return loaded{}, err
 		}
+	}
+	if f.cleanup {
+		return f.cleanupConfig()
 	}
 	cfg, level, err := f.config()
 	if err != nil {
@@ -271,6 +279,9 @@ func Main(ctx context.Context, args []string, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintln(stderr, "mesh-agent:", err)
 		return 2
+	}
+	if l.cleanup != nil {
+		return cleanup(ctx, l, stderr)
 	}
 	cfg := l.cfg
 	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: l.level}))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -31,6 +32,7 @@ type poolFlags struct {
 	ipv4, ipv6     string
 	mask4, mask6   int
 	defaults, dual bool
+	existOK        bool
 }
 
 func (f poolFlags) pool(name string) (ipam.Pool, error) {
@@ -85,6 +87,10 @@ with --dual-stack, IPv6 fd6d:7368::/48 with /112 per node.`,
 			return o.withPools(cmd.Context(), func(ctx context.Context, pools *nodecidr.Pools) error {
 				if verb == "add" {
 					err = pools.Add(ctx, p)
+					if err != nil && f.existOK && poolExists(ctx, pools, p) {
+						fmt.Fprintf(o.stdout, "pool %s exists as given\n", p.Name)
+						return nil
+					}
 				} else {
 					err = pools.Update(ctx, p)
 				}
@@ -102,7 +108,24 @@ with --dual-stack, IPv6 fd6d:7368::/48 with /112 per node.`,
 	fs.IntVar(&f.mask6, "ipv6-mask-size", ipam.DefaultIPv6MaskSize, "IPv6 node CIDR mask size")
 	fs.BoolVar(&f.defaults, "default", false, "use meshplane's default ranges")
 	fs.BoolVar(&f.dual, "dual-stack", false, "with --default: add the default IPv6 range")
+	if verb == "add" {
+		fs.BoolVar(&f.existOK, "exist-ok", false, "succeed without writing when the pool exists exactly as given (an install's Job that runs again); a pool of that name that differs is still an error")
+	}
 	return cmd
+}
+
+// poolExists reports whether the cluster has p, CIDRs and mask sizes alike.
+func poolExists(ctx context.Context, pools *nodecidr.Pools, p ipam.Pool) bool {
+	have, err := pools.List(ctx)
+	if err != nil {
+		return false
+	}
+	i := slices.IndexFunc(have, func(q ipam.Pool) bool { return q.Name == p.Name })
+	if i < 0 {
+		return false
+	}
+	q := have[i]
+	return slices.Equal(q.IPv4, p.IPv4) && slices.Equal(q.IPv6, p.IPv6) && q.IPv4MaskSize == p.IPv4MaskSize && q.IPv6MaskSize == p.IPv6MaskSize
 }
 
 func newPoolRemoveCmd(o *options) *cobra.Command {

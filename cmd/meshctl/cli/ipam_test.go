@@ -19,6 +19,14 @@ func TestIPAMPoolsAndNodes(t *testing.T) {
 	g := inCluster(t)
 	cluster := g[3]
 	mustRun(t, append(g, "ipam", "pool", "add", "default", "--default", "--dual-stack")...)
+	// --exist-ok: the same pool again succeeds; a different one of that
+	// name does not.
+	if out := mustRun(t, append(g, "ipam", "pool", "add", "default", "--default", "--dual-stack", "--exist-ok")...); !strings.Contains(out, "exists as given") {
+		t.Errorf("add --exist-ok of the same pool: %q", out)
+	}
+	if _, _, err := meshctl(t, append(g, "ipam", "pool", "add", "default", "--default", "--exist-ok")...); !errors.Is(err, ipam.ErrInvalidPool) {
+		t.Errorf("add --exist-ok of a different pool: err = %v, want ErrInvalidPool", err)
+	}
 	// Refused: overlap, host bits, bad mask; nothing written.
 	for _, bad := range [][]string{
 		{"ipam", "pool", "add", "b", "--ipv4", "10.192.5.0/24", "--ipv4-mask-size", "26"},
