@@ -61,8 +61,8 @@ var tcParents = map[string]uint32{
 // tcName is the name of the filter of suffix: it says which agent (node)
 // attached it, so that Attached lists only this node's veths when several
 // agents share a network namespace (tests, a lab without netns).
-func (d *Datapath) tcName(suffix string) string {
-	return "meshplane/" + d.cfg.Node + "/" + suffix
+func tcName(node, suffix string) string {
+	return "meshplane/" + node + "/" + suffix
 }
 
 // attachTC puts the pod programs on ifindex's clsact hooks.
@@ -80,9 +80,9 @@ func (d *Datapath) attachTC(ifindex int) error {
 		return fmt.Errorf("add clsact qdisc: %w", classify(err))
 	}
 	for _, a := range attachments {
-		f := d.tcFilter(ifindex, a.suffix)
+		f := tcFilter(ifindex, a.suffix)
 		f.Fd = a.prog(d).FD()
-		f.Name = d.tcName(a.suffix)
+		f.Name = tcName(d.cfg.Node, a.suffix)
 		f.DirectAction = true
 		// Replace: creates the filter, or swaps the program of ours
 		// atomically (cls_bpf replaces it under RCU).
@@ -96,14 +96,14 @@ func (d *Datapath) attachTC(ifindex int) error {
 	return nil
 }
 
-func (d *Datapath) tcFilter(ifindex int, suffix string) *netlink.BpfFilter {
+func tcFilter(ifindex int, suffix string) *netlink.BpfFilter {
 	return &netlink.BpfFilter{FilterAttrs: netlink.FilterAttrs{
 		LinkIndex: ifindex, Parent: tcParents[suffix], Handle: TCHandle, Priority: TCPriority, Protocol: unix.ETH_P_ALL,
 	}}
 }
 
-// tcOurs returns the suffixes of the filters of ours on ifindex.
-func (d *Datapath) tcOurs(ifindex int) ([]string, error) {
+// tcOurs returns the suffixes of node's filters on ifindex.
+func tcOurs(node string, ifindex int) ([]string, error) {
 	var out []string
 	link := &netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: ifindex}}
 	for _, a := range attachments {
@@ -115,23 +115,23 @@ func (d *Datapath) tcOurs(ifindex int) ([]string, error) {
 			}
 			return nil, fmt.Errorf("list tc filters of ifindex %d: %w", ifindex, classify(err))
 		}
-		if slices.ContainsFunc(fs, func(f netlink.Filter) bool { return d.isOurs(f, a.suffix) }) {
+		if slices.ContainsFunc(fs, func(f netlink.Filter) bool { return isOurs(f, node, a.suffix) }) {
 			out = append(out, a.suffix)
 		}
 	}
 	return out, nil
 }
 
-func (d *Datapath) isOurs(f netlink.Filter, suffix string) bool {
+func isOurs(f netlink.Filter, node, suffix string) bool {
 	b, ok := f.(*netlink.BpfFilter)
-	return ok && b.Handle == TCHandle && b.Priority == TCPriority && b.Name == d.tcName(suffix)
+	return ok && b.Handle == TCHandle && b.Priority == TCPriority && b.Name == tcName(node, suffix)
 }
 
-// detachTC removes the filters of ours from ifindex, if it has any; the
-// clsact qdisc stays (others' filters may hang on it; it goes with the
-// veth). A veth that is gone is no error: its filters went with it.
-func (d *Datapath) detachTC(ifindex int) error {
-	ours, err := d.tcOurs(ifindex)
+// detachTC removes node's filters from ifindex, if it has any; the clsact
+// qdisc stays (others' filters may hang on it; it goes with the veth). A
+// veth that is gone is no error: its filters went with it.
+func detachTC(node string, ifindex int) error {
+	ours, err := tcOurs(node, ifindex)
 	if err != nil {
 		return err
 	}
@@ -139,7 +139,7 @@ func (d *Datapath) detachTC(ifindex int) error {
 	for _, suffix := range ours {
 		// Deleting a filter frees it through call_rcu: no grace period
 		// is waited for.
-		err := netlink.FilterDel(d.tcFilter(ifindex, suffix))
+		err := netlink.FilterDel(tcFilter(ifindex, suffix))
 		if err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENODEV) {
 			errs = append(errs, fmt.Errorf("%s: delete tc filter: %w", suffix, classify(err)))
 		}
@@ -148,9 +148,9 @@ func (d *Datapath) detachTC(ifindex int) error {
 }
 
 // attachedTC returns the interfaces of the calling thread's network
-// namespace that have a filter of ours: those with a clsact qdisc (one
+// namespace that have a filter of node's: those with a clsact qdisc (one
 // dump lists them all), then their filters.
-func (d *Datapath) attachedTC() ([]int, error) {
+func attachedTC(node string) ([]int, error) {
 	qdiscs, err := netlink.QdiscList(nil)
 	if err != nil {
 		return nil, fmt.Errorf("list qdiscs: %w", classify(err))
@@ -161,7 +161,7 @@ func (d *Datapath) attachedTC() ([]int, error) {
 			continue
 		}
 		i := q.Attrs().LinkIndex
-		ours, err := d.tcOurs(i)
+		ours, err := tcOurs(node, i)
 		if err != nil {
 			return nil, err
 		}
@@ -170,6 +170,32 @@ func (d *Datapath) attachedTC() ([]int, error) {
 		}
 	}
 	return out, nil
+}
+
+// RemoveFilters removes the tc filters of cfg.Node's datapath (what
+// Attach makes in AttachTC mode) from every interface of the calling
+// thread's network namespace (the node's), and leaves everything else:
+// others' filters, the clsact qdiscs, the pins. RemovePins does not touch
+// the interfaces, so an uninstall runs both: otherwise the pods' veths
+// keep running the last agent's programs on maps nobody updates.
+func RemoveFilters(cfg Config) error {
+	if err := checkNode(cfg.Node); err != nil {
+		return fmt.Errorf("remove tc filters: %w", err)
+	}
+	idx, err := attachedTC(cfg.Node)
+	if err != nil {
+		return fmt.Errorf("remove tc filters: %w", err)
+	}
+	var errs []error
+	for _, i := range idx {
+		if err := detachTC(cfg.Node, i); err != nil {
+			errs = append(errs, fmt.Errorf("ifindex %d: %w", i, err))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("remove tc filters: %w", err)
+	}
+	return nil
 }
 
 // attachedTCX returns the ifindexes with a pinned tcx link.

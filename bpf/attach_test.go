@@ -167,6 +167,20 @@ func TestAttachTC(t *testing.T) {
 	if err != nil || len(got) != 1 || got[0] != a.host.Index {
 		t.Fatalf("Attached() = %v, %v; want [%d]", got, err, a.host.Index)
 	}
+
+	// The uninstall: RemoveFilters takes this node's filters off every
+	// veth, and leaves the foreign one.
+	n.attach(b.host.Index)
+	if err := n.ns.Do(func() error { return bpf.RemoveFilters(n.cfg) }); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := n.attached(); err != nil || len(got) != 0 {
+		t.Fatalf("Attached() after RemoveFilters = %v, %v; want none", got, err)
+	}
+	if !foreignThere() {
+		t.Fatal("RemoveFilters removed a foreign filter")
+	}
+	reaches(true)
 }
 
 // TestAttachModeSwitch restarts the datapath in the other attachment mode,

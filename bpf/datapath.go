@@ -242,7 +242,7 @@ func (d *Datapath) Attach(ifindex int) error {
 			if err := d.attachTCX(ifindex); err != nil {
 				return err
 			}
-			return d.detachTC(ifindex)
+			return detachTC(d.cfg.Node, ifindex)
 		}
 		if err := d.attachTC(ifindex); err != nil {
 			return err
@@ -320,7 +320,7 @@ func (d *Datapath) Detach(ifindex int) error {
 	if d.hasTCXPins(ifindex) {
 		errs = append(errs, d.detachTCX(ifindex))
 	}
-	errs = append(errs, d.detachTC(ifindex))
+	errs = append(errs, detachTC(d.cfg.Node, ifindex))
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("detach datapath from ifindex %d: %w", ifindex, err)
 	}
@@ -411,7 +411,7 @@ func (d *Datapath) Attached() ([]int, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list attached: %w", err)
 	}
-	tc, err := d.attachedTC()
+	tc, err := attachedTC(d.cfg.Node)
 	if err != nil {
 		return nil, fmt.Errorf("list attached: %w", err)
 	}
