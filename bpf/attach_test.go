@@ -1,6 +1,7 @@
 package bpf_test
 
 import (
+	"errors"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -24,7 +25,7 @@ func (n *testNode) tcFilters(ifindex int, suffix string) []*netlink.BpfFilter {
 	n.t.Helper()
 	fs, err := n.ns.Netlink().FilterList(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: ifindex}}, hookParent[suffix])
 	if err != nil {
-		if err == unix.EINVAL || err == unix.ENOENT {
+		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
 			return nil // no clsact
 		}
 		n.t.Fatalf("list filters of %d: %v", ifindex, err)
