@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 
 	"github.com/cilium/ebpf"
@@ -35,8 +34,9 @@ var attachments = []struct {
 // agent's maps, and the datapath's own maps: conntrack (mp_ct), flow events
 // (mp_flows) and counters (mp_counters), pinned beside the agent's.
 //
-// Attachments are tcx links pinned under <PinDir>/links, so the programs
-// keep running when the Datapath is closed or the agent exits; a new
+// Attachments (cls_bpf filters on the veth in tc mode, tcx links pinned
+// under <PinDir>/links in tcx mode: Config.Attach) hold the programs, so
+// they keep running when the Datapath is closed or the agent exits; a new
 // agent's Attach swaps its programs in atomically. All methods may be
 // called concurrently; Close waits for calls in progress.
 type Datapath struct {
@@ -177,7 +177,7 @@ func (m *Map[K, V]) clone() (*ebpf.Map, error) {
 }
 
 // Close closes the programs and the datapath's file descriptors. The
-// pinned links and maps stay, so attached veths keep forwarding with these
+// attachments and pinned maps stay, so attached veths keep forwarding with these
 // programs until a new Datapath's Attach replaces them or Detach removes
 // them. It may be called more than once.
 func (d *Datapath) Close() error {
@@ -215,25 +215,40 @@ func (d *Datapath) linkPin(ifindex int, suffix string) string {
 
 // Attach attaches the programs to the host side of a pod's veth, ifindex
 // in the network namespace of the calling thread (the node's: lock the OS
-// thread and switch before calling). The links are pinned under
-// <PinDir>/links so that the datapath outlives the agent.
+// thread and switch before calling), in the mode of Config.Attach:
 //
-// Attach is idempotent. Where links are pinned already (a previous agent's,
-// or this one's), it swaps this Datapath's programs into them atomically
-// (BPF_LINK_UPDATE): no packet goes unprocessed and, since conntrack lives
-// in a pinned map, established connections survive. A pin whose link no
-// longer points at ifindex (the veth is gone and its index reused) is
-// replaced. If attaching the second program fails the first stays
-// attached; calling Attach again completes it, Detach undoes it.
+//   - AttachTC: cls_bpf filters on the veth's clsact hooks (see
+//     AttachMode). They live as long as the veth.
+//   - AttachTCX: tcx links pinned under <PinDir>/links, so that they
+//     outlive the agent. A pin whose link no longer points at ifindex
+//     (the veth is gone and its index reused) is replaced.
+//
+// Attach is idempotent. Where the programs are attached already (by a
+// previous agent, or this one), it swaps this Datapath's programs in
+// atomically (tc filter replace; BPF_LINK_UPDATE): no packet goes
+// unprocessed and, since conntrack lives in a pinned map, established
+// connections survive. An attachment of the other mode (an agent that ran
+// with the other Config.Attach) is removed once the new one is in place:
+// tcx runs before cls_bpf and its verdict is final, so for the moment both
+// are there the old programs alone run, and then the new ones. If
+// attaching the second program fails the first stays attached; calling
+// Attach again completes it, Detach undoes it.
 func (d *Datapath) Attach(ifindex int) error {
 	if ifindex <= 0 {
 		return fmt.Errorf("attach datapath: ifindex %d: want an interface index", ifindex)
 	}
 	err := d.open(func() error {
-		for _, a := range attachments {
-			if err := d.attach(ifindex, a.suffix, a.attach, a.prog(d)); err != nil {
-				return fmt.Errorf("%s: %w", a.suffix, err)
+		if d.cfg.Attach == AttachTCX {
+			if err := d.attachTCX(ifindex); err != nil {
+				return err
 			}
+			return detachTC(d.cfg.Node, ifindex)
+		}
+		if err := d.attachTC(ifindex); err != nil {
+			return err
+		}
+		if d.hasTCXPins(ifindex) {
+			return d.detachTCX(ifindex)
 		}
 		return nil
 	})
@@ -291,14 +306,21 @@ func attachPinned(path string, ifindex int, at ebpf.AttachType, prog *ebpf.Progr
 	return l.Close()
 }
 
-// Detach detaches the programs from ifindex by removing the pinned links
-// (in any network namespace: the pins name the links). Links that are not
-// there are no error.
+// Detach detaches the programs from ifindex, in the calling thread's
+// network namespace (as Attach), whichever mode attached them: it removes
+// the pinned tcx links and the tc filters of ours. What is not there is no
+// error, nor is a veth that is gone.
+//
+// Deleting a pod's veth detaches its tc filters with it, so Detach before
+// the delete is not needed in tc mode; it costs a filter dump and delete
+// per hook, no RCU grace period. Removing a tcx link from a live veth
+// waits for one (see AttachMode).
 func (d *Datapath) Detach(ifindex int) error {
 	var errs []error
-	for _, a := range attachments {
-		errs = append(errs, detachPinned(d.linkPin(ifindex, a.suffix)))
+	if d.hasTCXPins(ifindex) {
+		errs = append(errs, d.detachTCX(ifindex))
 	}
+	errs = append(errs, detachTC(d.cfg.Node, ifindex))
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("detach datapath from ifindex %d: %w", ifindex, err)
 	}
@@ -377,30 +399,23 @@ func (d *Datapath) DetachTunnel() error {
 	return nil
 }
 
-// Attached returns the ifindexes with a pinned link, in ascending order:
-// what Attach attached and Detach did not remove, by this agent or an
-// earlier one. Links of veths that are gone stay pinned (and inert) until
-// Detach.
+// Attached returns the ifindexes with the programs attached, in ascending
+// order, in either mode, by this agent or an earlier one: those with a
+// pinned tcx link, and the interfaces of the calling thread's network
+// namespace with a tc filter of ours (named for this Config's Node, so
+// another node's agent in the same namespace has its own). tc filters go
+// with their veth; tcx links of veths that are gone stay pinned (and
+// inert) until Detach.
 func (d *Datapath) Attached() ([]int, error) {
-	entries, err := os.ReadDir(d.linksDir)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
+	out, err := d.attachedTCX()
 	if err != nil {
 		return nil, fmt.Errorf("list attached: %w", err)
 	}
-	var out []int
-	for _, e := range entries {
-		for _, a := range attachments {
-			s, ok := strings.CutSuffix(e.Name(), "-"+a.suffix)
-			if !ok {
-				continue
-			}
-			if i, err := strconv.Atoi(s); err == nil && i > 0 {
-				out = append(out, i)
-			}
-		}
+	tc, err := attachedTC(d.cfg.Node)
+	if err != nil {
+		return nil, fmt.Errorf("list attached: %w", err)
 	}
+	out = append(out, tc...)
 	slices.Sort(out)
 	return slices.Compact(out), nil
 }

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -202,13 +203,19 @@ func TestPolicy(t *testing.T) {
 	})
 }
 
-// TestRestart checks that connections survive an agent restart: the
-// datapath's fds closed, then a new LoadDatapath and Attach on the same
-// pins, which swap the programs in the pinned links. Conntrack lives in a
-// pinned map: the connection stays established although policy no longer
-// allows new ones.
+// TestRestart checks that connections survive an agent restart, in both
+// attachment modes: the datapath's fds closed, then a new LoadDatapath and
+// Attach on the same pins, which swap the programs in the pinned links
+// (tcx) or the filters (tc). Conntrack lives in a pinned map: the
+// connection stays established although policy no longer allows new ones.
 func TestRestart(t *testing.T) {
-	n := newNode(t)
+	for _, mode := range []bpf.AttachMode{bpf.AttachTC, bpf.AttachTCX} {
+		t.Run(string(mode), func(t *testing.T) { testRestart(t, mode) })
+	}
+}
+
+func testRestart(t *testing.T, mode bpf.AttachMode) {
+	n := newNodeMode(t, mode)
 	a := n.addPod("a", "10.200.0.1", 70001)
 	b := n.addPod("b", "10.200.0.2", 70002)
 	b.serveTCP(8080)
@@ -233,8 +240,20 @@ func TestRestart(t *testing.T) {
 		t.Fatal("a new connection got through without an allow")
 	}
 
-	pin := filepath.Join(n.cfg.PinDir(), "links", strconv.Itoa(b.host.Index)+"-to-pod")
-	before := linkInfo(t, pin)
+	// What holds the to-pod program: its link (tcx), its filter (tc).
+	type holder struct{ id, prog uint32 }
+	holds := func() holder {
+		if mode == bpf.AttachTCX {
+			info := linkInfo(t, filepath.Join(n.cfg.PinDir(), "links", strconv.Itoa(b.host.Index)+"-to-pod"))
+			return holder{uint32(info.ID), uint32(info.Program)}
+		}
+		fs := n.tcFilters(b.host.Index, "to-pod")
+		if len(fs) != 1 {
+			t.Fatalf("%d tc filters of ours on the to-pod hook, want 1", len(fs))
+		}
+		return holder{fs[0].Handle, uint32(fs[0].Id)}
+	}
+	before := holds()
 	if err := n.dp.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -243,12 +262,12 @@ func TestRestart(t *testing.T) {
 	n.load()
 	n.attach(a.host.Index)
 	n.attach(b.host.Index)
-	after := linkInfo(t, pin)
-	if after.ID != before.ID {
-		t.Errorf("link %s is %d after the restart, was %d: want the same link, updated", pin, after.ID, before.ID)
+	after := holds()
+	if after.id != before.id {
+		t.Errorf("%s attachment is %d after the restart, was %d: want the same one, updated", mode, after.id, before.id)
 	}
-	if after.Program == before.Program {
-		t.Errorf("link %s still runs program %d after the restart", pin, before.Program)
+	if after.prog == before.prog {
+		t.Errorf("the %s attachment still runs program %d after the restart", mode, before.prog)
 	}
 	exchange("after the restart")
 	if _, err := a.tcp(b.ip.String()+":8080", deniedTimeout); err == nil {
@@ -333,11 +352,18 @@ func TestEndpointIdentity(t *testing.T) {
 	})
 }
 
-// TestAttachDetach checks the attachment API on a live pod: idempotent
-// Attach, Attached, and Detach, after which the pod's traffic is no longer
-// policed.
+// TestAttachDetach checks the attachment API on a live pod, in both
+// modes: idempotent Attach, Attached, and Detach, after which the pod's
+// traffic is no longer policed; then what becomes of the attachment of a
+// veth that is deleted and whose index is reused.
 func TestAttachDetach(t *testing.T) {
-	n := newNode(t)
+	for _, mode := range []bpf.AttachMode{bpf.AttachTC, bpf.AttachTCX} {
+		t.Run(string(mode), func(t *testing.T) { testAttachDetach(t, mode) })
+	}
+}
+
+func testAttachDetach(t *testing.T, mode bpf.AttachMode) {
+	n := newNodeMode(t, mode)
 	a := n.addPod("a", "10.200.0.1", 70001)
 	b := n.addPod("b", "10.200.0.2", 70002)
 	b.serveTCP(8080)
@@ -345,7 +371,7 @@ func TestAttachDetach(t *testing.T) {
 
 	attached := func(want ...int) {
 		t.Helper()
-		got, err := n.dp.Attached()
+		got, err := n.attached()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -374,12 +400,12 @@ func TestAttachDetach(t *testing.T) {
 	attached(ids...)
 	reaches(false)
 
-	if err := n.dp.Detach(b.host.Index); err != nil {
+	if err := n.ns.Do(func() error { return n.dp.Detach(b.host.Index) }); err != nil {
 		t.Fatal(err)
 	}
 	attached(a.host.Index)
 	reaches(true)
-	if err := n.dp.Detach(b.host.Index); err != nil {
+	if err := n.ns.Do(func() error { return n.dp.Detach(b.host.Index) }); err != nil {
 		t.Errorf("Detach of a detached ifindex: %v", err)
 	}
 
@@ -395,6 +421,31 @@ func TestAttachDetach(t *testing.T) {
 	}
 	attached(ids...)
 
+	if mode == bpf.AttachTC {
+		t.Run("deleted veth", func(t *testing.T) {
+			// The filters go with the veth: Attached no longer lists it,
+			// nor an interface that gets the same index later.
+			nl := n.ns.Netlink()
+			if err := nl.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "stale0"}, PeerName: "stale0p"}); err != nil {
+				t.Fatal(err)
+			}
+			old := n.ns.Link(t, "stale0")
+			n.attach(old.Index)
+			attached(append(slices.Clone(ids), old.Index)...)
+			if err := nl.LinkDel(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Index: old.Index}}); err != nil {
+				t.Fatal(err)
+			}
+			attached(ids...)
+			if err := nl.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "stale1", Index: old.Index}, PeerName: "stale1p"}); err != nil {
+				t.Fatal(err)
+			}
+			attached(ids...)
+			if err := n.ns.Do(func() error { return n.dp.Detach(old.Index) }); err != nil {
+				t.Errorf("Detach of an interface without our filters: %v", err)
+			}
+		})
+		return
+	}
 	t.Run("stale pin", func(t *testing.T) {
 		// A link pinned for an interface that is gone stays pinned,
 		// inert; an interface that gets the same index later gets fresh
@@ -421,7 +472,7 @@ func TestAttachDetach(t *testing.T) {
 		if tcx := after.TCX(); after.ID == before.ID || tcx == nil || tcx.Ifindex != uint32(old.Index) {
 			t.Errorf("link after re-attach: id %d (was %d), %+v; want a new link on ifindex %d", after.ID, before.ID, tcx, old.Index)
 		}
-		if err := n.dp.Detach(old.Index); err != nil {
+		if err := n.ns.Do(func() error { return n.dp.Detach(old.Index) }); err != nil {
 			t.Fatal(err)
 		}
 	})

@@ -3,7 +3,7 @@
 // (Map[K, V]), the binary layout of every key and value, which the
 // datapath's C code shares, and the datapath itself: the C programs
 // (c/datapath.c, compiled by bpf2go into datapath_bpfel.o), their loader
-// and their tcx attachments (Datapath), conntrack, flow events and
+// and their attachments, tc or tcx (Datapath), conntrack, flow events and
 // counters. docs/datapath.md describes what the programs do to packets.
 //
 // # Pins
@@ -21,7 +21,7 @@
 //	<Dir>/meshplane/<Node>/mp_ct         LRU hash  CTKey       -> CTValue        connection -> state (LoadDatapath)
 //	<Dir>/meshplane/<Node>/mp_flows      ring buffer of flow events (LoadDatapath, FlowReader)
 //	<Dir>/meshplane/<Node>/mp_counters   per-CPU array: direction, drop reason -> packets, bytes (LoadDatapath)
-//	<Dir>/meshplane/<Node>/links/<ifindex>-from-pod, <ifindex>-to-pod   tcx links (Attach)
+//	<Dir>/meshplane/<Node>/links/<ifindex>-from-pod, <ifindex>-to-pod   tcx links (Attach in AttachTCX mode)
 //	<Dir>/meshplane/<Node>/links/tunnel-from-tunnel, tunnel-to-tunnel   tcx links on the VXLAN device (AttachTunnel)
 //
 // The pin's file name is also the map's kernel name (bpftool map show). The
@@ -34,17 +34,21 @@
 // # Datapath
 //
 // LoadDatapath loads four programs bound to the maps above; Attach puts
-// from_pod on the tcx ingress and to_pod on the tcx egress of a pod's host
-// veth and pins the links; AttachTunnel puts from_tunnel and to_tunnel on
-// the node's flow-based VXLAN device in tunnel mode (to_tunnel sets the
+// from_pod on the ingress and to_pod on the egress of a pod's host veth,
+// as cls_bpf filters on a clsact qdisc (AttachTC, the default: no RCU
+// grace period per attach, see AttachMode) or as pinned tcx links
+// (AttachTCX), and moves a veth attached in the other mode to its own;
+// AttachTunnel puts from_tunnel and to_tunnel on the node's flow-based
+// VXLAN device in tunnel mode (to_tunnel sets the
 // tunnel key from the ipcache's node address, from_tunnel gives the
 // decapsulated frame the pod's MACs and redirects it to the pod's host
 // veth, where to_pod runs), so the datapath keeps forwarding while no agent
 // runs. A new agent's LoadDatapath reuses the pinned conntrack, flow and
-// counter maps and its Attach swaps the new programs into the pinned links
-// atomically: established connections survive an upgrade. Close releases
-// the agent's file descriptors only; Detach (or RemovePins) removes the
-// programs from a veth. The C sources live in c/: base.h (the kernel ABI
+// counter maps and its Attach swaps the new programs into the filters or
+// pinned links atomically: established connections survive an upgrade.
+// Close releases the agent's file descriptors only; Detach removes the
+// programs from a veth (RemovePins removes tcx pins too; tc filters go
+// with their veth). The C sources live in c/: base.h (the kernel ABI
 // the programs need, written out so the object does not depend on the
 // build machine's headers), meshplane.h (this package's types as C
 // structs, checked against the Go types by TestHeaderLayouts and

@@ -49,6 +49,12 @@ type testNode struct {
 
 func newNode(t testing.TB) *testNode {
 	t.Helper()
+	return newNodeMode(t, "")
+}
+
+// newNodeMode is newNode with the datapath attaching in mode.
+func newNodeMode(t testing.TB, mode bpf.AttachMode) *testNode {
+	t.Helper()
 	bpftest.Require(t)
 	netnstest.Require(t)
 	n := &testNode{t: t, ns: netnstest.New(t), backendIDs: make(map[netip.AddrPort]uint32)}
@@ -69,6 +75,7 @@ func newNode(t testing.TB) *testNode {
 		CIDRMax:       1024,
 		CTMax:         4096,
 		FlowRingBytes: 1 << 16,
+		Attach:        mode,
 	}
 	t.Cleanup(func() {
 		if err := bpf.RemovePins(n.cfg); err != nil {

@@ -96,6 +96,12 @@ type Config struct {
 	// multiple of the page size. Zero means DefaultFlowRingBytes (1 MiB).
 	FlowRingBytes int
 
+	// Attach is how Datapath.Attach hooks the programs to pods' host
+	// veths: AttachTC (clsact and cls_bpf filters; zero means it) or
+	// AttachTCX (pinned tcx links). See AttachMode for why tc is the
+	// default. The tunnel device's programs are tcx links in both modes.
+	Attach AttachMode
+
 	// SizeNames name the settings that size the maps as an operator sets
 	// them (the agent passes its flags, "--bpf-policy-max"), for the
 	// ErrMapFull message. An empty name means the Config field
@@ -131,6 +137,11 @@ func (c Config) Validate() error {
 		if s.n < 0 || s.n > maxMapEntries {
 			return fmt.Errorf("bpf config: %s %d: want 1-%d, or 0 for the default", s.name, s.n, maxMapEntries)
 		}
+	}
+	switch c.Attach {
+	case "", AttachTC, AttachTCX:
+	default:
+		return fmt.Errorf("bpf config: Attach %q: want %q or %q", c.Attach, AttachTC, AttachTCX)
 	}
 	if n := c.FlowRingBytes; n != 0 {
 		page := os.Getpagesize()
@@ -177,6 +188,9 @@ func (c Config) withDefaults() Config {
 	def(&c.CIDRMax, DefaultCIDRMax)
 	def(&c.CTMax, DefaultCTMax)
 	def(&c.FlowRingBytes, DefaultFlowRingBytes)
+	if c.Attach == "" {
+		c.Attach = AttachTC
+	}
 	return c
 }
 

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"path/filepath"
 	"runtime"
+	"slices"
 	"testing"
 	"time"
 
@@ -70,7 +72,8 @@ func echo(c net.Conn, r *bufio.Reader, i int) error {
 }
 
 // TestAgentRestartDuringTraffic restarts the agents of both nodes while a
-// connection carries traffic: the connection keeps working (the datapath
+// connection carries traffic, three times (the second and third in the
+// other attachment mode, --datapath-attach): the connection keeps working (the datapath
 // and its conntrack live in the kernel, pinned), and the policy holds
 // throughout: a denied peer stays denied and an allowed one allowed, also
 // while no agent runs.
@@ -113,21 +116,37 @@ func TestAgentRestartDuringTraffic(t *testing.T) {
 		errc <- nil
 	}()
 
-	sctx, scancel := context.WithTimeout(context.Background(), time.Minute)
+	sctx, scancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer scancel()
-	for _, n := range []string{"n1", "n2"} {
-		if err := l.StopAgent(sctx, "c1", n); err != nil {
-			t.Fatal(err)
+	// A plain restart, then restarts that switch the attachment mode to
+	// tcx and back to tc (the default): each new agent moves every veth
+	// to its mode, with the connection open.
+	for _, flags := range [][]string{nil, {"--datapath-attach=tcx"}, {"--datapath-attach=tc"}} {
+		for _, n := range []string{"n1", "n2"} {
+			if err := l.StopAgent(sctx, "c1", n); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// No agent runs anywhere: the datapath alone decides.
+		checkNow(t, l, policyHolds)
+		for _, n := range []string{"n2", "n1"} {
+			if err := l.StartAgent(sctx, "c1", n, flags...); err != nil {
+				t.Fatal(err)
+			}
+		}
+		checkNow(t, l, policyHolds)
+		// tcx pins its pods' links beside the maps; tc pins none (its
+		// filters are on the veths), and removes those of tcx.
+		for _, n := range []string{"n1", "n2"} {
+			pins, err := filepath.Glob(filepath.Join(l.BPFFS("c1"), "meshplane", n, "links", "*-from-pod"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tcx := slices.Contains(flags, "--datapath-attach=tcx"); tcx != (len(pins) > 0) {
+				t.Errorf("node %s after a restart with %q: pinned tcx links %q", n, flags, pins)
+			}
 		}
 	}
-	// No agent runs anywhere: the datapath alone decides.
-	checkNow(t, l, policyHolds)
-	for _, n := range []string{"n2", "n1"} {
-		if err := l.StartAgent(sctx, "c1", n); err != nil {
-			t.Fatal(err)
-		}
-	}
-	checkNow(t, l, policyHolds)
 	cancel()
 	if err := <-errc; err != nil {
 		t.Fatalf("the connection broke during the restarts: %v", err)

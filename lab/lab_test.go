@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -364,9 +365,11 @@ func mustNode(t *testing.T, l *Lab, cluster, name string) Node {
 }
 
 // datapathAttached reports whether the eBPF programs are attached to the
-// host side of a pod's veth: the agent pins the tcx links as
-// links/<ifindex>-from-pod beside its maps. (bpftool net of Debian
-// bookworm, 7.1, does not list tcx links.)
+// host side of a pod's veth: a cls_bpf filter named
+// meshplane/<node>/from-pod on its ingress (the agent's default tc mode),
+// or, in tcx mode, the link the agent pins as links/<ifindex>-from-pod
+// beside its maps. (bpftool net of Debian bookworm, 7.1, does not list
+// tcx links.)
 func datapathAttached(t *testing.T, l *Lab, pod string) bool {
 	t.Helper()
 	l.mu.Lock()
@@ -380,15 +383,31 @@ func datapathAttached(t *testing.T, l *Lab, pod string) bool {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var ifindex int
+	var (
+		ifindex int
+		tc      bool
+	)
 	if err := inNetns(nodeNs, func() error {
 		ifi, err := net.InterfaceByName(veth)
-		if err == nil {
-			ifindex = ifi.Index
+		if err != nil {
+			return err
 		}
-		return err
+		ifindex = ifi.Index
+		fs, err := netlink.FilterList(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: ifindex}}, netlink.HANDLE_MIN_INGRESS)
+		if err != nil {
+			return nil // no clsact qdisc
+		}
+		for _, f := range fs {
+			if b, ok := f.(*netlink.BpfFilter); ok && b.Name == "meshplane/"+ps.Node+"/from-pod" {
+				tc = true
+			}
+		}
+		return nil
 	}); err != nil {
 		t.Fatal(err)
+	}
+	if tc {
+		return true
 	}
 	link := filepath.Join(l.BPFFS(ps.Cluster), "meshplane", ps.Node, "links", fmt.Sprintf("%d-from-pod", ifindex))
 	_, err = os.Stat(link)

@@ -872,10 +872,12 @@ func (l *Lab) StopAgent(ctx context.Context, cluster, node string) error {
 	return l.save()
 }
 
-// StartAgent starts a node's agent again, as it was first started, and
-// waits until it is ok and has every pod and service of its cluster in
-// its maps. An agent that runs is left alone.
-func (l *Lab) StartAgent(ctx context.Context, cluster, node string) error {
+// StartAgent starts a node's agent again, as it was first started plus
+// flags (which win, and stay for its later starts: "--datapath-attach=tcx"
+// restarts it in the other attachment mode), and waits until it is ok and
+// has every pod and service of its cluster in its maps. An agent that runs
+// is left alone.
+func (l *Lab) StartAgent(ctx context.Context, cluster, node string, flags ...string) error {
 	l.opMu.Lock()
 	defer l.opMu.Unlock()
 	l.mu.Lock()
@@ -886,6 +888,11 @@ func (l *Lab) StartAgent(ctx context.Context, cluster, node string) error {
 	}
 	if alive(ns.AgentPID, l.st.Dir) {
 		return nil
+	}
+	if len(flags) > 0 {
+		l.mu.Lock()
+		ns.AgentArgs = append(ns.AgentArgs, flags...)
+		l.mu.Unlock()
 	}
 	if err := l.spawnAgent(ns); err != nil {
 		return err

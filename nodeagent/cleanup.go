@@ -11,9 +11,11 @@ import (
 )
 
 // Cleanup removes what an agent leaves on its node, so that meshplane can
-// be uninstalled and a later install starts clean: the node's pinned maps
-// and links (bpf.RemovePins: the datapath detaches from every veth), its
-// API socket and its state directory (pod IP journal, endpoints, lease).
+// be uninstalled and a later install starts clean: the datapath's tc
+// filters on the veths of the calling thread's network namespace (the
+// node's: bpf.RemoveFilters), the node's pinned maps and links
+// (bpf.RemovePins: tcx links detach with their pins), its API socket and
+// its state directory (pod IP journal, endpoints, lease).
 // It is mesh-agent --cleanup, run by the uninstall DaemonSet.
 //
 // Only cfg's Node, StateDir, BPF.Dir and APISocket count, with Validate's
@@ -36,13 +38,13 @@ func Cleanup(cfg Config) error {
 	cfg.BPF.Node = cfg.Node
 	if _, err := os.Stat(cfg.StateDir); errors.Is(err, os.ErrNotExist) {
 		// Nothing to lock: no agent ever ran here, or it was cleaned.
-		return errors.Join(bpf.RemovePins(cfg.BPF), removeSocket(cfg.APISocket))
+		return errors.Join(bpf.RemoveFilters(cfg.BPF), bpf.RemovePins(cfg.BPF), removeSocket(cfg.APISocket))
 	}
 	lock, err := lockStateDir(cfg.StateDir)
 	if err != nil {
 		return err
 	}
-	errs := []error{bpf.RemovePins(cfg.BPF), removeSocket(cfg.APISocket)}
+	errs := []error{bpf.RemoveFilters(cfg.BPF), bpf.RemovePins(cfg.BPF), removeSocket(cfg.APISocket)}
 	if err := os.RemoveAll(cfg.StateDir); err != nil {
 		errs = append(errs, fmt.Errorf("remove state directory: %w", err))
 	}

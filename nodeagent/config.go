@@ -65,7 +65,10 @@ type Config struct {
 	// and the sizes (IPCacheMax, ..., CTMax, FlowRingBytes) zero for
 	// package bpf's defaults. The agent sets BPF.Node to Node, and
 	// BPF.SizeNames, unless given, to mesh-agent's flags (--bpf-policy-max),
-	// which a full map's error tells the operator to raise.
+	// which a full map's error tells the operator to raise. BPF.Attach is
+	// how the programs hook pods' veths (--datapath-attach): bpf.AttachTC
+	// (zero means it) or bpf.AttachTCX; an agent restarted with the other
+	// mode moves every veth to it (bpf.Datapath.Attach).
 	BPF bpf.Config
 
 	// NodeIPs are the node's own addresses: the targets of other nodes'
@@ -196,6 +199,13 @@ func (c *Config) Validate() error {
 		if n < 0 {
 			return fmt.Errorf("%w: map sizes must not be negative", ErrConfig)
 		}
+	}
+	switch c.BPF.Attach {
+	case "":
+		c.BPF.Attach = bpf.AttachTC
+	case bpf.AttachTC, bpf.AttachTCX:
+	default:
+		return fmt.Errorf("%w: datapath attach mode %q (--datapath-attach): use %q (clsact and cls_bpf: fast to attach) or %q (tcx links)", ErrConfig, c.BPF.Attach, bpf.AttachTC, bpf.AttachTCX)
 	}
 	if len(c.NodeIPs) == 0 {
 		return fmt.Errorf("%w: no node IP: pass the node's address (--node-ip)", ErrConfig)

@@ -51,6 +51,9 @@ type Config struct {
 	// Datapath is the agent's (nodeagent.DatapathEBPF or DatapathNone);
 	// empty means eBPF: the programs are attached to each pod's veth.
 	Datapath string
+	// Attach is the eBPF datapath's attachment mode (bpf.AttachTC or
+	// AttachTCX, mesh-agent's --datapath-attach); empty means tc.
+	Attach bpf.AttachMode
 	// Dir holds etcd's data and the agent's state; empty means a new
 	// temporary directory, removed at the end.
 	Dir string
@@ -71,6 +74,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: no mesh-cni binary: build it (make build) or pass its path", ErrConfig)
 	case c.Datapath != "" && c.Datapath != nodeagent.DatapathEBPF && c.Datapath != nodeagent.DatapathNone:
 		return fmt.Errorf("%w: datapath %q: use %s or %s", ErrConfig, c.Datapath, nodeagent.DatapathEBPF, nodeagent.DatapathNone)
+	case c.Attach != "" && c.Attach != bpf.AttachTC && c.Attach != bpf.AttachTCX:
+		return fmt.Errorf("%w: attach mode %q: use %s or %s", ErrConfig, c.Attach, bpf.AttachTC, bpf.AttachTCX)
 	case c.Timeout < 0:
 		return fmt.Errorf("%w: timeout %s: use a positive duration", ErrConfig, c.Timeout)
 	}
@@ -83,6 +88,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Datapath == "" {
 		c.Datapath = nodeagent.DatapathEBPF
+	}
+	if c.Attach == "" {
+		c.Attach = bpf.AttachTC
 	}
 	if c.Timeout == 0 {
 		c.Timeout = time.Minute + time.Duration(c.Pods)*200*time.Millisecond
@@ -101,6 +109,7 @@ type Report struct {
 	Pods     int     `json:"pods"`
 	Parallel int     `json:"parallel"`
 	Datapath string  `json:"datapath"`
+	Attach   string  `json:"attach"`
 	AddP50MS float64 `json:"add_p50_ms"`
 	AddP99MS float64 `json:"add_p99_ms"`
 	AddMaxMS float64 `json:"add_max_ms"`
@@ -152,6 +161,9 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 		return rep, fmt.Errorf("%w: mesh-cni binary: %w", ErrConfig, err)
 	}
 	rep = Report{Pods: cfg.Pods, Parallel: cfg.Parallel, Datapath: cfg.Datapath}
+	if cfg.Datapath == nodeagent.DatapathEBPF {
+		rep.Attach = string(cfg.Attach)
+	}
 	r := &run{cfg: cfg, dir: cfg.Dir, node: fmt.Sprintf("cnibench-%d", os.Getpid())}
 	if r.dir == "" {
 		if r.dir, err = os.MkdirTemp("", "cnibench-"); err != nil {
@@ -176,7 +188,7 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 	if r.keys, err = kvstore.NewKeys(cluster); err != nil {
 		return rep, err
 	}
-	cfg.Progress("starting the agent (" + cfg.Datapath + " datapath)")
+	cfg.Progress("starting the agent (" + cfg.Datapath + " datapath, " + string(cfg.Attach) + " attach)")
 	stop, err := r.startAgent(ctx, cluster)
 	if err != nil {
 		return rep, err
@@ -337,6 +349,7 @@ func (r *run) startAgent(ctx context.Context, cluster string) (stop func() error
 		GossipAddr: netip.MustParseAddr("127.0.0.1"), GossipPort: -1, GossipKeys: [][]byte{key},
 		APISocket: r.socket, APISocketGroup: -1,
 		Datapath: r.cfg.Datapath,
+		BPF:      bpf.Config{Attach: r.cfg.Attach},
 		// One node: there is no other node to route to.
 		RoutingMode: nodeagent.RoutingNone,
 	}

@@ -112,6 +112,8 @@ func newFlagSet(f *flags, stderr io.Writer) *pflag.FlagSet {
 	fs.DurationVar(&f.podMetadataWait, "pod-metadata-wait", nodeagent.DefaultPodMetadataWait,
 		"how long a CNI ADD waits for the pod's labels from the control plane (pods/ and namespaces/ in etcd) before it fails; keep it below mesh-cni's timeout")
 	fs.StringVar(&f.datapath, "datapath", nodeagent.DatapathEBPF, "ebpf: attach the TC programs to pods' veths; none: fill the maps only (comparisons, debugging)")
+	fs.StringVar((*string)(&f.bpf.Attach), "datapath-attach", string(bpf.AttachTC),
+		"how the programs hook pods' veths: tc (clsact qdisc and cls_bpf filters; well under 1 ms an attach) or tcx (pinned tcx links; each attach waits for an RCU grace period under RTNL, about 12 ms, serialized across the node)")
 	fs.StringVar(&f.routingMode, "routing-mode", nodeagent.RoutingTunnel, "how pods on other nodes are reached: tunnel (VXLAN from the eBPF datapath; works across subnets), native (routes via the nodes' addresses; they must reach each other directly) or none (something else routes the pod CIDRs)")
 	fs.IntVar(&f.tunnelPort, "tunnel-port", nodeagent.DefaultTunnelPort, "UDP port of the VXLAN tunnel (tunnel mode), the same on every node")
 	fs.IntVar(&f.mtu, "mtu", 0, "pod MTU the CNI plugin sets (0: the node interface's MTU, less 50 in tunnel mode)")

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshplane/meshplane/bpf"
 	"github.com/meshplane/meshplane/health"
 	"github.com/meshplane/meshplane/kvstore"
 	"github.com/meshplane/meshplane/nodeagent"
@@ -90,6 +91,7 @@ func TestLoadErrors(t *testing.T) {
 		{"tunnel without the eBPF datapath", []string{"--node-ip", "10.0.0.1", "--node-name", "n1", "--gossip-insecure", "--datapath", "none"}, "", `routing mode "tunnel" needs the eBPF datapath`},
 		{"bad tunnel port", []string{"--node-ip", "10.0.0.1", "--node-name", "n1", "--gossip-insecure"}, "tunnel-port: 70000\n", "tunnel port 70000"},
 		{"bad MTU", []string{"--node-ip", "10.0.0.1", "--node-name", "n1", "--gossip-insecure", "--mtu", "100"}, "", "MTU 100: use 576-65535"},
+		{"bad attach mode", []string{"--node-ip", "10.0.0.1", "--node-name", "n1", "--gossip-insecure", "--datapath-attach", "xdp"}, "", `attach mode "xdp" (--datapath-attach): use "tc"`},
 		{"stray argument", []string{"run"}, "", `unexpected argument "run"`},
 	}
 	// Without endpoints the agent does not start an etcd of its own: it
@@ -119,8 +121,9 @@ func TestLoadErrors(t *testing.T) {
 
 // TestLoadIPBlockOption checks --policy-ipblock-selects-pods (default true:
 // the Kubernetes semantics) from each source, and --bpf-cidr-max.
-// TestLoadRouting checks the routing flags: their defaults (tunnel mode
-// on 8472, a derived MTU) and their config-file keys.
+// TestLoadRouting checks the routing flags and --datapath-attach: their
+// defaults (tunnel mode on 8472, a derived MTU, tc) and their config-file
+// keys.
 func TestLoadRouting(t *testing.T) {
 	base := []string{"--state-dir", t.TempDir(), "--etcd-endpoints", testEtcd, "--node-ip", "10.0.0.1", "--node-name", "n1", "--gossip-insecure"}
 	cfg, _, err := Load(base, io.Discard)
@@ -130,13 +133,16 @@ func TestLoadRouting(t *testing.T) {
 	if cfg.RoutingMode != nodeagent.RoutingTunnel || cfg.TunnelPort != nodeagent.DefaultTunnelPort || cfg.MTU != 0 {
 		t.Errorf("defaults: mode %q port %d mtu %d; want tunnel, %d, 0", cfg.RoutingMode, cfg.TunnelPort, cfg.MTU, nodeagent.DefaultTunnelPort)
 	}
-	file := writeFile(t, "agent.yaml", "routing-mode: native\ntunnel-port: 4789\nmtu: 9000\n")
+	if cfg.BPF.Attach != bpf.AttachTC {
+		t.Errorf("default attach mode %q, want tc", cfg.BPF.Attach)
+	}
+	file := writeFile(t, "agent.yaml", "routing-mode: native\ntunnel-port: 4789\nmtu: 9000\ndatapath-attach: tcx\n")
 	cfg, _, err = Load(append(base, "--config", file), io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.RoutingMode != nodeagent.RoutingNative || cfg.TunnelPort != 4789 || cfg.MTU != 9000 {
-		t.Errorf("from the file: mode %q port %d mtu %d; want native, 4789, 9000", cfg.RoutingMode, cfg.TunnelPort, cfg.MTU)
+	if cfg.RoutingMode != nodeagent.RoutingNative || cfg.TunnelPort != 4789 || cfg.MTU != 9000 || cfg.BPF.Attach != bpf.AttachTCX {
+		t.Errorf("from the file: mode %q port %d mtu %d attach %q; want native, 4789, 9000, tcx", cfg.RoutingMode, cfg.TunnelPort, cfg.MTU, cfg.BPF.Attach)
 	}
 }
 

@@ -14,7 +14,7 @@ import (
 // bindCleanup defines --cleanup and --cleanup-wait: the uninstall mode.
 func bindCleanup(fs *pflag.FlagSet, f *flags) {
 	fs.BoolVar(&f.cleanup, "cleanup", false,
-		"uninstall: remove this node's pinned maps (<bpffs>/meshplane/<node>), state directory and API socket, then exit; refused while an agent runs on the node. Uses only --node-name, --bpffs, --state-dir, --api-socket")
+		"uninstall: take the datapath's tc filters off this node's veths, remove its pinned maps (<bpffs>/meshplane/<node>), state directory and API socket, then exit; refused while an agent runs on the node. Uses only --node-name, --bpffs, --state-dir, --api-socket")
 	fs.BoolVar(&f.cleanupWait, "cleanup-wait", false, "with --cleanup: after removing, wait until stopped (SIGTERM) instead of exiting, as a DaemonSet's container must")
 }
 
@@ -40,7 +40,7 @@ func cleanup(ctx context.Context, l loaded, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "mesh-agent: cleanup:", err)
 		return 1
 	}
-	fmt.Fprintf(stderr, "mesh-agent: cleanup done: node %s's pinned maps, state and API socket are removed\n", cfg.Node)
+	fmt.Fprintf(stderr, "mesh-agent: cleanup done: node %s's tc filters, pinned maps, state and API socket are removed\n", cfg.Node)
 	if l.cleanupWait {
 		<-ctx.Done()
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/meshplane/meshplane/bench/cnibench"
+	"github.com/meshplane/meshplane/bpf"
 	"github.com/meshplane/meshplane/nodeagent"
 )
 
@@ -76,6 +77,7 @@ pods_per_s is the pods over the wall time of the phase's ADDs.`,
 	fs.IntVar(&cfg.Parallel, "parallel", 10, fmt.Sprintf("CNI commands at once (1-%d)", cnibench.MaxParallel))
 	fs.StringVar(&cfg.Plugin, "plugin", "", "the mesh-cni binary (default: mesh-cni beside meshctl)")
 	fs.StringVar(&cfg.Datapath, "datapath", nodeagent.DatapathEBPF, "the agent's datapath: ebpf (programs attached to each veth) or none (maps only)")
+	fs.StringVar((*string)(&cfg.Attach), "datapath-attach", string(bpf.AttachTC), "the eBPF datapath's attachment to each veth: tc (clsact and cls_bpf) or tcx (pinned tcx links), as mesh-agent's --datapath-attach")
 	fs.DurationVar(&cfg.Timeout, "timeout", 0, "bound of each phase (0: 1m plus 200ms a pod)")
 	fs.BoolVar(&inNetns, "in-netns", false, "run here: the caller made this process's network namespace (meshctl does)")
 	_ = fs.MarkHidden("in-netns")
@@ -98,7 +100,7 @@ func benchCNIInNetns(cmd *cobra.Command, o *options, cfg cnibench.Config, format
 	args := []string{"lab", "nsexec", "--netns=" + filepath.Join("/run/netns", name), "--",
 		self, "bench", "cni", "--in-netns",
 		"--pods=" + strconv.Itoa(cfg.Pods), "--parallel=" + strconv.Itoa(cfg.Parallel),
-		"--plugin=" + cfg.Plugin, "--datapath=" + cfg.Datapath, "--timeout=" + cfg.Timeout.String(), "-o", format}
+		"--plugin=" + cfg.Plugin, "--datapath=" + cfg.Datapath, "--datapath-attach=" + string(cfg.Attach), "--timeout=" + cfg.Timeout.String(), "-o", format}
 	c := exec.CommandContext(cmd.Context(), self, args...)
 	c.Stdout, c.Stderr = o.stdout, o.stderr
 	if err := c.Run(); err != nil {
