@@ -109,7 +109,7 @@ allowPrivilegeEscalation: false
 readOnlyRootFilesystem: true
 capabilities:
   drop: [ALL]
-  add: [DAC_OVERRIDE, FOWNER]
+  add: [DAC_OVERRIDE, FOWNER, NET_ADMIN]
 appArmorProfile:
   type: Unconfined
 {{- end -}}
