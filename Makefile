@@ -5,7 +5,7 @@ GOLANGCI_LINT_VERSION := v2.15.0
 # Fuzz time per target in `make fuzz`.
 FUZZTIME      ?= 20s
 
-.PHONY: all build demo test bench lint fuzz generate clean kube-apiserver kube-node
+.PHONY: all build demo test bench lint fuzz generate clean kube-apiserver kube-node netpol-e2e
 
 all: build
 
@@ -40,6 +40,11 @@ test: kube-apiserver kube-node
 	$(GO) test -race -count=1 -timeout 20m ./...
 	MESHPLANE_ROUTING_MODE=native $(GO) test -race -count=1 -timeout 20m ./e2e/
 	$(GO) test -run '^$$' -bench . -benchtime=1x -timeout 10m ./...
+
+## netpol-e2e: the whole upstream Kubernetes NetworkPolicy e2e suite on
+## meshplane on a real node (about an hour; make test runs 8 of its specs).
+netpol-e2e: build kube-node
+	MESHPLANE_NETPOL_FOCUS=all MESHPLANE_LAB_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 90m -v -run TestUpstreamNetworkPolicy ./e2e/realnode/
 
 ## bench: the benchmarks recorded in docs/benchmarks.md.
 bench: build kube-apiserver
