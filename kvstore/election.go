@@ -244,6 +244,15 @@ func (l *Leadership) watch(from int64) {
 // lost ends the office with the reason live ended for: Resign (the office
 // already ended), the lease, or a closed client.
 func (l *Leadership) lost() {
+	if l.ctx.Err() != nil {
+		return // resigned, or ended already
+	}
+	// A closed client ends the session's keepalive too: name the cause,
+	// not its effect.
+	if l.client.etcd.Ctx().Err() != nil {
+		l.cancel(fmt.Errorf("%w: the etcd client of %s was closed", ErrLeadershipLost, l.key))
+		return
+	}
 	select {
 	case <-l.ctx.Done():
 	case <-l.sess.Done():
