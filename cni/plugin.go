@@ -319,7 +319,7 @@ func Check(ctx context.Context, conf NetConf, at Attachment, prev *current.Resul
 		}
 	}
 	host := HostVethName(at.ContainerID, at.IfName)
-	hh, err := handleAt("")
+	hh, err := HandleAt("")
 	if err != nil {
 		return err
 	}
@@ -331,7 +331,7 @@ func Check(ctx context.Context, conf NetConf, at Attachment, prev *current.Resul
 	if hl.Attrs().Flags&net.FlagUp == 0 {
 		return fmt.Errorf("CHECK %s: host side %s is down", at.pod(), host)
 	}
-	ph, err := handleAt(at.Netns)
+	ph, err := HandleAt(at.Netns)
 	if err != nil {
 		return fmt.Errorf("CHECK %s: %w", at.pod(), err)
 	}

@@ -105,7 +105,7 @@ func CreateVeth(s VethSpec) (_ Veth, err error) {
 		return Veth{}, fmt.Errorf("open the pod's netns %s: %w", s.PodNetns, err)
 	}
 	defer func() { _ = pns.Close() }()
-	hh, err := handleAt(s.HostNetns)
+	hh, err := HandleAt(s.HostNetns)
 	if err != nil {
 		return Veth{}, err
 	}
@@ -157,12 +157,12 @@ func CreateVeth(s VethSpec) (_ Veth, err error) {
 
 // SetMTU sets the MTU of both sides of a pod's veth.
 func SetMTU(hostNetns, podNetns string, v Veth, mtu int) error {
-	hh, err := handleAt(hostNetns)
+	hh, err := HandleAt(hostNetns)
 	if err != nil {
 		return err
 	}
 	defer hh.Close()
-	ph, err := handleAt(podNetns)
+	ph, err := HandleAt(podNetns)
 	if err != nil {
 		return err
 	}
@@ -214,7 +214,7 @@ func ConfigurePod(podNetns, ifname string, ips []PodIP, hostMAC net.HardwareAddr
 			return err
 		}
 	}
-	h, err := handleAt(podNetns)
+	h, err := HandleAt(podNetns)
 	if err != nil {
 		return err
 	}
@@ -257,7 +257,7 @@ func RouteToPod(hostNetns, hostVeth string, ips []netip.Addr, podMAC net.Hardwar
 			break
 		}
 	}
-	h, err := handleAt(hostNetns)
+	h, err := HandleAt(hostNetns)
 	if err != nil {
 		return err
 	}
@@ -282,7 +282,7 @@ func RouteToPod(hostNetns, hostVeth string, ips []netip.Addr, podMAC net.Hardwar
 // and every route and neighbour entry through it. A missing interface, or
 // a missing namespace, is not an error: DEL may be repeated.
 func Remove(hostNetns, hostVeth string) error {
-	h, err := handleAt(hostNetns)
+	h, err := HandleAt(hostNetns)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil
@@ -312,7 +312,7 @@ type attachedVeth struct {
 // attachedVeths lists the host sides in hostNetns whose alias names an
 // attachment.
 func attachedVeths(hostNetns string) ([]attachedVeth, error) {
-	h, err := handleAt(hostNetns)
+	h, err := HandleAt(hostNetns)
 	if err != nil {
 		return nil, err
 	}
@@ -347,7 +347,7 @@ func hasIPv6(ips []PodIP) bool {
 // default) and stop it from taking router advertisements: its routes are
 // the ones given here.
 func ipv6Sysctls(nsPath, ifname string) error {
-	return inNetns(nsPath, func() error {
+	return InNetns(nsPath, func() error {
 		for _, kv := range [][2]string{{"disable_ipv6", "0"}, {"accept_ra", "0"}, {"accept_dad", "0"}} {
 			p := filepath.Join("/proc/sys/net/ipv6/conf", ifname, kv[0])
 			if err := os.WriteFile(p, []byte(kv[1]), 0o644); err != nil {
@@ -384,9 +384,9 @@ func linkUp(h *netlink.Handle, name string) error {
 	return nil
 }
 
-// handleAt returns a netlink handle whose socket lives in the namespace at
+// HandleAt returns a netlink handle whose socket lives in the namespace at
 // path ("": the caller's).
-func handleAt(path string) (*netlink.Handle, error) {
+func HandleAt(path string) (*netlink.Handle, error) {
 	if path == "" {
 		h, err := netlink.NewHandle()
 		if err != nil {
@@ -406,11 +406,11 @@ func handleAt(path string) (*netlink.Handle, error) {
 	return h, nil
 }
 
-// inNetns runs fn on an OS thread in the namespace at path ("": the
+// InNetns runs fn on an OS thread in the namespace at path ("": the
 // caller's, on the calling goroutine). The thread is never handed back to
 // the scheduler (the goroutine ends locked, so the runtime retires it):
 // no other goroutine can run in the wrong namespace.
-func inNetns(path string, fn func() error) error {
+func InNetns(path string, fn func() error) error {
 	if path == "" {
 		return fn()
 	}

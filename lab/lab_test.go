@@ -17,6 +17,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/meshplane/meshplane/cni"
 )
 
 // requireLab skips a test that needs to build a lab (root, bpffs) where it
@@ -387,7 +389,7 @@ func datapathAttached(t *testing.T, l *Lab, pod string) bool {
 		ifindex int
 		tc      bool
 	)
-	if err := inNetns(nodeNs, func() error {
+	if err := cni.InNetns(nodeNs, func() error {
 		ifi, err := net.InterfaceByName(veth)
 		if err != nil {
 			return err

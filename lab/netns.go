@@ -16,6 +16,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/meshplane/meshplane/cni"
 )
 
 // netnsDir is where named network namespaces live, as iproute2 keeps them
@@ -93,36 +95,11 @@ func routerPortName(subnet string) string {
 	return "veth" + shortHash(11, "router:"+subnet)
 }
 
-// inNetns runs fn on an OS thread that is in the network namespace at
-// path. The thread is never handed back to the Go scheduler (the goroutine
-// ends locked, so the runtime retires the thread): no other goroutine can
-// ever run in the wrong namespace, even if switching back would fail.
-func inNetns(path string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		// No UnlockOSThread: see above.
-		fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			errc <- fmt.Errorf("open netns %s: %w", path, err)
-			return
-		}
-		err = unix.Setns(fd, unix.CLONE_NEWNET)
-		_ = unix.Close(fd)
-		if err != nil {
-			errc <- fmt.Errorf("enter netns %s: %w", path, err)
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
-}
-
 // InNetns runs fn on an OS thread in the network namespace at path (a
 // pod's, node's or external's Netns) and returns fn's error. Sockets fn
 // makes belong to that namespace wherever they are used later; goroutines
 // fn starts do not run in it. The thread is retired afterwards.
-func InNetns(path string, fn func() error) error { return inNetns(path, fn) }
+func InNetns(path string, fn func() error) error { return cni.InNetns(path, fn) }
 
 // ErrExists is returned when something the lab would create is there
 // already: a lab of the same name, or one of its namespaces.
@@ -309,21 +286,6 @@ func listLabNetns(lab string) ([]string, error) {
 	return out, nil
 }
 
-// handleAt returns a netlink handle whose sockets live in the namespace at
-// path.
-func handleAt(path string) (*netlink.Handle, error) {
-	ns, err := netns.GetFromPath(path)
-	if err != nil {
-		return nil, fmt.Errorf("open netns %s: %w", path, err)
-	}
-	defer func() { _ = ns.Close() }()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		return nil, fmt.Errorf("netlink in %s: %w", path, err)
-	}
-	return h, nil
-}
-
 // routerSysctls make a node namespace a router: it forwards between the
 // pods' veths and the bridge, and accepts packets whose source is routed
 // elsewhere (a pod's reply through another node would fail rp_filter).
@@ -346,7 +308,7 @@ var hostSysctls = map[string]string{
 // /proc/sys/net shows the namespace of the thread that opens it. Entries
 // the kernel lacks (no IPv6) are skipped when optional.
 func setSysctls(path string, kv map[string]string, optional bool) error {
-	return inNetns(path, func() error {
+	return cni.InNetns(path, func() error {
 		for k, v := range kv {
 			err := os.WriteFile(filepath.Join("/proc/sys", k), []byte(v), 0o644)
 			if optional && errors.Is(err, os.ErrNotExist) {
@@ -370,7 +332,7 @@ func setupLabNetns(lab string, bridges ...string) (string, error) {
 	if err := setSysctls(path, hostSysctls, true); err != nil {
 		return path, err
 	}
-	h, err := handleAt(path)
+	h, err := cni.HandleAt(path)
 	if err != nil {
 		return path, err
 	}
@@ -410,7 +372,7 @@ func setupNodeNetns(labNs, name, port string, sg segment, ip netip.Addr, router 
 	if err != nil || !sg.router.IsValid() {
 		return path, err
 	}
-	h, err := handleAt(path)
+	h, err := cni.HandleAt(path)
 	if err != nil {
 		return path, err
 	}
@@ -457,7 +419,7 @@ func joinBridge(labNs, name, port, bridge string, addr netip.Prefix, router bool
 			return path, err
 		}
 	}
-	nh, err := handleAt(path)
+	nh, err := cni.HandleAt(path)
 	if err != nil {
 		return path, err
 	}
@@ -477,7 +439,7 @@ func addBridgeLink(labNs, path, name, port, bridge, dev string, addr netip.Prefi
 		return fmt.Errorf("open netns %s: %w", path, err)
 	}
 	defer func() { _ = ns.Close() }()
-	lh, err := handleAt(labNs)
+	lh, err := cni.HandleAt(labNs)
 	if err != nil {
 		return err
 	}
@@ -504,7 +466,7 @@ func addBridgeLink(labNs, path, name, port, bridge, dev string, addr netip.Prefi
 	if err := lh.LinkSetUp(l); err != nil {
 		return fmt.Errorf("set %s up: %w", port, err)
 	}
-	nh, err := handleAt(path)
+	nh, err := cni.HandleAt(path)
 	if err != nil {
 		return err
 	}
@@ -529,7 +491,7 @@ func addBridgeLink(labNs, path, name, port, bridge, dev string, addr netip.Prefi
 // where that is: only via a node on its own network (the router knows no
 // pod CIDR), so pods on nodes of other subnets do not reach externals.
 func routeExternal(extNs string, podCIDR netip.Prefix, via netip.Addr) error {
-	h, err := handleAt(extNs)
+	h, err := cni.HandleAt(extNs)
 	if err != nil {
 		return err
 	}

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshplane/meshplane/api"
+	"github.com/meshplane/meshplane/cni"
 )
 
 // ProbeSpec is one connection attempt from a pod.
@@ -116,7 +117,7 @@ func (l *Lab) Probe(ctx context.Context, spec ProbeSpec) (ProbeResult, error) {
 		answer  string
 		perr    error
 	)
-	err = inNetns(src.netns, func() error {
+	err = cni.InNetns(src.netns, func() error {
 		// Timed here, on the pod's thread: entering the namespace is not
 		// the network's latency.
 		start = time.Now()
