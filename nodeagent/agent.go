@@ -81,9 +81,13 @@ type Agent struct {
 
 	podIPs podIPState // what the pod IP reconcile found (reconcile_ips.go)
 
-	mu      sync.Mutex // mu guards etcdErr and podCIDRs
+	mu      sync.Mutex // mu guards etcdErr and cidrs
 	etcdErr error      // the last failed etcd probe; nil while etcd answers
 	cidrs   []netip.Prefix
+
+	// claimMu makes pods that find their family's CIDRs full (ADDs run in
+	// parallel) claim one more CIDR between them, not one each.
+	claimMu sync.Mutex
 }
 
 // mapReconciler is a reconciler with its map, for status and metrics.
@@ -658,20 +662,7 @@ func (a *Agent) allocateIP(owner string, f ipam.Family) (netip.Addr, netip.Prefi
 	}
 	ip, err := ips.Allocate(owner, f)
 	if errors.Is(err, podip.ErrFull) {
-		// Every CIDR of the family is full: claim one more.
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		p, cerr := a.claimer.Load().ClaimMore(ctx, f)
-		if cerr != nil {
-			return netip.Addr{}, netip.Prefix{}, fmt.Errorf("%w; claiming another CIDR: %w", err, cerr)
-		}
-		if err := ips.AddCIDR(p); err != nil {
-			return netip.Addr{}, netip.Prefix{}, err
-		}
-		a.mu.Lock()
-		a.cidrs = append(a.cidrs, p)
-		a.mu.Unlock()
-		ip, err = ips.Allocate(owner, f)
+		ip, err = a.allocateClaiming(ips, owner, f)
 	}
 	if err != nil {
 		return netip.Addr{}, netip.Prefix{}, err
@@ -684,6 +675,31 @@ func (a *Agent) allocateIP(owner string, f ipam.Family) (netip.Addr, netip.Prefi
 		}
 	}
 	return ip, netip.PrefixFrom(ip, ip.BitLen()), nil
+}
+
+// allocateClaiming allocates an IP of family f to owner after every CIDR
+// of f was found full: it claims one more CIDR, unless a pod that found
+// them full at the same time has claimed one already.
+func (a *Agent) allocateClaiming(ips *podip.Allocator, owner string, f ipam.Family) (netip.Addr, error) {
+	a.claimMu.Lock()
+	defer a.claimMu.Unlock()
+	ip, err := ips.Allocate(owner, f)
+	if !errors.Is(err, podip.ErrFull) {
+		return ip, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	p, cerr := a.claimer.Load().ClaimMore(ctx, f)
+	if cerr != nil {
+		return netip.Addr{}, fmt.Errorf("%w; claiming another CIDR: %w", err, cerr)
+	}
+	if err := ips.AddCIDR(p); err != nil {
+		return netip.Addr{}, err
+	}
+	a.mu.Lock()
+	a.cidrs = append(a.cidrs, p)
+	a.mu.Unlock()
+	return ips.Allocate(owner, f)
 }
 
 func (a *Agent) releaseIPs(owner string) error {

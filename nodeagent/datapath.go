@@ -33,8 +33,8 @@ const (
 // datapath is the loaded eBPF programs and where they are attached. With
 // DatapathNone, dp is nil and every method does nothing.
 //
-// mu guards attached and errs; install and remove are called with
-// endpoints.mu held, the status from anywhere.
+// mu guards attached and errs; install and remove are called with the
+// endpoint's owner lock held (pods in parallel), the status from anywhere.
 type datapath struct {
 	dp  *bpf.Datapath
 	log *slog.Logger

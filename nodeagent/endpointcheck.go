@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -21,11 +22,14 @@ import (
 //     namespace file the agent sees.
 func (a *Agent) check(spec EndpointSpec) error {
 	if a.cfg.Datapath != DatapathNone && spec.IfIndex != 0 {
-		ifc, err := net.InterfaceByIndex(int(spec.IfIndex))
+		// One link asked for (net.InterfaceByIndex reads every link of
+		// the node: with hundreds of pods, a cost on every ADD).
+		link, err := netlink.LinkByIndex(int(spec.IfIndex))
 		if err != nil {
 			return fmt.Errorf("%w: ifindex %d of %s: no such interface in the agent's network namespace: pass the ifindex of the host side of the pod's veth, as the agent sees it",
 				ErrInvalidEndpoint, spec.IfIndex, spec.owner())
 		}
+		ifc := link.Attrs()
 		if hw, err := net.ParseMAC(spec.NodeMAC); err == nil && ifc.HardwareAddr.String() != hw.String() {
 			return fmt.Errorf("%w: node MAC %s of %s is not the address of ifindex %d (%s, %s): pass the host side's address, or leave it out",
 				ErrInvalidEndpoint, spec.NodeMAC, spec.owner(), spec.IfIndex, ifc.Name, ifc.HardwareAddr)

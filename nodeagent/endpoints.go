@@ -247,13 +247,19 @@ func (s EndpointSpec) labelSet(cluster string, filter *labels.Filter) (labels.Se
 // identity allocator's references, the endpoints map's desired state, the
 // ipcache entries the node owns in etcd, and the state files.
 //
-// mu serialises Add and Delete (they do I/O under it: a CNI ADD for one
-// pod at a time is fine, and it keeps the steps of one pod in order).
+// Two locks: owners serialises the steps of one pod (add, remove, restore
+// and relabel of an owner run one at a time, and each sees what the one
+// before did), so different pods are added and deleted in parallel; mu
+// guards the tables below and the Endpoint values in byKey, and is held
+// only briefly, never across etcd, file or netlink I/O. An Endpoint in
+// byKey is written only with its owner's lock and mu held, so the holder
+// of the owner's lock reads it without mu.
 type endpoints struct {
 	dir     string
 	cluster string
 	filter  *labels.Filter
 	hooks   endpointHooks
+	owners  ownerLocks
 
 	mu    sync.Mutex
 	byKey map[string]*Endpoint // mu guards: by owner
@@ -268,12 +274,49 @@ type endpoints struct {
 	// remove, so a DEL that comes before the restore releases nothing it
 	// does not hold, and the restore skips an endpoint already gone.
 	referenced map[string]bool
-	ids        *idAllocator[string]
+	ids        *idAllocator[string] // mu guards
+}
+
+// ownerLocks is a mutex per owner, made at its first use and dropped when
+// nobody holds it or waits for it.
+type ownerLocks struct {
+	mu sync.Mutex
+	m  map[string]*ownerLock
+}
+
+type ownerLock struct {
+	sync.Mutex
+	users int // holders and waiters (ownerLocks.mu guards)
+}
+
+// lock locks owner's mutex; the returned function unlocks it.
+func (o *ownerLocks) lock(owner string) (unlock func()) {
+	o.mu.Lock()
+	l := o.m[owner]
+	if l == nil {
+		if o.m == nil {
+			o.m = make(map[string]*ownerLock)
+		}
+		l = &ownerLock{}
+		o.m[owner] = l
+	}
+	l.users++
+	o.mu.Unlock()
+	l.Lock()
+	return func() {
+		l.Unlock()
+		o.mu.Lock()
+		if l.users--; l.users == 0 {
+			delete(o.m, owner)
+		}
+		o.mu.Unlock()
+	}
 }
 
 // endpointHooks put a local endpoint into the datapath (the endpoints
 // map, its policy, its programs) and take it out. They are called with
-// endpoints.mu held, so one pod's steps stay in order.
+// the endpoint's owner lock held (not endpoints.mu), so one pod's steps
+// stay in order; they are safe for concurrent use by different pods.
 type endpointHooks interface {
 	// check reports what the node says against a new endpoint (an
 	// interface that does not exist), as an ErrInvalidEndpoint error.
@@ -438,13 +481,18 @@ func (e *endpoints) add(ctx context.Context, d endpointDeps, meta metadataSource
 	if err := meta.wait(ctx, spec.Namespace, spec.Pod, !spec.carriesLabels()); err != nil {
 		return Endpoint{}, err
 	}
+	owner := spec.owner()
+	unlock := e.owners.lock(owner)
+	defer unlock()
 	e.mu.Lock()
-	defer e.mu.Unlock()
-	if ep, ok, err := e.existingLocked(spec); ok || err != nil {
+	ep, ok, err = e.existingLocked(spec)
+	e.mu.Unlock()
+	if ok || err != nil {
 		return ep, err
 	}
-	// Under mu, so that a metadata change from now on finds the endpoint
-	// (the relabel worker takes mu too) and one before is read here.
+	// With the owner's lock, so that a metadata change from now on finds
+	// the endpoint (the relabel worker takes the lock too) and one before
+	// is read here.
 	ep = Endpoint{EndpointSpec: spec}.withMetadata(meta.lookup(spec.Namespace, spec.Pod))
 	if err := ep.validate(); err != nil {
 		return Endpoint{}, err
@@ -464,48 +512,77 @@ func (e *endpoints) add(ctx context.Context, d endpointDeps, meta metadataSource
 			}
 		}
 	}()
-	id, err := e.ids.acquire(spec.owner())
+	e.mu.Lock()
+	id, err := e.ids.acquire(owner)
+	e.mu.Unlock()
 	if err != nil {
 		return Endpoint{}, err
 	}
 	ep.ID = id
-	undo = append(undo, func() { e.ids.release(spec.owner()) })
-	undo = append(undo, func() { _ = d.releaseIPs(spec.owner()) })
+	undo = append(undo, func() {
+		e.mu.Lock()
+		e.ids.release(owner)
+		e.mu.Unlock()
+	})
+	undo = append(undo, func() { _ = d.releaseIPs(owner) })
 	for _, f := range d.families() {
-		ip, cidr, err := d.allocateIP(spec.owner(), f)
+		ip, cidr, err := d.allocateIP(owner, f)
 		if err != nil {
 			return Endpoint{}, err
 		}
 		ep.IPs = append(ep.IPs, ip)
 		ep.CIDRs = append(ep.CIDRs, cidr)
 		ep.Gateways = append(ep.Gateways, podip.Gateway(cidr))
-		afterStep("add:ip", spec.owner(), ip)
+		afterStep("add:ip", owner, ip)
 	}
 	ep.Identity, err = d.allocateIdentity(ctx, set)
 	if err != nil {
-		return Endpoint{}, fmt.Errorf("identity for %s: %w", spec.owner(), err)
+		return Endpoint{}, fmt.Errorf("identity for %s: %w", owner, err)
 	}
-	e.referenced[spec.owner()] = true
+	e.setReferenced(owner, true)
 	undo = append(undo, func() {
-		delete(e.referenced, spec.owner())
+		e.setReferenced(owner, false)
 		_ = d.releaseIdentity(set)
 	})
-	afterStep("add:identity", spec.owner(), netip.Addr{})
+	afterStep("add:identity", owner, netip.Addr{})
 	if err := e.save(&ep); err != nil {
 		return Endpoint{}, err
 	}
-	afterStep("add:state", spec.owner(), netip.Addr{})
-	undo = append(undo, func() { _ = os.Remove(e.path(spec.owner())) })
+	afterStep("add:state", owner, netip.Addr{})
+	undo = append(undo, func() { _ = os.Remove(e.path(owner)) })
 	for _, ip := range ep.IPs {
 		if err := d.publish(ctx, ep.ipcacheEntry(ip, ep.Identity)); err != nil {
-			return Endpoint{}, fmt.Errorf("publish %s of %s: %w", ip, spec.owner(), err)
+			return Endpoint{}, fmt.Errorf("publish %s of %s: %w", ip, owner, err)
 		}
 		undo = append(undo, func() { _ = d.unpublish(context.WithoutCancel(ctx), ip) })
-		afterStep("add:published", spec.owner(), ip)
+		afterStep("add:published", owner, ip)
 	}
-	e.byKey[spec.owner()] = &ep
-	e.hooks.installed(&ep, set)
+	stored := ep
+	e.hooks.installed(&stored, set)
+	e.mu.Lock()
+	e.byKey[owner] = &stored
+	e.mu.Unlock()
 	return ep, nil
+}
+
+// setReferenced records whether this run holds owner's identity reference.
+func (e *endpoints) setReferenced(owner string, held bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if held {
+		e.referenced[owner] = true
+	} else {
+		delete(e.referenced, owner)
+	}
+}
+
+// lookup returns owner's endpoint (the stored one: its owner's lock is
+// needed to read it without mu), whether this run holds its identity
+// reference, and the label sets it still holds from before a relabel.
+func (e *endpoints) lookup(owner string) (ep *Endpoint, referenced bool, unsettled []labels.Set) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.byKey[owner], e.referenced[owner], e.unsettled[owner]
 }
 
 // remove deletes an endpoint; deleting an unknown one is not an error
@@ -515,13 +592,13 @@ func (e *endpoints) add(ctx context.Context, d endpointDeps, meta metadataSource
 // attachment never removes a new one.
 func (e *endpoints) remove(ctx context.Context, d endpointDeps, namespace, pod, containerID string) error {
 	owner := namespace + "/" + pod
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	ep, ok := e.byKey[owner]
-	if ok && containerID != "" && ep.ContainerID != containerID {
+	unlock := e.owners.lock(owner)
+	defer unlock()
+	ep, referenced, unsettled := e.lookup(owner)
+	if ep != nil && containerID != "" && ep.ContainerID != containerID {
 		return nil
 	}
-	if !ok {
+	if ep == nil {
 		// No endpoint, but the pod may still hold an IP (an ADD that
 		// crashed before its state file) or etcd entries.
 		return errors.Join(d.releaseIPs(owner), d.forgetPod(ctx, owner))
@@ -536,16 +613,18 @@ func (e *endpoints) remove(ctx context.Context, d endpointDeps, namespace, pod, 
 		}
 		afterStep("remove:unpublished", owner, ip)
 	}
-	if set, err := ep.labelSet(e.cluster, e.filter); err == nil && e.referenced[owner] {
+	if set, err := ep.labelSet(e.cluster, e.filter); err == nil && referenced {
 		errs = append(errs, d.releaseIdentity(set))
 		afterStep("remove:identity", owner, netip.Addr{})
 	}
 	// The identities it still held from before a relabel.
-	for _, set := range e.unsettled[owner] {
+	for _, set := range unsettled {
 		errs = append(errs, d.releaseIdentity(set))
 	}
+	e.mu.Lock()
 	delete(e.unsettled, owner)
 	delete(e.referenced, owner)
+	e.mu.Unlock()
 	errs = append(errs, d.releaseIPs(owner))
 	afterStep("remove:released", owner, netip.Addr{})
 	if err := os.Remove(e.path(owner)); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -553,8 +632,10 @@ func (e *endpoints) remove(ctx context.Context, d endpointDeps, namespace, pod, 
 	}
 	afterStep("remove:state", owner, netip.Addr{})
 	errs = append(errs, d.forgetPod(ctx, owner))
+	e.mu.Lock()
 	delete(e.byKey, owner)
 	e.ids.release(owner)
+	e.mu.Unlock()
 	return errors.Join(errs...)
 }
 
@@ -570,14 +651,14 @@ type restoreResult struct {
 // resumes; this covers a lease that expired while the agent was down. An
 // identity that changed meanwhile (its ID was garbage-collected and taken
 // by other labels) is given to the endpoint in its state file and the
-// datapath too. It runs under mu, like add and remove, so that a DEL of
-// the same pod waits for it or comes first (and then there is nothing to
-// restore).
+// datapath too. It runs under the owner's lock, like add and remove, so
+// that a DEL of the same pod waits for it or comes first (and then there
+// is nothing to restore).
 func (e *endpoints) restore(ctx context.Context, d endpointDeps, owner string) (restoreResult, error) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	ep, ok := e.byKey[owner]
-	if !ok || e.referenced[owner] {
+	unlock := e.owners.lock(owner)
+	defer unlock()
+	ep, referenced, _ := e.lookup(owner)
+	if ep == nil || referenced {
 		return restoreResult{}, nil
 	}
 	set, err := ep.labelSet(e.cluster, e.filter)
@@ -588,7 +669,7 @@ func (e *endpoints) restore(ctx context.Context, d endpointDeps, owner string) (
 	if err != nil {
 		return restoreResult{}, fmt.Errorf("identity for %s: %w", owner, err)
 	}
-	e.referenced[owner] = true
+	e.setReferenced(owner, true)
 	res := restoreResult{restored: true, old: ep.Identity, new: id}
 	// References to the identities of earlier label sets that a crash may
 	// have left in etcd (Endpoint.Superseded): taking and releasing one
@@ -616,7 +697,9 @@ func (e *endpoints) restore(ctx context.Context, d endpointDeps, owner string) (
 		if err := e.save(&next); err != nil {
 			return res, err
 		}
+		e.mu.Lock()
 		*ep = next
+		e.mu.Unlock()
 		if changed {
 			e.hooks.installed(ep, set)
 		}

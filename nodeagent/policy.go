@@ -35,7 +35,7 @@ const cidrIdentityBase = 1 << 24
 // because it has not read the policies yet, nor close an open one.
 //
 // mu guards everything; handlers (watch deliveries, the endpoints' add
-// and remove) call in concurrently. Lock order: endpoints.mu, then mu,
+// and remove) call in concurrently. Lock order: an endpoint's owner lock, then mu,
 // then the mirror's mu (setCIDR).
 type policyState struct {
 	epT  *reconciler.Table[bpf.EndpointKey, bpf.EndpointValue]

@@ -97,15 +97,18 @@ type relabelResult struct {
 // relabel loop retries) publishes and releases. An endpoint whose restore
 // has not run yet is left to restore, which calls back here.
 func (e *endpoints) relabel(ctx context.Context, d endpointDeps, owner string, m metadata) (res relabelResult, err error) {
+	unlock := e.owners.lock(owner)
+	defer unlock()
 	e.mu.Lock()
-	defer e.mu.Unlock()
-	ep, ok := e.byKey[owner]
-	if !ok || !e.referenced[owner] {
+	ep, referenced := e.byKey[owner], e.referenced[owner]
+	_, unsettled := e.unsettled[owner]
+	e.mu.Unlock()
+	if ep == nil || !referenced {
 		return res, nil
 	}
 	res.old, res.new = ep.Identity, ep.Identity
-	if _, ok := e.unsettled[owner]; ok {
-		if err := e.settleLocked(ctx, d, owner, ep); err != nil {
+	if unsettled {
+		if err := e.settle(ctx, d, owner, ep); err != nil {
 			return res, err
 		}
 	}
@@ -146,31 +149,36 @@ func (e *endpoints) relabel(ctx context.Context, d endpointDeps, owner string, m
 		return res, err
 	}
 	afterStep("relabel:state", owner, netip.Addr{})
+	e.mu.Lock()
 	*ep = next
-	res.new = ep.Identity
-	e.hooks.relabelled(ep, newSet)
 	if newIdentity {
 		e.unsettled[owner] = append(e.unsettled[owner], oldSet)
 	} else if _, ok := e.unsettled[owner]; !ok {
 		e.unsettled[owner] = nil // the ports in the entries
 	}
-	return res, e.settleLocked(ctx, d, owner, ep)
+	e.mu.Unlock()
+	res.new = ep.Identity
+	e.hooks.relabelled(ep, newSet)
+	return res, e.settle(ctx, d, owner, ep)
 }
 
-// settleLocked publishes a relabelled endpoint's entries, then releases
-// the identities it held before.
-func (e *endpoints) settleLocked(ctx context.Context, d endpointDeps, owner string, ep *Endpoint) error {
+// settle publishes a relabelled endpoint's entries, then releases the
+// identities it held before. The caller holds owner's lock.
+func (e *endpoints) settle(ctx context.Context, d endpointDeps, owner string, ep *Endpoint) error {
 	for _, ip := range ep.IPs {
 		if err := d.publish(ctx, ep.ipcacheEntry(ip, ep.Identity)); err != nil {
 			return fmt.Errorf("publish %s of %s: %w", ip, owner, err)
 		}
 		afterStep("relabel:published", owner, ip)
 	}
+	e.mu.Lock()
+	sets := e.unsettled[owner]
+	delete(e.unsettled, owner)
+	e.mu.Unlock()
 	var errs []error
-	for _, set := range e.unsettled[owner] {
+	for _, set := range sets {
 		errs = append(errs, d.releaseIdentity(set))
 	}
-	delete(e.unsettled, owner)
 	afterStep("relabel:released", owner, netip.Addr{})
 	return errors.Join(errs...)
 }
@@ -214,8 +222,9 @@ func (m *podMetadata) lookup(namespace, name string) metadata {
 	return md
 }
 
-func (m *podMetadata) wait(ctx context.Context, namespace, name string, need bool) error {
-	ctx, cancel := context.WithTimeout(ctx, m.timeout)
+func (m *podMetadata) wait(caller context.Context, namespace, name string, need bool) error {
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(caller, m.timeout)
 	defer cancel()
 	if err := m.pods.WaitSynced(ctx); err != nil {
 		return fmt.Errorf("%w: the agent has not listed its pods' metadata yet: %w", ErrNotReady, err)
@@ -241,8 +250,12 @@ func (m *podMetadata) wait(ctx context.Context, namespace, name string, need boo
 			if md.namespace == nil {
 				missing = append(missing, "namespaces/"+namespace)
 			}
-			return fmt.Errorf("%w: %s not there after %s (the request has no labels, so they must come from etcd): is the control plane running and does it see the pod on this node?",
-				ErrNoMetadata, strings.Join(missing, " and "), m.timeout)
+			bound := fmt.Sprintf("the agent's --pod-metadata-wait %s", m.timeout)
+			if caller.Err() != nil {
+				bound = "the caller's deadline"
+			}
+			return fmt.Errorf("%w: %s not there after %s (%s; the request has no labels, so they must come from etcd): is the control plane running and does it see the pod on this node?",
+				ErrNoMetadata, strings.Join(missing, " and "), time.Since(start).Round(time.Millisecond), bound)
 		}
 	}
 	return nil
