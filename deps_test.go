@@ -162,7 +162,9 @@ func TestDaemonDeps(t *testing.T) {
 		// The CNI plugin is a short-lived process the runtime execs for
 		// every pod: it talks to the agent's socket and links nothing of
 		// the agent, etcd or Kubernetes (docs/cni.md gives its size).
-		{[]string{"cmd/mesh-cni", "cni"}, mod + "nodeagent/...", "mesh-cni is a small binary: it asks the agent over its socket (api/), it does not link it"},
+		{[]string{"cmd/mesh-cni", "cni"}, mod + "nodeagent/...", "mesh-cni is a small binary: it asks the agent over its socket (api/agentjson), it does not link it"},
+		{[]string{"cmd/mesh-cni", "cni"}, "google.golang.org/grpc/...", "mesh-cni starts for every pod: it speaks the agent API's JSON form (api/agentjson), not gRPC, whose start-up costs more than the plugin's work"},
+		{[]string{"cmd/mesh-cni", "cni"}, "google.golang.org/protobuf/...", "mesh-cni starts for every pod: no protobuf runtime (api/agentjson is plain JSON)"},
 		{[]string{"cmd/mesh-cni", "cni"}, mod + "kvstore/...", "mesh-cni is a small binary: the agent, not the plugin, talks to etcd"},
 		{[]string{"cmd/mesh-cni", "cni"}, mod + "controlplane/...", "mesh-cni is a small binary: the pod's labels reach the agent through etcd"},
 		{[]string{"cmd/mesh-cni", "cni"}, "go.etcd.io/...", "mesh-cni is a small binary: no etcd client or server"},

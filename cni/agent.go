@@ -4,16 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"strings"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/status"
-
-	"github.com/meshplane/meshplane/api"
+	"github.com/meshplane/meshplane/api/agentjson"
 )
 
 // The plugin's errors, wrapped with the details (errors.Is).
@@ -30,76 +23,80 @@ var (
 	ErrRefused = errors.New("mesh-agent refused the request")
 )
 
-// agent is a connection to mesh-agent's API socket.
+// agent is a connection to mesh-agent's API socket, in the JSON form of
+// its API (package agentjson): the plugin links no gRPC, so that the
+// runtime's exec of it for every pod is cheap.
 type agent struct {
 	socket string
-	conn   *grpc.ClientConn
-	api.AgentClient
+	conn   *agentjson.Conn
 }
 
-// dialAgent connects to the agent. It first dials the socket itself, so
-// that an agent that is not running is a clear error at once rather than
-// a gRPC retry until the deadline.
+// dialAgent connects to the agent; an agent that is not running is a
+// clear error at once.
 func dialAgent(ctx context.Context, socket string) (*agent, error) {
-	var d net.Dialer
 	dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	c, err := d.DialContext(dctx, "unix", socket)
+	c, err := agentjson.Dial(dctx, socket)
 	cancel()
 	if err != nil {
 		return nil, downError(socket, err)
 	}
-	_ = c.Close()
-	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return nil, fmt.Errorf("mesh-agent at %s: %w", socket, err)
-	}
-	return &agent{socket: socket, conn: conn, AgentClient: api.NewAgentClient(conn)}, nil
+	return &agent{socket: socket, conn: c}, nil
 }
 
 func (a *agent) Close() error { return a.conn.Close() }
+
+// The agent's methods the plugin calls. A failed call's error is mapped
+// by fromStatus.
+
+func (a *agent) AddEndpoint(ctx context.Context, r *agentjson.AddEndpointRequest) (*agentjson.AddEndpointResponse, error) {
+	var out agentjson.AddEndpointResponse
+	return &out, a.conn.Call(ctx, "AddEndpoint", r, &out)
+}
+
+func (a *agent) DeleteEndpoint(ctx context.Context, r *agentjson.DeleteEndpointRequest) error {
+	return a.conn.Call(ctx, "DeleteEndpoint", r, nil)
+}
+
+func (a *agent) ListEndpoints(ctx context.Context, r *agentjson.ListEndpointsRequest) (*agentjson.ListEndpointsResponse, error) {
+	var out agentjson.ListEndpointsResponse
+	return &out, a.conn.Call(ctx, "ListEndpoints", r, &out)
+}
+
+func (a *agent) Status(ctx context.Context) (*agentjson.StatusResponse, error) {
+	var out agentjson.StatusResponse
+	return &out, a.conn.Call(ctx, "Status", agentjson.StatusRequest{}, &out)
+}
 
 func downError(socket string, err error) error {
 	return fmt.Errorf("%w: %s: %w: is mesh-agent running on this node?", ErrAgentDown, socket, err)
 }
 
-// fromStatus maps the agent's gRPC errors to the plugin's (the agent's
-// side of the mapping is nodeagent's toStatus), in one place. what says
-// what was asked, for the message.
+// fromStatus maps the agent's errors (gRPC status codes; the agent's side
+// of the mapping is nodeagent's toStatus) to the plugin's, in one place.
+// what says what was asked, for the message.
 func (a *agent) fromStatus(what string, err error) error {
 	if err == nil {
 		return nil
 	}
-	st, ok := status.FromError(err)
-	if !ok {
-		return fmt.Errorf("%s: %w", what, err)
-	}
-	switch st.Code() {
-	case codes.NotFound:
-		return fmt.Errorf("%s: %w: %s", what, ErrNoMetadata, st.Message())
-	case codes.InvalidArgument, codes.FailedPrecondition, codes.ResourceExhausted:
-		return fmt.Errorf("%s: %w: %s", what, ErrRefused, st.Message())
-	case codes.DeadlineExceeded:
-		return fmt.Errorf("%s: mesh-agent at %s did not answer in time: %s (if it was waiting for the pod's labels, keep its --pod-metadata-wait below the plugin's timeout)", what, a.socket, st.Message())
-	case codes.Unavailable:
-		// Unavailable is the agent saying it is not ready (ErrNotReady,
-		// etcd trouble), or gRPC saying the socket went away.
-		if st.Message() != "" && isTransport(st) {
-			return fmt.Errorf("%s: %w", what, downError(a.socket, errors.New(st.Message())))
+	var st *agentjson.Error
+	if !errors.As(err, &st) {
+		if errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("%s: mesh-agent at %s did not answer in time: %w", what, a.socket, err)
 		}
-		return fmt.Errorf("%s: %w: %s", what, ErrAgentNotReady, st.Message())
+		// The connection failed: the agent went away mid-call.
+		return fmt.Errorf("%s: %w", what, downError(a.socket, err))
+	}
+	switch st.Code {
+	case agentjson.CodeNotFound:
+		return fmt.Errorf("%s: %w: %s", what, ErrNoMetadata, st.Message)
+	case agentjson.CodeInvalidArgument, agentjson.CodeFailedPrecondition, agentjson.CodeResourceExhausted:
+		return fmt.Errorf("%s: %w: %s", what, ErrRefused, st.Message)
+	case agentjson.CodeDeadlineExceeded:
+		return fmt.Errorf("%s: mesh-agent at %s did not answer in time: %s (if it was waiting for the pod's labels, keep its --pod-metadata-wait below the plugin's timeout)", what, a.socket, st.Message)
+	case agentjson.CodeUnavailable:
+		// The agent saying it is not ready (ErrNotReady, etcd trouble).
+		return fmt.Errorf("%s: %w: %s", what, ErrAgentNotReady, st.Message)
 	default:
-		return fmt.Errorf("%s: mesh-agent: %s: %s", what, st.Code(), st.Message())
+		return fmt.Errorf("%s: mesh-agent: %s: %s", what, st.Code, st.Message)
 	}
-}
-
-// isTransport tells a connection failure (gRPC's own Unavailable) from an
-// Unavailable the agent returned: gRPC's carry "connection error".
-func isTransport(st *status.Status) bool {
-	m := st.Message()
-	for _, s := range []string{"connection error", "transport", "error reading from server", "connection refused", "no such file"} {
-		if strings.Contains(m, s) {
-			return true
-		}
-	}
-	return false
 }

@@ -15,7 +15,7 @@ import (
 	"github.com/containernetworking/cni/pkg/version"
 	"github.com/vishvananda/netlink"
 
-	"github.com/meshplane/meshplane/api"
+	"github.com/meshplane/meshplane/api/agentjson"
 )
 
 // Versions are the CNI spec versions the plugin speaks (results are
@@ -119,7 +119,7 @@ func Add(ctx context.Context, conf NetConf, at Attachment) (_ *current.Result, e
 			// Scoped to the container: an endpoint the pod has for
 			// another container (ErrEndpointExists) stays.
 			uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
-			_, derr := ag.DeleteEndpoint(uctx, &api.DeleteEndpointRequest{Namespace: at.Namespace, Pod: at.Pod, ContainerId: at.ContainerID})
+			derr := ag.DeleteEndpoint(uctx, &agentjson.DeleteEndpointRequest{Namespace: at.Namespace, Pod: at.Pod, ContainerID: at.ContainerID})
 			cancel()
 			if derr != nil {
 				errs = append(errs, fmt.Errorf("undo: %w (the pod's IPs stay allocated until a DEL)", ag.fromStatus("DeleteEndpoint", derr)))
@@ -131,19 +131,19 @@ func Add(ctx context.Context, conf NetConf, at Attachment) (_ *current.Result, e
 		err = errors.Join(append([]error{err}, errs...)...)
 	}()
 	sent = true
-	resp, err := ag.AddEndpoint(ctx, &api.AddEndpointRequest{
-		Namespace: at.Namespace, Pod: at.Pod, ContainerId: at.ContainerID, Netns: at.Netns, Ifname: at.IfName,
-		Ifindex: uint32(v.HostIndex), Mac: v.PodMAC.String(), NodeMac: v.HostMAC.String(),
+	resp, err := ag.AddEndpoint(ctx, &agentjson.AddEndpointRequest{
+		Namespace: at.Namespace, Pod: at.Pod, ContainerID: at.ContainerID, Netns: at.Netns, Ifname: at.IfName,
+		Ifindex: uint32(v.HostIndex), MAC: v.PodMAC.String(), NodeMAC: v.HostMAC.String(),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("ADD %s: %w", at.pod(), ag.fromStatus("AddEndpoint", err))
 	}
-	ips, err := pairIPs(resp.Ips, resp.Gateways)
+	ips, err := pairIPs(resp.IPs, resp.Gateways)
 	if err != nil {
 		return nil, fmt.Errorf("ADD %s: mesh-agent's answer: %w", at.pod(), err)
 	}
-	if resp.Mtu > 0 {
-		if err := SetMTU("", at.Netns, v, int(resp.Mtu)); err != nil {
+	if resp.MTU > 0 {
+		if err := SetMTU("", at.Netns, v, int(resp.MTU)); err != nil {
 			return nil, fmt.Errorf("ADD %s: %w", at.pod(), err)
 		}
 	}
@@ -157,7 +157,7 @@ func Add(ctx context.Context, conf NetConf, at Attachment) (_ *current.Result, e
 	if err := RouteToPod("", host, addrs, v.PodMAC); err != nil {
 		return nil, fmt.Errorf("ADD %s: %w", at.pod(), err)
 	}
-	return result(at, v, ips, int(resp.Mtu)), nil
+	return result(at, v, ips, int(resp.MTU)), nil
 }
 
 // pairIPs pairs the agent's IPs with the gateways of their families.
@@ -238,7 +238,7 @@ func Del(ctx context.Context, conf NetConf, at Attachment) error {
 	if at.Namespace != "" && at.Pod != "" {
 		refs = append(refs, at.pod())
 	} else {
-		list, err := ag.ListEndpoints(ctx, &api.ListEndpointsRequest{ContainerId: at.ContainerID})
+		list, err := ag.ListEndpoints(ctx, &agentjson.ListEndpointsRequest{ContainerID: at.ContainerID})
 		if err != nil {
 			return errors.Join(fmt.Errorf("DEL %s: %w", at.ContainerID, ag.fromStatus("ListEndpoints", err)), Remove("", host))
 		}
@@ -248,7 +248,7 @@ func Del(ctx context.Context, conf NetConf, at Attachment) error {
 	}
 	var errs []error
 	for _, p := range refs {
-		_, err := ag.DeleteEndpoint(ctx, &api.DeleteEndpointRequest{Namespace: p.namespace, Pod: p.name, ContainerId: at.ContainerID})
+		err := ag.DeleteEndpoint(ctx, &agentjson.DeleteEndpointRequest{Namespace: p.namespace, Pod: p.name, ContainerID: at.ContainerID})
 		if err != nil {
 			errs = append(errs, fmt.Errorf("DEL %s: %w", p, ag.fromStatus("DeleteEndpoint", err)))
 		}
@@ -296,11 +296,11 @@ func Check(ctx context.Context, conf NetConf, at Attachment, prev *current.Resul
 		return fmt.Errorf("CHECK %s: %w", at.pod(), err)
 	}
 	defer func() { _ = ag.Close() }()
-	list, err := ag.ListEndpoints(ctx, &api.ListEndpointsRequest{ContainerId: at.ContainerID})
+	list, err := ag.ListEndpoints(ctx, &agentjson.ListEndpointsRequest{ContainerID: at.ContainerID})
 	if err != nil {
 		return fmt.Errorf("CHECK %s: %w", at.pod(), ag.fromStatus("ListEndpoints", err))
 	}
-	i := slices.IndexFunc(list.Endpoints, func(ep *api.LocalEndpoint) bool {
+	i := slices.IndexFunc(list.Endpoints, func(ep agentjson.LocalEndpoint) bool {
 		return ep.Namespace == at.Namespace && ep.Pod == at.Pod
 	})
 	if i < 0 {
@@ -314,8 +314,8 @@ func Check(ctx context.Context, conf NetConf, at Attachment, prev *current.Resul
 			return fmt.Errorf("CHECK %s: prevResult address %s", at.pod(), c.Address.String())
 		}
 		want = append(want, p)
-		if !slices.Contains(ep.Ips, p.Addr().String()) {
-			return fmt.Errorf("CHECK %s: mesh-agent gives it %v, not %s", at.pod(), ep.Ips, p.Addr())
+		if !slices.Contains(ep.IPs, p.Addr().String()) {
+			return fmt.Errorf("CHECK %s: mesh-agent gives it %v, not %s", at.pod(), ep.IPs, p.Addr())
 		}
 	}
 	host := HostVethName(at.ContainerID, at.IfName)
@@ -424,24 +424,24 @@ func GC(ctx context.Context, conf NetConf, valid []types.GCAttachment) ([]string
 		return nil, fmt.Errorf("GC: %w", err)
 	}
 	defer func() { _ = ag.Close() }()
-	list, err := ag.ListEndpoints(ctx, &api.ListEndpointsRequest{})
+	list, err := ag.ListEndpoints(ctx, &agentjson.ListEndpointsRequest{})
 	if err != nil {
 		return nil, fmt.Errorf("GC: %w", ag.fromStatus("ListEndpoints", err))
 	}
 	var removed []string
 	var errs []error
 	for _, ep := range list.Endpoints {
-		if ep.ContainerId == "" || !stale(ep.ContainerId, ep.Ifname) {
+		if ep.ContainerID == "" || !stale(ep.ContainerID, ep.Ifname) {
 			continue
 		}
-		_, err := ag.DeleteEndpoint(ctx, &api.DeleteEndpointRequest{Namespace: ep.Namespace, Pod: ep.Pod, ContainerId: ep.ContainerId})
+		err := ag.DeleteEndpoint(ctx, &agentjson.DeleteEndpointRequest{Namespace: ep.Namespace, Pod: ep.Pod, ContainerID: ep.ContainerID})
 		if err != nil {
 			errs = append(errs, fmt.Errorf("GC %s/%s: %w", ep.Namespace, ep.Pod, ag.fromStatus("DeleteEndpoint", err)))
 			continue
 		}
-		removed = append(removed, ep.ContainerId)
+		removed = append(removed, ep.ContainerID)
 		if ep.Ifname != "" {
-			if err := Remove("", HostVethName(ep.ContainerId, ep.Ifname)); err != nil {
+			if err := Remove("", HostVethName(ep.ContainerID, ep.Ifname)); err != nil {
 				errs = append(errs, fmt.Errorf("GC %s/%s: %w", ep.Namespace, ep.Pod, err))
 			}
 		}
@@ -485,7 +485,7 @@ func Status(ctx context.Context, conf NetConf) error {
 		return fmt.Errorf("STATUS: %w", err)
 	}
 	defer func() { _ = ag.Close() }()
-	if _, err := ag.Status(ctx, &api.StatusRequest{}); err != nil {
+	if _, err := ag.Status(ctx); err != nil {
 		return fmt.Errorf("STATUS: %w", ag.fromStatus("Status", err))
 	}
 	return nil

@@ -136,7 +136,7 @@ func CreateVeth(s VethSpec) (_ Veth, err error) {
 		return Veth{}, fmt.Errorf("set %s up: %w", s.HostName, err)
 	}
 	out := Veth{HostName: s.HostName, HostIndex: host.Attrs().Index, HostMAC: host.Attrs().HardwareAddr, PodIfName: s.PodIfName}
-	ph, err := netlink.NewHandleAt(pns)
+	ph, err := netlink.NewHandleAt(pns, unix.NETLINK_ROUTE)
 	if err != nil {
 		return Veth{}, fmt.Errorf("netlink in %s: %w", s.PodNetns, err)
 	}
@@ -384,11 +384,12 @@ func linkUp(h *netlink.Handle, name string) error {
 	return nil
 }
 
-// HandleAt returns a netlink handle whose socket lives in the namespace at
+// HandleAt returns a netlink handle (rtnetlink only: links, addresses,
+// routes, neighbours) whose socket lives in the namespace at
 // path ("": the caller's).
 func HandleAt(path string) (*netlink.Handle, error) {
 	if path == "" {
-		h, err := netlink.NewHandle()
+		h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 		if err != nil {
 			return nil, fmt.Errorf("netlink: %w", err)
 		}
@@ -399,7 +400,7 @@ func HandleAt(path string) (*netlink.Handle, error) {
 		return nil, fmt.Errorf("open netns %s: %w", path, err)
 	}
 	defer func() { _ = ns.Close() }()
-	h, err := netlink.NewHandleAt(ns)
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, fmt.Errorf("netlink in %s: %w", path, err)
 	}

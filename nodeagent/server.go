@@ -37,6 +37,7 @@ type apiServer struct {
 	grpc   *grpc.Server
 	health *health.Server
 	path   string
+	ln     *apiListener // gRPC's and agentjson's connections
 }
 
 // serveAPI listens on the API socket and serves until ctx ends. The
@@ -84,12 +85,13 @@ func (a *Agent) serveAPI(ctx context.Context, g *errgroup.Group) (*apiServer, er
 		return fail("API socket", err)
 	}
 	s := &apiServer{a: a, grpc: grpc.NewServer(), health: health.NewServer(), path: path}
+	s.ln = newAPIListener(ln, s)
 	api.RegisterAgentServer(s.grpc, s)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	g.Go(func() error {
-		if err := s.grpc.Serve(ln); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		if err := s.grpc.Serve(s.ln); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			return fmt.Errorf("API: %w", err)
 		}
 		return nil
@@ -128,6 +130,7 @@ func (s *apiServer) stop() {
 		s.grpc.Stop()
 		<-done
 	}
+	s.ln.stopJSON(2 * time.Second)
 	_ = os.Remove(s.path)
 }
 

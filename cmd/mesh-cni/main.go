@@ -18,6 +18,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime/debug"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -27,6 +28,11 @@ import (
 
 func main() {
 	if os.Getenv("CNI_COMMAND") != "" {
+		// One command and out, exec'd for every pod: a garbage
+		// collection would cost more than the memory it frees (the
+		// limit is the backstop).
+		debug.SetGCPercent(-1)
+		debug.SetMemoryLimit(128 << 20)
 		skel.PluginMainFuncs(logged(cni.Funcs()), cni.Versions, cni.About)
 		return
 	}
