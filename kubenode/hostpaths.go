@@ -68,8 +68,8 @@ func (h hostDirs) clean(logDir, network string) error {
 		}
 	}
 	// The sandboxes that cleanup removed without the kubelet (their
-	// namespaces are gone now) leave loopback entries.
-	errs = append(errs, sweepLoopbackCache(), h.cleanEmpty())
+	// namespaces are gone now) leave cache entries.
+	errs = append(errs, sweepGoneSandboxes(), h.cleanEmpty())
 	return errors.Join(errs...)
 }
 

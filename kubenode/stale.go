@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -164,22 +165,20 @@ func sweepCNICache() error {
 		}
 		errs = append(errs, os.Remove(p))
 	}
-	errs = append(errs, sweepLoopbackCache())
+	errs = append(errs, sweepGoneSandboxes())
 	return errors.Join(errs...)
 }
 
-// sweepLoopbackCache removes libcni's cache entries of containerd's
-// loopback network (cni-loopback-<sandbox ID>-lo) whose sandbox network
-// namespace is gone: stale for any runtime, and what a node's sandboxes
-// that were never torn down leave.
-func sweepLoopbackCache() error {
+// sweepGoneSandboxes removes libcni's cache entries (results/<network>-<sandbox
+// ID>-<ifname>: containerd's loopback network's, meshplane's, any
+// network's) whose sandbox network namespace is gone: stale for any
+// runtime, and what a node's sandboxes that were never torn down (a
+// killed run) leave.
+func sweepGoneSandboxes() error {
 	var errs []error
 	dir := filepath.Join(cniCacheDir, "results")
 	ents, _ := os.ReadDir(dir)
 	for _, e := range ents {
-		if !strings.HasPrefix(e.Name(), "cni-loopback-") {
-			continue
-		}
 		p := filepath.Join(dir, e.Name())
 		b, err := os.ReadFile(p)
 		if err != nil {
@@ -192,10 +191,19 @@ func sweepLoopbackCache() error {
 				} `json:"interfaces"`
 			} `json:"result"`
 		}
-		if json.Unmarshal(b, &c) != nil || len(c.Result.Interfaces) == 0 || c.Result.Interfaces[0].Sandbox == "" {
+		if json.Unmarshal(b, &c) != nil {
 			continue
 		}
-		if _, err := os.Stat(c.Result.Interfaces[0].Sandbox); errors.Is(err, os.ErrNotExist) {
+		// The pod's interface names the sandbox (a host side does not).
+		i := slices.IndexFunc(c.Result.Interfaces, func(ifc struct {
+			Sandbox string `json:"sandbox"`
+		}) bool {
+			return ifc.Sandbox != ""
+		})
+		if i < 0 {
+			continue
+		}
+		if _, err := os.Stat(c.Result.Interfaces[i].Sandbox); errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, os.Remove(p))
 		}
 	}
