@@ -102,7 +102,11 @@ func Install(c InstallConfig) error {
 			return fmt.Errorf("install: this executable: %w", err)
 		}
 	}
-	if err := copyBinary(src, filepath.Join(c.BinDir, PluginType)); err != nil {
+	plugin := filepath.Join(c.BinDir, PluginType)
+	if err := copyBinary(src, plugin); err != nil {
+		return fmt.Errorf("install: %w", err)
+	}
+	if err := installLoopback(c.BinDir, plugin); err != nil {
 		return fmt.Errorf("install: %w", err)
 	}
 	conf, err := c.Conflist()
@@ -115,19 +119,24 @@ func Install(c InstallConfig) error {
 	return nil
 }
 
-// Uninstall removes the conflist and the binary; missing ones are fine.
-// The conflist goes first, so the runtime stops calling the plugin before
-// the binary is gone.
+// Uninstall removes the conflist and the binary, and the loopback plugin
+// if Install put it there; missing ones are fine. The conflist goes
+// first, so the runtime stops calling the plugin before the binary is
+// gone.
 func Uninstall(c InstallConfig) error {
 	c, err := c.validate()
 	if err != nil {
 		return err
 	}
 	var errs []error
-	for _, p := range []string{filepath.Join(c.ConfDir, c.ConfName), filepath.Join(c.BinDir, PluginType)} {
-		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, fmt.Errorf("uninstall: %w", err))
-		}
+	if err := os.Remove(filepath.Join(c.ConfDir, c.ConfName)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("uninstall: %w", err))
+	}
+	if err := uninstallLoopback(c.BinDir); err != nil {
+		errs = append(errs, fmt.Errorf("uninstall: %w", err))
+	}
+	if err := os.Remove(filepath.Join(c.BinDir, PluginType)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("uninstall: %w", err))
 	}
 	return errors.Join(errs...)
 }

@@ -18,6 +18,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"runtime/debug"
 	"time"
 
@@ -33,6 +34,12 @@ func main() {
 		// limit is the backstop).
 		debug.SetGCPercent(-1)
 		debug.SetMemoryLimit(128 << 20)
+		// The runtime runs a plugin by its type's name: installed as
+		// loopback too, mesh-cni is the sandbox's loopback plugin.
+		if filepath.Base(os.Args[0]) == cni.LoopbackType {
+			skel.PluginMainFuncs(cni.LoopbackFuncs(), cni.Versions, cni.AboutLoopback)
+			return
+		}
 		skel.PluginMainFuncs(logged(cni.Funcs()), cni.Versions, cni.About)
 		return
 	}

@@ -26,6 +26,7 @@ import (
 	"sigs.k8s.io/kustomize/kyaml/filesys"
 
 	"github.com/meshplane/meshplane/api"
+	"github.com/meshplane/meshplane/cni"
 	"github.com/meshplane/meshplane/kubenode"
 )
 
@@ -270,9 +271,9 @@ func (m *Meshplane) socket() string { return filepath.Join(m.volumes["run"], "ag
 func (m *Meshplane) stateDir() string { return filepath.Join(m.volumes["state"], m.Node.Name) }
 
 // installCNI runs the init container's command against the node's CNI
-// dirs. The runtime's loopback plugin comes from the distribution on a
-// real node (/opt/cni/bin); the node's private bin dir gets it from
-// Debian's.
+// dirs. The node's private bin dir has no loopback plugin (containerd
+// fails every sandbox without one): the install links mesh-cni as
+// loopback, and the node's sandboxes run it.
 func (m *Meshplane) installCNI(ctx context.Context, t *testing.T, objs []object, bin string) {
 	t.Helper()
 	n := m.Node
@@ -287,12 +288,10 @@ func (m *Meshplane) installCNI(ctx context.Context, t *testing.T, objs []object,
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("install-cni %v: %v\n%s", m.InstallCommand, err, out)
 	}
-	lo, err := os.ReadFile(filepath.Join(n.Bins.CNIDir, "loopback"))
-	if err == nil {
-		err = os.WriteFile(filepath.Join(n.CNIBinDir, "loopback"), lo, 0o755)
-	}
-	if err != nil {
-		t.Fatal(err)
+	lo, err1 := os.Stat(filepath.Join(n.CNIBinDir, cni.LoopbackType))
+	plugin, err2 := os.Stat(filepath.Join(n.CNIBinDir, cni.PluginType))
+	if err1 != nil || err2 != nil || !os.SameFile(lo, plugin) {
+		t.Fatalf("after install-cni, %s/loopback is not mesh-cni: %v, %v", n.CNIBinDir, err1, err2)
 	}
 }
 
