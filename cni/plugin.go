@@ -104,8 +104,14 @@ func Add(ctx context.Context, conf NetConf, at Attachment) (_ *current.Result, e
 		return nil, fmt.Errorf("ADD %s: %w", at.pod(), err)
 	}
 	defer func() { _ = ag.Close() }()
+	// One handle in each namespace for all the steps.
+	w, err := openWiring("", at.Netns)
+	if err != nil {
+		return nil, fmt.Errorf("ADD %s: %w", at.pod(), err)
+	}
+	defer w.close()
 	host := HostVethName(at.ContainerID, at.IfName)
-	v, err := CreateVeth(VethSpec{HostName: host, PodNetns: at.Netns, PodIfName: at.IfName, ContainerID: at.ContainerID})
+	v, err := w.createVeth(VethSpec{HostName: host, PodNetns: at.Netns, PodIfName: at.IfName, ContainerID: at.ContainerID})
 	if err != nil {
 		return nil, fmt.Errorf("ADD %s: %w", at.pod(), err)
 	}
@@ -125,7 +131,7 @@ func Add(ctx context.Context, conf NetConf, at Attachment) (_ *current.Result, e
 				errs = append(errs, fmt.Errorf("undo: %w (the pod's IPs stay allocated until a DEL)", ag.fromStatus("DeleteEndpoint", derr)))
 			}
 		}
-		if rerr := Remove("", host); rerr != nil {
+		if rerr := remove(w.host, host); rerr != nil {
 			errs = append(errs, fmt.Errorf("undo: %w", rerr))
 		}
 		err = errors.Join(append([]error{err}, errs...)...)
@@ -143,18 +149,18 @@ func Add(ctx context.Context, conf NetConf, at Attachment) (_ *current.Result, e
 		return nil, fmt.Errorf("ADD %s: mesh-agent's answer: %w", at.pod(), err)
 	}
 	if resp.MTU > 0 {
-		if err := SetMTU("", at.Netns, v, int(resp.MTU)); err != nil {
+		if err := w.setMTU(v, int(resp.MTU)); err != nil {
 			return nil, fmt.Errorf("ADD %s: %w", at.pod(), err)
 		}
 	}
-	if err := ConfigurePod(at.Netns, at.IfName, ips, v.HostMAC); err != nil {
+	if err := w.configurePod(at.Netns, at.IfName, v.PodIndex, ips, v.HostMAC); err != nil {
 		return nil, fmt.Errorf("ADD %s: %w", at.pod(), err)
 	}
 	addrs := make([]netip.Addr, 0, len(ips))
 	for _, p := range ips {
 		addrs = append(addrs, p.IP)
 	}
-	if err := RouteToPod("", host, addrs, v.PodMAC); err != nil {
+	if err := w.routeToPod("", host, v.HostIndex, addrs, v.PodMAC); err != nil {
 		return nil, fmt.Errorf("ADD %s: %w", at.pod(), err)
 	}
 	return result(at, v, ips, int(resp.MTU)), nil

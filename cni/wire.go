@@ -93,10 +93,51 @@ type Veth struct {
 // attachment with that name exists (a repeated ADD without a DEL).
 var ErrVethExists = errors.New("veth exists")
 
+// wiring is netlink handles in the host's and a pod's namespaces, for the
+// steps of one attachment. The plugin opens them once for all of an ADD's
+// steps: each handle in another namespace costs a switch of a thread into
+// it and back. A side a step does not use may be nil.
+type wiring struct {
+	host, pod *netlink.Handle
+}
+
+func (w wiring) close() {
+	if w.host != nil {
+		w.host.Close()
+	}
+	if w.pod != nil {
+		w.pod.Close()
+	}
+}
+
+// openWiring opens handles in the host's namespace ("": the caller's) and
+// the pod's, at their paths.
+func openWiring(hostNetns, podNetns string) (wiring, error) {
+	hh, err := HandleAt(hostNetns)
+	if err != nil {
+		return wiring{}, err
+	}
+	ph, err := HandleAt(podNetns)
+	if err != nil {
+		hh.Close()
+		return wiring{}, err
+	}
+	return wiring{host: hh, pod: ph}, nil
+}
+
 // CreateVeth creates the pod's veth pair and brings up both sides and
 // the pod's loopback. On failure it removes what it created (never an
 // interface that was there before).
-func CreateVeth(s VethSpec) (_ Veth, err error) {
+func CreateVeth(s VethSpec) (Veth, error) {
+	w, err := openWiring(s.HostNetns, s.PodNetns)
+	if err != nil {
+		return Veth{}, err
+	}
+	defer w.close()
+	return w.createVeth(s)
+}
+
+func (w wiring) createVeth(s VethSpec) (_ Veth, err error) {
 	if s.HostName == "" || len(s.HostName) > unix.IFNAMSIZ-1 || s.PodIfName == "" || len(s.PodIfName) > unix.IFNAMSIZ-1 {
 		return Veth{}, fmt.Errorf("veth %q/%q: interface names must be 1-15 characters", s.HostName, s.PodIfName)
 	}
@@ -105,13 +146,8 @@ func CreateVeth(s VethSpec) (_ Veth, err error) {
 		return Veth{}, fmt.Errorf("open the pod's netns %s: %w", s.PodNetns, err)
 	}
 	defer func() { _ = pns.Close() }()
-	hh, err := HandleAt(s.HostNetns)
-	if err != nil {
-		return Veth{}, err
-	}
-	defer hh.Close()
 	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: s.HostName, MTU: s.MTU}, PeerName: s.PodIfName, PeerNamespace: netlink.NsFd(pns)}
-	if err := hh.LinkAdd(veth); err != nil {
+	if err := w.host.LinkAdd(veth); err != nil {
 		if errors.Is(err, unix.EEXIST) {
 			return Veth{}, fmt.Errorf("add veth %s: %w (%w)", s.HostName, ErrVethExists, err)
 		}
@@ -119,36 +155,31 @@ func CreateVeth(s VethSpec) (_ Veth, err error) {
 	}
 	defer func() {
 		if err != nil {
-			err = errors.Join(err, Remove(s.HostNetns, s.HostName))
+			err = errors.Join(err, remove(w.host, s.HostName))
 		}
 	}()
-	host, err := hh.LinkByName(s.HostName)
+	host, err := w.host.LinkByName(s.HostName)
 	if err != nil {
 		return Veth{}, fmt.Errorf("link %s: %w", s.HostName, err)
 	}
 	// (LinkAdd of a veth does not send the alias: it is set here.)
 	if s.ContainerID != "" {
-		if err := hh.LinkSetAlias(host, attachmentAlias(s.ContainerID, s.PodIfName)); err != nil {
+		if err := w.host.LinkSetAlias(host, attachmentAlias(s.ContainerID, s.PodIfName)); err != nil {
 			return Veth{}, fmt.Errorf("alias of %s: %w", s.HostName, err)
 		}
 	}
-	if err := hh.LinkSetUp(host); err != nil {
+	if err := w.host.LinkSetUp(host); err != nil {
 		return Veth{}, fmt.Errorf("set %s up: %w", s.HostName, err)
 	}
 	out := Veth{HostName: s.HostName, HostIndex: host.Attrs().Index, HostMAC: host.Attrs().HardwareAddr, PodIfName: s.PodIfName}
-	ph, err := netlink.NewHandleAt(pns, unix.NETLINK_ROUTE)
-	if err != nil {
-		return Veth{}, fmt.Errorf("netlink in %s: %w", s.PodNetns, err)
-	}
-	defer ph.Close()
-	if err := linkUp(ph, "lo"); err != nil {
+	if err := linkUp(w.pod, "lo"); err != nil {
 		return Veth{}, err
 	}
-	pod, err := ph.LinkByName(s.PodIfName)
+	pod, err := w.pod.LinkByName(s.PodIfName)
 	if err != nil {
 		return Veth{}, fmt.Errorf("pod link %s: %w", s.PodIfName, err)
 	}
-	if err := ph.LinkSetUp(pod); err != nil {
+	if err := w.pod.LinkSetUp(pod); err != nil {
 		return Veth{}, fmt.Errorf("set pod %s up: %w", s.PodIfName, err)
 	}
 	out.PodIndex, out.PodMAC = pod.Attrs().Index, pod.Attrs().HardwareAddr
@@ -157,29 +188,30 @@ func CreateVeth(s VethSpec) (_ Veth, err error) {
 
 // SetMTU sets the MTU of both sides of a pod's veth.
 func SetMTU(hostNetns, podNetns string, v Veth, mtu int) error {
-	hh, err := HandleAt(hostNetns)
+	w, err := openWiring(hostNetns, podNetns)
 	if err != nil {
 		return err
 	}
-	defer hh.Close()
-	ph, err := HandleAt(podNetns)
-	if err != nil {
-		return err
-	}
-	defer ph.Close()
+	defer w.close()
+	return w.setMTU(v, mtu)
+}
+
+func (w wiring) setMTU(v Veth, mtu int) error {
 	for _, l := range []struct {
-		h    *netlink.Handle
-		name string
-	}{{ph, v.PodIfName}, {hh, v.HostName}} {
-		link, err := l.h.LinkByName(l.name)
-		if err == nil {
-			err = l.h.LinkSetMTU(link, mtu)
-		}
-		if err != nil {
+		h     *netlink.Handle
+		name  string
+		index int
+	}{{w.pod, v.PodIfName, v.PodIndex}, {w.host, v.HostName, v.HostIndex}} {
+		if err := l.h.LinkSetMTU(byIndex(l.index), mtu); err != nil {
 			return fmt.Errorf("MTU %d on %s: %w", mtu, l.name, err)
 		}
 	}
 	return nil
+}
+
+// byIndex is a link for the netlink calls that need only its index.
+func byIndex(index int) netlink.Link {
+	return &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: index}}
 }
 
 // PodIP is one of a pod's addresses and its gateway (of the same family).
@@ -204,6 +236,19 @@ func family(ip netip.Addr) int {
 // neighbour entry for the gateway with the host side's MAC. With an IPv6
 // address, the interface takes no router advertisements.
 func ConfigurePod(podNetns, ifname string, ips []PodIP, hostMAC net.HardwareAddr) error {
+	h, err := HandleAt(podNetns)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	link, err := h.LinkByName(ifname)
+	if err != nil {
+		return fmt.Errorf("pod link %s: %w", ifname, err)
+	}
+	return wiring{pod: h}.configurePod(podNetns, ifname, link.Attrs().Index, ips, hostMAC)
+}
+
+func (w wiring) configurePod(podNetns, ifname string, idx int, ips []PodIP, hostMAC net.HardwareAddr) error {
 	for _, p := range ips {
 		if !p.IP.IsValid() || !p.Gateway.IsValid() || p.IP.Is4() != p.Gateway.Is4() {
 			return fmt.Errorf("pod address %s with gateway %s: need an address and a gateway of the same family", p.IP, p.Gateway)
@@ -214,32 +259,23 @@ func ConfigurePod(podNetns, ifname string, ips []PodIP, hostMAC net.HardwareAddr
 			return err
 		}
 	}
-	h, err := HandleAt(podNetns)
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	link, err := h.LinkByName(ifname)
-	if err != nil {
-		return fmt.Errorf("pod link %s: %w", ifname, err)
-	}
-	idx := link.Attrs().Index
+	link := byIndex(idx)
 	for _, p := range ips {
 		addr := &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(p.IP, hostBits(p.IP)))}
 		if p.IP.Is6() {
 			addr.Flags = unix.IFA_F_NODAD
 		}
-		if err := h.AddrReplace(link, addr); err != nil {
+		if err := w.pod.AddrReplace(link, addr); err != nil {
 			return fmt.Errorf("pod address %s: %w", p.IP, err)
 		}
 		gw := ipNet(netip.PrefixFrom(p.Gateway, hostBits(p.Gateway)))
-		if err := h.RouteReplace(&netlink.Route{LinkIndex: idx, Dst: gw, Scope: netlink.SCOPE_LINK}); err != nil {
+		if err := w.pod.RouteReplace(&netlink.Route{LinkIndex: idx, Dst: gw, Scope: netlink.SCOPE_LINK}); err != nil {
 			return fmt.Errorf("pod route to gateway %s: %w", p.Gateway, err)
 		}
-		if err := h.RouteReplace(&netlink.Route{LinkIndex: idx, Dst: defaultRoute(p.IP), Gw: p.Gateway.AsSlice()}); err != nil {
+		if err := w.pod.RouteReplace(&netlink.Route{LinkIndex: idx, Dst: defaultRoute(p.IP), Gw: p.Gateway.AsSlice()}); err != nil {
 			return fmt.Errorf("pod default route via %s: %w", p.Gateway, err)
 		}
-		if err := permanentNeigh(h, idx, p.Gateway, hostMAC); err != nil {
+		if err := permanentNeigh(w.pod, idx, p.Gateway, hostMAC); err != nil {
 			return err
 		}
 	}
@@ -249,14 +285,6 @@ func ConfigurePod(podNetns, ifname string, ips []PodIP, hostMAC net.HardwareAddr
 // RouteToPod makes the host deliver the pod's addresses to the host side
 // of its veth, with a permanent neighbour entry for the pod's MAC.
 func RouteToPod(hostNetns, hostVeth string, ips []netip.Addr, podMAC net.HardwareAddr) error {
-	for _, ip := range ips {
-		if ip.Is6() {
-			if err := ipv6Sysctls(hostNetns, hostVeth); err != nil {
-				return err
-			}
-			break
-		}
-	}
 	h, err := HandleAt(hostNetns)
 	if err != nil {
 		return err
@@ -266,12 +294,23 @@ func RouteToPod(hostNetns, hostVeth string, ips []netip.Addr, podMAC net.Hardwar
 	if err != nil {
 		return fmt.Errorf("link %s: %w", hostVeth, err)
 	}
-	idx := l.Attrs().Index
+	return wiring{host: h}.routeToPod(hostNetns, hostVeth, l.Attrs().Index, ips, podMAC)
+}
+
+func (w wiring) routeToPod(hostNetns, hostVeth string, idx int, ips []netip.Addr, podMAC net.HardwareAddr) error {
 	for _, ip := range ips {
-		if err := h.RouteReplace(&netlink.Route{LinkIndex: idx, Dst: ipNet(netip.PrefixFrom(ip, hostBits(ip))), Scope: netlink.SCOPE_LINK}); err != nil {
+		if ip.Is6() {
+			if err := ipv6Sysctls(hostNetns, hostVeth); err != nil {
+				return err
+			}
+			break
+		}
+	}
+	for _, ip := range ips {
+		if err := w.host.RouteReplace(&netlink.Route{LinkIndex: idx, Dst: ipNet(netip.PrefixFrom(ip, hostBits(ip))), Scope: netlink.SCOPE_LINK}); err != nil {
 			return fmt.Errorf("route %s dev %s: %w", ip, hostVeth, err)
 		}
-		if err := permanentNeigh(h, idx, ip, podMAC); err != nil {
+		if err := permanentNeigh(w.host, idx, ip, podMAC); err != nil {
 			return err
 		}
 	}
@@ -290,6 +329,10 @@ func Remove(hostNetns, hostVeth string) error {
 		return err
 	}
 	defer h.Close()
+	return remove(h, hostVeth)
+}
+
+func remove(h *netlink.Handle, hostVeth string) error {
 	l, err := h.LinkByName(hostVeth)
 	if err != nil {
 		var nf netlink.LinkNotFoundError
