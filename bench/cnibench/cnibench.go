@@ -18,6 +18,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/meshplane/meshplane/bpf"
 	"github.com/meshplane/meshplane/kvstore"
@@ -123,11 +124,21 @@ type Report struct {
 	KnownDelP50MS float64 `json:"known_del_p50_ms"`
 	KnownDelP99MS float64 `json:"known_del_p99_ms"`
 	KnownPodsPerS float64 `json:"known_pods_per_s"`
+
+	// Where an ADD's CPU goes, mean per ADD: the plugin process's (user
+	// and system, from its rusage) and this process's during the phase's
+	// ADDs (the agent, the embedded etcd and the harness together,
+	// kernel work in their system calls included).
+	AddPluginCPUMS      float64 `json:"add_plugin_cpu_ms"`
+	AddAgentCPUMS       float64 `json:"add_agent_cpu_ms"`
+	KnownAddPluginCPUMS float64 `json:"known_add_plugin_cpu_ms"`
+	KnownAddAgentCPUMS  float64 `json:"known_add_agent_cpu_ms"`
 }
 
 // phase is one phase's figures.
 type phase struct {
 	addP50, addP99, addMax, delP50, delP99, podsPerS float64
+	addPluginCPU, addAgentCPU                        float64
 }
 
 // run is one run's state.
@@ -208,6 +219,7 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 		return rep, err
 	}
 	rep.AddP50MS, rep.AddP99MS, rep.AddMaxMS, rep.DelP50MS, rep.DelP99MS, rep.PodsPerS = p.addP50, p.addP99, p.addMax, p.delP50, p.delP99, p.podsPerS
+	rep.AddPluginCPUMS, rep.AddAgentCPUMS = p.addPluginCPU, p.addAgentCPU
 
 	// The known identity: a first pod takes it and keeps it through the
 	// phase, as the first replica of a Deployment does.
@@ -217,17 +229,18 @@ func Run(ctx context.Context, cfg Config) (rep Report, err error) {
 	if err := r.putPod(ctx, warm, known); err != nil {
 		return rep, err
 	}
-	if _, err := r.cni(ctx, "ADD", warm); err != nil {
+	if _, _, err := r.cni(ctx, "ADD", warm); err != nil {
 		return rep, err
 	}
 	p, err = r.phase(ctx, cfg.Pods, func(int) map[string]string { return known })
 	if err != nil {
 		return rep, err
 	}
-	if _, err := r.cni(ctx, "DEL", warm); err != nil {
+	if _, _, err := r.cni(ctx, "DEL", warm); err != nil {
 		return rep, err
 	}
 	rep.KnownAddP50MS, rep.KnownAddP99MS, rep.KnownAddMaxMS, rep.KnownDelP50MS, rep.KnownDelP99MS, rep.KnownPodsPerS = p.addP50, p.addP99, p.addMax, p.delP50, p.delP99, p.podsPerS
+	rep.KnownAddPluginCPUMS, rep.KnownAddAgentCPUMS = p.addPluginCPU, p.addAgentCPU
 	return rep, nil
 }
 
@@ -244,29 +257,43 @@ func (r *run) phase(ctx context.Context, first int, labels func(i int) map[strin
 			return phase{}, err
 		}
 	}
-	start := time.Now()
-	adds, err := r.parallel(ctx, "ADD", idx)
-	wall := time.Since(start)
+	start, self := time.Now(), selfCPU()
+	adds, pluginCPU, err := r.parallel(ctx, "ADD", idx)
+	wall, agentCPU := time.Since(start), selfCPU()-self
 	if err != nil {
 		return phase{}, err
 	}
-	dels, err := r.parallel(ctx, "DEL", idx)
+	dels, _, err := r.parallel(ctx, "DEL", idx)
 	if err != nil {
 		return phase{}, err
 	}
+	n := float64(len(idx))
 	return phase{
 		addP50: pct(adds, 0.50), addP99: pct(adds, 0.99), addMax: pct(adds, 1),
 		delP50: pct(dels, 0.50), delP99: pct(dels, 0.99),
-		podsPerS: float64(len(idx)) / wall.Seconds(),
+		podsPerS:     n / wall.Seconds(),
+		addPluginCPU: ms(pluginCPU) / n, addAgentCPU: ms(agentCPU) / n,
 	}, nil
 }
 
+// selfCPU is this process's CPU time so far, user and system.
+func selfCPU() time.Duration {
+	var ru unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
 // parallel runs cmd for every pod of idx, Parallel at a time, and returns
-// the durations.
-func (r *run) parallel(ctx context.Context, cmd string, idx []int) ([]time.Duration, error) {
+// the durations and the plugin processes' CPU time.
+func (r *run) parallel(ctx context.Context, cmd string, idx []int) ([]time.Duration, time.Duration, error) {
 	var (
 		mu   sync.Mutex
 		out  []time.Duration
+		cpu  time.Duration
 		errs []error
 		wg   sync.WaitGroup
 	)
@@ -274,8 +301,9 @@ func (r *run) parallel(ctx context.Context, cmd string, idx []int) ([]time.Durat
 	for range r.cfg.Parallel {
 		wg.Go(func() {
 			for i := range work {
-				d, err := r.cni(ctx, cmd, i)
+				d, used, err := r.cni(ctx, cmd, i)
 				mu.Lock()
+				cpu += used
 				if err != nil {
 					errs = append(errs, err)
 				} else {
@@ -290,11 +318,12 @@ func (r *run) parallel(ctx context.Context, cmd string, idx []int) ([]time.Durat
 	}
 	close(work)
 	wg.Wait()
-	return out, errors.Join(errs...)
+	return out, cpu, errors.Join(errs...)
 }
 
-// cni execs the plugin for pod i, as a runtime does, and times it.
-func (r *run) cni(ctx context.Context, cmd string, i int) (time.Duration, error) {
+// cni execs the plugin for pod i, as a runtime does, and times it; it
+// returns the plugin process's CPU time too.
+func (r *run) cni(ctx context.Context, cmd string, i int) (time.Duration, time.Duration, error) {
 	name := podName(i)
 	conf := fmt.Sprintf(`{"cniVersion":"1.1.0","name":"meshplane","type":"mesh-cni","socket":%q}`, r.socket)
 	c := exec.CommandContext(ctx, r.cfg.Plugin)
@@ -308,10 +337,14 @@ func (r *run) cni(ctx context.Context, cmd string, i int) (time.Duration, error)
 	start := time.Now()
 	err := c.Run()
 	d := time.Since(start)
-	if err != nil {
-		return d, fmt.Errorf("cnibench: %s %s/%s: %w: %s%s", cmd, namespace, name, err, stdout.String(), stderr.String())
+	var cpu time.Duration
+	if c.ProcessState != nil {
+		cpu = c.ProcessState.UserTime() + c.ProcessState.SystemTime()
 	}
-	return d, nil
+	if err != nil {
+		return d, cpu, fmt.Errorf("cnibench: %s %s/%s: %w: %s%s", cmd, namespace, name, err, stdout.String(), stderr.String())
+	}
+	return d, cpu, nil
 }
 
 func podName(i int) string     { return fmt.Sprintf("pod-%d", i) }
