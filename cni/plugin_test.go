@@ -413,6 +413,21 @@ func TestAgentDown(t *testing.T) {
 	}
 }
 
+// TestAddIntoOwnNetns: an ADD (or CHECK) whose CNI_NETNS is the plugin's
+// own namespace is refused with code 4, as skel refuses it (the plugin
+// makes the check itself, without /proc), and leaves nothing behind.
+func TestAddIntoOwnNetns(t *testing.T) {
+	n := startNode(t, 0)
+	n.putPod("shop", "web-1", map[string]string{"app": "web"})
+	for _, cmd := range []string{"ADD", "CHECK"} {
+		_, err := n.run(call{cmd: cmd, containerID: "own1", netns: n.ns.Path(), ifname: "eth0", namespace: "shop", pod: "web-1", stdin: n.conf(nil)})
+		if err == nil || cniCode(err) != types.ErrInvalidNetNS || !strings.Contains(err.Error(), "should not be the same") {
+			t.Fatalf("%s into the plugin's own netns = %v (code %d), want code %d", cmd, err, cniCode(err), types.ErrInvalidNetNS)
+		}
+	}
+	n.requireNothingLeft(t)
+}
+
 // TestNoMetadata: a pod whose labels the control plane has not written
 // waits the agent's bounded time, then fails with code 11 and a message
 // that says so, leaving nothing behind.

@@ -428,23 +428,29 @@ func linkUp(h *netlink.Handle, name string) error {
 }
 
 // HandleAt returns a netlink handle (rtnetlink only: links, addresses,
-// routes, neighbours) whose socket lives in the namespace at
-// path ("": the caller's).
+// routes, neighbours) whose socket lives in the namespace at path ("": the
+// caller's).
+//
+// The socket is made on a thread of its own that enters the namespace and
+// is then retired (InNetns), not by netlink.NewHandleAt, which switches a
+// thread back afterwards and so first opens /proc/<pid>/task/<tid>/ns/net:
+// every /proc entry a short-lived process opens of itself costs whoever
+// reaps it (the container runtime, for the plugin) a walk of that
+// directory's dentries when it exits, measured at 0.6 ms a process here.
 func HandleAt(path string) (*netlink.Handle, error) {
-	if path == "" {
-		h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
-		if err != nil {
+	var h *netlink.Handle
+	err := InNetns(path, func() error {
+		var err error
+		h, err = netlink.NewHandle(unix.NETLINK_ROUTE)
+		return err
+	})
+	if err != nil {
+		if path == "" {
 			return nil, fmt.Errorf("netlink: %w", err)
 		}
-		return h, nil
-	}
-	ns, err := netns.GetFromPath(path)
-	if err != nil {
-		return nil, fmt.Errorf("open netns %s: %w", path, err)
-	}
-	defer func() { _ = ns.Close() }()
-	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
-	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, err
+		}
 		return nil, fmt.Errorf("netlink in %s: %w", path, err)
 	}
 	return h, nil

@@ -37,10 +37,10 @@ func main() {
 		// The runtime runs a plugin by its type's name: installed as
 		// loopback too, mesh-cni is the sandbox's loopback plugin.
 		if filepath.Base(os.Args[0]) == cni.LoopbackType {
-			skel.PluginMainFuncs(cni.LoopbackFuncs(), cni.Versions, cni.AboutLoopback)
+			skel.PluginMainFuncs(cni.WithNetnsCheck(cni.LoopbackFuncs()), cni.Versions, cni.AboutLoopback)
 			return
 		}
-		skel.PluginMainFuncs(logged(cni.Funcs()), cni.Versions, cni.About)
+		skel.PluginMainFuncs(cni.WithNetnsCheck(logged(cni.Funcs())), cni.Versions, cni.About)
 		return
 	}
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
