@@ -24,6 +24,10 @@ var (
 	// runs its apiserver on etcdtest's etcd; kubenode its node in a
 	// netnstest namespace).
 	testHelpers = []string{"kvstore/etcdtest", "kubetest", "bpf/bpftest", "netnstest", "kubenode"}
+	// stdlibOnly are leaf packages that link the standard library only,
+	// and never testing: binaries and test helpers alike use them (pki:
+	// the test helpers' certificates and meshctl's mesh CA).
+	stdlibOnly = []string{"pki"}
 )
 
 // under returns a predicate true for the packages at or below any of dirs
@@ -140,6 +144,31 @@ func TestImportBoundaries(t *testing.T) {
 					t.Errorf("%s imports %s: %s", pkg, imp, r.why)
 				}
 			}
+		}
+	}
+}
+
+// TestStdlibOnly checks what the stdlibOnly packages link, directly or
+// not: only standard packages (as go list tells them) besides
+// themselves, and not testing.
+func TestStdlibOnly(t *testing.T) {
+	args := []string{"list", "-deps", "-f", "{{.ImportPath}} {{.Standard}}"}
+	for _, p := range stdlibOnly {
+		args = append(args, "./"+p+"/...")
+	}
+	out, err := exec.Command("go", args...).Output()
+	if err != nil {
+		t.Fatalf("go %v: %v", args, err)
+	}
+	own := under(stdlibOnly...)
+	for line := range strings.SplitSeq(strings.TrimSpace(string(out)), "\n") {
+		dep, standard, _ := strings.Cut(line, " ")
+		switch {
+		case dep == "testing":
+			t.Errorf("%v link testing: they are for binaries too; keep test code in _test files", stdlibOnly)
+		case standard != "true" && !own(dep):
+			// Which import brings it in: go list -deps -f '{{.ImportPath}}: {{.Imports}}'.
+			t.Errorf("%v link %s: they import the standard library only", stdlibOnly, dep)
 		}
 	}
 }

@@ -5,107 +5,79 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/pem"
 	"fmt"
-	"math/big"
-	"net"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/meshplane/meshplane/pki"
 )
 
-// pki is what one apiserver is given: a CA and a serving certificate it
-// signed (for 127.0.0.1, localhost, the kubernetes Service's names and
-// any serving IPs the caller adds), and a service-account key pair.
-// They are valid for a year: a lab's apiserver may stay up for long.
-type pki struct {
+// pkiFiles is what one apiserver is given: a CA and a serving
+// certificate it signed (for 127.0.0.1, localhost, the kubernetes
+// Service's names and any serving IPs the caller adds), and a
+// service-account key pair. The serving certificate is valid for a year
+// (a lab's apiserver may stay up for long), the CA for pki's default.
+type pkiFiles struct {
 	caPEM                      []byte
 	caFile, certFile, keyFile  string
 	saPublicFile, saSignerFile string
 }
 
-func newPKI(dir string, servingIPs []netip.Addr) (pki, error) {
-	p := pki{
+// servingValidity is how long the serving certificate stays valid.
+const servingValidity = 365 * 24 * time.Hour
+
+func writePKI(dir string, servingIPs []netip.Addr) (pkiFiles, error) {
+	p := pkiFiles{
 		caFile: filepath.Join(dir, "ca.crt"), certFile: filepath.Join(dir, "apiserver.crt"),
 		keyFile: filepath.Join(dir, "apiserver.key"), saPublicFile: filepath.Join(dir, "sa.pub"),
 		saSignerFile: filepath.Join(dir, "sa.key"),
 	}
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca, err := pki.NewCA(pki.Options{CommonName: "kubeapiserver CA"})
 	if err != nil {
 		return p, err
 	}
-	now := time.Now()
-	caTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "kubeapiserver CA"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(365 * 24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+	p.caPEM = ca.CertPEM()
+	if err := pki.WriteFile(p.caFile, p.caPEM, 0o644); err != nil {
+		return p, err
 	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	serving, err := ca.Issue(pki.Request{
+		CommonName: "kube-apiserver",
+		DNSNames:   []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"},
+		IPs:        append([]netip.Addr{netip.AddrFrom4([4]byte{127, 0, 0, 1})}, servingIPs...),
+		Usage:      pki.ServerAuth,
+		Validity:   servingValidity,
+	})
 	if err != nil {
 		return p, err
 	}
-	ca, err := x509.ParseCertificate(caDER)
-	if err != nil {
+	if err := serving.WriteFiles(p.certFile, p.keyFile); err != nil {
 		return p, err
 	}
-	p.caPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})
-	if err := os.WriteFile(p.caFile, p.caPEM, 0o644); err != nil {
-		return p, err
-	}
+	return p, writeServiceAccountKey(p.saPublicFile, p.saSignerFile)
+}
 
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return p, err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "kube-apiserver"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(365 * 24 * time.Hour),
-		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
-		DNSNames:    []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"},
-	}
-	for _, ip := range servingIPs {
-		tmpl.IPAddresses = append(tmpl.IPAddresses, net.IP(ip.AsSlice()))
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-	if err != nil {
-		return p, err
-	}
-	if err := writePEM(p.certFile, "CERTIFICATE", der); err != nil {
-		return p, err
-	}
-	if err := writeKey(p.keyFile, key); err != nil {
-		return p, err
-	}
-
+// writeServiceAccountKey writes the key pair the apiserver signs and
+// checks service-account tokens with: a bare key, no certificate.
+func writeServiceAccountKey(publicFile, signerFile string) error {
 	sa, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return p, err
+		return fmt.Errorf("service-account key: %w", err)
 	}
 	pub, err := x509.MarshalPKIXPublicKey(&sa.PublicKey)
 	if err != nil {
-		return p, err
+		return fmt.Errorf("service-account key: %w", err)
 	}
-	if err := writePEM(p.saPublicFile, "PUBLIC KEY", pub); err != nil {
-		return p, err
-	}
-	return p, writeKey(p.saSignerFile, sa)
-}
-
-func writeKey(path string, key *ecdsa.PrivateKey) error {
-	der, err := x509.MarshalECPrivateKey(key)
+	der, err := x509.MarshalECPrivateKey(sa)
 	if err != nil {
+		return fmt.Errorf("service-account key: %w", err)
+	}
+	if err := pki.WriteFile(publicFile, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub}), 0o644); err != nil {
 		return err
 	}
-	return writePEM(path, "EC PRIVATE KEY", der)
-}
-
-func writePEM(path, typ string, der []byte) error {
-	return os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600)
+	return pki.WriteFile(signerFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), 0o600)
 }
 
 // newToken returns a random bearer token.

@@ -146,7 +146,7 @@ func Prepare(cfg Config) (Setup, error) {
 			return Setup{}, fmt.Errorf("%w: extra user %q (groups %q): a name is required, and names and groups may not hold commas, quotes or newlines", ErrConfig, id.Name, id.Groups)
 		}
 	}
-	p, err := newPKI(dir, cfg.ServingIPs)
+	p, err := writePKI(dir, cfg.ServingIPs)
 	if err != nil {
 		return Setup{}, fmt.Errorf("kubeapiserver: make certificates: %w", err)
 	}

@@ -1,95 +1,57 @@
 package etcdtest
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"fmt"
-	"math/big"
-	"net"
-	"os"
+	"net/netip"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/meshplane/meshplane/pki"
 )
 
 // TLSFiles are PEM files for a TLS-protected etcd: a CA, a server
-// certificate for 127.0.0.1 signed by it, and a client certificate.
+// certificate for 127.0.0.1 and localhost signed by it, and a client
+// certificate.
 type TLSFiles struct {
 	CA, ServerCert, ServerKey, ClientCert, ClientKey string
 }
 
-// NewTLSFiles writes a fresh CA and certificates into dir.
+// tlsValidity is how long the certificates stay valid: longer than any
+// test runs. The CA lasts an hour more, as a CA must outlive what it
+// issues.
+const tlsValidity = 24 * time.Hour
+
+// NewTLSFiles writes a fresh CA and certificates into dir; package pki
+// makes them.
 func NewTLSFiles(tb testing.TB, dir string) TLSFiles {
 	tb.Helper()
-	caKey, caCert, caDER := newCA(tb)
 	f := TLSFiles{
 		CA:         filepath.Join(dir, "ca.pem"),
 		ServerCert: filepath.Join(dir, "server.pem"), ServerKey: filepath.Join(dir, "server-key.pem"),
 		ClientCert: filepath.Join(dir, "client.pem"), ClientKey: filepath.Join(dir, "client-key.pem"),
 	}
-	writePEM(tb, f.CA, "CERTIFICATE", caDER)
-	issue(tb, caKey, caCert, f.ServerCert, f.ServerKey, "etcd-server", x509.ExtKeyUsageServerAuth)
-	issue(tb, caKey, caCert, f.ClientCert, f.ClientKey, "meshplane-agent", x509.ExtKeyUsageClientAuth)
+	ca, err := pki.NewCA(pki.Options{CommonName: "etcdtest CA", Validity: tlsValidity + time.Hour})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := pki.WriteFile(f.CA, ca.CertPEM(), 0o644); err != nil {
+		tb.Fatal(err)
+	}
+	for _, c := range []struct {
+		req               pki.Request
+		certFile, keyFile string
+	}{
+		{pki.Request{CommonName: "etcd-server", DNSNames: []string{"localhost"}, IPs: []netip.Addr{netip.AddrFrom4([4]byte{127, 0, 0, 1})},
+			Usage: pki.ServerAuth, Validity: tlsValidity}, f.ServerCert, f.ServerKey},
+		{pki.Request{CommonName: "meshplane-agent", Usage: pki.ClientAuth, Validity: tlsValidity}, f.ClientCert, f.ClientKey},
+	} {
+		p, err := ca.Issue(c.req)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		if err := p.WriteFiles(c.certFile, c.keyFile); err != nil {
+			tb.Fatal(err)
+		}
+	}
 	return f
-}
-
-func newCA(tb testing.TB) (*ecdsa.PrivateKey, *x509.Certificate, []byte) {
-	tb.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "etcdtest CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return key, cert, der
-}
-
-var serial = time.Now().UnixNano()
-
-func issue(tb testing.TB, caKey *ecdsa.PrivateKey, ca *x509.Certificate, certFile, keyFile, cn string, usage x509.ExtKeyUsage) {
-	tb.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	serial++
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
-		ExtKeyUsage: []x509.ExtKeyUsage{usage},
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, DNSNames: []string{"localhost"},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	writePEM(tb, certFile, "CERTIFICATE", der)
-	writePEM(tb, keyFile, "EC PRIVATE KEY", kder)
-}
-
-func writePEM(tb testing.TB, path, typ string, der []byte) {
-	tb.Helper()
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		tb.Fatal(fmt.Errorf("write %s: %w", path, err))
-	}
 }
