@@ -74,6 +74,10 @@ const (
 	// DropTunnelFailed is a packet the kernel would not give tunnel
 	// metadata (bpf_skb_set_tunnel_key failed).
 	DropTunnelFailed DropReason = 11
+	// DropTunnelSource is a packet out of the tunnel whose outer source
+	// is not another node's address in the ipcache (identity
+	// remote-node): not from a node of the cluster.
+	DropTunnelSource DropReason = 12
 )
 
 // maxDropReason is the number of counter slots per direction
@@ -108,6 +112,8 @@ func (r DropReason) String() string {
 		return "no tunnel endpoint"
 	case DropTunnelFailed:
 		return "tunnel encapsulation failed"
+	case DropTunnelSource:
+		return "tunnel source not a node"
 	}
 	return fmt.Sprintf("reason(%d)", uint8(r))
 }

@@ -117,6 +117,7 @@ func TestHeaderConstants(t *testing.T) {
 		"MP_EP_POLICY_EGRESS":            int(EndpointPolicyEgress),
 		"MP_BACKEND_TERMINATING":         int(BackendTerminating),
 		"MP_IDENTITY_WORLD":              int(identity.World),
+		"MP_IDENTITY_REMOTE_NODE":        int(identity.RemoteNode),
 		"MP_POLICY_FULL_PREFIXLEN":       policyFullBits,
 		"MP_CT_OUT":                      int(CTOut),
 		"MP_CT_IN":                       int(CTIn),
@@ -142,6 +143,7 @@ func TestHeaderConstants(t *testing.T) {
 		"MP_DROP_NAT_FAILED":             int(DropNATFailed),
 		"MP_DROP_NO_TUNNEL_ENDPOINT":     int(DropNoTunnelEndpoint),
 		"MP_DROP_TUNNEL_FAILED":          int(DropTunnelFailed),
+		"MP_DROP_TUNNEL_SOURCE":          int(DropTunnelSource),
 		"MP_REASON_SLOTS":                maxDropReason,
 		"MP_COUNTER_LOST_FLOWS":          counterLostFlow,
 	}

@@ -8,6 +8,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/meshplane/meshplane/bpf"
+	"github.com/meshplane/meshplane/identity"
 	"github.com/meshplane/meshplane/netnstest"
 )
 
@@ -70,7 +71,8 @@ func (n *testNode) counter(dir bpf.Direction, reason bpf.DropReason) uint64 {
 // the datapath: to_tunnel takes the remote node from the ipcache,
 // from_tunnel delivers the decapsulated packet to the pod's veth, where
 // to_pod still enforces the pod's ingress policy. A destination without a
-// tunnel endpoint is dropped and counted.
+// tunnel endpoint is dropped and counted, and so is a packet whose outer
+// source is not another node's address.
 func TestTunnel(t *testing.T) {
 	n1, n2 := newNode(t), newNode(t)
 	netnstest.Veth(t, n1.ns, "und0", n2.ns, "und0")
@@ -84,6 +86,9 @@ func TestTunnel(t *testing.T) {
 	// Each node's ipcache knows the other's pod and where it lives.
 	n1.putIPCache(b.ip, b.identity, underlay2.Addr(), 0)
 	n2.putIPCache(a.ip, a.identity, underlay1.Addr(), 0)
+	// ... and the other node's address, as the agent's mirror puts it.
+	n1.putIPCache(underlay2.Addr(), uint32(identity.RemoteNode), underlay2.Addr(), 0)
+	n2.putIPCache(underlay1.Addr(), uint32(identity.RemoteNode), underlay1.Addr(), 0)
 	n1.addTunnel(map[netip.Prefix]netip.Addr{netip.MustParsePrefix("10.201.2.0/24"): underlay2.Addr()})
 	n2.addTunnel(map[netip.Prefix]netip.Addr{netip.MustParsePrefix("10.201.1.0/24"): underlay1.Addr()})
 
@@ -96,6 +101,27 @@ func TestTunnel(t *testing.T) {
 	if n := n2.counter(bpf.Ingress, bpf.DropPolicyDenied); n == 0 {
 		t.Errorf("no ingress policy drops counted on the server's node")
 	}
+
+	// A tunnel packet from an address that is no node's (n2 forgets n1's
+	// address; a pod's or the world's identity is no better) is dropped
+	// before anything else looks at it.
+	b.setFlags(0)
+	for _, id := range []uint32{0, a.identity} {
+		key := bpf.IPCacheKeyFor(netip.PrefixFrom(underlay1.Addr(), 32))
+		if id == 0 {
+			if _, err := n2.maps.IPCache.Delete(key); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			n2.putIPCache(underlay1.Addr(), id, underlay1.Addr(), 0)
+		}
+		check(t, a, b, reach{})
+	}
+	if n := n2.counter(bpf.Ingress, bpf.DropTunnelSource); n == 0 {
+		t.Errorf("no %q drops counted", bpf.DropTunnelSource)
+	}
+	n2.putIPCache(underlay1.Addr(), uint32(identity.RemoteNode), underlay1.Addr(), 0)
+	check(t, a, b, reach{true, true, true, true})
 
 	// Without the ipcache entry, to_tunnel has no remote node.
 	if _, err := n1.maps.IPCache.Delete(bpf.IPCacheKeyFor(netip.PrefixFrom(b.ip, 32))); err != nil {

@@ -67,8 +67,9 @@ struct __sk_buff {
 	__u32 data_end;
 };
 
-/* The tunnel metadata bpf_skb_set_tunnel_key takes (UAPI struct
- * bpf_tunnel_key, 44 bytes): the remote IPv4 address in host byte order. */
+/* The tunnel metadata bpf_skb_set_tunnel_key takes and bpf_skb_get_tunnel_key
+ * fills (UAPI struct bpf_tunnel_key, 44 bytes): the remote IPv4 address in
+ * host byte order. */
 struct bpf_tunnel_key {
 	__u32 tunnel_id;
 	__u32 remote_ipv4;
@@ -94,6 +95,8 @@ static long (*bpf_skb_store_bytes)(struct __sk_buff *skb, __u32 offset, const vo
 				   __u64 flags) = (void *)9;
 static long (*bpf_l3_csum_replace)(struct __sk_buff *skb, __u32 offset, __u64 from, __u64 to, __u64 size) = (void *)10;
 static long (*bpf_l4_csum_replace)(struct __sk_buff *skb, __u32 offset, __u64 from, __u64 to, __u64 flags) = (void *)11;
+static long (*bpf_skb_get_tunnel_key)(struct __sk_buff *skb, struct bpf_tunnel_key *key, __u32 size,
+				      __u64 flags) = (void *)20;
 static long (*bpf_skb_set_tunnel_key)(struct __sk_buff *skb, struct bpf_tunnel_key *key, __u32 size,
 				      __u64 flags) = (void *)21;
 static long (*bpf_redirect)(__u32 ifindex, __u64 flags) = (void *)23;
@@ -112,6 +115,7 @@ static __u64 (*bpf_ringbuf_query)(void *ringbuf, __u64 flags) = (void *)134;
 #define bpf_htons(x) ((__be16)__builtin_bswap16(x))
 #define bpf_ntohs(x) ((__u16)__builtin_bswap16(x))
 #define bpf_ntohl(x) ((__u32)__builtin_bswap32(x))
+#define bpf_htonl(x) ((__be32)__builtin_bswap32(x))
 
 /* Protocol numbers. */
 #define ETH_HLEN 14

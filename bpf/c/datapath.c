@@ -397,16 +397,20 @@ int to_tunnel(struct __sk_buff *skb)
 
 /*
  * from_tunnel, tcx ingress of the VXLAN device: a decapsulated packet.
- * Its Ethernet destination is the sending node's device's, not a MAC of
- * this node, so the kernel would not take it: the program gives it the
- * pod's MAC and the host veth's (both in the endpoint's entry) and
- * redirects it to the egress of the pod's host veth, where to_pod runs
- * as for any packet into the pod.
+ * Its outer source must be another node's address (an ipcache entry of
+ * identity remote-node): the VXLAN port is open to whoever reaches the
+ * node, and a packet from anywhere else, whatever inner source it claims,
+ * is dropped. Its Ethernet destination is the sending node's device's,
+ * not a MAC of this node, so the kernel would not take it: the program
+ * gives it the pod's MAC and the host veth's (both in the endpoint's
+ * entry) and redirects it to the egress of the pod's host veth, where
+ * to_pod runs as for any packet into the pod.
  */
 SEC("tcx/ingress")
 int from_tunnel(struct __sk_buff *skb)
 {
 	struct ctx c = {.dir = MP_DIR_INGRESS};
+	struct bpf_tunnel_key key;
 	struct mp_endpoint_key ek;
 	struct mp_endpoint_value *ep;
 
@@ -417,6 +421,9 @@ int from_tunnel(struct __sk_buff *skb)
 	case PARSE_MALFORMED:
 		return drop(skb, &c, MP_DROP_MALFORMED, 0);
 	}
+	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0 ||
+	    ipcache_identity(bpf_htonl(key.remote_ipv4)) != MP_IDENTITY_REMOTE_NODE)
+		return drop(skb, &c, MP_DROP_TUNNEL_SOURCE, 0);
 	ep = endpoint(&ek, c.p.daddr);
 	if (!ep)
 		return drop(skb, &c, MP_DROP_UNKNOWN_ENDPOINT, 0);

@@ -30,6 +30,7 @@
 
 /* Reserved identities (package identity). */
 #define MP_IDENTITY_WORLD 2
+#define MP_IDENTITY_REMOTE_NODE 6
 
 struct mp_ipcache_key {
 	__u32 prefixlen;
@@ -172,6 +173,7 @@ struct mp_ct_value {
 #define MP_DROP_NAT_FAILED 9	    /* a rewrite helper failed (e.g. no memory to unclone the packet) */
 #define MP_DROP_NO_TUNNEL_ENDPOINT 10 /* to_tunnel: the ipcache names no remote node for the destination */
 #define MP_DROP_TUNNEL_FAILED 11      /* to_tunnel: bpf_skb_set_tunnel_key failed */
+#define MP_DROP_TUNNEL_SOURCE 12      /* from_tunnel: the outer source is no other node's address */
 
 struct mp_flow {
 	__u64 ktime;
