@@ -16,7 +16,7 @@ var (
 	// models are the pure packages: values, their encodings and checks.
 	// They import the standard library and each other, nothing else of
 	// ours.
-	models = []string{"labels", "identity", "ipcache", "service", "policy", "ipam", "node", "pod"}
+	models = []string{"labels", "identity", "ipcache", "service", "policy", "ipam", "node", "pod", "cluster"}
 	// daemons are the long-running components that cmd/ starts.
 	daemons = []string{"nodeagent", "controlplane", "clustermesh"}
 	// testHelpers are the packages for _test files (they import testing):

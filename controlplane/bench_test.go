@@ -20,7 +20,7 @@ func BenchmarkPodBurst(b *testing.B) {
 	keys, _ := kvstore.NewKeys(cluster)
 	client := srv.Client(b)
 	src := newFakeSource()
-	cp, err := New(Config{Client: srv.Client(b), Cluster: cluster, Source: src, GCInterval: -1})
+	cp, err := New(Config{Client: srv.Client(b), Cluster: cluster, ClusterID: 1, Source: src, GCInterval: -1})
 	if err != nil {
 		b.Fatal(err)
 	}

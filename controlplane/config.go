@@ -7,6 +7,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/meshplane/meshplane/identity"
 	"github.com/meshplane/meshplane/kvstore"
 )
 
@@ -28,6 +29,11 @@ type Config struct {
 	Client *kvstore.Client
 	// Cluster is the cluster name (the key prefix). Required.
 	Cluster string
+	// ClusterID is the cluster's ID in the mesh, 1-255. Required. Run (and
+	// SyncOnce) compares Cluster and ClusterID with etcd's cluster record
+	// before anything else, creating it when there is none, and refuses
+	// to run when they differ.
+	ClusterID int
 	// Source is the desired state. Required.
 	Source Source
 	// Name is this replica's name in the leader election (and in logs).
@@ -84,6 +90,9 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: no source of desired state: pass a kubeconfig (or a lab topology)", ErrConfig)
 	}
 	if err := kvstore.ValidateClusterName(c.Cluster); err != nil {
+		return fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	if err := identity.ValidateClusterID(c.ClusterID); err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	if c.LeaseTTL < 0 || c.LeaseTTL > 0 && c.LeaseTTL < 2*time.Second {

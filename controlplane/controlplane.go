@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/meshplane/meshplane/cluster"
 	"github.com/meshplane/meshplane/kvstore"
 )
 
@@ -81,7 +82,16 @@ func (cp *ControlPlane) notify(kind Kind, key string) {
 // refused by etcd) and the loop campaigns again. Run returns ctx's error
 // after every goroutine it started has returned, or the first error that
 // ends the control plane (the source's).
+//
+// Before it starts anything, Run checks etcd's cluster record (creating it
+// when there is none): a record that names another cluster or ID, or does
+// not decode, ends Run at once with an error that names the field and both
+// values (a *cluster.MismatchError) or wraps cluster.ErrInvalid, and
+// nothing is written.
 func (cp *ControlPlane) Run(ctx context.Context) error {
+	if err := cp.ensureCluster(ctx, true); err != nil {
+		return err
+	}
 	g, ctx := errgroup.WithContext(ctx)
 	if cp.cfg.MetricsAddr != "" {
 		if err := cp.m.serve(ctx, g, cp.cfg.MetricsAddr); err != nil {
@@ -170,9 +180,13 @@ func (cp *ControlPlane) lead(ctx context.Context, rs []kindReconciler, kinds Kin
 // every kind the source provides (writing the difference, deleting what is
 // gone), and resigns. It is for callers that own the desired state and
 // change it in steps, such as the lab. The source's Run is not called; it
-// must be synced already. Not safe for concurrent use with Run on the
-// same ControlPlane.
+// must be synced already. It checks the cluster record first, as Run
+// does, but returns etcd's errors instead of retrying. Not safe for
+// concurrent use with Run on the same ControlPlane.
 func (cp *ControlPlane) SyncOnce(ctx context.Context) error {
+	if err := cp.ensureCluster(ctx, false); err != nil {
+		return err
+	}
 	if err := cp.cfg.Source.WaitSynced(ctx); err != nil {
 		return fmt.Errorf("source: %w", err)
 	}
@@ -199,4 +213,33 @@ func (cp *ControlPlane) SyncOnce(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// ensureCluster checks etcd's cluster record against Config.Cluster and
+// ClusterID, creating it when there is none (kvstore.EnsureCluster). A
+// record that disagrees or is corrupt is an error: the control plane must
+// not write into another cluster's etcd, nor run its collectors over
+// identities of another cluster ID. With retry, etcd trouble is retried
+// until ctx ends (Run); without, it is returned (SyncOnce).
+func (cp *ControlPlane) ensureCluster(ctx context.Context, retry bool) error {
+	b := newBackoff()
+	for {
+		rec, created, err := kvstore.EnsureCluster(ctx, cp.cfg.Client, cp.keys, cp.cfg.ClusterID)
+		var mismatch *cluster.MismatchError
+		switch {
+		case err == nil:
+			if created {
+				cp.cfg.Logger.Info("created the cluster record", "cluster", rec.Name, "clusterID", rec.ID)
+			}
+			return nil
+		case errors.As(err, &mismatch), errors.Is(err, cluster.ErrInvalid):
+			return fmt.Errorf("refusing to start: %w", err)
+		case !retry || ctx.Err() != nil:
+			return err
+		}
+		cp.cfg.Logger.Warn("cannot read the cluster record; retrying", "error", err)
+		if !b.wait(ctx) {
+			return ctx.Err()
+		}
+	}
 }

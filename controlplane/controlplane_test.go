@@ -43,7 +43,7 @@ func (h *harness) start(src Source, mod func(*Config)) (stop func() error) {
 
 // startCP is start that also returns the control plane.
 func (h *harness) startCP(src Source, mod func(*Config)) (*ControlPlane, func() error) {
-	cfg := Config{Client: srv.Client(h.t), Cluster: h.cluster, Source: src, GCInterval: -1, LeaseTTL: 2 * time.Second}
+	cfg := Config{Client: srv.Client(h.t), Cluster: h.cluster, ClusterID: 1, Source: src, GCInterval: -1, LeaseTTL: 2 * time.Second}
 	if mod != nil {
 		mod(&cfg)
 	}

@@ -21,12 +21,17 @@
 // # Keys (under /meshplane/v1/<cluster>/)
 //
 //	key                               written by            lease
+//	cluster                           every replica at start, if absent (else compared)  none
 //	pods/<node>/<namespace>/<name>    the leader            none
 //	namespaces/<namespace>            the leader            none
 //	services/<namespace>/<name>       the leader            none
 //	policies/<namespace>/<name>       the leader (when the Source provides policies)  none
 //	members/<node>                    the leader (when the Source provides nodes)     none
 //	leader/controlplane/<lease>       every replica campaigning  the replica's election lease
+//
+// The cluster record (package cluster) is checked before anything else:
+// Run and SyncOnce create it from Config.Cluster and ClusterID when there
+// is none, and refuse to go on when it says another name or ID.
 //
 // A kind the Source does not provide (a nil Lister in Kinds) is left
 // alone: the lab leaves policies/ to meshctl policy apply. The garbage

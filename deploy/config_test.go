@@ -19,7 +19,8 @@ import (
 // must lie in a mounted Secret. What the daemons then use must agree
 // with the rest of the manifests: the API socket with the readiness probe
 // and the CNI's --socket, the bpffs with its mount, the two daemons' etcd
-// and cluster with each other and with the IPAM pool Job.
+// and cluster (name and ID: each compares them with the cluster record in
+// etcd) with each other and with the IPAM pool Job.
 func TestConfigsLoad(t *testing.T) {
 	for name, objs := range renders(t) {
 		if strings.HasSuffix(name, "cleanup") {
@@ -72,6 +73,9 @@ func TestConfigsLoad(t *testing.T) {
 			if o.InstallCRDs {
 				t.Error("the control plane installs the CRDs: the manifests do, and its RBAC does not allow it")
 			}
+			if o.ControlPlane.ClusterID != cfg.ClusterID {
+				t.Errorf("control plane cluster ID %d, agents' %d: one of them would refuse to start against the cluster record the other wrote", o.ControlPlane.ClusterID, cfg.ClusterID)
+			}
 			if o.ControlPlane.Cluster != cfg.Cluster || !slices.Equal(o.Etcd.Endpoints, cfg.Etcd.Endpoints) ||
 				o.Etcd.CAFile != cfg.Etcd.CAFile || o.Etcd.CertFile != cfg.Etcd.CertFile {
 				t.Errorf("control plane cluster %q etcd %v %q; agent %q %v %q", o.ControlPlane.Cluster, o.Etcd.Endpoints, o.Etcd.CAFile,
@@ -96,7 +100,7 @@ func TestConfigsLoad(t *testing.T) {
 				args := toStrings(container(t, job, "meshctl")["args"])
 				str := func(k string) string { s, _ := rendered[k].(string); return s }
 				for flag, want := range map[string]string{
-					"--etcd-endpoints": strings.Join(cfg.Etcd.Endpoints, ","), "--cluster-name": cfg.Cluster,
+					"--etcd-endpoints": strings.Join(cfg.Etcd.Endpoints, ","), "--cluster-name": cfg.Cluster, "--cluster-id": strconv.Itoa(cfg.ClusterID),
 					"--etcd-ca": str("etcd-ca"), "--etcd-cert": str("etcd-cert"), "--etcd-key": str("etcd-key"),
 				} {
 					if got := flagValue(args, flag); got != want {

@@ -52,12 +52,18 @@
 //     of its own (DefaultElectionTTL). The Leadership's Done and Context end
 //     as soon as the office is lost; Resign hands it over; Leader reads who
 //     holds it.
+//   - EnsureCluster, GetCluster: the cluster record (package cluster: the
+//     cluster's name and ID), created once by whoever comes first in a
+//     create-if-absent transaction and compared by everybody else; a
+//     record that disagrees with the caller's name or ID is a
+//     *cluster.MismatchError, and nothing is written.
 //   - Keys: the etcd key layout, in one place.
 //
 // # Keys
 //
 // Everything of a cluster lives under /meshplane/v1/<cluster>/:
 //
+//	cluster                         cluster record (JSON) created by the first of meshctl, the control plane, an agent (EnsureCluster); no lease; never rewritten
 //	identities/id/<id>              canonical label set   written by the allocating agent; no lease; deleted only by identity GC
 //	identities/labels/<hash>        <id>                  written with the id key in the same transaction; no lease
 //	identities/refs/<hash>/<node>   "" (empty)            written by each node that uses the label set; on that node's session lease

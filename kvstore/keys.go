@@ -2,8 +2,9 @@ package kvstore
 
 import (
 	"fmt"
-	"regexp"
 	"strings"
+
+	"github.com/meshplane/meshplane/cluster"
 )
 
 // Root is the prefix of every key meshplane writes. The version segment lets
@@ -13,6 +14,7 @@ const Root = "/meshplane/v1/"
 // Keys is the etcd key layout of one cluster. Every key meshplane writes is
 // built here, so the layout is in one place (docs/kvstore.md mirrors it):
 //
+//	<root><cluster>/cluster                         cluster record (JSON)    no lease; created once (EnsureCluster), never rewritten
 //	<root><cluster>/identities/id/<id>              canonical label set      no lease; deleted only by identity GC
 //	<root><cluster>/identities/labels/<hash>        id (decimal)             no lease; created with the id key
 //	<root><cluster>/identities/refs/<hash>/<node>   "" (empty)               the node's session lease
@@ -47,12 +49,11 @@ type Keys struct {
 	base    string
 }
 
-var clusterNameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$`)
-
-// ValidateClusterName checks a cluster name: a DNS label of at most 32 characters.
+// ValidateClusterName checks a cluster name: a DNS label of at most 32
+// characters (cluster.ValidateName, the one rule), as an ErrConfig error.
 func ValidateClusterName(name string) error {
-	if !clusterNameRE.MatchString(name) {
-		return fmt.Errorf("%w: cluster name %q: use 1-32 lowercase letters, digits and '-', starting and ending with a letter or digit", ErrConfig, name)
+	if err := cluster.ValidateName(name); err != nil {
+		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	return nil
 }
@@ -70,6 +71,11 @@ func (k Keys) Cluster() string { return k.cluster }
 
 // Prefix returns the prefix of all of the cluster's keys.
 func (k Keys) Prefix() string { return k.base }
+
+// ClusterRecord is the key of the cluster's record (cluster.Record: its
+// name and ID), on no lease: the first writer creates it and nobody
+// rewrites it (EnsureCluster).
+func (k Keys) ClusterRecord() string { return k.base + "cluster" }
 
 // IdentityIDPrefix is the prefix of the ID → labels keys.
 func (k Keys) IdentityIDPrefix() string { return k.base + "identities/id/" }

@@ -31,7 +31,11 @@ import (
 func (l *Lab) syncCluster(ctx context.Context, cluster string) error {
 	l.mu.Lock()
 	ks := l.st.kubeCluster(cluster)
+	c, err := l.st.Topology.cluster(cluster)
 	l.mu.Unlock()
+	if err != nil {
+		return err
+	}
 	if ks != nil {
 		return l.syncKube(ctx, cluster, ks)
 	}
@@ -39,11 +43,12 @@ func (l *Lab) syncCluster(ctx context.Context, cluster string) error {
 	if err != nil {
 		return err
 	}
+	clusterID := c.ID
 	return l.withEtcd(ctx, cluster, func(client *kvstore.Client, _ kvstore.Keys) error {
 		var mu sync.Mutex
 		var invalid []error
 		cp, err := controlplane.New(controlplane.Config{
-			Client: client, Cluster: cluster, Source: src, Name: "lab", GCInterval: -1,
+			Client: client, Cluster: cluster, ClusterID: clusterID, Source: src, Name: "lab", GCInterval: -1,
 			OnInvalid: func(kind controlplane.Kind, key string, err error) {
 				mu.Lock()
 				invalid = append(invalid, fmt.Errorf("%s %s: %w", kind, key, err))

@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -131,6 +132,7 @@ func (l *Lab) startKube(ctx context.Context, c Cluster, cs *clusterState) error 
 		l.st.ControlPlane,
 		"--name=lab",
 		"--cluster-name=" + c.Name,
+		"--cluster-id=" + strconv.Itoa(c.ID),
 		"--etcd-endpoints=unix://" + cs.EtcdSocket,
 		"--kubeconfig=" + ks.APIServer.Kubeconfig,
 		"--metrics-address=",

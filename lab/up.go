@@ -441,6 +441,11 @@ func (l *Lab) startEtcd(ctx context.Context, c Cluster) error {
 			return err
 		}
 	}
+	// The cluster record first, as meshctl ipam pool add writes it: the
+	// agents and the control plane compare their --cluster-id with it.
+	if _, _, err := kvstore.EnsureCluster(ctx, client, keys, c.ID); err != nil {
+		return fmt.Errorf("cluster %s: %w", c.Name, err)
+	}
 	pools, err := nodecidr.NewPools(client, c.Name)
 	if err != nil {
 		return err

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/meshplane/meshplane/bpf"
+	"github.com/meshplane/meshplane/cluster"
 	"github.com/meshplane/meshplane/health"
 	"github.com/meshplane/meshplane/identity"
 	"github.com/meshplane/meshplane/ipam"
@@ -285,6 +286,11 @@ func (a *Agent) runControl(ctx context.Context, g *errgroup.Group) error {
 		return err
 	}
 	a.client.Store(client)
+	// Before the agent writes anything (its lease, node record, claims),
+	// the etcd must be this cluster's.
+	if err := a.ensureCluster(ctx, client); err != nil {
+		return err
+	}
 	leaseFile := filepath.Join(a.cfg.StateDir, "lease")
 	resume := readLease(leaseFile)
 	session, err := kvstore.NewSession(ctx, client, kvstore.SessionConfig{
@@ -407,6 +413,41 @@ func (a *Agent) connect(ctx context.Context) (*kvstore.Client, error) {
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 10*time.Second)
+	}
+}
+
+// ensureCluster checks etcd's cluster record against the agent's cluster
+// name and ID, creating it if there is none (kvstore.EnsureCluster): an
+// agent started before anything else of its cluster works on its own, as
+// it creates the default pool. A record that disagrees or is corrupt ends
+// the agent, which must not run with identities of the wrong cluster or
+// write into another cluster's etcd; etcd trouble is retried.
+func (a *Agent) ensureCluster(ctx context.Context, c *kvstore.Client) error {
+	backoff := 200 * time.Millisecond
+	for {
+		rec, created, err := kvstore.EnsureCluster(ctx, c, a.keys, a.cfg.ClusterID)
+		var mismatch *cluster.MismatchError
+		switch {
+		case err == nil:
+			if created {
+				a.log.Info("created the cluster record", "cluster", rec.Name, "clusterID", rec.ID)
+			}
+			a.setEtcdErr(nil)
+			return nil
+		case errors.As(err, &mismatch), errors.Is(err, cluster.ErrInvalid):
+			a.setEtcdErr(err)
+			return fmt.Errorf("refusing to start: %w", err)
+		case ctx.Err() != nil:
+			return ctx.Err()
+		}
+		a.setEtcdErr(err)
+		a.log.Warn("cannot read the cluster record; retrying", "err", err, "retry", backoff)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, 10*time.Second)

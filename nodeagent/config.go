@@ -44,7 +44,10 @@ type Config struct {
 	Node string
 	// Cluster is the cluster's name: its key prefix in etcd. Required.
 	Cluster string
-	// ClusterID is the cluster's ID in the mesh, 1-255. Required.
+	// ClusterID is the cluster's ID in the mesh, 1-255. Required. At start
+	// the agent compares Cluster and ClusterID with etcd's cluster record
+	// (creating it when there is none) and refuses to run when they
+	// differ.
 	ClusterID int
 	// Etcd is the etcd connection (cmd/internal/etcdflags binds it to the
 	// --etcd-* flags). Its Endpoints are required: an agent never starts an

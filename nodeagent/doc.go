@@ -2,6 +2,12 @@
 //
 // # What it does
 //
+//   - Checks, before it writes anything into etcd, that the etcd is its
+//     cluster's: the cluster record (package cluster) must say Cluster and
+//     ClusterID. When there is none, it creates it (the first agent of a
+//     fresh cluster works alone, as with the default pool); when it
+//     differs or is corrupt, Run returns an error that names the field and
+//     both values, having written nothing (Agent.ensureCluster).
 //   - Registers the node in etcd (nodes/<node>: IPs, pod CIDRs, gossip
 //     address, labels, version) on its session lease, and claims or recovers
 //     the node's pod CIDRs (package nodecidr).

@@ -317,7 +317,7 @@ func (r *run) startControlPlane(ctx context.Context, notes *notifications) (stop
 		return nil, fmt.Errorf("cpbench: kubernetes source: %w", err)
 	}
 	cp, err := controlplane.New(controlplane.Config{
-		Client: r.client, Cluster: r.cluster, Source: &countingSource{Source: src, notes: notes},
+		Client: r.client, Cluster: r.cluster, ClusterID: 1, Source: &countingSource{Source: src, notes: notes}, // ClusterID: its agents'
 		Name: "cpbench", GCInterval: -1,
 	})
 	if err != nil {

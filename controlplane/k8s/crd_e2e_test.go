@@ -38,7 +38,7 @@ func startControlPlane(t *testing.T, cfg controlplane.Config) (*kvstore.Client, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.Client, cfg.Cluster, cfg.Source = client, cluster, newSource(t)
+	cfg.Client, cfg.Cluster, cfg.ClusterID, cfg.Source = client, cluster, 1, newSource(t)
 	if cfg.GCInterval == 0 {
 		cfg.GCInterval = -1
 	}

@@ -32,7 +32,7 @@ func TestControlPlaneOverKubernetes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cp, err := controlplane.New(controlplane.Config{Client: client, Cluster: cluster, Source: newSource(t), GCInterval: -1})
+	cp, err := controlplane.New(controlplane.Config{Client: client, Cluster: cluster, ClusterID: 1, Source: newSource(t), GCInterval: -1})
 	if err != nil {
 		t.Fatal(err)
 	}

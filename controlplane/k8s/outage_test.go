@@ -42,7 +42,7 @@ func TestAPIServerOutage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cp, err := controlplane.New(controlplane.Config{Client: client, Cluster: cluster, Source: src, GCInterval: -1})
+	cp, err := controlplane.New(controlplane.Config{Client: client, Cluster: cluster, ClusterID: 1, Source: src, GCInterval: -1})
 	if err != nil {
 		t.Fatal(err)
 	}

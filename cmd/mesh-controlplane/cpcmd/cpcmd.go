@@ -20,6 +20,7 @@ import (
 	"github.com/meshplane/meshplane/cmd/internal/configfile"
 	"github.com/meshplane/meshplane/cmd/internal/etcdflags"
 	"github.com/meshplane/meshplane/controlplane"
+	"github.com/meshplane/meshplane/identity"
 	"github.com/meshplane/meshplane/kvstore"
 )
 
@@ -48,6 +49,7 @@ type NewSource func(kubeconfig, kubeContext string, installCRDs bool) (controlpl
 type flags struct {
 	configFile              string
 	name, cluster           string
+	clusterID               int
 	etcd                    kvstore.Config
 	etcdFlags               *etcdflags.Flags
 	kubeconfig, kubeContext string
@@ -65,6 +67,7 @@ func newFlagSet(f *flags, stderr io.Writer) *pflag.FlagSet {
 	fs.StringVar(&f.configFile, "config", "", "YAML config file: flag names as keys (env MESHPLANE_CONFIG)")
 	fs.StringVar(&f.name, "name", "", "this replica's name in the leader election (default: the host name)")
 	fs.StringVar(&f.cluster, "cluster-name", "default", "the cluster's name: its key prefix in etcd")
+	fs.IntVar(&f.clusterID, "cluster-id", 1, "the cluster's ID in the mesh, 1-255: the same as the agents'; checked against the cluster record in etcd at start")
 	f.etcdFlags = etcdflags.Bind(fs, &f.etcd) // required: --etcd-endpoints
 	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig file of the cluster's API server (default: the in-cluster configuration)")
 	fs.StringVar(&f.kubeContext, "kube-context", "", "the kubeconfig context to use (default: its current context)")
@@ -114,7 +117,7 @@ func (f *flags) options() (Options, error) {
 	o.Etcd = f.etcd
 	o.Kubeconfig, o.KubeContext, o.InstallCRDs = f.kubeconfig, f.kubeContext, f.installCRDs
 	o.ControlPlane = controlplane.Config{
-		Cluster: f.cluster, Name: f.name, LeaseTTL: f.leaseTTL, ResyncInterval: f.resync,
+		Cluster: f.cluster, ClusterID: f.clusterID, Name: f.name, LeaseTTL: f.leaseTTL, ResyncInterval: f.resync,
 		GCInterval: f.gcInterval, GracePeriod: f.gracePeriod, MetricsAddr: f.metricsAddr, ViewInterval: f.viewInterval,
 	}
 	if f.resync <= 0 {
@@ -128,6 +131,9 @@ func (f *flags) options() (Options, error) {
 	}
 	if err := kvstore.ValidateClusterName(f.cluster); err != nil {
 		return o, fmt.Errorf("--cluster-name: %w", err)
+	}
+	if err := identity.ValidateClusterID(f.clusterID); err != nil {
+		return o, fmt.Errorf("%w: --cluster-id: %w", controlplane.ErrConfig, err)
 	}
 	return o, nil
 }

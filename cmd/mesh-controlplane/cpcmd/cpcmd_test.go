@@ -17,6 +17,7 @@ func TestLoadPrecedence(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "cp.yaml")
 	if err := os.WriteFile(file, []byte(`
 cluster-name: from-file
+cluster-id: 4
 name: from-file
 etcd-endpoints: [http://127.0.0.1:1, http://127.0.0.1:2]
 resync-interval: 1m
@@ -32,7 +33,7 @@ kubeconfig: /from/file
 		t.Fatal(err)
 	}
 	cp := o.ControlPlane
-	if cp.Cluster != "from-env" || cp.Name != "from-file" || cp.LeaseTTL != 3*time.Second || cp.ResyncInterval != time.Minute {
+	if cp.Cluster != "from-env" || cp.ClusterID != 4 || cp.Name != "from-file" || cp.LeaseTTL != 3*time.Second || cp.ResyncInterval != time.Minute {
 		t.Errorf("options %+v", cp)
 	}
 	if len(o.Etcd.Endpoints) != 2 || o.Kubeconfig != "/from/file" {
@@ -49,6 +50,8 @@ func TestLoadErrors(t *testing.T) {
 	}{
 		{"no etcd", nil, "--etcd-endpoints"},
 		{"bad cluster", []string{"--etcd-endpoints", "http://x:1", "--cluster-name", "Bad_Name"}, "cluster name"},
+		{"cluster ID 0", []string{"--etcd-endpoints", "http://x:1", "--cluster-id", "0"}, "--cluster-id: invalid identity: cluster ID 0 is out of range"},
+		{"cluster ID 256", []string{"--etcd-endpoints", "http://x:1", "--cluster-id", "256"}, "--cluster-id"},
 		{"short lease", []string{"--etcd-endpoints", "http://x:1", "--lease-ttl", "100ms"}, "--lease-ttl"},
 		{"bad level", []string{"--etcd-endpoints", "http://x:1", "--log-level", "loud"}, "--log-level"},
 		{"argument", []string{"extra"}, "only flags"},

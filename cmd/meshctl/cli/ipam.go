@@ -72,6 +72,10 @@ mask size per family. A pool may not overlap another; an update may not drop a
 CIDR or change a mask size under node CIDRs that are claimed. Nothing is
 written when the pool is refused.
 
+The cluster record (see 'meshctl cluster') goes with the pools: it is created
+from --cluster-name and --cluster-id when the cluster has none, and a record
+with another ID refuses the write.
+
 --default uses meshplane's default ranges: IPv4 10.192.0.0/12 with /24 per
 node (chosen to avoid the 10.x ranges clouds, kubeadm and flannel use) and,
 with --dual-stack, IPv6 fd6d:7368::/48 with /112 per node.`,
@@ -84,7 +88,7 @@ with --dual-stack, IPv6 fd6d:7368::/48 with /112 per node.`,
 			if err != nil {
 				return err
 			}
-			return o.withPools(cmd.Context(), func(ctx context.Context, pools *nodecidr.Pools) error {
+			return o.withPools(cmd.Context(), true, func(ctx context.Context, pools *nodecidr.Pools) error {
 				if verb == "add" {
 					err = pools.Add(ctx, p)
 					if err != nil && f.existOK && poolExists(ctx, pools, p) {
@@ -134,7 +138,7 @@ func newPoolRemoveCmd(o *options) *cobra.Command {
 		Short: "Remove a pool that has no claimed node CIDRs",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return o.withPools(cmd.Context(), func(ctx context.Context, pools *nodecidr.Pools) error {
+			return o.withPools(cmd.Context(), false, func(ctx context.Context, pools *nodecidr.Pools) error {
 				if err := pools.Remove(ctx, args[0]); err != nil {
 					return err
 				}
@@ -145,12 +149,21 @@ func newPoolRemoveCmd(o *options) *cobra.Command {
 	}
 }
 
-func (o *options) withPools(ctx context.Context, f func(context.Context, *nodecidr.Pools) error) (err error) {
+// withPools runs f on the cluster's pools. With ensure (the commands that
+// write a pool), the cluster record must say --cluster-name and
+// --cluster-id first, and is created when absent: the pools and the
+// record go together.
+func (o *options) withPools(ctx context.Context, ensure bool, f func(context.Context, *nodecidr.Pools) error) (err error) {
 	client, err := o.connect(ctx)
 	if err != nil {
 		return err
 	}
 	defer closeClient(client, &err)
+	if ensure {
+		if err := o.ensureCluster(ctx, client); err != nil {
+			return err
+		}
+	}
 	pools, err := nodecidr.NewPools(client, o.clusterName)
 	if err != nil {
 		return err

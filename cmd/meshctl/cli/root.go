@@ -76,7 +76,7 @@ MESHPLANE_ETCD_ENDPOINTS); a flag beats the environment.`,
 		return fmt.Errorf("%w; see '%s --help'", err, c.CommandPath())
 	})
 	o.addFlags(root.PersistentFlags())
-	root.AddCommand(newIdentityCmd(o), newIPAMCmd(o), newBenchCmd(o), newDemoCmd(o),
+	root.AddCommand(newClusterCmd(o), newIdentityCmd(o), newIPAMCmd(o), newBenchCmd(o), newDemoCmd(o),
 		newStatusCmd(o), newNodeCmd(o), newBPFCmd(o), newPolicyCmd(o), newLabCmd(o), newObserveCmd(o))
 	return root
 }

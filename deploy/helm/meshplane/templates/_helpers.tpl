@@ -41,6 +41,7 @@
 {{- define "meshplane.controlPlaneConfig" -}}
 {{- $c := include "meshplane.etcdConfig" . | fromYaml -}}
 {{- $_ := set $c "cluster-name" .Values.cluster.name -}}
+{{- $_ := set $c "cluster-id" .Values.cluster.id -}}
 {{- toYaml (merge (deepCopy .Values.controlPlane.config) $c) -}}
 {{- end -}}
 
