@@ -220,7 +220,7 @@ func (a *Agent) buildMirror() error {
 	if err := addReconciler(a, "services", a.svcT, a.maps.Services); err != nil {
 		return err
 	}
-	a.mirror = newMirror(a.cfg.Node, a.ipcT, a.svcT, a.beT, uint32(a.maps.Backends.MaxEntries()), 65535)
+	a.mirror = newMirror(nodeRef{a.cfg.Cluster, a.cfg.Node}, a.ipcT, a.svcT, a.beT, uint32(a.maps.Backends.MaxEntries()), 65535)
 	a.mirror.nodeChanged = make(chan struct{}, 1)
 	svcs, err := readAll(a.maps.Services)
 	if err != nil {
@@ -558,17 +558,20 @@ func (a *Agent) startCaches(ctx context.Context, g *errgroup.Group) error {
 	if err != nil {
 		return err
 	}
-	nodesC.Subscribe(nodeHandler{a.mirror})
+	// The mirror's handlers are told the cluster their prefixes belong
+	// to: these are this agent's own; a remote cluster's watch would
+	// subscribe handlers of its cluster (mirror.removeCluster drops them).
+	nodesC.Subscribe(nodeHandler{a.mirror, a.cfg.Cluster})
 	epC, err := newCache(a, cacheEndpoints, a.keys.EndpointsPrefix(), ipcache.Decode)
 	if err != nil {
 		return err
 	}
-	epC.Subscribe(endpointHandler{a.mirror})
+	epC.Subscribe(endpointHandler{a.mirror, a.cfg.Cluster})
 	svcC, err := newCache(a, cacheServices, a.keys.ServicesPrefix(), kvstore.ServiceCodec().Decode)
 	if err != nil {
 		return err
 	}
-	svcC.Subscribe(serviceHandler{a.mirror})
+	svcC.Subscribe(serviceHandler{a.mirror, a.cfg.Cluster})
 	epC.Subscribe(namedPortHandler{a.pol})
 	polC, err := newCache(a, cachePolicies, a.keys.PoliciesPrefix(), kvstore.PolicyCodec().Decode)
 	if err != nil {
@@ -776,7 +779,7 @@ func (a *Agent) publish(ctx context.Context, e ipcache.Entry) error {
 	if err := a.session.Load().Put(ctx, a.keys.Endpoint(key), string(e.Encode())); err != nil {
 		return err
 	}
-	endpointHandler{a.mirror}.Upsert(key, e)
+	endpointHandler{a.mirror, a.cfg.Cluster}.Upsert(key, e)
 	namedPortHandler{a.pol}.Upsert(key, e)
 	return nil
 }

@@ -38,7 +38,7 @@ func (a *Agent) startGossip() (*health.Gossip, error) {
 				level = slog.LevelWarn
 			}
 			a.log.Log(context.Background(), level, "node health", "node", m.Name, "state", m.State.String(), "addr", m.Addr)
-			a.mirror.setHealth(m.Name, m.State)
+			a.mirror.setHealth(nodeRef{a.cfg.Cluster, m.Name}, m.State)
 		},
 	}
 	return health.New(cfg)

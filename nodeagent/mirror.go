@@ -26,11 +26,18 @@ import (
 // since its datapath, in the kernel, still forwards. Its own addresses and its pods' IPs
 // keep their identities: identity is not reachability.
 //
+// Node names are unique only within a cluster, so the mirror keys its
+// state by cluster as well (nodeRef, endpointRef, serviceRef): two
+// clusters that both have a node1 do not collide, and removeCluster drops
+// one cluster's entries whole. Every entry comes from one cluster's watch
+// (its etcd prefix) or gossip, and the handler says which: today the
+// agent subscribes handlers for its own cluster (Config.Cluster) only.
+//
 // The handlers are called from the caches' delivery goroutines and from
 // the gossip goroutine; mu serialises them. Nothing here blocks: the
 // tables only record what changed for the reconcilers.
 type mirror struct {
-	local string // this node's name
+	local nodeRef // this node
 	// nodeChanged, if set, is poked (without blocking) when a node record
 	// changes, so gossip can join a new node at once.
 	nodeChanged chan struct{}
@@ -39,16 +46,16 @@ type mirror struct {
 	routesChanged func()
 
 	mu        sync.Mutex
-	nodes     map[string]node.Record                // mu guards: the node records
-	down      map[string]bool                       // nodes gossip says are dead or left
-	epByNode  map[string]map[netip.Addr]identity.ID // ipcache entries by hosting node
-	epNode    map[netip.Addr]string
-	services  map[string]service.Service
-	svcByNode map[string]map[string]struct{} // services with backends on a node
-	svcHeld   map[string]heldIDs             // IDs each service holds
+	nodes     map[nodeRef]node.Record                // mu guards: the node records
+	down      map[nodeRef]bool                       // nodes gossip says are dead or left
+	epByNode  map[nodeRef]map[netip.Addr]identity.ID // ipcache entries by hosting node
+	epNode    map[endpointRef]nodeRef                // the hosting node of each ipcache entry
+	services  map[serviceRef]service.Service
+	svcByNode map[nodeRef]map[serviceRef]struct{} // services with backends on a node
+	svcHeld   map[serviceRef]heldIDs              // IDs each service holds
 	// isolated are the IPs of endpoints/<ip> keys that never held a valid
 	// value: they have the unknown identity (see endpointHandler.Invalid).
-	isolated map[netip.Addr]struct{}
+	isolated map[endpointRef]struct{}
 
 	ipc        *projection[bpf.IPCacheKey, bpf.IPCacheValue]
 	svc        *projection[bpf.ServiceKey, bpf.ServiceValue]
@@ -58,6 +65,35 @@ type mirror struct {
 	// idErrors counts services whose entries could not all get IDs.
 	idErrors int
 }
+
+// nodeRef names a node in the mesh: its cluster and its name, which is
+// unique only within the cluster.
+type nodeRef struct {
+	cluster string
+	name    string
+}
+
+// String is how sources name the node: cluster/name. Cluster names are
+// DNS labels, so the slash is unambiguous.
+func (n nodeRef) String() string { return n.cluster + "/" + n.name }
+
+// endpointRef names an ipcache entry (endpoints/<ip>) of one cluster.
+type endpointRef struct {
+	cluster string
+	ip      netip.Addr
+}
+
+// String is how sources name the entry: cluster/ip.
+func (e endpointRef) String() string { return e.cluster + "/" + e.ip.String() }
+
+// serviceRef names a service of one cluster by its key under services/.
+type serviceRef struct {
+	cluster string
+	key     string
+}
+
+// String is how sources name the service: cluster/key.
+func (s serviceRef) String() string { return s.cluster + "/" + s.key }
 
 type backendRef struct {
 	addr  netip.AddrPort
@@ -74,7 +110,9 @@ type heldIDs struct {
 	backends  []backendRef
 }
 
-// Sources sort by priority: a node's own entries beat a pod's.
+// Sources sort by priority: a node's own entries beat a pod's. Node,
+// endpoint and service sources carry their cluster after the prefix
+// (srcNode+nodeRef.String()).
 const (
 	srcNode     = "0node/"
 	srcEndpoint = "1ep/"
@@ -82,19 +120,19 @@ const (
 	srcService  = "svc/"
 )
 
-func newMirror(local string, ipc *reconciler.Table[bpf.IPCacheKey, bpf.IPCacheValue],
+func newMirror(local nodeRef, ipc *reconciler.Table[bpf.IPCacheKey, bpf.IPCacheValue],
 	svc *reconciler.Table[bpf.ServiceKey, bpf.ServiceValue], be *reconciler.Table[bpf.BackendKey, bpf.BackendValue],
 	maxBackends, maxServices uint32) *mirror {
 	return &mirror{
 		local:      local,
-		nodes:      make(map[string]node.Record),
-		down:       make(map[string]bool),
-		epByNode:   make(map[string]map[netip.Addr]identity.ID),
-		epNode:     make(map[netip.Addr]string),
-		services:   make(map[string]service.Service),
-		svcByNode:  make(map[string]map[string]struct{}),
-		svcHeld:    make(map[string]heldIDs),
-		isolated:   make(map[netip.Addr]struct{}),
+		nodes:      make(map[nodeRef]node.Record),
+		down:       make(map[nodeRef]bool),
+		epByNode:   make(map[nodeRef]map[netip.Addr]identity.ID),
+		epNode:     make(map[endpointRef]nodeRef),
+		services:   make(map[serviceRef]service.Service),
+		svcByNode:  make(map[nodeRef]map[serviceRef]struct{}),
+		svcHeld:    make(map[serviceRef]heldIDs),
+		isolated:   make(map[endpointRef]struct{}),
 		ipc:        newProjection(ipc),
 		svc:        newProjection(svc),
 		be:         newProjection(be),
@@ -127,11 +165,11 @@ func (m *mirror) dropSeeds() {
 	m.serviceIDs.dropUnreferenced()
 }
 
-func (m *mirror) usableLocked(node string) bool { return node == m.local || !m.down[node] }
+func (m *mirror) usableLocked(n nodeRef) bool { return n == m.local || !m.down[n] }
 
-// nodeIPLocked is the address of node to route ip's family to, if known.
-func (m *mirror) nodeIPLocked(node string, is4 bool) netip.Addr {
-	r, ok := m.nodes[node]
+// nodeIPLocked is the address of node n to route ip's family to, if known.
+func (m *mirror) nodeIPLocked(n nodeRef, is4 bool) netip.Addr {
+	r, ok := m.nodes[n]
 	if !ok {
 		return netip.Addr{}
 	}
@@ -158,15 +196,23 @@ func (m *mirror) setCIDR(p netip.Prefix, id uint32) {
 
 // --- nodes ---
 
-// nodeHandler receives node records.
-type nodeHandler struct{ m *mirror }
+// nodeHandler receives the node records of one cluster, from its nodes/
+// prefix. A record names its node but not its cluster (node.Record has
+// only the numeric ClusterID): the cluster is the one whose prefix
+// delivered it. The agent subscribes one for its own cluster; a remote
+// cluster's watch would subscribe its own.
+type nodeHandler struct {
+	m       *mirror
+	cluster string
+}
 
 func (h nodeHandler) Upsert(name string, r node.Record) {
 	m := h.m
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.nodes[name] = r
-	m.refreshNodeLocked(name)
+	n := nodeRef{h.cluster, name}
+	m.nodes[n] = r
+	m.refreshNodeLocked(n)
 	m.pokeNodeChanged()
 }
 
@@ -184,38 +230,89 @@ func (h nodeHandler) Delete(name string) {
 	m := h.m
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	delete(m.nodes, name)
-	m.refreshNodeLocked(name)
+	n := nodeRef{h.cluster, name}
+	delete(m.nodes, n)
+	m.refreshNodeLocked(n)
 }
 
-// setHealth applies a gossip state change.
-func (m *mirror) setHealth(name string, s health.State) {
+// setHealth applies a gossip state change of node n. Gossip is one
+// cluster's (its packets carry the cluster's label), so the agent's
+// gossip speaks of nodes of its own cluster.
+func (m *mirror) setHealth(n nodeRef, s health.State) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	down := s.Down() // unresponsive and restarting nodes keep theirs
-	if m.down[name] == down {
+	if m.down[n] == down {
 		return
 	}
 	if down {
-		m.down[name] = true
+		m.down[n] = true
 	} else {
-		delete(m.down, name)
+		delete(m.down, n)
 	}
-	m.refreshNodeLocked(name)
-	for key := range m.svcByNode[name] {
-		m.refreshServiceLocked(key)
+	m.refreshNodeLocked(n)
+	for ref := range m.svcByNode[n] {
+		m.refreshServiceLocked(ref)
 	}
+}
+
+// removeCluster drops every entry of cluster: its nodes' addresses, pod
+// CIDRs and routes, its ipcache entries, its services (and the backend
+// and service IDs they hold), and what gossip said of its nodes. It is
+// the "remove" of a remote cluster that leaves the mesh. A cluster that
+// is only disconnected, or an agent that restarts, keeps its entries
+// until the cluster's watch delivers again: Cilium separates the two
+// (stop vs remove, pkg/clustermesh/common/remote_cluster.go). The local
+// cluster's entries are the node's own; it is not for them.
+func (m *mirror) removeCluster(cluster string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for ref := range m.services {
+		if ref.cluster == cluster {
+			m.deleteServiceLocked(ref)
+		}
+	}
+	for ref := range m.epNode {
+		if ref.cluster == cluster {
+			m.deleteEndpointLocked(ref)
+		}
+	}
+	for ref := range m.isolated {
+		if ref.cluster == cluster {
+			m.deleteEndpointLocked(ref)
+		}
+	}
+	for n := range m.nodes {
+		if n.cluster == cluster {
+			delete(m.nodes, n)
+			m.refreshNodeLocked(n)
+		}
+	}
+	for n := range m.down {
+		if n.cluster == cluster {
+			delete(m.down, n)
+		}
+	}
+}
+
+// routeName is how routes (and so logs and status) name node n: by its
+// name in the local cluster, as cluster/name in another.
+func (m *mirror) routeName(n nodeRef) string {
+	if n.cluster == m.local.cluster {
+		return n.name
+	}
+	return n.String()
 }
 
 // refreshNodeLocked recomputes a node's own entries (its addresses, and
 // its pod CIDRs while it is usable) and its pods' entries, whose node
 // address comes from the record.
-func (m *mirror) refreshNodeLocked(name string) {
-	r, ok := m.nodes[name]
+func (m *mirror) refreshNodeLocked(n nodeRef) {
+	r, ok := m.nodes[n]
 	var entries []kv[bpf.IPCacheKey, bpf.IPCacheValue]
 	if ok {
 		id, flags := identity.RemoteNode, bpf.IPCacheFlags(0)
-		if name == m.local {
+		if n == m.local {
 			id, flags = identity.Host, bpf.IPCacheLocal
 		}
 		seen := make(map[bpf.IPCacheKey]bool)
@@ -227,28 +324,31 @@ func (m *mirror) refreshNodeLocked(name string) {
 				entries = append(entries, kv[bpf.IPCacheKey, bpf.IPCacheValue]{k, bpf.IPCacheValueFor(uint32(id), a, flags)})
 			}
 		}
-		if m.usableLocked(name) {
+		if m.usableLocked(n) {
 			for _, p := range r.PodCIDRs {
 				k := bpf.IPCacheKeyFor(p)
 				if !seen[k] {
 					seen[k] = true
 					entries = append(entries, kv[bpf.IPCacheKey, bpf.IPCacheValue]{k,
-						bpf.IPCacheValueFor(uint32(identity.World), m.nodeIPLocked(name, p.Addr().Is4()), flags)})
+						bpf.IPCacheValueFor(uint32(identity.World), m.nodeIPLocked(n, p.Addr().Is4()), flags)})
 				}
 			}
 		}
 	}
-	m.ipc.update(srcNode+name, entries)
-	if m.routesChanged != nil && name != m.local {
+	m.ipc.update(srcNode+n.String(), entries)
+	if m.routesChanged != nil && n != m.local {
 		m.routesChanged()
 	}
-	for ip, id := range m.epByNode[name] {
-		m.ipc.update(srcEndpoint+ip.String(), []kv[bpf.IPCacheKey, bpf.IPCacheValue]{m.endpointEntryLocked(ip, id, name)})
+	for ip, id := range m.epByNode[n] {
+		ref := endpointRef{n.cluster, ip}
+		m.ipc.update(srcEndpoint+ref.String(), []kv[bpf.IPCacheKey, bpf.IPCacheValue]{m.endpointEntryLocked(ip, id, n)})
 	}
 	// Isolated IPs take their node address from the pod CIDR that
 	// covers them, which may have changed. There are few.
-	for ip := range m.isolated {
-		m.ipc.update(srcEndpoint+ip.String(), []kv[bpf.IPCacheKey, bpf.IPCacheValue]{m.isolatedEntryLocked(ip)})
+	for ref := range m.isolated {
+		if ref.cluster == n.cluster {
+			m.ipc.update(srcEndpoint+ref.String(), []kv[bpf.IPCacheKey, bpf.IPCacheValue]{m.isolatedEntryLocked(ref)})
+		}
 	}
 }
 
@@ -260,14 +360,14 @@ func (m *mirror) wantedRoutes() []nodeRoute {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var out []nodeRoute
-	for name, r := range m.nodes {
-		if name == m.local || !m.usableLocked(name) {
+	for n, r := range m.nodes {
+		if n == m.local || !m.usableLocked(n) {
 			continue
 		}
 		for _, p := range r.PodCIDRs {
 			p = p.Masked()
-			if via := m.nodeIPLocked(name, p.Addr().Is4()); via.IsValid() {
-				out = append(out, nodeRoute{node: name, dst: p, via: via})
+			if via := m.nodeIPLocked(n, p.Addr().Is4()); via.IsValid() {
+				out = append(out, nodeRoute{node: m.routeName(n), dst: p, via: via})
 			}
 		}
 	}
@@ -282,15 +382,19 @@ func (m *mirror) wantedRoutes() []nodeRoute {
 
 // isolatedEntryLocked is the ipcache entry of an IP whose endpoints/ value
 // never decoded: the unknown identity (0), with the node address and
-// flag of the node whose pod CIDR covers it, as its pod CIDR entry would
-// route it. See endpointHandler.Invalid.
-func (m *mirror) isolatedEntryLocked(ip netip.Addr) kv[bpf.IPCacheKey, bpf.IPCacheValue] {
+// flag of the node of its cluster whose pod CIDR covers it, as its pod
+// CIDR entry would route it. See endpointHandler.Invalid.
+func (m *mirror) isolatedEntryLocked(ref endpointRef) kv[bpf.IPCacheKey, bpf.IPCacheValue] {
+	ip := ref.ip
 	var nodeIP netip.Addr
 	flags := bpf.IPCacheFlags(0)
-	for name, r := range m.nodes {
+	for n, r := range m.nodes {
+		if n.cluster != ref.cluster {
+			continue
+		}
 		if slices.ContainsFunc(r.PodCIDRs, func(p netip.Prefix) bool { return p.Contains(ip) }) {
-			nodeIP = m.nodeIPLocked(name, ip.Is4())
-			if name == m.local {
+			nodeIP = m.nodeIPLocked(n, ip.Is4())
+			if n == m.local {
 				flags = bpf.IPCacheLocal
 			}
 			break
@@ -302,39 +406,45 @@ func (m *mirror) isolatedEntryLocked(ip netip.Addr) kv[bpf.IPCacheKey, bpf.IPCac
 	}
 }
 
-func (m *mirror) endpointEntryLocked(ip netip.Addr, id identity.ID, node string) kv[bpf.IPCacheKey, bpf.IPCacheValue] {
+func (m *mirror) endpointEntryLocked(ip netip.Addr, id identity.ID, n nodeRef) kv[bpf.IPCacheKey, bpf.IPCacheValue] {
 	flags := bpf.IPCacheFlags(0)
-	if node == m.local {
+	if n == m.local {
 		flags = bpf.IPCacheLocal
 	}
 	return kv[bpf.IPCacheKey, bpf.IPCacheValue]{
 		bpf.IPCacheKeyFor(netip.PrefixFrom(ip, ip.BitLen())),
-		bpf.IPCacheValueFor(uint32(id), m.nodeIPLocked(node, ip.Is4()), flags),
+		bpf.IPCacheValueFor(uint32(id), m.nodeIPLocked(n, ip.Is4()), flags),
 	}
 }
 
 // --- ipcache entries ---
 
-// endpointHandler receives ipcache entries (endpoints/<ip>).
-type endpointHandler struct{ m *mirror }
+// endpointHandler receives the ipcache entries (endpoints/<ip>) of one
+// cluster; an entry's node is a node of that cluster.
+type endpointHandler struct {
+	m       *mirror
+	cluster string
+}
 
 func (h endpointHandler) Upsert(key string, e ipcache.Entry) {
 	m := h.m
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	ip := e.IP.Unmap()
-	delete(m.isolated, ip)
-	if old, ok := m.epNode[ip]; ok && old != e.Node {
+	ref := endpointRef{h.cluster, ip}
+	n := nodeRef{h.cluster, e.Node}
+	delete(m.isolated, ref)
+	if old, ok := m.epNode[ref]; ok && old != n {
 		delete(m.epByNode[old], ip)
 	}
-	byNode := m.epByNode[e.Node]
+	byNode := m.epByNode[n]
 	if byNode == nil {
 		byNode = make(map[netip.Addr]identity.ID)
-		m.epByNode[e.Node] = byNode
+		m.epByNode[n] = byNode
 	}
 	byNode[ip] = e.Identity
-	m.epNode[ip] = e.Node
-	m.ipc.update(srcEndpoint+ip.String(), []kv[bpf.IPCacheKey, bpf.IPCacheValue]{m.endpointEntryLocked(ip, e.Identity, e.Node)})
+	m.epNode[ref] = n
+	m.ipc.update(srcEndpoint+ref.String(), []kv[bpf.IPCacheKey, bpf.IPCacheValue]{m.endpointEntryLocked(ip, e.Identity, n)})
 }
 
 func (h endpointHandler) Delete(key string) {
@@ -345,16 +455,20 @@ func (h endpointHandler) Delete(key string) {
 	if err != nil {
 		return
 	}
-	ip = ip.Unmap()
-	delete(m.isolated, ip)
-	if node, ok := m.epNode[ip]; ok {
-		delete(m.epByNode[node], ip)
-		if len(m.epByNode[node]) == 0 {
-			delete(m.epByNode, node)
+	m.deleteEndpointLocked(endpointRef{h.cluster, ip.Unmap()})
+}
+
+// deleteEndpointLocked removes an ipcache entry, valid or isolated.
+func (m *mirror) deleteEndpointLocked(ref endpointRef) {
+	delete(m.isolated, ref)
+	if n, ok := m.epNode[ref]; ok {
+		delete(m.epByNode[n], ref.ip)
+		if len(m.epByNode[n]) == 0 {
+			delete(m.epByNode, n)
 		}
-		delete(m.epNode, ip)
+		delete(m.epNode, ref)
 	}
-	m.ipc.update(srcEndpoint+ip.String(), nil)
+	m.ipc.update(srcEndpoint+ref.String(), nil)
 }
 
 // Invalid is told about an endpoints/<ip> key whose value never decoded
@@ -374,64 +488,77 @@ func (h endpointHandler) Invalid(key string, _ error) {
 	if err != nil || ip.Zone() != "" {
 		return
 	}
-	ip = ip.Unmap()
+	ref := endpointRef{h.cluster, ip.Unmap()}
 	m := h.m
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if _, ok := m.epNode[ip]; ok {
+	if _, ok := m.epNode[ref]; ok {
 		return // a valid entry for the same IP under another spelling of the key
 	}
-	m.isolated[ip] = struct{}{}
-	m.ipc.update(srcEndpoint+ip.String(), []kv[bpf.IPCacheKey, bpf.IPCacheValue]{m.isolatedEntryLocked(ip)})
+	m.isolated[ref] = struct{}{}
+	m.ipc.update(srcEndpoint+ref.String(), []kv[bpf.IPCacheKey, bpf.IPCacheValue]{m.isolatedEntryLocked(ref)})
 }
 
 // --- services ---
 
-// serviceHandler receives services.
-type serviceHandler struct{ m *mirror }
+// serviceHandler receives the services of one cluster; a backend's node
+// is a node of that cluster.
+type serviceHandler struct {
+	m       *mirror
+	cluster string
+}
 
 func (h serviceHandler) Upsert(key string, s service.Service) {
 	m := h.m
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if old, ok := m.services[key]; ok {
-		m.unindexLocked(key, old)
+	ref := serviceRef{h.cluster, key}
+	if old, ok := m.services[ref]; ok {
+		m.unindexLocked(ref, old)
 	}
-	m.services[key] = s
+	m.services[ref] = s
 	for _, f := range s.Frontends {
 		for _, b := range f.Backends {
 			if b.Node == "" {
 				continue
 			}
-			set := m.svcByNode[b.Node]
+			n := nodeRef{h.cluster, b.Node}
+			set := m.svcByNode[n]
 			if set == nil {
-				set = make(map[string]struct{})
-				m.svcByNode[b.Node] = set
+				set = make(map[serviceRef]struct{})
+				m.svcByNode[n] = set
 			}
-			set[key] = struct{}{}
+			set[ref] = struct{}{}
 		}
 	}
-	m.refreshServiceLocked(key)
+	m.refreshServiceLocked(ref)
 }
 
 func (h serviceHandler) Delete(key string) {
 	m := h.m
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if old, ok := m.services[key]; ok {
-		m.unindexLocked(key, old)
-	}
-	delete(m.services, key)
-	m.refreshServiceLocked(key)
+	m.deleteServiceLocked(serviceRef{h.cluster, key})
 }
 
-func (m *mirror) unindexLocked(key string, s service.Service) {
+// deleteServiceLocked removes a service's slots and backends and
+// releases its IDs.
+func (m *mirror) deleteServiceLocked(ref serviceRef) {
+	if old, ok := m.services[ref]; ok {
+		m.unindexLocked(ref, old)
+	}
+	delete(m.services, ref)
+	m.refreshServiceLocked(ref)
+}
+
+func (m *mirror) unindexLocked(ref serviceRef, s service.Service) {
 	for _, f := range s.Frontends {
 		for _, b := range f.Backends {
-			if set := m.svcByNode[b.Node]; set != nil {
-				delete(set, key)
+			n := nodeRef{ref.cluster, b.Node}
+			if set := m.svcByNode[n]; set != nil {
+				delete(set, ref)
 				if len(set) == 0 {
-					delete(m.svcByNode, b.Node)
+					delete(m.svcByNode, n)
 				}
 			}
 		}
@@ -442,8 +569,8 @@ func (m *mirror) unindexLocked(key string, s service.Service) {
 // of each frontend holds the count of usable backends and the service ID,
 // slots 1..n their backend IDs. IDs are acquired before the old ones are
 // released, so an unchanged backend keeps its ID.
-func (m *mirror) refreshServiceLocked(key string) {
-	s, ok := m.services[key]
+func (m *mirror) refreshServiceLocked(ref serviceRef) {
+	s, ok := m.services[ref]
 	var held heldIDs
 	var slots []kv[bpf.ServiceKey, bpf.ServiceValue]
 	var backends []kv[bpf.BackendKey, bpf.BackendValue]
@@ -463,7 +590,7 @@ func (m *mirror) refreshServiceLocked(key string) {
 			seenHere := make(map[backendRef]bool)
 			for _, b := range f.Backends {
 				br := backendRef{netip.AddrPortFrom(b.Address.Addr().Unmap(), b.Address.Port()), proto}
-				if seenHere[br] || (b.Node != "" && !m.usableLocked(b.Node)) {
+				if seenHere[br] || (b.Node != "" && !m.usableLocked(nodeRef{ref.cluster, b.Node})) {
 					continue
 				}
 				seenHere[br] = true
@@ -486,9 +613,9 @@ func (m *mirror) refreshServiceLocked(key string) {
 		}
 	}
 	// Backends before slots: a slot never names a backend the map lacks.
-	m.be.update(srcService+key, backends)
-	m.svc.update(srcService+key, slots)
-	old := m.svcHeld[key]
+	m.be.update(srcService+ref.String(), backends)
+	m.svc.update(srcService+ref.String(), slots)
+	old := m.svcHeld[ref]
 	for _, fr := range old.frontends {
 		m.serviceIDs.release(fr)
 	}
@@ -496,9 +623,9 @@ func (m *mirror) refreshServiceLocked(key string) {
 		m.backendIDs.release(br)
 	}
 	if len(held.frontends)+len(held.backends) > 0 {
-		m.svcHeld[key] = held
+		m.svcHeld[ref] = held
 	} else {
-		delete(m.svcHeld, key)
+		delete(m.svcHeld, ref)
 	}
 	if failed {
 		m.idErrors++

@@ -184,11 +184,11 @@ func TestRoutingTunnel(t *testing.T) {
 // TestWantedRoutes: the mirror wants a route per pod CIDR of every other
 // node that is usable; a dead node's go and come back.
 func TestWantedRoutes(t *testing.T) {
-	m := newMirror("n1", reconciler.NewTable[bpf.IPCacheKey, bpf.IPCacheValue](),
+	m := newMirror(nodeRef{"c1", "n1"}, reconciler.NewTable[bpf.IPCacheKey, bpf.IPCacheValue](),
 		reconciler.NewTable[bpf.ServiceKey, bpf.ServiceValue](), reconciler.NewTable[bpf.BackendKey, bpf.BackendValue](), 16, 16)
 	pokes := 0
 	m.routesChanged = func() { pokes++ }
-	h := nodeHandler{m}
+	h := nodeHandler{m, "c1"}
 	for i, name := range []string{"n1", "n2", "n3"} {
 		h.Upsert(name, node.Record{
 			IPs:      []netip.Addr{netip.AddrFrom4([4]byte{192, 168, 90, byte(i + 1)})},
@@ -214,10 +214,10 @@ func TestWantedRoutes(t *testing.T) {
 	if pokes != 2 {
 		t.Errorf("%d pokes for two other nodes, want 2", pokes)
 	}
-	m.setHealth("n2", health.Dead)
+	m.setHealth(nodeRef{"c1", "n2"}, health.Dead)
 	want("n3")
-	m.setHealth("n2", health.Alive)
+	m.setHealth(nodeRef{"c1", "n2"}, health.Alive)
 	want("n2", "n3")
-	nodeHandler{m}.Delete("n3")
+	h.Delete("n3")
 	want("n2")
 }
