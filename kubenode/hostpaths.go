@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/meshplane/meshplane/internal/netnsfile"
 )
 
 // Host paths that the kubelet, containerd's CNI and the shims use
@@ -151,13 +153,9 @@ func removeNetns(path string) error {
 	if filepath.Dir(clean) != netnsDir && filepath.Dir(clean) != "/var/run/netns" {
 		return fmt.Errorf("sandbox network namespace %s is not under %s: left alone", path, netnsDir)
 	}
-	if err := unix.Unmount(clean, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-		return fmt.Errorf("unmount %s: %w", clean, err)
-	}
-	if err := os.Remove(clean); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	return nil
+	// (netnsfile: also after an `ip netns add` bound /run/netns over
+	// itself while the node ran, which leaves each file mounted twice.)
+	return netnsfile.Delete(clean)
 }
 
 // cgroupHierarchies are the cgroup mounts (v1 hierarchies and the v2

@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
 
 	"github.com/vishvananda/netlink"
@@ -18,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/meshplane/meshplane/cni"
+	"github.com/meshplane/meshplane/internal/netnsfile"
 )
 
 // netnsDir is where named network namespaces live, as iproute2 keeps them
@@ -165,107 +165,13 @@ func shareNetnsDir() error {
 	}
 }
 
-// maxStacked bounds the mounts of /run/netns over one another that
-// deleteNetns looks through, and the mounts it removes from one file.
-const maxStacked = 16
-
-// deleteNetns removes a named namespace, as `ip netns del` does. The
-// namespace itself goes away with its last process; its interfaces with it.
-// A namespace that is not there is not an error.
-//
-// A bind of /run/netns over itself copies the mounts below it; they are
-// unmounted as long as the file is one. When the file still cannot be
-// removed (EBUSY), a mount of /run/netns on top hides one of the lab's:
-// made private, before /run/netns was shared (by a lab of an older version,
-// or a tool that binds without MS_REC). unmountHidden then reaches it.
+// deleteNetns removes a named namespace, as `ip netns del` does
+// (netnsfile.Delete). A namespace that is not there is not an error.
 func deleteNetns(name string) error {
-	path := netnsPath(name)
-	if err := unmountAll(path); err != nil {
-		return fmt.Errorf("delete netns %s: unmount: %w", name, err)
-	}
-	err := os.Remove(path)
-	if errors.Is(err, unix.EBUSY) {
-		if herr := unmountHidden(path); herr != nil {
-			return fmt.Errorf("delete netns %s: %w", name, herr)
-		}
-		err = os.Remove(path)
-	}
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := netnsfile.Delete(netnsPath(name)); err != nil {
 		return fmt.Errorf("delete netns %s: %w", name, err)
 	}
 	return nil
-}
-
-// unmountAll unmounts every mount stacked on path; a path that is no
-// mount point (or not there) is done.
-func unmountAll(path string) error {
-	for range maxStacked {
-		err := unix.Unmount(path, unix.MNT_DETACH)
-		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-	}
-	return fmt.Errorf("%s: more than %d mounts on it", path, maxStacked)
-}
-
-// unmountHidden unmounts the mounts on path (a file in /run/netns) that
-// mounts of /run/netns on top of it hide. Only the mount points of those
-// mounts are reachable by path, so it moves them aside (MS_MOVE, top
-// first) to a directory beside /run/netns, unmounts path at each level it
-// uncovers, and moves them back in order. While they are aside (a few
-// system calls), namespaces that exist only in them are not seen in
-// /run/netns. A move is refused under a shared parent mount; there the
-// mounts propagate and nothing is hidden.
-func unmountHidden(path string) (err error) {
-	aside, err := os.MkdirTemp(filepath.Dir(netnsDir), ".meshplane-netns-")
-	if err != nil {
-		return fmt.Errorf("%s is mounted below another mount of %s: %w", path, netnsDir, err)
-	}
-	defer func() { _ = os.RemoveAll(aside) }()
-	var moved []string
-	defer func() {
-		for i := len(moved) - 1; i >= 0; i-- {
-			if merr := unix.Mount(moved[i], netnsDir, "", unix.MS_MOVE, ""); merr != nil {
-				err = errors.Join(err, fmt.Errorf("move the mount of %s back from %s: %w: do it by hand: mount --move %s %s",
-					netnsDir, moved[i], merr, moved[i], netnsDir))
-				aside = "" // keep the directory: it holds a mount
-			}
-		}
-	}()
-	for range maxStacked {
-		top, err := isMountRoot(netnsDir)
-		if err != nil || !top {
-			return err
-		}
-		dst := filepath.Join(aside, strconv.Itoa(len(moved)))
-		if err := os.Mkdir(dst, 0o700); err != nil {
-			return err
-		}
-		if err := unix.Mount(netnsDir, dst, "", unix.MS_MOVE, ""); err != nil {
-			return fmt.Errorf("%s is mounted below another mount of %s, which cannot be moved aside (%w): "+
-				"unmount it by hand (umount %s shows the one below; check first that no other tool needs it)", path, netnsDir, err, netnsDir)
-		}
-		moved = append(moved, dst)
-		if err := unmountAll(path); err != nil {
-			return err
-		}
-	}
-	return fmt.Errorf("%s: more than %d mounts of %s on one another", path, maxStacked, netnsDir)
-}
-
-// isMountRoot reports whether path is the root of a mount.
-func isMountRoot(path string) (bool, error) {
-	var st unix.Statx_t
-	if err := unix.Statx(unix.AT_FDCWD, path, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_BASIC_STATS, &st); err != nil {
-		return false, fmt.Errorf("statx %s: %w", path, err)
-	}
-	if st.Attributes_mask&unix.STATX_ATTR_MOUNT_ROOT == 0 {
-		return false, fmt.Errorf("statx %s: the kernel does not say whether it is a mount point (Linux 5.8 or later does)", path)
-	}
-	return st.Attributes&unix.STATX_ATTR_MOUNT_ROOT != 0, nil
 }
 
 // listLabNetns returns the names of lab's namespaces under /run/netns.

@@ -18,6 +18,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/meshplane/meshplane/internal/netnsfile"
 )
 
 // nsDir is where named network namespaces are bind-mounted, as
@@ -101,7 +103,7 @@ func New(tb testing.TB) *NS {
 		if ns.nl != nil {
 			ns.nl.Close()
 		}
-		if err := errors.Join(ns.handle.Close(), netns.DeleteNamed(name)); err != nil {
+		if err := errors.Join(ns.handle.Close(), netnsfile.Delete(filepath.Join(nsDir, name))); err != nil {
 			tb.Errorf("delete network namespace %s: %v", name, err)
 		}
 	})

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/meshplane/meshplane/bpf"
+	"github.com/meshplane/meshplane/internal/netnsfile"
 	"github.com/meshplane/meshplane/kvstore"
 	"github.com/meshplane/meshplane/kvstore/embedded"
 	"github.com/meshplane/meshplane/nodeagent"
@@ -469,7 +470,7 @@ func NewNetns(name string) error {
 
 // DeleteNetns deletes a namespace NewNetns made; a missing one is fine.
 func DeleteNetns(name string) error {
-	if err := netns.DeleteNamed(name); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := netnsfile.Delete(filepath.Join(netnsfile.Dir, name)); err != nil {
 		return fmt.Errorf("cnibench: delete netns %s: %w", name, err)
 	}
 	return nil
