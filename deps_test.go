@@ -26,8 +26,9 @@ var (
 	testHelpers = []string{"kvstore/etcdtest", "kubetest", "bpf/bpftest", "netnstest", "kubenode"}
 	// stdlibOnly are leaf packages that link the standard library only,
 	// and never testing: binaries and test helpers alike use them (pki:
-	// the test helpers' certificates and meshctl's mesh CA).
-	stdlibOnly = []string{"pki"}
+	// the test helpers' certificates and meshctl's mesh CA; atomicfile:
+	// the files pki and the agent write).
+	stdlibOnly = []string{"pki", "internal/atomicfile"}
 )
 
 // under returns a predicate true for the packages at or below any of dirs

@@ -3,8 +3,8 @@ package pki
 import (
 	"fmt"
 	"io/fs"
-	"os"
-	"path/filepath"
+
+	"github.com/meshplane/meshplane/internal/atomicfile"
 )
 
 // WriteFiles writes p's certificate to certFile (mode 0644: it is
@@ -22,35 +22,9 @@ func (p Pair) WriteFiles(certFile, keyFile string) error {
 // before any byte is written, synced and renamed over path. A key
 // therefore never lies on disk with a wider mode, and a crash leaves the
 // old file or the new one, never half of one.
-func WriteFile(path string, data []byte, perm fs.FileMode) (err error) {
-	dir, base := filepath.Split(path)
-	if dir == "" {
-		dir = "."
-	}
-	// CreateTemp makes the file 0600, so nothing is readable by others
-	// before the Chmod.
-	f, err := os.CreateTemp(dir, "."+base+".tmp*")
-	if err != nil {
+func WriteFile(path string, data []byte, perm fs.FileMode) error {
+	if err := atomicfile.Write(path, data, perm); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	defer func() {
-		if err != nil {
-			_ = f.Close()
-			_ = os.Remove(f.Name())
-			err = fmt.Errorf("write %s: %w", path, err)
-		}
-	}()
-	if err := f.Chmod(perm); err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
+	return nil
 }
